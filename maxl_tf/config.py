@@ -1,0 +1,156 @@
+"""The run's configuration: one dataclass whose defaults are the paper's values.
+
+main.py turns every field into an absl flag of the same name (help text and choices come from
+the field's metadata), so this file is the single list of what a run can change. Library code
+takes a Config, never flags.
+"""
+import dataclasses
+import json
+import os
+
+from maxl_tf import hierarchy as hierarchy_lib
+from maxl_tf import labels
+from maxl_tf import loaders
+from maxl_tf import models
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot run; the message names the flag and the fix."""
+
+
+def _field(default, help_text, choices=None):
+    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # What to learn.
+    dataset: str = _field("cifar100", "Data set.", loaders.DATASETS)
+    data_dir: str = _field("", "Local CIFAR archives or a tensorflow-datasets data directory "
+                               "(empty: the tfds default directory).")
+    download: bool = _field(True, "Let tensorflow-datasets download a data set that is not prepared.")
+    pri: int = _field(20, "Principal classes: a label level of the data set "
+                          "(cifar100: 3, 10, 20, 100; cifar10: 10; digits: 2, 10).")
+    aux: int = _field(100, "Auxiliary classes, sum(psi).")
+    psi: str = _field("", "Auxiliary classes per principal class, e.g. 5,1,4 (empty: the human "
+                          "hierarchy's when --aux is a human level, else uniform aux/pri).")
+    method: str = _field("maxl", "Where auxiliary labels come from.", labels.METHODS)
+    # Networks and data.
+    model: str = _field("vgg16", "Trunk of both networks.", tuple(models.ARCHITECTURES))
+    width: float = _field(1.0, "Channel width multiplier of both networks.")
+    meta_split: float = _field(0.1, "Fraction of the training set held out as MAXL's meta data; "
+                                    "0 reuses the training set (the authors' code).")
+    augment: bool = _field(True, "Random crop (4-pixel padding) and horizontal flip.")
+    max_train_examples: int = _field(0, "Use only this many training examples (0: all).")
+    max_test_examples: int = _field(0, "Use only this many test examples (0: all).")
+    # Optimisation.
+    batch_size: int = _field(100, "Examples per step, for both networks.")
+    epochs: int = _field(200, "Training epochs.")
+    lr: float = _field(0.01, "Evaluator SGD learning rate; also the lookahead's step size.")
+    generator_lr: float = _field(1e-5, "Generator SGD learning rate (authors' code: 1e-3).")
+    generator_weight_decay: float = _field(5e-4, "Generator weight decay (0 disables).")
+    generator_weight_decay_type: str = _field("l1", "l1 as in the paper, l2 as in the authors' code.",
+                                              ("l1", "l2"))
+    lr_decay_every: int = _field(50, "Multiply both learning rates by --lr_decay_factor every this many epochs.")
+    lr_decay_factor: float = _field(0.5, "Learning-rate decay factor.")
+    loss: str = _field("focal", "focal (gamma=--focal_gamma) or ce (cross-entropy).", ("focal", "ce"))
+    focal_gamma: float = _field(2.0, "Focal-loss focusing parameter.")
+    entropy_weight: float = _field(0.2, "Weight of the entropy regulariser in the meta objective (0 disables).")
+    schedule: str = _field("interleaved", "interleaved: a generator step after every evaluator step "
+                                          "(Algorithm 1); alternating: an epoch of each (authors' code).",
+                           ("interleaved", "alternating"))
+    seed: int = _field(0, "Seed of weights, meta split, shuffling, augmentation and random labels.")
+    # Bookkeeping: not part of the experiment's identity.
+    logdir: str = _field("", "Log directory (empty: runs/<name derived from the experiment>).")
+    deterministic: bool = _field(True, "Deterministic ops, so a resumed run equals an uninterrupted one.")
+    log_every: int = _field(10, "Steps between progress-bar updates and non-finite checks.")
+
+    @property
+    def gamma(self) -> float:
+        return self.focal_gamma if self.loss == "focal" else 0.0
+
+    @property
+    def psi_override(self):
+        return tuple(int(n) for n in self.psi.split(",")) if self.psi else None
+
+    @property
+    def name(self) -> str:
+        """Default log-directory name: the settings one sweeps over."""
+        name = f"{self.dataset}_pri{self.pri}_aux{self.aux}_{self.method}"
+        if self.psi:
+            name += "_psi" + self.psi.replace(",", "-")
+        if self.entropy_weight != 0.2 and self.method == "maxl":
+            name += f"_entropy{self.entropy_weight:g}"
+        return name + f"_seed{self.seed}"
+
+    def resolved_logdir(self) -> str:
+        return self.logdir or os.path.join("runs", self.name)
+
+    def experiment(self) -> dict:
+        """The fields that decide the results; a log directory holds one experiment."""
+        bookkeeping = {"logdir", "data_dir", "download", "deterministic", "log_every"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
+
+    def to_flagfile(self) -> str:
+        """absl flagfile text that replays this run: --flagfile=<logdir>/flags.cfg."""
+        lines = ["# Resolved flags of this run; replay with --flagfile=<this file>."]
+        for key, value in dataclasses.asdict(self).items():
+            if key == "logdir":
+                value = self.resolved_logdir()
+            if isinstance(value, bool):
+                lines.append(f"--{key}" if value else f"--no{key}")
+            else:
+                lines.append(f"--{key}={value}")
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+
+def validate(config: Config) -> tuple:
+    """Checks every flag that can be checked without data; returns the run's psi.
+
+    Raises:
+      ConfigError: naming the first bad flag and how to fix it.
+    """
+    def check(ok, message):
+        if not ok:
+            raise ConfigError(message)
+
+    check(config.dataset in loaders.DATASETS,
+          f"--dataset={config.dataset}: unknown; use one of {', '.join(loaders.DATASETS)}.")
+    check(config.method in labels.METHODS,
+          f"--method={config.method}: unknown; use one of {', '.join(labels.METHODS)}.")
+    for name, choices in (("model", models.ARCHITECTURES), ("loss", ("focal", "ce")),
+                          ("schedule", ("interleaved", "alternating")),
+                          ("generator_weight_decay_type", ("l1", "l2"))):
+        value = getattr(config, name)
+        check(value in choices, f"--{name}={value}: unknown; use one of {', '.join(choices)}.")
+    for name in ("batch_size", "epochs", "lr_decay_every", "log_every"):
+        value = getattr(config, name)
+        check(value > 0, f"--{name}={value}: must be a positive integer.")
+    for name in ("lr", "generator_lr", "width", "lr_decay_factor"):
+        value = getattr(config, name)
+        check(value > 0, f"--{name}={value}: must be positive.")
+    for name in ("generator_weight_decay", "entropy_weight", "focal_gamma",
+                 "max_train_examples", "max_test_examples"):
+        value = getattr(config, name)
+        check(value >= 0, f"--{name}={value}: must not be negative.")
+    check(0 <= config.meta_split < 1,
+          f"--meta_split={config.meta_split}: must be in [0, 1) (0 reuses the training set as meta data).")
+    try:
+        psi_override = config.psi_override
+    except ValueError:
+        raise ConfigError(f"--psi={config.psi}: must be comma-separated integers, e.g. --psi=5,1,4.")
+    try:
+        hierarchy = hierarchy_lib.for_dataset(config.dataset)
+        psi = hierarchy_lib.resolve_psi(hierarchy, config.pri, config.aux, psi_override)
+        if config.method == "human":
+            human = hierarchy_lib.human_psi(hierarchy, config.pri, config.aux)
+            if human is None or human != psi:
+                hierarchy_lib.human_aux_labels(hierarchy, config.pri, config.aux, [])
+                raise ConfigError(f"--psi={config.psi}: --method=human uses the human hierarchy's "
+                                  f"psi {','.join(map(str, human))}; drop --psi.")
+    except hierarchy_lib.HierarchyError as e:
+        raise ConfigError(str(e))
+    return psi

@@ -1,0 +1,137 @@
+"""tf.data pipelines over in-memory arrays, deterministic per (seed, epoch, step).
+
+The whole data set lives in memory (CIFAR is 150 MB of uint8), so "shuffle" is a permutation
+drawn from (seed, epoch) and "cache" is the array itself. Batches are gathered by index and
+augmented with stateless random ops seeded by (seed, epoch, step): a run resumed at any step
+of any epoch sees exactly the batches an uninterrupted run would have seen.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+# Normalisation of the authors' code: pixels in [0, 1], then (x - 0.5) / 0.2.
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.2
+CROP_PADDING = 4
+# Independent random streams drawn from one seed.
+TRAIN_STREAM, META_STREAM, SPLIT_STREAM = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    """Examples of one split, labelled for one run.
+
+    Attributes:
+      images: [N, H, W, C] uint8.
+      labels: [N] int64 principal labels.
+      aux_labels: [N] int64 fixed auxiliary labels (human or random methods), else zeros.
+    """
+    images: np.ndarray
+    labels: np.ndarray
+    aux_labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def _rng(seed: int, *stream) -> np.random.Generator:
+    return np.random.default_rng([seed, *stream])
+
+
+def split_meta(num_examples: int, fraction: float, seed: int):
+    """Holds out a fraction of the training examples as the meta split (paper Section 4.1).
+
+    Returns:
+      (train_indices, meta_indices) into the training set. fraction=0 reuses the whole training
+      set as meta data, as the authors' code does.
+    """
+    indices = np.arange(num_examples)
+    if fraction == 0:
+        return indices, indices
+    order = _rng(seed, SPLIT_STREAM).permutation(num_examples)
+    num_meta = max(1, int(round(fraction * num_examples)))
+    return np.sort(order[num_meta:]), np.sort(order[:num_meta])
+
+
+def epoch_order(indices: np.ndarray, length: int, seed: int, epoch: int, stream: int) -> np.ndarray:
+    """The first `length` example indices an epoch visits: fresh permutations of `indices`,
+    concatenated when the epoch needs more examples than there are (a small meta split)."""
+    passes = -(-length // len(indices))
+    orders = [_rng(seed, stream, epoch, p).permutation(indices) for p in range(passes)]
+    return np.concatenate(orders)[:length]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full batches per epoch; the remainder is dropped so every step has the same shapes."""
+    return max(1, num_examples // batch_size)
+
+
+def normalise(images_uint8):
+    return (tf.cast(images_uint8, tf.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+def augment(images, seed):
+    """Random crop with 4-pixel zero padding and horizontal flip, per image.
+
+    Args:
+      images: [batch, H, W, C] float, already normalised (padding is the normalised black).
+      seed: [2] int64 stateless seed.
+    """
+    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    black = -PIXEL_MEAN / PIXEL_STD
+    pad = [[0, 0], [CROP_PADDING, CROP_PADDING], [CROP_PADDING, CROP_PADDING], [0, 0]]
+    padded = tf.pad(images, pad, constant_values=black)                  # [B, H+8, W+8, C]
+    offsets = tf.random.stateless_uniform([batch, 2], crop_seed, 0, 2 * CROP_PADDING + 1, tf.int32)
+    rows = offsets[:, :1] + tf.range(height)[None, :]                     # [B, H]
+    cols = offsets[:, 1:] + tf.range(width)[None, :]                      # [B, W]
+    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)               # [B, H, W+8, C]
+    cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)              # [B, H, W, C]
+    flip = tf.random.stateless_uniform([batch], flip_seed) < 0.5
+    return tf.where(flip[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
+
+
+class Pipeline:
+    """Builds per-epoch tf.data streams of batches from one split held in memory."""
+
+    def __init__(self, examples: Examples):
+        self._images = tf.constant(examples.images)
+        self._labels = tf.constant(examples.labels, tf.int64)
+        self._aux_labels = tf.constant(examples.aux_labels, tf.int64)
+
+    def _gather(self, indices):
+        return {
+            "images": normalise(tf.gather(self._images, indices)),
+            "labels": tf.gather(self._labels, indices),
+            "aux_labels": tf.gather(self._aux_labels, indices),
+            "indices": indices,
+        }
+
+    def batches(self, order: np.ndarray, batch_size: int, *, augment_seed=None, first_step: int = 0):
+        """Batches of `order` (length a multiple of batch_size) from step `first_step` on.
+
+        Args:
+          order: example indices in visiting order.
+          augment_seed: None for no augmentation, else a (seed, epoch, stream) triple; step s of
+            the epoch is augmented with the stateless seed (seed, (epoch * 2 + stream) * 2**24 + s).
+        """
+        index_batches = np.asarray(order, np.int64).reshape(-1, batch_size)  # [steps, B]
+        dataset = tf.data.Dataset.from_tensor_slices(index_batches[first_step:])
+        dataset = dataset.enumerate(start=first_step)
+
+        def make_batch(step, indices):
+            batch = self._gather(indices)
+            if augment_seed is not None:
+                seed, epoch, stream = augment_seed
+                step_seed = tf.stack([tf.constant(seed, tf.int64), (epoch * 2 + stream) * 2**24 + step])
+                batch["images"] = augment(batch["images"], step_seed)
+            return batch
+
+        return dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
+                           deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+    def evaluation_batches(self, batch_size: int):
+        """Every example once, in order, the last batch possibly smaller."""
+        num = int(self._labels.shape[0])
+        dataset = tf.data.Dataset.range(num).batch(batch_size)
+        return dataset.map(self._gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,153 @@
+"""Class hierarchies and psi: how many auxiliary classes each principal class owns.
+
+Every data set is described by its finest labels plus, for each coarser level a human defined,
+a table from the finest label to that level. From two levels we get psi (the human hierarchy)
+and the human auxiliary labels; for any other (pri, aux) with aux a multiple of pri, psi is
+uniform. Auxiliary classes are laid out in contiguous blocks, block i owning psi[i] classes,
+which is the layout of the generator's masked softmax (paper Section 3.3).
+"""
+import dataclasses
+
+import numpy as np
+
+# The standard CIFAR-100 fine -> coarse (20 superclasses) table, in the data set's own order.
+CIFAR100_FINE_TO_COARSE = (
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
+
+# Appendix A, 20 -> 10 classes: 0 large animals, 1 medium animals, 2 small animals,
+# 3 invertebrates, 4 people, 5 vegetations, 6 household objects, 7 construction,
+# 8 natural scenes, 9 vehicles.
+CIFAR100_COARSE_TO_10 = (1, 2, 5, 6, 5, 6, 6, 3, 0, 7, 8, 0, 1, 3, 4, 0, 2, 5, 9, 9)
+# Appendix A, 10 -> 3 classes: animals, vegetations, objects and scenes.
+CIFAR100_10_TO_3 = (0, 0, 0, 0, 0, 1, 2, 2, 2, 2)
+
+# A human hierarchy over the ten digits by stroke shape: 0 curved (0,2,3,5,6,8,9), 1 straight (1,4,7).
+DIGITS_TO_2 = (0, 1, 0, 0, 1, 0, 0, 1, 0, 0)
+
+
+class HierarchyError(ValueError):
+    """A --pri/--aux/--psi combination the data set cannot give; the message names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Hierarchy:
+    """Label levels of one data set.
+
+    Attributes:
+      name: data set name, for messages.
+      levels: number of classes at a level -> int array [num_finest] mapping a finest label to
+        its label at that level. The finest level maps to itself.
+    """
+    name: str
+    levels: dict
+
+    @property
+    def finest(self) -> int:
+        return max(self.levels)
+
+    def labels_at(self, level: int, finest_labels: np.ndarray) -> np.ndarray:
+        """Relabels finest labels at a coarser level."""
+        return self.levels[level][finest_labels]
+
+
+def _compose(*tables) -> np.ndarray:
+    out = np.asarray(tables[0])
+    for table in tables[1:]:
+        out = np.asarray(table)[out]
+    return out
+
+
+def for_dataset(dataset: str) -> Hierarchy:
+    """The human label levels each supported data set has."""
+    if dataset == "cifar100":
+        fine_to_20 = np.asarray(CIFAR100_FINE_TO_COARSE)
+        fine_to_10 = _compose(fine_to_20, CIFAR100_COARSE_TO_10)
+        fine_to_3 = _compose(fine_to_10, CIFAR100_10_TO_3)
+        return Hierarchy("CIFAR-100", {100: np.arange(100), 20: fine_to_20, 10: fine_to_10, 3: fine_to_3})
+    if dataset in ("cifar10", "cifar10_1"):
+        return Hierarchy("CIFAR-10", {10: np.arange(10)})
+    if dataset == "digits":
+        return Hierarchy("digits", {10: np.arange(10), 2: np.asarray(DIGITS_TO_2)})
+    raise HierarchyError(f"unknown dataset {dataset!r}")
+
+
+def human_psi(hierarchy: Hierarchy, pri: int, aux: int) -> tuple | None:
+    """psi of the human hierarchy between two levels, or None if the data set has no such pair."""
+    if pri not in hierarchy.levels or aux not in hierarchy.levels or aux <= pri:
+        return None
+    pri_of_aux = np.zeros(aux, np.int64)
+    pri_of_aux[hierarchy.levels[aux]] = hierarchy.levels[pri]
+    return tuple(int(n) for n in np.bincount(pri_of_aux, minlength=pri))
+
+
+def resolve_psi(hierarchy: Hierarchy, pri: int, aux: int, psi: tuple | None = None) -> tuple:
+    """The psi a run uses: --psi if given, else the human hierarchy's, else uniform aux / pri.
+
+    Raises:
+      HierarchyError: pri is not a label level of the data set, or no psi fits (pri, aux).
+    """
+    levels = sorted(hierarchy.levels)
+    if pri not in hierarchy.levels:
+        raise HierarchyError(
+            f"--pri={pri}: {hierarchy.name} has principal labels with {levels} classes; pick one of them.")
+    if aux < 1:
+        raise HierarchyError(f"--aux={aux}: the number of auxiliary classes must be positive.")
+    if psi is not None:
+        if len(psi) != pri or min(psi) < 1 or sum(psi) != aux:
+            raise HierarchyError(
+                f"--psi={','.join(map(str, psi))}: needs {pri} positive entries (one per principal class) "
+                f"summing to --aux={aux}; it has {len(psi)} entries summing to {sum(psi)}.")
+        return tuple(psi)
+    from_human = human_psi(hierarchy, pri, aux)
+    if from_human is not None:
+        return from_human
+    if aux % pri == 0 and aux >= pri:
+        return (aux // pri,) * pri
+    finer = [n for n in levels if n > pri]
+    raise HierarchyError(
+        f"--pri={pri} --aux={aux}: {hierarchy.name} cannot give this pair. Use --aux as a multiple of "
+        f"--pri (uniform psi), one of the human levels {finer} finer than --pri, or an explicit --psi.")
+
+
+def block_offsets(psi) -> np.ndarray:
+    """Index of the first auxiliary class of each principal class's block. [pri]"""
+    return np.concatenate([[0], np.cumsum(psi)[:-1]]).astype(np.int64)
+
+
+def psi_mask(psi) -> np.ndarray:
+    """Binary mask M = B(y, psi) for every y (paper Section 3.3). [pri, sum(psi)] float32.
+
+    Row i is ones on the block of auxiliary classes owned by principal class i: psi=[2,2,1]
+    gives rows [1,1,0,0,0], [0,0,1,1,0], [0,0,0,0,1].
+    """
+    owner = np.repeat(np.arange(len(psi)), psi)                       # [aux]
+    return (owner[None, :] == np.arange(len(psi))[:, None]).astype(np.float32)
+
+
+def human_aux_labels(hierarchy: Hierarchy, pri: int, aux: int, finest_labels: np.ndarray) -> np.ndarray:
+    """Human auxiliary labels laid out in psi's blocks.
+
+    The block of principal class i holds its human sub-classes in ascending order of their
+    own label, so class a of level `aux` becomes offset[parent(a)] + (rank of a among its siblings).
+
+    Raises:
+      HierarchyError: the data set has no human hierarchy between these levels.
+    """
+    psi = human_psi(hierarchy, pri, aux)
+    if psi is None:
+        levels = sorted(hierarchy.levels)
+        raise HierarchyError(
+            f"--method=human needs a human hierarchy between --pri={pri} and --aux={aux}; "
+            f"{hierarchy.name} has label levels {levels}. Pick two of them, or another --method.")
+    pri_of_aux = np.zeros(aux, np.int64)
+    pri_of_aux[hierarchy.levels[aux]] = hierarchy.levels[pri]
+    rank = np.zeros(aux, np.int64)
+    for parent in range(pri):
+        children = np.flatnonzero(pri_of_aux == parent)
+        rank[children] = np.arange(len(children))
+    slot_of_aux = block_offsets(psi)[pri_of_aux] + rank                # [aux]
+    return slot_of_aux[hierarchy.levels[aux][finest_labels]]

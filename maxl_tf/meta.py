@@ -1,0 +1,65 @@
+"""The generator's hypergradient through a one-step lookahead of the evaluator (paper Eq. 3-4).
+
+    theta1+ = theta1 - alpha * grad_theta1 [ L(f_pri(x; theta1), y) + L(f_aux(x; theta1), g(x, y; theta2)) ]
+    meta    = L(f_pri(x; theta1+), y) + w_H * H(g(x, y; theta2))
+    update  theta2 <- theta2 - beta * d meta / d theta2
+
+d meta / d theta2 flows through theta1+, whose inner gradient depends on theta2 via the generated
+labels: a gradient of a gradient (second order), taken with two nested GradientTapes.
+"""
+import tensorflow as tf
+
+from maxl_tf import labels as labels_lib
+from maxl_tf import losses
+from maxl_tf import models
+
+
+def _fast_forward(evaluator, weights, non_trainable, images):
+    """Evaluator forward with the given weights, in training mode.
+
+    Batch norm normalises with the batch's statistics; stateless_call returns the updated moving
+    statistics instead of assigning them, and we drop them: the lookahead is hypothetical and
+    must leave the evaluator untouched.
+    """
+    outputs, _ = evaluator.stateless_call(weights, non_trainable, images, training=True)
+    return models.evaluator_outputs(outputs)
+
+
+def second_order_meta_gradient(evaluator, generator, images, labels, mask_table, inner_lr,
+                               gamma=2.0, entropy_weight=0.2):
+    """Meta loss and its exact gradient with respect to the generator's weights.
+
+    Args:
+      evaluator, generator: Keras models (models.build_evaluator / build_generator).
+      images: [batch, H, W, C] meta batch; labels: [batch] int principal labels.
+      mask_table: [pri, aux] psi_mask.
+      inner_lr: step size alpha of the lookahead: the evaluator's current learning rate.
+      gamma: focal-loss focusing parameter (0 = cross-entropy).
+      entropy_weight: w_H, weight of the entropy regulariser (0 disables it).
+    Returns:
+      (gradients aligned with generator.trainable_variables, dict of scalars: meta_loss,
+       loss_before / loss_after = principal loss before / after the lookahead, entropy).
+    """
+    num_pri = mask_table.shape[0]
+    pri_targets = tf.one_hot(labels, num_pri, dtype=images.dtype)
+    weights = [v.value for v in evaluator.trainable_variables]
+    non_trainable = [v.value for v in evaluator.non_trainable_variables]
+    # The outer tape sees the generator's variables and everything computed from them,
+    # including the inner gradient, so it can differentiate through the lookahead.
+    with tf.GradientTape() as outer:
+        generated = labels_lib.generated_labels(generator, images, labels, mask_table, training=True)
+        # The inner tape differentiates the evaluator's multi-task loss w.r.t. its weights.
+        with tf.GradientTape() as inner:
+            inner.watch(weights)
+            pri_logits, aux_logits = _fast_forward(evaluator, weights, non_trainable, images)
+            loss_before = losses.focal_loss(pri_logits, pri_targets, gamma)
+            inner_loss = loss_before + losses.focal_loss(aux_logits, generated, gamma)
+        inner_grads = inner.gradient(inner_loss, weights)
+        fast_weights = [w - tf.cast(inner_lr, w.dtype) * g for w, g in zip(weights, inner_grads)]
+        pri_logits_after, _ = _fast_forward(evaluator, fast_weights, non_trainable, images)
+        loss_after = losses.focal_loss(pri_logits_after, pri_targets, gamma)
+        entropy = losses.entropy_regulariser(generated)
+        meta_loss = loss_after + entropy_weight * entropy
+    grads = outer.gradient(meta_loss, generator.trainable_variables)
+    return grads, {"meta_loss": meta_loss, "loss_before": loss_before, "loss_after": loss_after,
+                   "entropy": entropy}

@@ -1,0 +1,125 @@
+"""One training step of each network and the evaluation step, as plain functions of their inputs.
+
+They run eagerly (tests) or inside tf.function (train.py wraps them). Each returns a dict of
+scalars and tensors for the loop's metrics; none of them reads flags or global state.
+"""
+import dataclasses
+
+import tensorflow as tf
+
+from maxl_tf import labels as labels_lib
+from maxl_tf import losses
+from maxl_tf import meta
+from maxl_tf import models
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What the losses need to know about the run.
+
+    Attributes:
+      method: one of labels.METHODS.
+      num_pri, num_aux: principal classes and sum(psi).
+      mask_table: [num_pri, num_aux] float32 psi_mask.
+      gamma: focal-loss focusing parameter (0 = cross-entropy).
+      entropy_weight: weight of the entropy regulariser in the meta objective.
+    """
+    method: str
+    num_pri: int
+    num_aux: int
+    mask_table: tf.Tensor
+    gamma: float = 2.0
+    entropy_weight: float = 0.2
+
+
+def _global_norm(grads):
+    return tf.linalg.global_norm([g for g in grads if g is not None])
+
+
+def _multitask_losses(evaluator_output, labels, targets, task: Task):
+    """(principal loss, auxiliary loss or 0, principal logits, auxiliary logits or None)."""
+    pri_logits, aux_logits = models.evaluator_outputs(evaluator_output)
+    pri_loss = losses.focal_loss(pri_logits, tf.one_hot(labels, task.num_pri), task.gamma)
+    aux_loss = 0.0 if targets is None else losses.focal_loss(aux_logits, targets, task.gamma)
+    return pri_loss, aux_loss, pri_logits, aux_logits
+
+
+def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
+    """One SGD step of the evaluator on L_pri + L_aux (paper Eq. 2), generator labels held fixed.
+
+    Returns:
+      dict: pri_loss, aux_loss, pri_acc, aux_acc, grad_norm (scalars) and aux_assigned ([batch]
+      argmax of the auxiliary targets, -1 for single-task) for label-usage statistics.
+    """
+    targets = labels_lib.auxiliary_targets(task.method, batch, task.num_aux, generator, task.mask_table)
+    with tf.GradientTape() as tape:
+        pri_loss, aux_loss, pri_logits, aux_logits = _multitask_losses(
+            evaluator(batch["images"], training=True), batch["labels"], targets, task)
+        loss = pri_loss + aux_loss
+    grads = tape.gradient(loss, evaluator.trainable_variables)
+    optimizer.apply(grads, evaluator.trainable_variables)
+    batch_size = tf.shape(batch["labels"])[0]
+    if targets is None:
+        assigned = tf.fill([batch_size], tf.constant(-1, tf.int64))
+        aux_acc = tf.constant(0.0)
+    else:
+        assigned = tf.argmax(targets, axis=-1, output_type=tf.int64)
+        aux_acc = losses.accuracy(aux_logits, assigned)
+    return {"pri_loss": pri_loss, "aux_loss": tf.convert_to_tensor(aux_loss, tf.float32),
+            "pri_acc": losses.accuracy(pri_logits, batch["labels"]), "aux_acc": aux_acc,
+            "grad_norm": _global_norm(grads), "aux_assigned": assigned}
+
+
+def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
+                   weight_decay: float = 5e-4, weight_decay_type: str = "l1"):
+    """One SGD step of the generator on the meta objective (paper Eq. 3), through a lookahead.
+
+    Weight decay is added to the gradient: L1 (paper: wd * sign(w)) or L2 (authors' code: wd * w).
+
+    Returns:
+      dict: meta_loss, loss_before, loss_after, entropy, grad_norm (of the meta-gradient alone).
+    """
+    grads, stats = meta.second_order_meta_gradient(
+        evaluator, generator, batch["images"], batch["labels"], task.mask_table, inner_lr,
+        task.gamma, task.entropy_weight)
+    stats["grad_norm"] = _global_norm(grads)
+    if weight_decay:
+        decay = tf.sign if weight_decay_type == "l1" else tf.identity
+        grads = [g + weight_decay * decay(v) for g, v in zip(grads, generator.trainable_variables)]
+    optimizer.apply(grads, generator.trainable_variables)
+    return stats
+
+
+def evaluation_step(evaluator, batch, task: Task):
+    """Principal-task loss and correct count on a test batch, batch norm in inference mode.
+
+    Returns sums (not means) so batches of different sizes add up exactly.
+    """
+    pri_logits, _ = models.evaluator_outputs(evaluator(batch["images"], training=False))
+    per_example = losses.focal_loss(pri_logits, tf.one_hot(batch["labels"], task.num_pri), task.gamma)
+    count = tf.cast(tf.shape(batch["labels"])[0], tf.float32)
+    return {"loss_sum": per_example * count,
+            "correct": losses.accuracy(pri_logits, batch["labels"]) * count, "count": count}
+
+
+def trunk_gradient_cosine(evaluator, generator, batch, task: Task):
+    """Cosine similarity of the principal and auxiliary losses' gradients on the shared trunk.
+
+    A diagnostic of how the auxiliary task pulls on the shared features (positive: it helps the
+    principal task's direction). Batch norm uses batch statistics as in training, through
+    stateless_call, so the evaluator's moving statistics are untouched.
+    """
+    targets = labels_lib.auxiliary_targets(task.method, batch, task.num_aux, generator, task.mask_table)
+    if targets is None:
+        return tf.constant(0.0)
+    weights = [v.value for v in evaluator.trainable_variables]
+    non_trainable = [v.value for v in evaluator.non_trainable_variables]
+    trunk = [weights[i] for i in models.trunk_variable_indices(evaluator)]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(trunk)
+        outputs, _ = evaluator.stateless_call(weights, non_trainable, batch["images"], training=True)
+        pri_loss, aux_loss, _, _ = _multitask_losses(outputs, batch["labels"], targets, task)
+    pri_grad = tf.concat([tf.reshape(g, [-1]) for g in tape.gradient(pri_loss, trunk)], 0)
+    aux_grad = tf.concat([tf.reshape(g, [-1]) for g in tape.gradient(aux_loss, trunk)], 0)
+    del tape
+    return tf.reduce_sum(pri_grad * aux_grad) / (tf.norm(pri_grad) * tf.norm(aux_grad) + 1e-12)

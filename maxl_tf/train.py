@@ -1,0 +1,447 @@
+"""The training loop: data, models, schedules, checkpoints, summaries and results.json.
+
+One epoch is `steps` iterations of Algorithm 1 (an evaluator step on a training batch, then a
+generator step on a meta batch) or, with schedule=alternating, an epoch of evaluator steps
+followed by an epoch of generator steps (the authors' code). Everything the results depend on
+(weights, epoch, step, metric sums of the epoch in progress, history) lives in the checkpoint,
+and every batch is a function of (seed, epoch, step): a resumed run equals an uninterrupted one.
+"""
+import dataclasses
+import json
+import os
+import signal
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from maxl_tf import config as config_lib
+from maxl_tf import data as data_lib
+from maxl_tf import hierarchy as hierarchy_lib
+from maxl_tf import labels as labels_lib
+from maxl_tf import loaders
+from maxl_tf import models
+from maxl_tf import steps as steps_lib
+
+# Per-epoch sums of step statistics and the step counts they are divided by.
+EVALUATOR_SUMS = ("train/pri_loss", "train/aux_loss", "train/pri_acc", "train/aux_acc",
+                  "train/grad_norm_evaluator")
+GENERATOR_SUMS = ("meta/loss", "meta/loss_before", "meta/loss_after", "meta/entropy",
+                  "meta/grad_norm_generator")
+SUM_NAMES = EVALUATOR_SUMS + GENERATOR_SUMS + ("evaluator_steps", "generator_steps")
+LAST_EPOCHS_AVERAGED = 5   # the paper's metric: mean test accuracy of the last 5 epochs
+
+
+class RunError(Exception):
+    """A run that cannot start or go on; main.py prints the message and exits with exit_code."""
+    exit_code = 2
+
+
+class NonFiniteLoss(RunError):
+    exit_code = 1
+
+
+class Interrupted(RunError):
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def configure_runtime(deterministic: bool) -> None:
+    """Process-wide TensorFlow settings; call before any TensorFlow op runs.
+
+    On CPU, intra-op threads = cores and a single inter-op thread ran VGG steps ~2x faster than
+    the defaults (GUIDE). Determinism makes every op reproducible, so resumes are exact.
+    """
+    if not tf.config.list_physical_devices("GPU"):
+        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class RunData:
+    train: data_lib.Pipeline
+    test: data_lib.Pipeline
+    train_indices: np.ndarray   # examples the evaluator trains on
+    meta_indices: np.ndarray    # examples the generator's meta objective uses (maxl)
+    input_shape: tuple
+    source: str
+
+
+def _subset(split: loaders.Split, limit: int) -> loaders.Split:
+    """The first `limit` examples of a fixed (seed-independent) shuffle, so sweeps over seeds
+    share the same subset."""
+    if not limit or limit >= len(split.labels):
+        return split
+    keep = np.sort(np.random.default_rng(0).permutation(len(split.labels))[:limit])
+    return loaders.Split(split.images[keep], split.labels[keep])
+
+
+def prepare_data(config: config_lib.Config, psi) -> RunData:
+    """Loads the data set and labels it for this run's principal and auxiliary tasks."""
+    raw = loaders.load(config.dataset, config.data_dir or None, config.download)
+    train, test = _subset(raw.train, config.max_train_examples), _subset(raw.test, config.max_test_examples)
+    models.check_input_size(config.model, train.images.shape[1])
+    hierarchy = hierarchy_lib.for_dataset(config.dataset)
+
+    def examples(split, aux_labels):
+        return data_lib.Examples(split.images, hierarchy.labels_at(config.pri, split.labels), aux_labels)
+
+    aux_train = labels_lib.fixed_aux_labels(config.method, hierarchy, config.pri, config.aux, psi,
+                                            train.labels, config.seed)
+    num_train = len(train.labels)
+    if config.method in labels_lib.USES_META_SPLIT:
+        train_indices, meta_indices = data_lib.split_meta(num_train, config.meta_split, config.seed)
+    else:
+        train_indices = meta_indices = np.arange(num_train)
+    if len(train_indices) < config.batch_size:
+        raise RunError(f"--batch_size={config.batch_size}: larger than the {len(train_indices)} "
+                       f"training examples; lower it or raise --max_train_examples.")
+    return RunData(
+        train=data_lib.Pipeline(examples(train, aux_train)),
+        test=data_lib.Pipeline(examples(test, np.zeros(len(test.labels), np.int64))),
+        train_indices=train_indices, meta_indices=meta_indices,
+        input_shape=tuple(train.images.shape[1:]), source=raw.source)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+class TrainState(tf.Module):
+    """Everything a checkpoint restores: networks, optimisers, position and the epoch's sums."""
+
+    def __init__(self, config: config_lib.Config, input_shape, psi):
+        super().__init__(name="train_state")
+        aux = sum(psi) if config.method != "single" else 0
+        self.evaluator = models.build_evaluator(input_shape, config.pri, aux, config.model, config.width)
+        self.evaluator_optimizer = keras.optimizers.SGD(config.lr)
+        self.evaluator_optimizer.build(self.evaluator.trainable_variables)
+        self.generator = None
+        self.generator_optimizer = None
+        if config.method == "maxl":
+            self.generator = models.build_generator(input_shape, sum(psi), config.model, config.width)
+            self.generator_optimizer = keras.optimizers.SGD(config.generator_lr)
+            self.generator_optimizer.build(self.generator.trainable_variables)
+        self.epoch = tf.Variable(0, dtype=tf.int64)           # completed epochs
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64)   # completed steps of the current epoch
+        self.global_step = tf.Variable(0, dtype=tf.int64)
+        self.sums = tf.Variable(tf.zeros(len(SUM_NAMES), tf.float64))
+        self.label_usage = tf.Variable(tf.zeros(max(aux, 1), tf.int64))  # argmax counts per aux class
+        self.nonfinite_step = tf.Variable(-1, dtype=tf.int64)
+        self.history_json = tf.Variable("[]")
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        parts = dict(evaluator=self.evaluator, evaluator_optimizer=self.evaluator_optimizer,
+                     epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
+                     sums=self.sums, label_usage=self.label_usage, history=self.history_json)
+        if self.generator is not None:
+            parts.update(generator=self.generator, generator_optimizer=self.generator_optimizer)
+        return tf.train.Checkpoint(**parts)
+
+    @property
+    def history(self) -> list:
+        return json.loads(self.history_json.numpy().decode())
+
+
+# ----------------------------------------------------------------------------- log directory
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def prepare_logdir(config: config_lib.Config) -> str:
+    """Creates the log directory, or checks that an existing one holds this same experiment."""
+    logdir = config.resolved_logdir()
+    saved_path = os.path.join(logdir, "config.json")
+    if os.path.isfile(saved_path):
+        try:
+            with open(saved_path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            raise RunError(f"{saved_path} is unreadable; restore it, or pass a new --logdir.")
+        saved = {k: v for k, v in saved.items() if k in config.experiment()}
+        differences = [f"--{k}={saved.get(k)!r} there, {v!r} now"
+                       for k, v in config.experiment().items() if saved.get(k) != v]
+        if differences:
+            raise RunError(f"--logdir={logdir} holds a different experiment ({'; '.join(differences)}). "
+                           f"Pass another --logdir, or rerun with that directory's flags: "
+                           f"--flagfile={os.path.join(logdir, 'flags.cfg')}.")
+        return logdir
+    if os.path.isdir(logdir) and os.listdir(logdir):
+        raise RunError(f"--logdir={logdir} exists and is not a maxl_tf log directory (no config.json); "
+                       f"pass an empty or new --logdir.")
+    os.makedirs(logdir, exist_ok=True)
+    _write_atomically(os.path.join(logdir, "flags.cfg"), config.to_flagfile())
+    _write_atomically(saved_path, config.to_json())
+    return logdir
+
+
+def restore(state: TrainState, manager: tf.train.CheckpointManager, logdir: str) -> None:
+    path = manager.latest_checkpoint
+    if path is None:
+        return
+    try:
+        state.checkpoint().restore(path).assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+        reason = str(e).strip().splitlines()[0][:200]
+        raise RunError(f"checkpoint {path} is unreadable ({reason}). Delete {path}.* to resume from "
+                       f"an earlier checkpoint, or {os.path.join(logdir, 'checkpoints')} to start over.")
+
+
+def results_summary(config: config_lib.Config, history: list, psi, source: str) -> dict:
+    last = [record["test/acc"] for record in history[-LAST_EPOCHS_AVERAGED:]]
+    return {"name": config.name, "config": dataclasses.asdict(config), "psi": list(psi),
+            "data": source, "epochs_completed": len(history), "complete": len(history) >= config.epochs,
+            "test_accuracy": float(np.mean(last)) if last else None, "history": history}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _StopRequests:
+    """Turns SIGINT/SIGTERM into a request the loop honours at the next step boundary.
+
+    A second signal falls through to the default handler, so a stuck run can still be killed.
+    """
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    """Owns the compiled steps of one run and drives epochs; see train_and_evaluate."""
+
+    def __init__(self, config: config_lib.Config, psi, run_data: RunData, state: TrainState):
+        self.config, self.data, self.state = config, run_data, state
+        self.task = steps_lib.Task(method=config.method, num_pri=config.pri, num_aux=sum(psi),
+                                   mask_table=tf.constant(hierarchy_lib.psi_mask(psi)),
+                                   gamma=config.gamma, entropy_weight=config.entropy_weight)
+        self.uses_generator = config.method == "maxl"
+        batch = config.batch_size
+        self.train_steps = data_lib.steps_per_epoch(len(run_data.train_indices), batch)
+        self.meta_steps = (data_lib.steps_per_epoch(len(run_data.meta_indices), batch)
+                           if config.schedule == "alternating" else self.train_steps)
+        self.steps_per_epoch = self.train_steps + (
+            self.meta_steps if self.uses_generator and config.schedule == "alternating" else 0)
+        self._iteration = tf.function(self._iteration_fn)
+        self._evaluate = tf.function(self._evaluate_fn)
+        self._cosine = tf.function(self._cosine_fn)
+
+    # Compiled pieces. Either batch may be None: tf.function traces one graph per combination.
+    def _iteration_fn(self, train_batch, meta_batch):
+        state, task = self.state, self.task
+        values = {}
+        finite = tf.constant(True)
+        if train_batch is not None:
+            out = steps_lib.evaluator_step(state.evaluator, state.evaluator_optimizer, state.generator,
+                                           train_batch, task)
+            values.update({"train/pri_loss": out["pri_loss"], "train/aux_loss": out["aux_loss"],
+                           "train/pri_acc": out["pri_acc"], "train/aux_acc": out["aux_acc"],
+                           "train/grad_norm_evaluator": out["grad_norm"], "evaluator_steps": 1.0})
+            finite &= tf.math.is_finite(out["pri_loss"] + out["aux_loss"])
+            if task.method != "single":
+                state.label_usage.assign_add(tf.math.bincount(
+                    out["aux_assigned"], minlength=task.num_aux, maxlength=task.num_aux, dtype=tf.int64))
+        if meta_batch is not None:
+            out = steps_lib.generator_step(
+                state.generator, state.generator_optimizer, state.evaluator, meta_batch, task,
+                state.evaluator_optimizer.learning_rate,
+                self.config.generator_weight_decay, self.config.generator_weight_decay_type)
+            values.update({"meta/loss": out["meta_loss"], "meta/loss_before": out["loss_before"],
+                           "meta/loss_after": out["loss_after"], "meta/entropy": out["entropy"],
+                           "meta/grad_norm_generator": out["grad_norm"], "generator_steps": 1.0})
+            finite &= tf.math.is_finite(out["meta_loss"])
+        state.sums.assign_add(tf.stack([tf.cast(values.get(name, 0.0), tf.float64) for name in SUM_NAMES]))
+        state.global_step.assign_add(1)
+        state.nonfinite_step.assign(tf.where(
+            tf.logical_and(tf.logical_not(finite), state.nonfinite_step < 0),
+            state.global_step, state.nonfinite_step))
+
+    def _evaluate_fn(self, batch):
+        return steps_lib.evaluation_step(self.state.evaluator, batch, self.task)
+
+    def _cosine_fn(self, batch):
+        return steps_lib.trunk_gradient_cosine(self.state.evaluator, self.state.generator, batch, self.task)
+
+    # Host-side loop.
+    def _learning_rates(self, epoch: int):
+        decay = self.config.lr_decay_factor ** (epoch // self.config.lr_decay_every)
+        return self.config.lr * decay, self.config.generator_lr * decay
+
+    def _check_finite(self, epoch: int):
+        step = int(self.state.nonfinite_step.numpy())
+        if step >= 0:
+            raise NonFiniteLoss(
+                f"non-finite loss at step {step} (epoch {epoch + 1}); nothing was saved after it, the "
+                f"last checkpoint is intact. Lower --lr or --generator_lr, or use --loss=ce.")
+
+    def _epoch_batches(self, epoch: int, first_step: int):
+        """Yields (train_batch or None, meta_batch or None) for steps first_step.. of an epoch."""
+        config, batch = self.config, self.config.batch_size
+        augment = (lambda stream: (config.seed, epoch, stream)) if config.augment else (lambda stream: None)
+        train_order = data_lib.epoch_order(self.data.train_indices, self.train_steps * batch,
+                                           config.seed, epoch, data_lib.TRAIN_STREAM)
+        meta_order = data_lib.epoch_order(self.data.meta_indices, self.meta_steps * batch,
+                                          config.seed, epoch, data_lib.META_STREAM)
+        if not self.uses_generator:
+            for train_batch in self.data.train.batches(train_order, batch, augment_seed=augment(0),
+                                                       first_step=first_step):
+                yield train_batch, None
+        elif config.schedule == "interleaved":
+            pairs = tf.data.Dataset.zip(
+                self.data.train.batches(train_order, batch, augment_seed=augment(0), first_step=first_step),
+                self.data.train.batches(meta_order, batch, augment_seed=augment(1), first_step=first_step))
+            yield from pairs
+        else:
+            if first_step < self.train_steps:
+                for train_batch in self.data.train.batches(train_order, batch, augment_seed=augment(0),
+                                                           first_step=first_step):
+                    yield train_batch, None
+            for meta_batch in self.data.train.batches(meta_order, batch, augment_seed=augment(1),
+                                                      first_step=max(0, first_step - self.train_steps)):
+                yield None, meta_batch
+
+    def evaluate(self) -> dict:
+        totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        for batch in self.data.test.evaluation_batches(self.config.batch_size):
+            for key, value in self._evaluate(batch).items():
+                totals[key] += float(value)
+        return {"test/loss": totals["loss_sum"] / totals["count"], "test/acc": totals["correct"] / totals["count"]}
+
+    def _epoch_record(self, epoch: int, seconds: float, images: int) -> dict:
+        sums = dict(zip(SUM_NAMES, self.state.sums.numpy().tolist()))
+        record = {"epoch": epoch + 1}
+        for names, count in ((EVALUATOR_SUMS, sums["evaluator_steps"]), (GENERATOR_SUMS, sums["generator_steps"])):
+            if count:
+                record.update({name: sums[name] / count for name in names})
+        lr, generator_lr = self._learning_rates(epoch)
+        record["lr/evaluator"] = lr
+        if self.uses_generator:
+            record["lr/generator"] = generator_lr
+        if self.task.method != "single":
+            usage = self.state.label_usage.numpy()
+            psi_blocks = np.split(usage, np.cumsum(self.task.mask_table.numpy().sum(1)).astype(int)[:-1])
+            used = [int(np.count_nonzero(block)) for block in psi_blocks]
+            record["labels/aux_used_per_pri"] = used
+            record["labels/aux_used_mean"] = float(np.mean(used))
+            # Fixed probe batch: the first training examples, unaugmented.
+            probe = next(iter(self.data.train.batches(
+                self.data.train_indices[:self.config.batch_size], self.config.batch_size)))
+            record["train/trunk_grad_cosine"] = float(self._cosine(probe))
+        record.update(self.evaluate())
+        record["perf/epoch_seconds"] = seconds
+        record["perf/images_per_s"] = images / seconds if seconds > 0 else 0.0
+        return record
+
+    def run_epoch(self, epoch: int, stop: _StopRequests, progress: bool) -> dict | None:
+        """Trains one epoch from the checkpointed step on; returns its record, or None if stopped."""
+        state, config = self.state, self.config
+        lr, generator_lr = self._learning_rates(epoch)
+        state.evaluator_optimizer.learning_rate.assign(lr)
+        if self.uses_generator:
+            state.generator_optimizer.learning_rate.assign(generator_lr)
+        first_step = int(state.step_in_epoch.numpy())
+        bar = keras.utils.Progbar(self.steps_per_epoch, verbose=1 if progress else 0,
+                                  stateful_metrics=["pri_loss", "pri_acc", "meta_loss"])
+        start, images = time.perf_counter(), 0
+        for step, (train_batch, meta_batch) in enumerate(self._epoch_batches(epoch, first_step), first_step):
+            self._iteration(train_batch, meta_batch)
+            images += config.batch_size
+            state.step_in_epoch.assign(step + 1)
+            if (step + 1) % config.log_every == 0 or step + 1 == self.steps_per_epoch:
+                self._check_finite(epoch)
+                sums = dict(zip(SUM_NAMES, state.sums.numpy()))
+                values = [(k, sums["train/" + k] / max(sums["evaluator_steps"], 1)) for k in ("pri_loss", "pri_acc")]
+                if self.uses_generator:
+                    values.append(("meta_loss", sums["meta/loss"] / max(sums["generator_steps"], 1)))
+                bar.update(step + 1, values)
+            if stop.signum is not None:
+                return None
+        self._check_finite(epoch)
+        return self._epoch_record(epoch, time.perf_counter() - start, images)
+
+
+def _write_summaries(writer, record: dict) -> None:
+    with writer.as_default(step=record["epoch"]):
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, float):
+                tf.summary.scalar(key, value)
+    writer.flush()
+
+
+def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict:
+    """Trains (or resumes) the run described by config; returns the results.json content.
+
+    Raises:
+      config_lib.ConfigError, loaders.DataError, RunError: with a message for the user.
+    """
+    psi = config_lib.validate(config)
+    logdir = prepare_logdir(config)
+    run_data = prepare_data(config, psi)
+    keras.utils.set_random_seed(config.seed)
+    state = TrainState(config, run_data.input_shape, psi)
+    checkpoint = state.checkpoint()
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(logdir, "checkpoints"), max_to_keep=2)
+    restore(state, manager, logdir)
+    trainer = Trainer(config, psi, run_data, state)
+    writer = tf.summary.create_file_writer(logdir)
+    results_path = os.path.join(logdir, "results.json")
+
+    start_epoch = int(state.epoch.numpy())
+    print(f"{config.name}: psi={list(psi)}, {len(run_data.train_indices)} train / "
+          f"{len(run_data.meta_indices)} meta examples from {run_data.source}; logdir {logdir}; "
+          + (f"resuming at epoch {start_epoch + 1} step {int(state.step_in_epoch.numpy())}"
+             if manager.latest_checkpoint else "starting"), flush=True)
+    history = state.history
+    if history:   # re-emit the last record, in case the previous process died before writing it
+        _write_summaries(writer, history[-1])
+    with _StopRequests() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            record = trainer.run_epoch(epoch, stop, progress)
+            if record is None:
+                manager.save(checkpoint_number=int(state.global_step.numpy()))
+                raise Interrupted(f"stopped by signal {stop.signum} at epoch {epoch + 1} step "
+                                  f"{int(state.step_in_epoch.numpy())}; checkpoint saved in {logdir}. "
+                                  f"Rerun the same command to resume.", stop.signum)
+            history.append(record)
+            state.history_json.assign(json.dumps(history))
+            state.epoch.assign(epoch + 1)
+            state.step_in_epoch.assign(0)
+            state.sums.assign(tf.zeros_like(state.sums))
+            state.label_usage.assign(tf.zeros_like(state.label_usage))
+            manager.save(checkpoint_number=int(state.global_step.numpy()))
+            _write_summaries(writer, record)
+            _write_atomically(results_path, json.dumps(results_summary(config, history, psi, run_data.source), indent=1))
+            print(f"epoch {epoch + 1}/{config.epochs}: test/acc {record['test/acc']:.4f} "
+                  f"test/loss {record['test/loss']:.4f} train/pri_acc {record['train/pri_acc']:.4f} "
+                  f"{record['perf/images_per_s']:.0f} images/s", flush=True)
+            if stop.signum is not None:
+                raise Interrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; checkpoint "
+                                  f"saved in {logdir}. Rerun the same command to resume.", stop.signum)
+    results = results_summary(config, history, psi, run_data.source)
+    _write_atomically(results_path, json.dumps(results, indent=1))
+    return results
