@@ -22,15 +22,20 @@ _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFI
            str: flags.DEFINE_string}
 
 
-def _define_flags():
-    # Choices are checked by config.validate (exit 2 with one line), not by DEFINE_enum.
+def define_flags(flag_values=flags.FLAGS) -> None:
+    """One flag per Config field. Choices are checked by config.validate (exit 2 with one line),
+    not by DEFINE_enum."""
     for field in dataclasses.fields(config_lib.Config):
-        kind = type(field.default)
         help_text = field.metadata["help"]
         if field.metadata["choices"]:
             help_text += f" One of: {', '.join(field.metadata['choices'])}."
-        _DEFINE[kind](field.name, field.default, help_text)
-    flags.DEFINE_bool("progress", True, "Show a progress bar per epoch (on a terminal).")
+        _DEFINE[type(field.default)](field.name, field.default, help_text, flag_values=flag_values)
+    flags.DEFINE_bool("progress", True, "Show a progress bar per epoch (on a terminal).",
+                      flag_values=flag_values)
+
+
+def config_from_flags(flag_values=flags.FLAGS) -> config_lib.Config:
+    return config_lib.Config(**{f.name: flag_values[f.name].value for f in dataclasses.fields(config_lib.Config)})
 
 
 def _parse(argv):
@@ -66,7 +71,7 @@ def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}; flags look like --name=value.", file=sys.stderr)
         sys.exit(2)
-    base = config_lib.Config(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config)})
+    base = config_from_flags()
     logging.set_verbosity(logging.WARNING)
     train.configure_runtime(base.deterministic)
     all_results = []
@@ -76,6 +81,9 @@ def main(argv):
         except (config_lib.ConfigError, loaders.DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except train.Interrupted as e:
+            print(f"stopped: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
         except train.RunError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
@@ -85,5 +93,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
+    define_flags()
     app.run(main, flags_parser=_parse)

@@ -194,7 +194,7 @@ def restore(state: TrainState, manager: tf.train.CheckpointManager, logdir: str)
         return
     try:
         state.checkpoint().restore(path).assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
+    except Exception as e:  # the reader raises OpError, IndexError, ValueError... for damaged files
         reason = str(e).strip().splitlines()[0][:200]
         raise RunError(f"checkpoint {path} is unreadable ({reason}). Delete {path}.* to resume from "
                        f"an earlier checkpoint, or {os.path.join(logdir, 'checkpoints')} to start over.")
@@ -380,6 +380,7 @@ class Trainer:
                     values.append(("meta_loss", sums["meta/loss"] / max(sums["generator_steps"], 1)))
                 bar.update(step + 1, values)
             if stop.signum is not None:
+                self._check_finite(epoch)
                 return None
         self._check_finite(epoch)
         return self._epoch_record(epoch, time.perf_counter() - start, images)
@@ -412,10 +413,15 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
     results_path = os.path.join(logdir, "results.json")
 
     start_epoch = int(state.epoch.numpy())
+    if start_epoch >= config.epochs:
+        position = "already complete"
+    elif manager.latest_checkpoint:
+        position = f"resuming at epoch {start_epoch + 1} step {int(state.step_in_epoch.numpy())}"
+    else:
+        position = "starting"
     print(f"{config.name}: psi={list(psi)}, {len(run_data.train_indices)} train / "
           f"{len(run_data.meta_indices)} meta examples from {run_data.source}; logdir {logdir}; "
-          + (f"resuming at epoch {start_epoch + 1} step {int(state.step_in_epoch.numpy())}"
-             if manager.latest_checkpoint else "starting"), flush=True)
+          f"{position}", flush=True)
     history = state.history
     if history:   # re-emit the last record, in case the previous process died before writing it
         _write_summaries(writer, history[-1])
@@ -424,7 +430,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
             record = trainer.run_epoch(epoch, stop, progress)
             if record is None:
                 manager.save(checkpoint_number=int(state.global_step.numpy()))
-                raise Interrupted(f"stopped by signal {stop.signum} at epoch {epoch + 1} step "
+                raise Interrupted(f"signal {stop.signum} at epoch {epoch + 1} step "
                                   f"{int(state.step_in_epoch.numpy())}; checkpoint saved in {logdir}. "
                                   f"Rerun the same command to resume.", stop.signum)
             history.append(record)
@@ -440,7 +446,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
                   f"test/loss {record['test/loss']:.4f} train/pri_acc {record['train/pri_acc']:.4f} "
                   f"{record['perf/images_per_s']:.0f} images/s", flush=True)
             if stop.signum is not None:
-                raise Interrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; checkpoint "
+                raise Interrupted(f"signal {stop.signum} after epoch {epoch + 1}; checkpoint "
                                   f"saved in {logdir}. Rerun the same command to resume.", stop.signum)
     results = results_summary(config, history, psi, run_data.source)
     _write_atomically(results_path, json.dumps(results, indent=1))

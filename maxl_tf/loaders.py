@@ -1,0 +1,380 @@
+"""Loads whole image-classification data sets into numpy arrays.
+
+CIFAR sets come from the archives their authors publish (when --data_dir holds them), else from a
+tensorflow-datasets directory, downloading into it only when asked. Digits is bundled with
+scikit-learn. Everything returned is checked, so bad data stops the run with a DataError the user
+can act on instead of a traceback deep inside training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tarfile
+import zlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import sklearn.datasets
+import sklearn.model_selection
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from maxl_tf import hierarchy
+
+DATASETS = ("cifar100", "cifar10", "cifar10_1", "digits")
+
+_NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "cifar10_1": 10, "digits": 10}
+# tensorflow-datasets names of the builders holding the (train, test) splits.
+_TFDS_NAMES = {
+    "cifar100": ("cifar100", "cifar100"),
+    "cifar10": ("cifar10", "cifar10"),
+    "cifar10_1": ("cifar10", "cifar10_1/v6"),
+}
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+_CIFAR10_1_URL = "https://github.com/modestyachts/CIFAR-10.1 (datasets/)"
+_CIFAR10_1_DATA = "cifar10.1_v6_data.npy"
+_CIFAR10_1_LABELS = "cifar10.1_v6_labels.npy"
+# What a truncated, corrupt or foreign archive raises while being read.
+_READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, pickle.UnpicklingError,
+                KeyError, ValueError, TypeError, IndexError)
+
+_IMAGE_SHAPE = {
+    "cifar100": (32, 32, 3),
+    "cifar10": (32, 32, 3),
+    "cifar10_1": (32, 32, 3),
+    "digits": (8, 8, 1),
+}
+
+
+class DataError(Exception):
+    """Bad or missing data. The message is shown to the user as-is: one or two sentences naming the
+    flag or file and the fix (main.py prints it and exits 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # [N, H, W, C] uint8
+    labels: np.ndarray  # [N] int64, the finest label level of the data set
+
+
+@dataclasses.dataclass(frozen=True)
+class RawData:
+    train: Split
+    test: Split
+    source: str  # one line saying where the data came from
+
+
+@dataclasses.dataclass(frozen=True)
+class _PickleArchive:
+    """A CIFAR archive as published: `tar_name` unpacks to `folder`, which holds the pickles."""
+
+    tar_name: str
+    folder: str
+    train_members: tuple[str, ...]
+    test_members: tuple[str, ...]
+    label_key: bytes
+
+    def describe(self) -> str:
+        return f"{self.tar_name} (or its extracted {self.folder}/)"
+
+
+_CIFAR100_ARCHIVE = _PickleArchive(
+    tar_name="cifar-100-python.tar.gz",
+    folder="cifar-100-python",
+    train_members=("train",),
+    test_members=("test",),
+    label_key=b"fine_labels",
+)
+_CIFAR10_ARCHIVE = _PickleArchive(
+    tar_name="cifar-10-python.tar.gz",
+    folder="cifar-10-batches-py",
+    train_members=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test_members=("test_batch",),
+    label_key=b"labels",
+)
+
+
+def load(dataset: str, data_dir: str | None, download: bool) -> RawData:
+    """Loads `dataset` whole; `data_dir` and `download` only matter for the CIFAR sets."""
+    if dataset not in DATASETS:
+        raise DataError(
+            f"Unknown data set {dataset!r}: --dataset must be one of {', '.join(DATASETS)}."
+        )
+    raw = _load_digits() if dataset == "digits" else _load_cifar(dataset, data_dir, download)
+    _validate(raw.train, dataset, f"{raw.source} (train split)")
+    _validate(raw.test, dataset, f"{raw.source} (test split)")
+    return raw
+
+
+def _load_digits() -> RawData:
+    """scikit-learn's 8x8 digits, scaled to uint8, with a fixed stratified 20% test split."""
+    digits = sklearn.datasets.load_digits()
+    images = np.round(digits.images * 255 / 16).astype(np.uint8)[..., np.newaxis]
+    labels = digits.target.astype(np.int64)
+    # random_state is fixed on purpose: the test set must not change with the run seed.
+    train_x, test_x, train_y, test_y = sklearn.model_selection.train_test_split(
+        images, labels, test_size=0.2, stratify=labels, random_state=0
+    )
+    return RawData(Split(train_x, train_y), Split(test_x, test_y), "scikit-learn load_digits")
+
+
+def _load_cifar(dataset: str, data_dir: str | None, download: bool) -> RawData:
+    """Local published archives in `data_dir` first, then tensorflow-datasets."""
+    if data_dir is None:
+        return _load_tfds(dataset, None, download)
+    data_dir = os.path.expanduser(data_dir)
+    if not os.path.isdir(data_dir):
+        raise DataError(
+            f"--data_dir={data_dir} does not exist or is not a folder: create it and put the data "
+            "there, or leave --data_dir out to use the tensorflow-datasets default folder."
+        )
+    local = _load_local(dataset, data_dir)
+    return local if local is not None else _load_tfds(dataset, data_dir, download)
+
+
+# ----------------------------------------------------------------------------------------------
+# Local archives in the formats the data set authors publish.
+
+
+def _load_local(dataset: str, data_dir: str) -> RawData | None:
+    """The data set from published archives in `data_dir`, or None when none of them is there."""
+    if dataset == "cifar100":
+        return _load_pickle_archive(_CIFAR100_ARCHIVE, data_dir)
+    if dataset == "cifar10":
+        return _load_pickle_archive(_CIFAR10_ARCHIVE, data_dir)
+    return _load_local_cifar10_1(data_dir)
+
+
+def _find_archive(archive: _PickleArchive, data_dir: str) -> str | None:
+    """The extracted folder (preferred: no decompression) or else the .tar.gz, if either exists."""
+    folder = os.path.join(data_dir, archive.folder)
+    if os.path.isdir(folder):
+        return folder
+    tar_path = os.path.join(data_dir, archive.tar_name)
+    return tar_path if os.path.isfile(tar_path) else None
+
+
+def _load_pickle_archive(archive: _PickleArchive, data_dir: str) -> RawData | None:
+    """CIFAR-10 or CIFAR-100 from its archive in `data_dir`, or None when it is not there."""
+    path = _find_archive(archive, data_dir)
+    if path is None:
+        return None
+    train, test = _read_pickle_archive(archive, path)
+    return RawData(train, test, f"local archive {path}")
+
+
+def _read_pickle_archive(archive: _PickleArchive, path: str) -> tuple[Split, Split]:
+    """(train, test) from a published CIFAR pickle archive; read or format errors -> DataError."""
+    try:
+        all_members = archive.train_members + archive.test_members
+        pickles = _unpickle_members(path, archive.folder, all_members)
+        train, test = (
+            _pickles_to_split([pickles[m] for m in members], archive.label_key, path)
+            for members in (archive.train_members, archive.test_members)
+        )
+    except _READ_ERRORS as err:
+        raise DataError(
+            f"{path} is unreadable or not in the published format ({type(err).__name__}: {err}); "
+            f"delete it and download it again from {_CIFAR_URL}."
+        ) from err
+    return train, test
+
+
+def _unpickle_members(path: str, folder: str, members: Sequence[str]) -> dict[str, Mapping]:
+    """Unpickles `members` from an extracted folder or, in one pass, from a .tar.gz of `folder`/."""
+    if os.path.isdir(path):
+        pickles = {}
+        for member in members:
+            with open(os.path.join(path, member), "rb") as f:
+                pickles[member] = pickle.load(f, encoding="bytes")
+        return pickles
+    wanted = {f"{folder}/{member}": member for member in members}
+    pickles = {}
+    with tarfile.open(path, "r:gz") as tar:
+        for info in tar:
+            if info.name in wanted and info.isfile():
+                pickles[wanted[info.name]] = pickle.load(tar.extractfile(info), encoding="bytes")
+    missing = sorted(set(members) - set(pickles))
+    if missing:
+        raise KeyError(f"no {', '.join(f'{folder}/{m}' for m in missing)} in the archive")
+    return pickles
+
+
+def _pickles_to_split(pickles: Sequence[Mapping], label_key: bytes, path: str) -> Split:
+    """Concatenates CIFAR pickles: b"data" rows are 3072 bytes, channel-major (CHW) -> NHWC."""
+    data = np.concatenate([np.asarray(p[b"data"]) for p in pickles])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 32 * 32 * 3:
+        raise ValueError(f'b"data" is {data.dtype} {list(data.shape)}, not uint8 [N, 3072]')
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = np.concatenate([np.asarray(p[label_key], dtype=np.int64) for p in pickles])
+    if label_key == b"fine_labels":
+        coarse = np.concatenate([np.asarray(p[b"coarse_labels"], dtype=np.int64) for p in pickles])
+        _check_coarse(labels, coarse, path)
+    return Split(np.ascontiguousarray(images), labels)
+
+
+def _load_local_cifar10_1(data_dir: str) -> RawData | None:
+    """CIFAR-10 training archive + CIFAR-10.1 v6 .npy pair; all or none must be in `data_dir`."""
+    cifar10_path = _find_archive(_CIFAR10_ARCHIVE, data_dir)
+    npy_paths = [os.path.join(data_dir, name) for name in (_CIFAR10_1_DATA, _CIFAR10_1_LABELS)]
+    present = [cifar10_path is not None] + [os.path.isfile(p) for p in npy_paths]
+    if not any(present):
+        return None
+    if not all(present):
+        names = [_CIFAR10_ARCHIVE.describe(), _CIFAR10_1_DATA, _CIFAR10_1_LABELS]
+        missing = [name for name, found in zip(names, present) if not found]
+        raise DataError(
+            f"--data_dir={data_dir} holds only part of cifar10_1: also put {' and '.join(missing)} "
+            f"there (from {_CIFAR_URL} and {_CIFAR10_1_URL})."
+        )
+    train, _ = _read_pickle_archive(_CIFAR10_ARCHIVE, cifar10_path)
+    test = _read_cifar10_1_npy(*npy_paths)
+    return RawData(train, test, f"local archives {cifar10_path} + {npy_paths[0]}")
+
+
+def _read_cifar10_1_npy(data_path: str, labels_path: str) -> Split:
+    """The CIFAR-10.1 v6 test set as published: uint8 [N,32,32,3] images and [N] integer labels."""
+    try:
+        images = np.load(data_path, allow_pickle=False)
+        labels = np.load(labels_path, allow_pickle=False)
+        if images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3):
+            raise ValueError(
+                f"images are {images.dtype} {list(images.shape)}, not uint8 [N, 32, 32, 3]"
+            )
+        if labels.dtype.kind not in "iu" or labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"labels are {labels.dtype} {list(labels.shape)}, not integer [{len(images)}]"
+            )
+    except _READ_ERRORS as err:
+        raise DataError(
+            f"{data_path} / {labels_path} are unreadable or not in the published format "
+            f"({type(err).__name__}: {err}); download them again from {_CIFAR10_1_URL}."
+        ) from err
+    return Split(images, labels.astype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------------
+# tensorflow-datasets.
+
+
+def _load_tfds(dataset: str, data_dir: str | None, download: bool) -> RawData:
+    """The data set from tensorflow-datasets builders in `data_dir` (None: the tfds default)."""
+    train_name, test_name = _TFDS_NAMES[dataset]
+    train_builder = _prepared_builder(train_name, dataset, data_dir, download)
+    test_builder = train_builder
+    if test_name != train_name:
+        test_builder = _prepared_builder(test_name, dataset, data_dir, download)
+    train = _read_tfds_split(train_builder, "train")
+    test = _read_tfds_split(test_builder, "test")
+    names = train_builder.info.full_name
+    if test_builder is not train_builder:
+        names += f" (train) + {test_builder.info.full_name} (test)"
+    return RawData(train, test, f"tfds {names} in {train_builder.data_dir_root}")
+
+
+def _prepared_builder(
+    name: str, dataset: str, data_dir: str | None, download: bool
+) -> tfds.core.DatasetBuilder:
+    """A tfds builder whose data is on disk, downloading it only if `download`."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+        return builder
+    if not download:
+        raise DataError(_missing_data_message(dataset, data_dir, str(builder.data_dir_root)))
+    try:
+        builder.download_and_prepare()
+    except Exception as err:  # Whatever tfds raises, the user needs the offline fix, not a trace.
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        reason = f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
+        raise DataError(
+            f"Downloading {name} with tensorflow-datasets failed ({reason}); no internet? To work "
+            f"offline put {_local_names(dataset)} in a folder and pass --data_dir=<that folder>."
+        ) from err
+    return builder
+
+
+def _read_tfds_split(builder: tfds.core.DatasetBuilder, split: str) -> Split:
+    """One prepared tfds split, whole; cifar100's coarse labels are checked against the table."""
+    try:
+        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    except tf.errors.OpError as err:
+        raise DataError(
+            f"tensorflow-datasets files in {builder.data_path} are unreadable "
+            f"({type(err).__name__}); delete that folder and prepare it again with --download."
+        ) from err
+    labels = np.asarray(arrays["label"], dtype=np.int64)
+    if "coarse_label" in arrays:
+        coarse = np.asarray(arrays["coarse_label"], dtype=np.int64)
+        _check_coarse(labels, coarse, str(builder.data_path))
+    return Split(np.asarray(arrays["image"]), labels)
+
+
+def _local_names(dataset: str) -> str:
+    """The published files that `_load_local` looks for, for messages."""
+    if dataset == "cifar100":
+        return f"{_CIFAR100_ARCHIVE.describe()} from {_CIFAR_URL}"
+    if dataset == "cifar10":
+        return f"{_CIFAR10_ARCHIVE.describe()} from {_CIFAR_URL}"
+    return (
+        f"{_CIFAR10_ARCHIVE.describe()} from {_CIFAR_URL} with {_CIFAR10_1_DATA} and "
+        f"{_CIFAR10_1_LABELS} from {_CIFAR10_1_URL}"
+    )
+
+
+def _missing_data_message(dataset: str, data_dir: str | None, tfds_dir: str) -> str:
+    """Where we looked and the two fixes: provide the files offline, or let tfds download."""
+    if data_dir is None:
+        return (
+            f"No {dataset} data in the tensorflow-datasets folder {tfds_dir}: put "
+            f"{_local_names(dataset)} in a folder and pass --data_dir=<that folder>, "
+            "or run with internet access and --download."
+        )
+    return (
+        f"No {dataset} data in --data_dir={data_dir} (looked for {_local_names(dataset)}, and for "
+        "a prepared tensorflow-datasets copy): put the files there, or run with internet access "
+        "and --download."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks.
+
+
+def _check_coarse(fine: np.ndarray, coarse: np.ndarray, source: str) -> None:
+    """Coarse labels that disagree with the standard table mean a corrupt or non-standard copy."""
+    if fine.shape != coarse.shape or fine.min(initial=0) < 0 or fine.max(initial=0) >= 100:
+        raise DataError(
+            f"{source}: the CIFAR-100 fine/coarse label lists are malformed; "
+            "download the data again."
+        )
+    bad = np.flatnonzero(np.asarray(hierarchy.CIFAR100_FINE_TO_COARSE)[fine] != coarse)
+    if bad.size:
+        i = bad[0]
+        raise DataError(
+            f"{source}: {bad.size} coarse labels disagree with the standard CIFAR-100 table "
+            f"(example {i}: fine {fine[i]}, coarse {coarse[i]}), so this copy is corrupt or "
+            "non-standard; download it again."
+        )
+
+
+def _validate(split: Split, dataset: str, where: str) -> None:
+    """What everything downstream relies on: uint8 NHWC images, int64 labels in range."""
+    images, labels = split.images, split.labels
+    expected = _IMAGE_SHAPE[dataset]
+    problem = None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
+        size = ", ".join(map(str, expected))
+        problem = f"images are {images.dtype} {list(images.shape)}, not uint8 [N, {size}]"
+    elif labels.dtype != np.int64 or labels.ndim != 1 or len(labels) != len(images):
+        problem = f"labels are {labels.dtype} {list(labels.shape)}, not int64 [{len(images)}]"
+    elif len(labels) == 0:
+        problem = "it holds no examples"
+    elif labels.min() < 0 or labels.max() >= _NUM_CLASSES[dataset]:
+        last = _NUM_CLASSES[dataset] - 1
+        problem = f"labels span {labels.min()}..{labels.max()}, outside 0..{last}"
+    if problem:
+        raise DataError(
+            f"{where}: {problem}; the data is corrupt or not {dataset}, download it again."
+        )

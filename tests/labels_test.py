@@ -1,0 +1,166 @@
+"""Tests for maxl_tf.labels: each method's auxiliary targets."""
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+
+from maxl_tf import hierarchy
+from maxl_tf import labels
+from maxl_tf import models
+
+
+class FixedLabelsTest(tf.test.TestCase, parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.cifar100 = hierarchy.for_dataset("cifar100")
+        self.cifar10 = hierarchy.for_dataset("cifar10")
+        self.fine = np.random.default_rng(0).integers(0, 100, size=6000)
+
+    @parameterized.parameters("single", "maxl")
+    def test_unused_methods_get_zeros(self, method):
+        out = labels.fixed_aux_labels(method, self.cifar100, 20, 100, (5,) * 20, self.fine[:50], seed=1)
+        self.assertEqual(out.dtype, np.int64)
+        self.assertAllEqual(out, np.zeros(50))
+
+    def test_human(self):
+        # Apple (0), bear (3), bed (5), bicycle (8) for (3, 10): their 10-class labels 5, 0, 6, 9,
+        # which sit at the same slots under psi [5, 1, 4].
+        out = labels.fixed_aux_labels("human", self.cifar100, 3, 10, (5, 1, 4),
+                                      np.asarray([0, 3, 5, 8]), seed=0)
+        self.assertAllEqual(out, [5, 0, 6, 9])
+        # (20, 100): apple and pear are the 1st and 4th fine labels of superclass 4 (slots 20..24).
+        out = labels.fixed_aux_labels("human", self.cifar100, 20, 100, (5,) * 20,
+                                      np.asarray([0, 57]), seed=0)
+        self.assertAllEqual(out, [20, 23])
+        for pri, aux in ((3, 10), (10, 20), (20, 100)):
+            psi = hierarchy.human_psi(self.cifar100, pri, aux)
+            self.assertAllEqual(
+                labels.fixed_aux_labels("human", self.cifar100, pri, aux, psi, self.fine, seed=3),
+                hierarchy.human_aux_labels(self.cifar100, pri, aux, self.fine))
+
+    def test_human_targets_are_one_hot_of_fixed_labels(self):
+        fine = np.asarray([0, 3, 5, 8, 2])
+        aux_labels = labels.fixed_aux_labels("human", self.cifar100, 3, 10, (5, 1, 4), fine, seed=0)
+        batch = {"images": None, "labels": self.cifar100.labels_at(3, fine), "aux_labels": aux_labels}
+        targets = labels.auxiliary_targets("human", batch, 10).numpy()
+        expected = np.zeros((5, 10), np.float32)
+        expected[np.arange(5), [5, 0, 6, 9, 4]] = 1.0
+        self.assertAllEqual(targets, expected)
+        self.assertEqual(targets.dtype, np.float32)
+
+    def test_random_is_fixed_per_seed(self):
+        psi = (5, 1, 4)
+        first = labels.fixed_aux_labels("random", self.cifar100, 3, 10, psi, self.fine, seed=11)
+        again = labels.fixed_aux_labels("random", self.cifar100, 3, 10, psi, self.fine, seed=11)
+        other = labels.fixed_aux_labels("random", self.cifar100, 3, 10, psi, self.fine, seed=12)
+        self.assertEqual(first.dtype, np.int64)
+        self.assertAllEqual(first, again)
+        # A different seed redraws: most labels of the multi-class blocks change.
+        multi = self.cifar100.labels_at(3, self.fine) != 1
+        self.assertGreater(np.mean(first[multi] != other[multi]), 0.5)
+
+    def test_random_is_not_the_human_assignment(self):
+        psi = (5, 1, 4)
+        random = labels.fixed_aux_labels("random", self.cifar100, 3, 10, psi, self.fine, seed=0)
+        human = hierarchy.human_aux_labels(self.cifar100, 3, 10, self.fine)
+        # Vegetations own a single auxiliary class: every apple is at slot 5, as in Human.
+        self.assertAllEqual(random[self.fine == 0], np.full(np.sum(self.fine == 0), 5))
+        # Images of one fine class get different random labels (drawn per image, not per class).
+        bears = random[self.fine == 3]
+        self.assertGreater(len(np.unique(bears)), 1)
+        self.assertLess(np.mean(random == human), 0.5)
+
+    @parameterized.parameters(
+        ("cifar100", 3, 10, (5, 1, 4)),
+        ("cifar100", 3, 20, (10, 3, 7)),
+        ("cifar100", 20, 100, (5,) * 20),
+        ("cifar10", 10, 50, (5,) * 10),
+        ("cifar10", 10, 15, (2, 1, 2, 1, 2, 1, 2, 1, 2, 1)),
+    )
+    def test_random_within_blocks_and_roughly_uniform(self, dataset, pri, aux, psi):
+        data = hierarchy.for_dataset(dataset)
+        fine = np.random.default_rng(1).integers(0, data.finest, size=20000 if aux == 100 else 6000)
+        out = labels.fixed_aux_labels("random", data, pri, aux, psi, fine, seed=5)
+        principal = data.labels_at(pri, fine)
+        mask = hierarchy.psi_mask(psi)
+        self.assertAllEqual(mask[principal, out], np.ones(len(fine)))
+        offsets = hierarchy.block_offsets(psi)
+        for p, n in enumerate(psi):
+            counts = np.bincount(out[principal == p] - offsets[p], minlength=n)
+            self.assertLen(counts, n)                       # nothing outside the block
+            self.assertTrue(np.all(counts > 0), msg=f"block {p}: {counts}")
+            mean = counts.mean()
+            self.assertAllInRange(counts, 0.7 * mean, 1.3 * mean)
+
+
+def _tiny_generator(aux):
+    tf.keras.utils.set_random_seed(0)
+    return models.build_generator((8, 8, 1), aux, "vgg_small", 0.125)
+
+
+class MaxlTargetsTest(tf.test.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.psi = (5, 1, 4)
+        self.mask_table = tf.constant(hierarchy.psi_mask(self.psi))
+        self.generator = _tiny_generator(sum(self.psi))
+        rng = np.random.default_rng(0)
+        self.batch = {
+            "images": tf.constant(rng.normal(size=(6, 8, 8, 1)), tf.float32),
+            "labels": tf.constant([0, 1, 2, 0, 2, 1], tf.int64),
+            "aux_labels": tf.zeros([6], tf.int64),
+        }
+
+    def test_generated_labels_in_blocks(self):
+        out = labels.generated_labels(self.generator, self.batch["images"], self.batch["labels"],
+                                      self.mask_table, training=False).numpy()
+        self.assertEqual(out.shape, (6, 10))
+        self.assertAllClose(out.sum(-1), np.ones(6), rtol=1e-6)
+        outside = hierarchy.psi_mask(self.psi)[self.batch["labels"].numpy()] == 0
+        self.assertTrue(np.all(out[outside] == 0.0))
+        # Principal class 1 owns one auxiliary class: its label is exactly one-hot at slot 5.
+        self.assertAllEqual(out[[1, 5]], np.eye(10, dtype=np.float32)[[5, 5]])
+        # Elsewhere probabilities are strictly inside their block and match the block softmax
+        # of the generator's logits.
+        logits = self.generator(self.batch["images"], training=False).numpy()
+        row0 = np.exp(logits[0, :5] - logits[0, :5].max())
+        self.assertAllClose(out[0, :5], row0 / row0.sum(), rtol=1e-5)
+        self.assertTrue(np.all(out[0, :5] > 0))
+
+    def test_maxl_targets_equal_generated_labels_and_stop_gradient(self):
+        with tf.GradientTape(persistent=True) as tape:
+            targets = labels.auxiliary_targets("maxl", self.batch, 10, self.generator, self.mask_table)
+            generated = labels.generated_labels(self.generator, self.batch["images"],
+                                                self.batch["labels"], self.mask_table, training=False)
+            weighted = tf.reduce_sum(targets * tf.range(10, dtype=tf.float32))
+            weighted_generated = tf.reduce_sum(generated * tf.range(10, dtype=tf.float32))
+        self.assertAllClose(targets, generated, rtol=1e-6)
+        grads = tape.gradient(weighted, self.generator.trainable_variables)
+        self.assertNotEmpty(grads)
+        self.assertTrue(all(g is None for g in grads))
+        # Contrast: the same labels without the stop-gradient do reach the generator.
+        grads_generated = tape.gradient(weighted_generated, self.generator.trainable_variables)
+        self.assertTrue(any(g is not None and np.any(g.numpy()) for g in grads_generated))
+        del tape
+
+    def test_maxl_targets_leave_batch_norm_statistics(self):
+        before = [v.numpy().copy() for v in self.generator.non_trainable_variables]
+        labels.auxiliary_targets("maxl", self.batch, 10, self.generator, self.mask_table)
+        after = [v.numpy() for v in self.generator.non_trainable_variables]
+        self.assertNotEmpty(before)
+        for b, a in zip(before, after):
+            self.assertAllEqual(b, a)
+
+    def test_single_has_no_targets(self):
+        self.assertIsNone(labels.auxiliary_targets("single", self.batch, 10))
+        self.assertIsNone(labels.auxiliary_targets("single", self.batch, 10, self.generator,
+                                                   self.mask_table))
+
+    def test_random_targets_are_one_hot(self):
+        batch = dict(self.batch, aux_labels=tf.constant([3, 5, 9, 0, 6, 5], tf.int64))
+        targets = labels.auxiliary_targets("random", batch, 10).numpy()
+        self.assertAllEqual(targets, np.eye(10, dtype=np.float32)[[3, 5, 9, 0, 6, 5]])
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -1,0 +1,375 @@
+"""Tests for maxl_tf.loaders on tiny data sets written in the published formats (no network)."""
+
+import os
+import pickle
+import tarfile
+from unittest import mock
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl.testing import parameterized
+
+from maxl_tf import hierarchy
+from maxl_tf import loaders
+
+_TABLE = np.asarray(hierarchy.CIFAR100_FINE_TO_COARSE)
+
+
+def _random_images(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Rows of 3072 bytes, as in the CIFAR pickles (channel-major: 1024 R, 1024 G, 1024 B)."""
+    return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+
+
+def _pickle(path: str, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def _tar_gz(folder: str, tar_path: str) -> None:
+    """Packs `folder` the way the authors do: members are `<folder name>/<file>`."""
+    with tarfile.open(tar_path, "w:gz") as tar:
+        tar.add(folder, arcname=os.path.basename(folder))
+
+
+def _expected_hwc(row: np.ndarray) -> np.ndarray:
+    """One image from its CHW pickle row, pixel by pixel (independent of the loader's reshape)."""
+    image = np.zeros((32, 32, 3), np.uint8)
+    for r in range(32):
+        for c in range(32):
+            for ch in range(3):
+                image[r, c, ch] = row[ch * 1024 + r * 32 + c]
+    return image
+
+
+class LoadersTest(tf.test.TestCase, parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.rng = np.random.default_rng(0)
+
+    def _dir(self, name: str) -> str:
+        path = os.path.join(self.get_temp_dir(), name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    # --- writers for the published formats ------------------------------------------------------
+
+    def _write_cifar100(self, data_dir: str, as_tar: bool, bad_coarse: bool = False) -> dict:
+        """cifar-100-python/{train,test} (20 + 10 images); returns the pickled dicts by member."""
+        folder = os.path.join(data_dir, "cifar-100-python")
+        os.makedirs(folder)
+        written = {}
+        for member, n in (("train", 20), ("test", 10)):
+            fine = self.rng.integers(0, 100, size=n)
+            coarse = _TABLE[fine].copy()
+            if bad_coarse and member == "test":
+                coarse[3] = (coarse[3] + 1) % 20
+            written[member] = {
+                b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+                b"batch_label": member.encode(),
+                b"fine_labels": fine.tolist(),
+                b"coarse_labels": coarse.tolist(),
+                b"data": _random_images(self.rng, n),
+            }
+            _pickle(os.path.join(folder, member), written[member])
+        if as_tar:
+            _tar_gz(folder, os.path.join(data_dir, "cifar-100-python.tar.gz"))
+            tf.io.gfile.rmtree(folder)
+        return written
+
+    def _write_cifar10(self, data_dir: str, as_tar: bool, bad_label: bool = False) -> dict:
+        """cifar-10-batches-py/data_batch_{1..5} (4 images each) + test_batch (10 images)."""
+        folder = os.path.join(data_dir, "cifar-10-batches-py")
+        os.makedirs(folder)
+        written = {}
+        members = [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 10)]
+        for member, n in members:
+            labels = self.rng.integers(0, 10, size=n)
+            if bad_label and member == "test_batch":
+                labels[0] = 10
+            written[member] = {
+                b"batch_label": member.encode(),
+                b"labels": labels.tolist(),
+                b"data": _random_images(self.rng, n),
+                b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+            }
+            _pickle(os.path.join(folder, member), written[member])
+        if as_tar:
+            _tar_gz(folder, os.path.join(data_dir, "cifar-10-python.tar.gz"))
+            tf.io.gfile.rmtree(folder)
+        return written
+
+    def _write_cifar10_1(self, data_dir: str, n: int = 7) -> tuple[np.ndarray, np.ndarray]:
+        images = self.rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+        labels = self.rng.integers(0, 10, size=n).astype(np.int64)
+        np.save(os.path.join(data_dir, "cifar10.1_v6_data.npy"), images)
+        np.save(os.path.join(data_dir, "cifar10.1_v6_labels.npy"), labels)
+        return images, labels
+
+    def _assert_split(self, split: loaders.Split, n: int, shape=(32, 32, 3)) -> None:
+        self.assertEqual(split.images.shape, (n, *shape))
+        self.assertEqual(split.images.dtype, np.uint8)
+        self.assertEqual(split.labels.shape, (n,))
+        self.assertEqual(split.labels.dtype, np.int64)
+
+    # --- local archives ----------------------------------------------------------------------
+
+    @parameterized.named_parameters(("tar_gz", True), ("folder", False))
+    def test_cifar100_local(self, as_tar):
+        data_dir = self._dir("data")
+        written = self._write_cifar100(data_dir, as_tar)
+
+        raw = loaders.load("cifar100", data_dir, download=False)
+
+        self._assert_split(raw.train, 20)
+        self._assert_split(raw.test, 10)
+        self.assertAllEqual(raw.train.labels, written["train"][b"fine_labels"])
+        self.assertAllEqual(raw.test.labels, written["test"][b"fine_labels"])
+        self.assertAllEqual(raw.train.images[5], _expected_hwc(written["train"][b"data"][5]))
+        self.assertAllEqual(raw.test.images[9], _expected_hwc(written["test"][b"data"][9]))
+        expected = "cifar-100-python.tar.gz" if as_tar else "cifar-100-python"
+        self.assertEqual(raw.source, f"local archive {os.path.join(data_dir, expected)}")
+
+    @parameterized.named_parameters(("tar_gz", True), ("folder", False))
+    def test_cifar10_local(self, as_tar):
+        data_dir = self._dir("data")
+        written = self._write_cifar10(data_dir, as_tar)
+
+        raw = loaders.load("cifar10", data_dir, download=False)
+
+        self._assert_split(raw.train, 20)
+        self._assert_split(raw.test, 10)
+        batches = [written[f"data_batch_{i}"] for i in range(1, 6)]
+        self.assertAllEqual(raw.train.labels, np.concatenate([b[b"labels"] for b in batches]))
+        self.assertAllEqual(raw.test.labels, written["test_batch"][b"labels"])
+        # Image 6 of the training split is image 2 of data_batch_2: batches keep their order.
+        self.assertAllEqual(raw.train.images[6], _expected_hwc(batches[1][b"data"][2]))
+        self.assertIn("local archive", raw.source)
+
+    def test_cifar10_1_local(self):
+        data_dir = self._dir("data")
+        written = self._write_cifar10(data_dir, as_tar=True)
+        images, labels = self._write_cifar10_1(data_dir, n=7)
+
+        raw = loaders.load("cifar10_1", data_dir, download=False)
+
+        self._assert_split(raw.train, 20)
+        self._assert_split(raw.test, 7)
+        self.assertAllEqual(raw.train.labels[:4], written["data_batch_1"][b"labels"])
+        self.assertAllEqual(raw.test.images, images)
+        self.assertAllEqual(raw.test.labels, labels)
+        self.assertIn("cifar10.1_v6_data.npy", raw.source)
+
+    def test_cifar10_1_without_cifar10_archive_names_it(self):
+        data_dir = self._dir("data")
+        self._write_cifar10_1(data_dir)
+        with self.assertRaisesRegex(loaders.DataError, r"cifar-10-python\.tar\.gz"):
+            loaders.load("cifar10_1", data_dir, download=False)
+
+    def test_cifar10_1_bad_npy_names_file(self):
+        data_dir = self._dir("data")
+        self._write_cifar10(data_dir, as_tar=False)
+        self._write_cifar10_1(data_dir)
+        np.save(os.path.join(data_dir, "cifar10.1_v6_data.npy"), np.zeros((7, 32, 32), np.uint8))
+        with self.assertRaisesRegex(loaders.DataError, r"v6_data\.npy.*download them again"):
+            loaders.load("cifar10_1", data_dir, download=False)
+
+    def test_coarse_label_disagreeing_with_table(self):
+        data_dir = self._dir("data")
+        self._write_cifar100(data_dir, as_tar=True, bad_coarse=True)
+        expected = r"cifar-100-python\.tar\.gz.*1 coarse labels disagree"
+        with self.assertRaisesRegex(loaders.DataError, expected):
+            loaders.load("cifar100", data_dir, download=False)
+
+    def test_truncated_tar_gz_names_file(self):
+        data_dir = self._dir("data")
+        self._write_cifar100(data_dir, as_tar=True)
+        tar_path = os.path.join(data_dir, "cifar-100-python.tar.gz")
+        with open(tar_path, "rb") as f:
+            content = f.read()
+        with open(tar_path, "wb") as f:
+            f.write(content[: len(content) // 2])
+        with self.assertRaisesRegex(loaders.DataError, rf"{tar_path}.*download it again"):
+            loaders.load("cifar100", data_dir, download=False)
+
+    def test_missing_member_names_file(self):
+        data_dir = self._dir("data")
+        self._write_cifar10(data_dir, as_tar=False)
+        os.remove(os.path.join(data_dir, "cifar-10-batches-py", "data_batch_3"))
+        with self.assertRaisesRegex(loaders.DataError, r"cifar-10-batches-py.*data_batch_3"):
+            loaders.load("cifar10", data_dir, download=False)
+
+    def test_wrong_image_size_names_file(self):
+        data_dir = self._dir("data")
+        self._write_cifar10(data_dir, as_tar=False)
+        path = os.path.join(data_dir, "cifar-10-batches-py", "test_batch")
+        _pickle(path, {b"data": np.zeros((10, 3000), np.uint8), b"labels": [0] * 10})
+        with self.assertRaisesRegex(loaders.DataError, r"cifar-10-batches-py.*uint8 \[N, 3072\]"):
+            loaders.load("cifar10", data_dir, download=False)
+
+    def test_label_out_of_range(self):
+        data_dir = self._dir("data")
+        self._write_cifar10(data_dir, as_tar=False, bad_label=True)
+        with self.assertRaisesRegex(loaders.DataError, r"test split.*0\.\.9"):
+            loaders.load("cifar10", data_dir, download=False)
+
+    # --- missing data / tensorflow-datasets ------------------------------------------------------
+
+    def test_missing_data_dir(self):
+        data_dir = os.path.join(self.get_temp_dir(), "does_not_exist")
+        with self.assertRaisesRegex(loaders.DataError, rf"--data_dir={data_dir} does not exist"):
+            loaders.load("cifar100", data_dir, download=True)
+        self.assertFalse(os.path.exists(data_dir))
+
+    @parameterized.parameters("cifar100", "cifar10", "cifar10_1")
+    def test_empty_data_dir_without_download(self, dataset):
+        data_dir = self._dir("empty")
+        with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
+            with self.assertRaises(loaders.DataError) as caught:
+                loaders.load(dataset, data_dir, download=False)
+        download.assert_not_called()
+        message = str(caught.exception)
+        self.assertIn(f"--data_dir={data_dir}", message)
+        archive = "cifar-100-python.tar.gz" if dataset == "cifar100" else "cifar-10-python.tar.gz"
+        self.assertIn(archive, message)
+        self.assertIn("--download", message)
+        if dataset == "cifar10_1":
+            self.assertIn("cifar10.1_v6_labels.npy", message)
+
+    def test_default_tfds_dir_without_download(self):
+        with mock.patch.object(tfds.core.constants, "DATA_DIR", self._dir("tfds_default")):
+            with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
+                expected = r"tfds_default.*--data_dir=<that folder>"
+                with self.assertRaisesRegex(loaders.DataError, expected):
+                    loaders.load("cifar10", None, download=False)
+        download.assert_not_called()
+
+    def test_download_failure_becomes_data_error(self):
+        data_dir = self._dir("empty")
+        failure = ConnectionError("Name or service not known")
+        expected = r"cifar100.*failed \(ConnectionError: Name or service not known\).*--data_dir"
+        with mock.patch.object(
+            tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure
+        ):
+            with self.assertRaisesRegex(loaders.DataError, expected):
+                loaders.load("cifar100", data_dir, download=True)
+
+    def _fake_prepare(self, builder, num_examples: int = 6) -> None:
+        """Writes what preparing leaves behind but the records (mock_data supplies the examples)."""
+        split_infos = [
+            tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0)
+            for split in ("train", "test")
+        ]
+        builder.info.set_splits(tfds.core.SplitDict(split_infos))
+        builder.data_path.mkdir(parents=True, exist_ok=True)
+        builder.info.write_to_directory(builder.data_path)
+
+    def _prepared_tfds_dir(self, *names: str) -> str:
+        data_dir = self._dir("tfds")
+        for name in names:
+            self._fake_prepare(tfds.builder(name, data_dir=data_dir))
+        return data_dir
+
+    def test_tfds_prepared_cifar10(self):
+        data_dir = self._prepared_tfds_dir("cifar10")
+        with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
+            with tfds.testing.mock_data(num_examples=6, data_dir=data_dir):
+                raw = loaders.load("cifar10", data_dir, download=False)
+        download.assert_not_called()
+        self._assert_split(raw.train, 6)
+        self._assert_split(raw.test, 6)
+        for split in (raw.train, raw.test):
+            self.assertBetween(split.labels.min(), 0, 9)
+            self.assertBetween(split.labels.max(), 0, 9)
+        self.assertEqual(raw.source, f"tfds cifar10/3.0.2 in {data_dir}")
+
+    def test_tfds_prepared_cifar10_1(self):
+        data_dir = self._prepared_tfds_dir("cifar10", "cifar10_1/v6")
+        with tfds.testing.mock_data(num_examples=5, data_dir=data_dir):
+            raw = loaders.load("cifar10_1", data_dir, download=False)
+        self._assert_split(raw.train, 5)
+        self._assert_split(raw.test, 5)
+        self.assertBetween(raw.test.labels.max(), 0, 9)
+        self.assertEqual(
+            raw.source, f"tfds cifar10/3.0.2 (train) + cifar10_1/v6/1.1.0 (test) in {data_dir}"
+        )
+
+    def test_tfds_download_when_not_prepared(self):
+        data_dir = self._dir("tfds")
+        prepared = []
+
+        def fake_download_and_prepare(builder, *args, **kwargs):
+            prepared.append(builder.info.full_name)
+            self._fake_prepare(builder)
+
+        with tfds.testing.mock_data(num_examples=6, data_dir=data_dir):
+            with mock.patch.object(
+                tfds.core.DatasetBuilder, "download_and_prepare", fake_download_and_prepare
+            ):
+                raw = loaders.load("cifar10", data_dir, download=True)
+        self.assertEqual(prepared, ["cifar10/3.0.2"])
+        self._assert_split(raw.train, 6)
+        self._assert_split(raw.test, 6)
+
+    def _cifar100_as_dataset(self, bad_coarse: bool):
+        """A tfds `_as_dataset` replacement: cifar100 examples with known fine/coarse labels."""
+
+        def as_dataset(builder, split, **kwargs):
+            fine = np.arange(8, dtype=np.int64) * 12 + (split == "test")
+            coarse = _TABLE[fine].astype(np.int64)
+            if bad_coarse:
+                coarse[2] = (coarse[2] + 1) % 20
+            images = np.full((8, 32, 32, 3), 7, np.uint8)
+            features = {"image": images, "label": fine, "coarse_label": coarse}
+            return tf.data.Dataset.from_tensor_slices(features)
+
+        return as_dataset
+
+    def test_tfds_cifar100_fine_labels(self):
+        data_dir = self._prepared_tfds_dir("cifar100")
+        as_dataset = self._cifar100_as_dataset(bad_coarse=False)
+        with tfds.testing.mock_data(data_dir=data_dir, as_dataset_fn=as_dataset):
+            raw = loaders.load("cifar100", data_dir, download=False)
+        self._assert_split(raw.train, 8)
+        self.assertAllEqual(raw.train.labels, np.arange(8) * 12)
+        self.assertAllEqual(raw.test.labels, np.arange(8) * 12 + 1)
+        self.assertAllEqual(raw.test.images, np.full((8, 32, 32, 3), 7, np.uint8))
+
+    def test_tfds_cifar100_coarse_mismatch(self):
+        data_dir = self._prepared_tfds_dir("cifar100")
+        as_dataset = self._cifar100_as_dataset(bad_coarse=True)
+        with tfds.testing.mock_data(data_dir=data_dir, as_dataset_fn=as_dataset):
+            with self.assertRaisesRegex(loaders.DataError, r"cifar100.*coarse labels disagree"):
+                loaders.load("cifar100", data_dir, download=False)
+
+    # --- digits and arguments ------------------------------------------------------------------
+
+    def test_digits(self):
+        raw = loaders.load("digits", "/no/such/dir/is/used", download=False)
+        self._assert_split(raw.train, 1437, shape=(8, 8, 1))
+        self._assert_split(raw.test, 360, shape=(8, 8, 1))
+        self.assertEqual(max(raw.train.images.max(), raw.test.images.max()), 255)
+        self.assertEqual(min(raw.train.images.min(), raw.test.images.min()), 0)
+        # Stratified: every digit is 20% +- 1 of the test split.
+        self.assertAllInRange(np.bincount(raw.test.labels, minlength=10), 35, 37)
+        self.assertEqual(raw.source, "scikit-learn load_digits")
+
+        again = loaders.load("digits", None, download=True)
+        self.assertAllEqual(again.test.images, raw.test.images)
+        self.assertAllEqual(again.test.labels, raw.test.labels)
+        self.assertAllEqual(again.train.labels, raw.train.labels)
+
+    def test_digits_scaling(self):
+        raw = loaders.load("digits", None, download=False)
+        values = np.unique(np.concatenate([raw.train.images.ravel(), raw.test.images.ravel()]))
+        expected = {round(v * 255 / 16) for v in range(17)}
+        self.assertContainsSubset(set(values.tolist()), expected)
+
+    def test_unknown_dataset(self):
+        expected = r"--dataset must be one of cifar100, cifar10, cifar10_1, digits"
+        with self.assertRaisesRegex(loaders.DataError, expected):
+            loaders.load("mnist", None, download=False)
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -1,0 +1,31 @@
+"""Shared by the end-to-end suites: the smoke preset as a Config, and main.py as a subprocess."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+from absl import flags
+
+import main
+from maxl_tf import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE_FLAGFILE = os.path.join(REPO, "flags", "smoke.cfg")
+
+
+def smoke_config(logdir: str, **overrides) -> config_lib.Config:
+    """flags/smoke.cfg, parsed by main.py's own flag definitions, with overrides."""
+    flag_values = flags.FlagValues()
+    main.define_flags(flag_values)
+    flag_values(["main.py", f"--flagfile={SMOKE_FLAGFILE}"])
+    return dataclasses.replace(main.config_from_flags(flag_values), logdir=logdir, **overrides)
+
+
+def main_command(*args) -> list:
+    return [sys.executable, os.path.join(REPO, "main.py"), "--noprogress", *args]
+
+
+def run_main(*args, timeout=300) -> subprocess.CompletedProcess:
+    """Runs main.py to completion; returns the process with text stdout/stderr."""
+    return subprocess.run(main_command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=REPO))
