@@ -5,6 +5,7 @@ categorical cross-entropy from logits) have no gradient of their gradient with r
 labels: the generator's meta-gradient would come out exactly zero, silently. Everything here is
 built from elementwise ops and (log-)softmax, which differentiate twice.
 """
+import numpy as np
 import tensorflow as tf
 
 
@@ -51,7 +52,12 @@ def focal_loss(logits, targets, gamma=2.0):
     logits = _full_precision(logits)
     targets = tf.cast(targets, logits.dtype)
     log_p = tf.nn.log_softmax(logits, axis=-1)
-    weight = (1.0 - tf.exp(log_p)) ** gamma if gamma else 1.0
+    weight = 1.0
+    if gamma:
+        # 1 - p, accurate near p = 1 and clamped away from 0: for gamma < 1 the gradient of
+        # (1 - p)^gamma is infinite at a saturated prediction, and inf * 0 would be NaN.
+        tiny = np.finfo(logits.dtype.as_numpy_dtype).tiny
+        weight = tf.maximum(-tf.math.expm1(log_p), tiny) ** gamma
     return tf.reduce_mean(-tf.reduce_sum(targets * weight * log_p, axis=-1))
 
 

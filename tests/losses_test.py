@@ -74,6 +74,25 @@ class FocalLossTest(tf.test.TestCase, parameterized.TestCase):
         rounded = tf.cast(tf.constant(_LOGITS, tf.bfloat16), tf.float64).numpy()
         self.assertAllClose(loss, _np_focal(rounded, _ONE_HOT, 2.0), rtol=1e-5)
 
+    @parameterized.parameters(0.5, 1.0, 2.0)
+    def test_saturated_prediction_has_finite_gradients(self, gamma):
+        # A margin of 100 makes p == 1.0 exactly in float32: (1 - p) ** gamma is at 0.
+        logits = tf.constant([[100.0, 0.0, -5.0]])
+        targets = tf.constant([[0.6, 0.4, 0.0]])
+        with tf.GradientTape() as outer:
+            outer.watch(targets)
+            with tf.GradientTape() as inner:
+                inner.watch(logits)
+                loss = losses.focal_loss(logits, targets, gamma=gamma)
+            grad = inner.gradient(loss, logits)
+            scalar = tf.reduce_sum(grad * tf.constant([[1.0, 2.0, 3.0]]))
+        mixed = outer.gradient(scalar, targets)
+        # Loss: only the 0.4 on class 1 counts, with weight (1 - 0) ** gamma = 1 and log p = -100.
+        self.assertAllClose(loss, 40.0, rtol=1e-6)
+        # d/dlogits = (sum(y) p - y) weighted; here exactly [0.4, -0.4, 0] for both gammas.
+        self.assertAllClose(grad, [[0.4, -0.4, 0.0]], atol=1e-6)
+        self.assertAllClose(mixed, [[0.0, -1.0, -2.0]], atol=1e-6)
+
     def test_first_order_gradient(self):
         # gamma=0: d loss / d logits = (p * sum(y) - y) / batch.
         logits = tf.constant(_LOGITS)
