@@ -1,0 +1,135 @@
+"""main.py as a user runs it: bad input, interruption and resume, replay from flags.cfg."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import tensorflow as tf
+from absl.testing import parameterized
+
+from maxl_tf import config as config_lib
+from tests import smoke_util
+
+# Long enough epochs (34 steps of 16) that signals land mid-epoch; three epochs.
+RESUME_FLAGS = ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, "--epochs=3", "--max_train_examples=600",
+                "--batch_size=16")
+
+
+def _numbers(results_path):
+    """The results of results.json: all but timings and the log directory, which legitimately differ."""
+    with open(results_path) as f:
+        results = json.load(f)
+    history = [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in results["history"]]
+    return {"history": history, "test_accuracy": results["test_accuracy"], "psi": results["psi"]}
+
+
+class ValidationTest(parameterized.TestCase):
+    """Every flag check, in-process (fast); the CLI test below shows how they reach the user."""
+
+    @parameterized.parameters(
+        (dict(dataset="imagenet"), "--dataset=imagenet"),
+        (dict(method="magic"), "--method=magic"),
+        (dict(model="resnet"), "--model=resnet"),
+        (dict(dataset="digits", pri=3, aux=10), "--pri=3"),
+        (dict(dataset="cifar10", pri=10, aux=15), "--pri=10 --aux=15"),
+        (dict(dataset="cifar100", pri=3, aux=10, psi="5,1"), "--psi=5,1"),
+        (dict(dataset="cifar100", pri=3, aux=10, psi="5,1,5"), "summing to --aux=10"),
+        (dict(dataset="cifar100", pri=3, aux=10, psi="5,x,4"), "comma-separated integers"),
+        (dict(dataset="cifar100", pri=3, aux=10, psi="4,2,4", method="human"), "--method=human"),
+        (dict(dataset="cifar10", pri=10, aux=20, method="human"), "--method=human"),
+        (dict(batch_size=0), "--batch_size=0"),
+        (dict(epochs=-3), "--epochs=-3"),
+        (dict(meta_split=1.0), r"--meta_split=1.0: must be in \[0, 1\)"),
+        (dict(meta_split=-0.1), "--meta_split=-0.1"),
+        (dict(lr=0.0), "--lr=0.0"),
+        (dict(entropy_weight=-1.0), "--entropy_weight=-1.0"),
+    )
+    def test_bad_flag_is_named(self, overrides, message):
+        with self.assertRaisesRegex(config_lib.ConfigError, message):
+            config_lib.validate(config_lib.Config(**overrides))
+
+    def test_paper_defaults_validate(self):
+        self.assertEqual(config_lib.validate(config_lib.Config()), (5,) * 20)
+        self.assertEqual(config_lib.validate(config_lib.Config(pri=3, aux=10)), (5, 1, 4))
+
+
+class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
+
+    def _assert_one_line_error(self, process, exit_code, pattern):
+        self.assertEqual(process.returncode, exit_code, process.stderr[-2000:])
+        self.assertNotIn("Traceback", process.stderr)
+        errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+        self.assertLen(errors, 1, process.stderr[-2000:])
+        self.assertRegex(errors[0], pattern)
+
+    @parameterized.named_parameters(
+        ("unknown_dataset", ("--dataset=imagenet",), "--dataset=imagenet: unknown"),
+        ("bad_pair", ("--dataset=cifar100", "--pri=3", "--aux=7"), "--pri=3 --aux=7"),
+        ("bad_psi", ("--dataset=cifar100", "--pri=3", "--aux=10", "--psi=5,1,5"), "--psi=5,1,5"),
+        ("unparsable_flag", ("--batch_size=abc",), "batch_size"),
+        ("missing_data_dir", ("--data_dir=/nonexistent/cifar",), "--data_dir=/nonexistent/cifar"),
+    )
+    def test_bad_input_exits_2_with_one_line(self, args, pattern):
+        logdir = os.path.join(self.get_temp_dir(), "bad")
+        process = smoke_util.run_main(*args, f"--logdir={logdir}")
+        self._assert_one_line_error(process, 2, pattern)
+
+    def test_paper_command_offline_says_how_to_provide_data(self):
+        empty = os.path.join(self.get_temp_dir(), "empty")
+        os.makedirs(empty)
+        process = smoke_util.run_main("--dataset=cifar100", "--pri=20", "--aux=100", f"--data_dir={empty}",
+                                      "--nodownload", f"--logdir={self.get_temp_dir()}/paper")
+        self._assert_one_line_error(process, 2, "cifar-100-python.tar.gz")
+
+    def test_non_finite_loss_exits_1(self):
+        process = smoke_util.run_main(f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--lr=1e30",
+                                      f"--logdir={self.get_temp_dir()}/nan")
+        self._assert_one_line_error(process, 1, r"non-finite loss at step \d+")
+
+    def test_interrupted_runs_resume_to_identical_results(self):
+        root = self.get_temp_dir()
+        reference = smoke_util.run_main(*RESUME_FLAGS, f"--logdir={root}/reference")
+        self.assertEqual(reference.returncode, 0, reference.stderr[-2000:])
+        expected = _numbers(f"{root}/reference/results.json")
+        self.assertLen(expected["history"], 3)
+
+        for name, signum, exit_codes in (("killed", signal.SIGKILL, (-signal.SIGKILL,)),
+                                         ("terminated", signal.SIGTERM, (128 + signal.SIGTERM,))):
+            with self.subTest(name):
+                logdir = f"{root}/{name}"
+                process = subprocess.Popen(smoke_util.main_command(*RESUME_FLAGS, f"--logdir={logdir}"),
+                                           cwd=smoke_util.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           text=True, env=dict(os.environ, PYTHONPATH=smoke_util.REPO))
+                deadline = time.time() + 120
+                while not os.path.exists(f"{logdir}/checkpoints/checkpoint") and time.time() < deadline:
+                    time.sleep(0.02)
+                time.sleep(0.3)    # into the second epoch
+                process.send_signal(signum)
+                _, stderr = process.communicate(timeout=120)
+                self.assertIn(process.returncode, exit_codes, stderr[-2000:])
+                if signum == signal.SIGTERM:
+                    self.assertRegex(stderr, r"stopped: signal 15 (at|after) epoch \d")
+                    self.assertNotIn("Traceback", stderr)
+                resumed = smoke_util.run_main(*RESUME_FLAGS, f"--logdir={logdir}")
+                self.assertEqual(resumed.returncode, 0, resumed.stderr[-2000:])
+                self.assertIn("resuming at epoch", resumed.stdout)
+                self.assertEqual(_numbers(f"{logdir}/results.json"), expected)
+
+        # The saved flags replay the run: it is complete, so nothing is retrained.
+        replay = smoke_util.run_main(f"--flagfile={root}/reference/flags.cfg")
+        self.assertEqual(replay.returncode, 0, replay.stderr[-2000:])
+        self.assertIn("already complete", replay.stdout)
+        self.assertEqual(_numbers(f"{root}/reference/results.json"), expected)
+
+    def test_several_methods_print_a_table(self):
+        process = smoke_util.run_main(f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--epochs=1",
+                                      "--method=single,random", f"--logdir={self.get_temp_dir()}/table")
+        self.assertEqual(process.returncode, 0, process.stderr[-2000:])
+        rows = [line for line in process.stdout.splitlines() if line.startswith("| ") and "method" not in line]
+        self.assertEqual([row.split("|")[1].strip() for row in rows], ["single", "random"])
+        self.assertTrue(os.path.isfile(f"{self.get_temp_dir()}/table/digits_pri2_aux10_random_seed0/results.json"))
+
+
+if __name__ == "__main__":
+    tf.test.main()
