@@ -1,0 +1,27 @@
+"""Synthetic archives go through the real CIFAR loaders."""
+import tensorflow as tf
+
+from maxl_tf import loaders
+from maxl_tf import synthetic
+
+
+class SyntheticArchiveTest(tf.test.TestCase):
+
+    def test_cifar100_archive_loads(self):
+        folder = self.get_temp_dir() + "/c100"
+        synthetic.write_archive("cifar100", folder, train=30, test=10)
+        data = loaders.load("cifar100", folder, download=False)
+        self.assertEqual(data.train.images.shape, (30, 32, 32, 3))
+        self.assertEqual(data.test.images.shape, (10, 32, 32, 3))
+        self.assertAllInRange(data.train.labels, 0, 99)
+
+    def test_cifar10_archive_loads(self):
+        folder = self.get_temp_dir() + "/c10"
+        synthetic.write_archive("cifar10", folder, train=25, test=5)
+        data = loaders.load("cifar10", folder, download=False)
+        self.assertEqual(data.train.images.shape, (25, 32, 32, 3))
+        self.assertAllInRange(data.test.labels, 0, 9)
+
+
+if __name__ == "__main__":
+    tf.test.main()
