@@ -15,7 +15,9 @@ class MetaGradientTest(tf.test.TestCase):
 
     def setUp(self):
         super().setUp()
+        # The global dtype policy, not only floatx: an earlier test may already have fixed it.
         keras.config.set_floatx("float64")
+        keras.config.set_dtype_policy("float64")
         keras.utils.set_random_seed(0)
         self.evaluator = models.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.05)
         self.generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.05)
@@ -25,6 +27,7 @@ class MetaGradientTest(tf.test.TestCase):
 
     def tearDown(self):
         keras.config.set_floatx("float32")
+        keras.config.set_dtype_policy("float32")
         super().tearDown()
 
     def _meta(self, entropy_weight):
