@@ -27,7 +27,7 @@ def fixed_aux_labels(method: str, hierarchy: hierarchy_lib.Hierarchy, pri: int, 
         return hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)
     if method == "random":
         pri_labels = hierarchy.labels_at(pri, finest_labels)
-        draws = np.random.default_rng([seed, 7]).random(len(finest_labels))
+        draws = np.random.default_rng([seed, 7]).random(len(finest_labels))  # 7: a stream of its own
         within_block = np.floor(draws * np.asarray(psi)[pri_labels]).astype(np.int64)
         return hierarchy_lib.block_offsets(psi)[pri_labels] + within_block
     return np.zeros(len(finest_labels), np.int64)

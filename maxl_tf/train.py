@@ -302,28 +302,26 @@ class Trainer:
     def _epoch_batches(self, epoch: int, first_step: int):
         """Yields (train_batch or None, meta_batch or None) for steps first_step.. of an epoch."""
         config, batch = self.config, self.config.batch_size
-        augment = (lambda stream: (config.seed, epoch, stream)) if config.augment else (lambda stream: None)
-        train_order = data_lib.epoch_order(self.data.train_indices, self.train_steps * batch,
-                                           config.seed, epoch, data_lib.TRAIN_STREAM)
-        meta_order = data_lib.epoch_order(self.data.meta_indices, self.meta_steps * batch,
-                                          config.seed, epoch, data_lib.META_STREAM)
+
+        def stream(indices, steps, stream_id, first):
+            order = data_lib.epoch_order(indices, steps * batch, config.seed, epoch, stream_id)
+            augment_seed = (config.seed, epoch, stream_id) if config.augment else None
+            return self.data.train.batches(order, batch, augment_seed=augment_seed, first_step=first)
+
+        def train_stream(first):
+            return stream(self.data.train_indices, self.train_steps, data_lib.TRAIN_STREAM, first)
+
+        def meta_stream(first):
+            return stream(self.data.meta_indices, self.meta_steps, data_lib.META_STREAM, first)
+
         if not self.uses_generator:
-            for train_batch in self.data.train.batches(train_order, batch, augment_seed=augment(0),
-                                                       first_step=first_step):
-                yield train_batch, None
+            yield from ((train_batch, None) for train_batch in train_stream(first_step))
         elif config.schedule == "interleaved":
-            pairs = tf.data.Dataset.zip(
-                self.data.train.batches(train_order, batch, augment_seed=augment(0), first_step=first_step),
-                self.data.train.batches(meta_order, batch, augment_seed=augment(1), first_step=first_step))
-            yield from pairs
-        else:
+            yield from tf.data.Dataset.zip(train_stream(first_step), meta_stream(first_step))
+        else:  # alternating: the evaluator's epoch, then the generator's
             if first_step < self.train_steps:
-                for train_batch in self.data.train.batches(train_order, batch, augment_seed=augment(0),
-                                                           first_step=first_step):
-                    yield train_batch, None
-            for meta_batch in self.data.train.batches(meta_order, batch, augment_seed=augment(1),
-                                                      first_step=max(0, first_step - self.train_steps)):
-                yield None, meta_batch
+                yield from ((train_batch, None) for train_batch in train_stream(first_step))
+            yield from ((None, meta_batch) for meta_batch in meta_stream(max(0, first_step - self.train_steps)))
 
     def evaluate(self) -> dict:
         totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
