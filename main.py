@@ -74,8 +74,15 @@ def main(argv):
     base = config_from_flags()
     logging.set_verbosity(logging.WARNING)
     train.configure_runtime(base.deterministic)
+    configs = _configs(base)
+    try:   # every run's flags, before the first one trains
+        for config in configs:
+            config_lib.validate(config)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     all_results = []
-    for config in _configs(base):
+    for config in configs:
         try:
             all_results.append(train.train_and_evaluate(config, progress=flags.FLAGS.progress and sys.stdout.isatty()))
         except (config_lib.ConfigError, loaders.DataError) as e:

@@ -7,6 +7,7 @@ followed by an epoch of generator steps (the authors' code). Everything the resu
 and every batch is a function of (seed, epoch, step): a resumed run equals an uninterrupted one.
 """
 import dataclasses
+import glob
 import json
 import os
 import signal
@@ -186,6 +187,25 @@ def prepare_logdir(config: config_lib.Config) -> str:
     _write_atomically(os.path.join(logdir, "flags.cfg"), config.to_flagfile())
     _write_atomically(saved_path, config.to_json())
     return logdir
+
+
+def check_checkpoint_index(directory: str) -> None:
+    """Refuses a checkpoint directory whose index is damaged or missing.
+
+    tf.train.CheckpointManager treats an unparsable index as "no checkpoint" and would silently
+    restart the run from scratch, overwriting what is there.
+    """
+    index = os.path.join(directory, "checkpoint")
+    saved = glob.glob(os.path.join(directory, "ckpt-*.index"))
+    if not os.path.exists(index) and not saved:
+        return
+    fix = f"restore it from a backup, or delete {directory} to start over"
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception:  # a text-proto parse error
+        state = None
+    if state is None or not state.model_checkpoint_path:
+        raise RunError(f"checkpoint index {index} is missing or unreadable; {fix}.")
 
 
 def restore(state: TrainState, manager: tf.train.CheckpointManager, logdir: str) -> None:
@@ -404,6 +424,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
     keras.utils.set_random_seed(config.seed)
     state = TrainState(config, run_data.input_shape, psi)
     checkpoint = state.checkpoint()
+    check_checkpoint_index(os.path.join(logdir, "checkpoints"))
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(logdir, "checkpoints"), max_to_keep=2)
     restore(state, manager, logdir)
     trainer = Trainer(config, psi, run_data, state)
@@ -420,6 +441,8 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
     print(f"{config.name}: psi={list(psi)}, {len(run_data.train_indices)} train / "
           f"{len(run_data.meta_indices)} meta examples from {run_data.source}; logdir {logdir}; "
           f"{position}", flush=True)
+    with writer.as_default(step=start_epoch):
+        tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
     history = state.history
     if history:   # re-emit the last record, in case the previous process died before writing it
         _write_summaries(writer, history[-1])

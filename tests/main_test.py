@@ -75,6 +75,13 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
         process = smoke_util.run_main(*args, f"--logdir={logdir}")
         self._assert_one_line_error(process, 2, pattern)
 
+    def test_several_methods_are_all_checked_before_any_trains(self):
+        logdir = os.path.join(self.get_temp_dir(), "checked")
+        process = smoke_util.run_main(f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--method=single,magic",
+                                      f"--logdir={logdir}")
+        self._assert_one_line_error(process, 2, "--method=magic")
+        self.assertFalse(os.path.exists(logdir))
+
     def test_paper_command_offline_says_how_to_provide_data(self):
         empty = os.path.join(self.get_temp_dir(), "empty")
         os.makedirs(empty)

@@ -124,6 +124,18 @@ class RefusalTest(tf.test.TestCase):
             train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1), progress=False)
         self.assertEqual(self._snapshot(logdir), before)
 
+    def test_damaged_checkpoint_index_is_reported_not_restarted(self):
+        logdir = self._finished_run()
+        with open(os.path.join(logdir, "checkpoints", "checkpoint"), "w") as f:
+            f.write("garbage {{{")
+        before = self._snapshot(logdir)
+        with self.assertRaisesRegex(train.RunError, "checkpoint index .* is missing or unreadable"):
+            train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1), progress=False)
+        self.assertEqual(self._snapshot(logdir), before)
+        os.remove(os.path.join(logdir, "checkpoints", "checkpoint"))
+        with self.assertRaisesRegex(train.RunError, "checkpoint index .* is missing or unreadable"):
+            train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1), progress=False)
+
     def test_non_finite_loss_stops_before_saving(self):
         logdir = os.path.join(self.get_temp_dir(), "nan")
         with self.assertRaisesRegex(train.NonFiniteLoss, r"non-finite loss at step \d+ \(epoch 1\)") as caught:
