@@ -88,7 +88,10 @@ def prepare_data(config: config_lib.Config, psi) -> RunData:
     """Loads the data set and labels it for this run's principal and auxiliary tasks."""
     raw = loaders.load(config.dataset, config.data_dir or None, config.download)
     train, test = _subset(raw.train, config.max_train_examples), _subset(raw.test, config.max_test_examples)
-    models.check_input_size(config.model, train.images.shape[1])
+    try:
+        models.check_input_size(config.model, train.images.shape[1])
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e))
     hierarchy = hierarchy_lib.for_dataset(config.dataset)
 
     def examples(split, aux_labels):
@@ -114,11 +117,10 @@ def prepare_data(config: config_lib.Config, psi) -> RunData:
 # ----------------------------------------------------------------------------- state
 
 
-class TrainState(tf.Module):
+class TrainState:
     """Everything a checkpoint restores: networks, optimisers, position and the epoch's sums."""
 
     def __init__(self, config: config_lib.Config, input_shape, psi):
-        super().__init__(name="train_state")
         aux = sum(psi) if config.method != "single" else 0
         self.evaluator = models.build_evaluator(input_shape, config.pri, aux, config.model, config.width)
         self.evaluator_optimizer = keras.optimizers.SGD(config.lr)
@@ -183,9 +185,12 @@ def prepare_logdir(config: config_lib.Config) -> str:
     if os.path.isdir(logdir) and os.listdir(logdir):
         raise RunError(f"--logdir={logdir} exists and is not a maxl_tf log directory (no config.json); "
                        f"pass an empty or new --logdir.")
-    os.makedirs(logdir, exist_ok=True)
-    _write_atomically(os.path.join(logdir, "flags.cfg"), config.to_flagfile())
-    _write_atomically(saved_path, config.to_json())
+    try:
+        os.makedirs(logdir, exist_ok=True)
+        _write_atomically(os.path.join(logdir, "flags.cfg"), config.to_flagfile())
+        _write_atomically(saved_path, config.to_json())
+    except OSError as e:
+        raise RunError(f"--logdir={logdir} cannot be written ({e.strerror}); pass a writable --logdir.")
     return logdir
 
 

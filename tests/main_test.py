@@ -69,6 +69,8 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
         ("bad_psi", ("--dataset=cifar100", "--pri=3", "--aux=10", "--psi=5,1,5"), "--psi=5,1,5"),
         ("unparsable_flag", ("--batch_size=abc",), "batch_size"),
         ("missing_data_dir", ("--data_dir=/nonexistent/cifar",), "--data_dir=/nonexistent/cifar"),
+        ("model_too_deep_for_digits", ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, "--model=vgg16"),
+         "--model=vgg16 pools 5 times"),
     )
     def test_bad_input_exits_2_with_one_line(self, args, pattern):
         logdir = os.path.join(self.get_temp_dir(), "bad")

@@ -114,6 +114,13 @@ class RefusalTest(tf.test.TestCase):
         with self.assertRaisesRegex(train.RunError, "not a maxl_tf log directory"):
             train.train_and_evaluate(smoke_util.smoke_config(logdir), progress=False)
 
+    def test_unwritable_logdir_is_reported(self):
+        blocker = os.path.join(self.get_temp_dir(), "a_file")
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        with self.assertRaisesRegex(train.RunError, "cannot be written"):
+            train.train_and_evaluate(smoke_util.smoke_config(os.path.join(blocker, "run")), progress=False)
+
     def test_corrupt_checkpoint_is_reported_and_kept(self):
         logdir = self._finished_run()
         data_file = glob.glob(os.path.join(logdir, "checkpoints", "*.data-*"))[0]
