@@ -238,7 +238,8 @@ def results_summary(config: config_lib.Config, history: list, psi, source: str) 
 class _StopRequests:
     """Turns SIGINT/SIGTERM into a request the loop honours at the next step boundary.
 
-    A second signal falls through to the default handler, so a stuck run can still be killed.
+    A second signal of the same kind kills the process at once (the default action), so a stuck
+    run can still be stopped; it then resumes from the last checkpoint.
     """
 
     def __init__(self):
@@ -250,7 +251,7 @@ class _StopRequests:
 
     def _handle(self, signum, frame):
         self.signum = signum
-        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
+        signal.signal(signum, signal.SIG_DFL)
 
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
