@@ -54,7 +54,7 @@ def _configs(base: config_lib.Config) -> list:
         return [base]
     configs = []
     for method in methods:
-        config = dataclasses.replace(base, method=method, logdir="")
+        config = dataclasses.replace(base, method=method)
         configs.append(dataclasses.replace(config, logdir=os.path.join(base.logdir or "runs", config.name)))
     return configs
 

@@ -117,15 +117,10 @@ def validate(config: Config) -> tuple:
         if not ok:
             raise ConfigError(message)
 
-    check(config.dataset in loaders.DATASETS,
-          f"--dataset={config.dataset}: unknown; use one of {', '.join(loaders.DATASETS)}.")
-    check(config.method in labels.METHODS,
-          f"--method={config.method}: unknown; use one of {', '.join(labels.METHODS)}.")
-    for name, choices in (("model", models.ARCHITECTURES), ("loss", ("focal", "ce")),
-                          ("schedule", ("interleaved", "alternating")),
-                          ("generator_weight_decay_type", ("l1", "l2"))):
-        value = getattr(config, name)
-        check(value in choices, f"--{name}={value}: unknown; use one of {', '.join(choices)}.")
+    for field in dataclasses.fields(Config):
+        choices, value = field.metadata["choices"], getattr(config, field.name)
+        if choices:
+            check(value in choices, f"--{field.name}={value}: unknown; use one of {', '.join(choices)}.")
     for name in ("batch_size", "epochs", "lr_decay_every", "log_every"):
         value = getattr(config, name)
         check(value > 0, f"--{name}={value}: must be a positive integer.")
@@ -146,11 +141,9 @@ def validate(config: Config) -> tuple:
         hierarchy = hierarchy_lib.for_dataset(config.dataset)
         psi = hierarchy_lib.resolve_psi(hierarchy, config.pri, config.aux, psi_override)
         if config.method == "human":
-            human = hierarchy_lib.human_psi(hierarchy, config.pri, config.aux)
-            if human is None or human != psi:
-                hierarchy_lib.human_aux_labels(hierarchy, config.pri, config.aux, [])
-                raise ConfigError(f"--psi={config.psi}: --method=human uses the human hierarchy's "
-                                  f"psi {','.join(map(str, human))}; drop --psi.")
+            human = hierarchy_lib.require_human_psi(hierarchy, config.pri, config.aux)
+            check(human == psi, f"--psi={config.psi}: --method=human uses the human hierarchy's "
+                                f"psi {','.join(map(str, human))}; drop --psi.")
     except hierarchy_lib.HierarchyError as e:
         raise ConfigError(str(e))
     return psi

@@ -128,6 +128,16 @@ def psi_mask(psi) -> np.ndarray:
     return (owner[None, :] == np.arange(len(psi))[:, None]).astype(np.float32)
 
 
+def require_human_psi(hierarchy: Hierarchy, pri: int, aux: int) -> tuple:
+    """human_psi, or a HierarchyError saying which levels a human baseline can use."""
+    psi = human_psi(hierarchy, pri, aux)
+    if psi is None:
+        raise HierarchyError(
+            f"--method=human needs a human hierarchy between --pri={pri} and --aux={aux}; "
+            f"{hierarchy.name} has label levels {sorted(hierarchy.levels)}. Pick two of them, or another --method.")
+    return psi
+
+
 def human_aux_labels(hierarchy: Hierarchy, pri: int, aux: int, finest_labels: np.ndarray) -> np.ndarray:
     """Human auxiliary labels laid out in psi's blocks.
 
@@ -137,12 +147,7 @@ def human_aux_labels(hierarchy: Hierarchy, pri: int, aux: int, finest_labels: np
     Raises:
       HierarchyError: the data set has no human hierarchy between these levels.
     """
-    psi = human_psi(hierarchy, pri, aux)
-    if psi is None:
-        levels = sorted(hierarchy.levels)
-        raise HierarchyError(
-            f"--method=human needs a human hierarchy between --pri={pri} and --aux={aux}; "
-            f"{hierarchy.name} has label levels {levels}. Pick two of them, or another --method.")
+    psi = require_human_psi(hierarchy, pri, aux)
     pri_of_aux = np.zeros(aux, np.int64)
     pri_of_aux[hierarchy.levels[aux]] = hierarchy.levels[pri]
     rank = np.zeros(aux, np.int64)
