@@ -30,9 +30,6 @@ class Examples:
     labels: np.ndarray
     aux_labels: np.ndarray
 
-    def __len__(self):
-        return len(self.labels)
-
 
 def _rng(seed: int, *stream) -> np.random.Generator:
     return np.random.default_rng([seed, *stream])
