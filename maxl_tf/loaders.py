@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import socket
 import tarfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,8 @@ _TFDS_NAMES = {
     "cifar10": ("cifar10", "cifar10"),
     "cifar10_1": ("cifar10", "cifar10_1/v6"),
 }
+# tfds fetches from its Google Cloud Storage mirror, else from the publishers' hosts.
+_DOWNLOAD_HOSTS = ("storage.googleapis.com", "www.cs.toronto.edu", "github.com")
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _CIFAR10_1_URL = "https://github.com/modestyachts/CIFAR-10.1 (datasets/)"
 _CIFAR10_1_DATA = "cifar10.1_v6_data.npy"
@@ -283,6 +286,11 @@ def _prepared_builder(
         return builder
     if not download:
         raise DataError(_missing_data_message(dataset, data_dir, str(builder.data_dir_root)))
+    if _offline():
+        raise DataError(
+            f"Cannot download {name}: no network (none of {', '.join(_DOWNLOAD_HOSTS)} resolves). "
+            f"To work offline put {_local_names(dataset)} in a folder and pass --data_dir=<that folder>."
+        )
     try:
         builder.download_and_prepare()
     except Exception as err:  # Whatever tfds raises, the user needs the offline fix, not a trace.
@@ -293,6 +301,23 @@ def _prepared_builder(
             f"offline put {_local_names(dataset)} in a folder and pass --data_dir=<that folder>."
         ) from err
     return builder
+
+
+def _offline() -> bool:
+    """True when no download host resolves and no proxy is set.
+
+    Offline, tfds retries every download for minutes before failing; a name lookup fails in
+    milliseconds. Behind a proxy the lookup proves nothing, so the download is left to try.
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    for host in _DOWNLOAD_HOSTS:
+        try:
+            socket.getaddrinfo(host, 443)
+            return False
+        except OSError:
+            pass
+    return True
 
 
 def _read_tfds_split(builder: tfds.core.DatasetBuilder, split: str) -> Split:

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import socket
 import tarfile
 from unittest import mock
 
@@ -248,11 +249,28 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         data_dir = self._dir("empty")
         failure = ConnectionError("Name or service not known")
         expected = r"cifar100.*failed \(ConnectionError: Name or service not known\).*--data_dir"
-        with mock.patch.object(
+        with mock.patch.object(loaders, "_offline", return_value=False), mock.patch.object(
             tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure
         ):
             with self.assertRaisesRegex(loaders.DataError, expected):
                 loaders.load("cifar100", data_dir, download=True)
+
+    def test_offline_download_fails_fast_without_trying(self):
+        data_dir = self._dir("empty")
+        lookup_failure = socket.gaierror(-2, "Name or service not known")
+        with mock.patch.dict(os.environ, {}, clear=True), mock.patch.object(
+            socket, "getaddrinfo", side_effect=lookup_failure
+        ) as lookup, mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
+            with self.assertRaisesRegex(loaders.DataError, r"Cannot download cifar100: no network.*--data_dir"):
+                loaders.load("cifar100", data_dir, download=True)
+        download.assert_not_called()
+        self.assertLen(lookup.call_args_list, len(loaders._DOWNLOAD_HOSTS))
+
+    def test_proxy_leaves_the_download_to_try(self):
+        with mock.patch.dict(os.environ, {"HTTPS_PROXY": "http://proxy:3128"}), mock.patch.object(
+            socket, "getaddrinfo", side_effect=OSError
+        ):
+            self.assertFalse(loaders._offline())
 
     def _fake_prepare(self, builder, num_examples: int = 6) -> None:
         """Writes what preparing leaves behind but the records (mock_data supplies the examples)."""
@@ -303,7 +321,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
             self._fake_prepare(builder)
 
         with tfds.testing.mock_data(num_examples=6, data_dir=data_dir):
-            with mock.patch.object(
+            with mock.patch.object(loaders, "_offline", return_value=False), mock.patch.object(
                 tfds.core.DatasetBuilder, "download_and_prepare", fake_download_and_prepare
             ):
                 raw = loaders.load("cifar10", data_dir, download=True)
