@@ -75,13 +75,18 @@ def for_dataset(dataset: str) -> Hierarchy:
     raise HierarchyError(f"unknown dataset {dataset!r}")
 
 
+def _parents(hierarchy: Hierarchy, pri: int, aux: int) -> np.ndarray:
+    """The level-`pri` class of each level-`aux` class. [aux]"""
+    pri_of_aux = np.zeros(aux, np.int64)
+    pri_of_aux[hierarchy.levels[aux]] = hierarchy.levels[pri]
+    return pri_of_aux
+
+
 def human_psi(hierarchy: Hierarchy, pri: int, aux: int) -> tuple | None:
     """psi of the human hierarchy between two levels, or None if the data set has no such pair."""
     if pri not in hierarchy.levels or aux not in hierarchy.levels or aux <= pri:
         return None
-    pri_of_aux = np.zeros(aux, np.int64)
-    pri_of_aux[hierarchy.levels[aux]] = hierarchy.levels[pri]
-    return tuple(int(n) for n in np.bincount(pri_of_aux, minlength=pri))
+    return tuple(int(n) for n in np.bincount(_parents(hierarchy, pri, aux), minlength=pri))
 
 
 def resolve_psi(hierarchy: Hierarchy, pri: int, aux: int, psi: tuple | None = None) -> tuple:
@@ -148,8 +153,7 @@ def human_aux_labels(hierarchy: Hierarchy, pri: int, aux: int, finest_labels: np
       HierarchyError: the data set has no human hierarchy between these levels.
     """
     psi = require_human_psi(hierarchy, pri, aux)
-    pri_of_aux = np.zeros(aux, np.int64)
-    pri_of_aux[hierarchy.levels[aux]] = hierarchy.levels[pri]
+    pri_of_aux = _parents(hierarchy, pri, aux)
     rank = np.zeros(aux, np.int64)
     for parent in range(pri):
         children = np.flatnonzero(pri_of_aux == parent)
