@@ -14,7 +14,7 @@ import tensorflow as tf
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.2
 CROP_PADDING = 4
 # Independent random streams drawn from one seed.
-TRAIN_STREAM, META_STREAM, SPLIT_STREAM = 0, 1, 2
+TRAIN_STREAM, META_STREAM, SPLIT_STREAM, RANDOM_LABEL_STREAM = 0, 1, 2, 7
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@
 import numpy as np
 import tensorflow as tf
 
+from maxl_tf import data
 from maxl_tf import hierarchy as hierarchy_lib
 from maxl_tf import losses
 
@@ -27,7 +28,7 @@ def fixed_aux_labels(method: str, hierarchy: hierarchy_lib.Hierarchy, pri: int, 
         return hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)
     if method == "random":
         pri_labels = hierarchy.labels_at(pri, finest_labels)
-        draws = np.random.default_rng([seed, 7]).random(len(finest_labels))  # 7: a stream of its own
+        draws = np.random.default_rng([seed, data.RANDOM_LABEL_STREAM]).random(len(finest_labels))
         within_block = np.floor(draws * np.asarray(psi)[pri_labels]).astype(np.int64)
         return hierarchy_lib.block_offsets(psi)[pri_labels] + within_block
     return np.zeros(len(finest_labels), np.int64)

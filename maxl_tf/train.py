@@ -266,8 +266,11 @@ class Trainer:
         self.task = steps_lib.Task(method=config.method, num_pri=config.pri, num_aux=sum(psi),
                                    mask_table=tf.constant(hierarchy_lib.psi_mask(psi)),
                                    gamma=config.gamma, entropy_weight=config.entropy_weight)
+        self.psi = psi
         self.uses_generator = config.method == "maxl"
         batch = config.batch_size
+        # The gradient-cosine diagnostic's fixed batch: the first training examples, unaugmented.
+        self._probe_batch = next(iter(run_data.train.batches(run_data.train_indices[:batch], batch)))
         self.train_steps = data_lib.steps_per_epoch(len(run_data.train_indices), batch)
         self.meta_steps = (data_lib.steps_per_epoch(len(run_data.meta_indices), batch)
                            if config.schedule == "alternating" else self.train_steps)
@@ -367,15 +370,11 @@ class Trainer:
         if self.uses_generator:
             record["lr/generator"] = generator_lr
         if self.task.method != "single":
-            usage = self.state.label_usage.numpy()
-            psi_blocks = np.split(usage, np.cumsum(self.task.mask_table.numpy().sum(1)).astype(int)[:-1])
-            used = [int(np.count_nonzero(block)) for block in psi_blocks]
+            blocks = np.split(self.state.label_usage.numpy(), hierarchy_lib.block_offsets(self.psi)[1:])
+            used = [int(np.count_nonzero(block)) for block in blocks]
             record["labels/aux_used_per_pri"] = used
             record["labels/aux_used_mean"] = float(np.mean(used))
-            # Fixed probe batch: the first training examples, unaugmented.
-            probe = next(iter(self.data.train.batches(
-                self.data.train_indices[:self.config.batch_size], self.config.batch_size)))
-            record["train/trunk_grad_cosine"] = float(self._cosine(probe))
+            record["train/trunk_grad_cosine"] = float(self._cosine(self._probe_batch))
         record.update(self.evaluate())
         record["perf/epoch_seconds"] = seconds
         record["perf/images_per_s"] = images / seconds if seconds > 0 else 0.0
