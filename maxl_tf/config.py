@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 
+from maxl_tf import distribute
 from maxl_tf import hierarchy as hierarchy_lib
 from maxl_tf import labels
 from maxl_tf import loaders
@@ -60,7 +61,13 @@ class Config:
                                           "(Algorithm 1); alternating: an epoch of each (authors' code).",
                            ("interleaved", "alternating"))
     seed: int = _field(0, "Seed of weights, meta split, shuffling, augmentation and random labels.")
-    # Bookkeeping: not part of the experiment's identity.
+    precision: str = _field("float32", "Compute precision; mixed_* keep float32 weights, losses, softmax "
+                                       "and pooling (mixed_float16 adds loss scaling).", models.PRECISIONS)
+    # Where and how fast it runs: not part of the experiment's identity.
+    strategy: str = _field("none", "none: one device; mirrored: every local GPU (BUILD.md); "
+                                   "multi_worker: the machines listed in TF_CONFIG.", distribute.STRATEGIES)
+    jit: bool = _field(False, "Compile the training steps with XLA (faster on GPUs; slower on CPUs).")
+    # Bookkeeping: not part of the experiment's identity either.
     logdir: str = _field("", "Log directory (empty: runs/<name derived from the experiment>).")
     deterministic: bool = _field(True, "Deterministic ops, so a resumed run equals an uninterrupted one.")
     log_every: int = _field(10, "Steps between progress-bar updates and non-finite checks.")
@@ -88,7 +95,7 @@ class Config:
 
     def experiment(self) -> dict:
         """The fields that decide the results; a log directory holds one experiment."""
-        bookkeeping = {"logdir", "data_dir", "download", "deterministic", "log_every"}
+        bookkeeping = {"logdir", "data_dir", "download", "deterministic", "log_every", "strategy", "jit"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 
     def to_flagfile(self) -> str:

@@ -72,8 +72,14 @@ def entropy_regulariser(generated_labels):
     Returns:
       scalar in [-log(aux), 0].
     """
-    mean = tf.reduce_mean(_full_precision(generated_labels), axis=0)
-    return tf.reduce_sum(mean * tf.math.log(mean + 1e-12))
+    return negative_entropy(tf.reduce_mean(_full_precision(generated_labels), axis=0))
+
+
+def negative_entropy(distribution):
+    """sum_k p_k log p_k of a [classes] distribution; the regulariser once pbar is known (a
+    distribution strategy averages pbar over replicas first)."""
+    distribution = _full_precision(distribution)
+    return tf.reduce_sum(distribution * tf.math.log(distribution + 1e-12))
 
 
 def accuracy(logits, labels):

@@ -16,22 +16,35 @@ ARCHITECTURES = {
 TRUNK_PREFIX = "trunk_"
 
 
-def _trunk(images, architecture: str, width: float):
-    """Shared feature extractor. images: [batch, H, W, C] -> features [batch, hidden]."""
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def _trunk(images, architecture: str, width: float, precision, synchronized_bn: bool):
+    """Shared feature extractor. images: [batch, H, W, C] -> features [batch, hidden].
+
+    Under mixed precision, convolutions and dense layers compute in half precision with float32
+    weights; batch norm computes in float32 (Keras does this itself) and so does max-pooling:
+    its second-order gradient (MaxPoolGradGrad) exists only for float32 under XLA.
+    """
+    dtype = precision   # None: Keras' global dtype policy (the float64 gradient tests set it)
+    pool_dtype = "float32" if precision and precision.startswith("mixed") else dtype
     x = images
     for block, (filters, convs) in enumerate(ARCHITECTURES[architecture], start=1):
         for conv in range(1, convs + 1):
             name = f"{TRUNK_PREFIX}block{block}_conv{conv}"
-            x = keras.layers.Conv2D(max(1, round(filters * width)), 3, padding="same", name=name)(x)
-            x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name + "_bn")(x)
-            x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D(2, name=f"{TRUNK_PREFIX}block{block}_pool")(x)
-    return keras.layers.Flatten(name=TRUNK_PREFIX + "flatten")(x)     # [batch, 1 * 1 * filters]
+            x = keras.layers.Conv2D(max(1, round(filters * width)), 3, padding="same", name=name,
+                                    dtype=dtype)(x)
+            x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn,
+                                                name=name + "_bn", dtype=dtype)(x)
+            x = keras.layers.ReLU(dtype=dtype)(x)
+        x = keras.layers.MaxPooling2D(2, name=f"{TRUNK_PREFIX}block{block}_pool", dtype=pool_dtype)(x)
+    return keras.layers.Flatten(name=TRUNK_PREFIX + "flatten", dtype=dtype)(x)   # [batch, 1 * 1 * filters]
 
 
-def _head(features, classes: int, name: str):
-    hidden = keras.layers.Dense(features.shape[-1], activation="relu", name=name + "_hidden")(features)
-    return keras.layers.Dense(classes, name=name + "_logits")(hidden)
+def _head(features, classes: int, name: str, precision):
+    hidden = keras.layers.Dense(features.shape[-1], activation="relu", name=name + "_hidden",
+                                dtype=precision)(features)
+    return keras.layers.Dense(classes, name=name + "_logits", dtype=precision)(hidden)
 
 
 def check_input_size(architecture: str, image_size: int) -> None:
@@ -44,29 +57,35 @@ def check_input_size(architecture: str, image_size: int) -> None:
             f"Use --model=vgg_small.")
 
 
-def build_evaluator(input_shape, pri_classes: int, aux_classes: int,
-                    architecture: str = "vgg16", width: float = 1.0) -> keras.Model:
+def build_evaluator(input_shape, pri_classes: int, aux_classes: int, architecture: str = "vgg16",
+                    width: float = 1.0, precision: str | None = None,
+                    synchronized_bn: bool = False) -> keras.Model:
     """Multi-task evaluator f(x) -> [principal logits, auxiliary logits] (paper Section 3.1).
 
     aux_classes=0 builds a single-task network whose only output is the principal logits, still
     returned as a one-element list so callers unpack it the same way.
+
+    Args:
+      precision: one of PRECISIONS, or None to follow Keras' global dtype policy.
+      synchronized_bn: batch statistics over all replicas of a distribution strategy.
     """
     check_input_size(architecture, input_shape[0])
     images = keras.Input(input_shape, name="images")
-    features = _trunk(images, architecture, width)
-    outputs = [_head(features, pri_classes, "principal")]
+    features = _trunk(images, architecture, width, precision, synchronized_bn)
+    outputs = [_head(features, pri_classes, "principal", precision)]
     if aux_classes:
-        outputs.append(_head(features, aux_classes, "auxiliary"))
+        outputs.append(_head(features, aux_classes, "auxiliary", precision))
     return keras.Model(images, outputs, name="evaluator")
 
 
-def build_generator(input_shape, aux_classes: int, architecture: str = "vgg16",
-                    width: float = 1.0) -> keras.Model:
+def build_generator(input_shape, aux_classes: int, architecture: str = "vgg16", width: float = 1.0,
+                    precision: str | None = None, synchronized_bn: bool = False) -> keras.Model:
     """Label generator g(x) -> auxiliary logits [batch, sum(psi)]; the masked softmax over the
-    principal label's block is applied by losses.masked_softmax."""
+    principal label's block is applied by losses.masked_softmax. Args as build_evaluator."""
     check_input_size(architecture, input_shape[0])
     images = keras.Input(input_shape, name="images")
-    logits = _head(_trunk(images, architecture, width), aux_classes, "generator")
+    features = _trunk(images, architecture, width, precision, synchronized_bn)
+    logits = _head(features, aux_classes, "generator", precision)
     return keras.Model(images, logits, name="generator")
 
 

@@ -5,8 +5,10 @@ scalars and tensors for the loop's metrics; none of them reads flags or global s
 """
 import dataclasses
 
+import keras
 import tensorflow as tf
 
+from maxl_tf import distribute
 from maxl_tf import labels as labels_lib
 from maxl_tf import losses
 from maxl_tf import meta
@@ -44,19 +46,35 @@ def _multitask_losses(evaluator_output, labels, targets, task: Task):
     return pri_loss, aux_loss, pri_logits, aux_logits
 
 
+def _loss_scale(optimizer):
+    """The optimiser's current loss scale (a LossScaleOptimizer's dynamic scale under float16)."""
+    return optimizer.scale_loss(tf.constant(1.0))
+
+
+def _replica_grad_norm(grads, loss_scale):
+    """Norm of the gradient of this replica's mean loss (unscaled, undivided by the replica count);
+    with one replica, the gradient norm of the step."""
+    return tf.cast(_global_norm(grads), tf.float32) * distribute.num_replicas() / loss_scale
+
+
 def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
     """One SGD step of the evaluator on L_pri + L_aux (paper Eq. 2), generator labels held fixed.
 
+    Under a distribution strategy this runs on every replica with its slice of the batch; the
+    optimiser sums the replicas' gradients of their share of the loss (distribute.py).
+
     Returns:
-      dict: pri_loss, aux_loss, pri_acc, aux_acc, grad_norm (scalars) and aux_assigned ([batch]
-      argmax of the auxiliary targets, -1 for single-task) for label-usage statistics.
+      dict: pri_loss, aux_loss, pri_acc, aux_acc, grad_norm (scalars of this replica's slice) and
+      aux_assigned ([batch] argmax of the auxiliary targets, -1 for single-task) for label-usage
+      statistics.
     """
     targets = labels_lib.auxiliary_targets(task.method, batch, task.num_aux, generator, task.mask_table)
     with tf.GradientTape() as tape:
         pri_loss, aux_loss, pri_logits, aux_logits = _multitask_losses(
             evaluator(batch["images"], training=True), batch["labels"], targets, task)
         loss = pri_loss + aux_loss
-    grads = tape.gradient(loss, evaluator.trainable_variables)
+        scaled_loss = optimizer.scale_loss(distribute.replica_share(loss))
+    grads = tape.gradient(scaled_loss, evaluator.trainable_variables)
     optimizer.apply(grads, evaluator.trainable_variables)
     batch_size = tf.shape(batch["labels"])[0]
     if targets is None:
@@ -65,27 +83,34 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
     else:
         assigned = tf.argmax(targets, axis=-1, output_type=tf.int64)
         aux_acc = losses.accuracy(aux_logits, assigned)
-    return {"pri_loss": pri_loss, "aux_loss": tf.convert_to_tensor(aux_loss, tf.float32),
+    return {"pri_loss": pri_loss, "aux_loss": tf.cast(aux_loss, tf.float32),
             "pri_acc": losses.accuracy(pri_logits, batch["labels"]), "aux_acc": aux_acc,
-            "grad_norm": _global_norm(grads), "aux_assigned": assigned}
+            "grad_norm": _replica_grad_norm(grads, _loss_scale(optimizer)), "aux_assigned": assigned}
 
 
 def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
                    weight_decay: float = 5e-4, weight_decay_type: str = "l1"):
     """One SGD step of the generator on the meta objective (paper Eq. 3), through a lookahead.
 
-    Weight decay is added to the gradient: L1 (paper: wd * sign(w)) or L2 (authors' code: wd * w).
+    Weight decay is added to the gradient: L1 (paper: wd * sign(w)) or L2 (authors' code: wd * w),
+    as each replica's share (the optimiser sums replicas) and scaled like the meta gradient.
+    A LossScaleOptimizer (float16) skips a step whose scaled gradient overflowed.
 
     Returns:
-      dict: meta_loss, loss_before, loss_after, entropy, grad_norm (of the meta-gradient alone).
+      dict: meta_loss, loss_before, loss_after, entropy, grad_norm (of the meta-gradient alone),
+      finite_grads (False when the step was skipped for a non-finite gradient).
     """
+    loss_scale = _loss_scale(optimizer)
     grads, stats = meta.second_order_meta_gradient(
         evaluator, generator, batch["images"], batch["labels"], task.mask_table, inner_lr,
-        task.gamma, task.entropy_weight)
-    stats["grad_norm"] = _global_norm(grads)
+        task.gamma, task.entropy_weight,
+        loss_scale=loss_scale if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None)
+    stats["grad_norm"] = _replica_grad_norm(grads, loss_scale)
+    stats["finite_grads"] = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
     if weight_decay:
         decay = tf.sign if weight_decay_type == "l1" else tf.identity
-        grads = [g + weight_decay * decay(v) for g, v in zip(grads, generator.trainable_variables)]
+        share = weight_decay * loss_scale / distribute.num_replicas()
+        grads = [g + tf.cast(share, v.dtype) * decay(v) for g, v in zip(grads, generator.trainable_variables)]
     optimizer.apply(grads, generator.trainable_variables)
     return stats
 

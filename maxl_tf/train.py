@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from maxl_tf import config as config_lib
 from maxl_tf import data as data_lib
+from maxl_tf import distribute
 from maxl_tf import hierarchy as hierarchy_lib
 from maxl_tf import labels as labels_lib
 from maxl_tf import loaders
@@ -30,7 +31,7 @@ EVALUATOR_SUMS = ("train/pri_loss", "train/aux_loss", "train/pri_acc", "train/au
                   "train/grad_norm_evaluator")
 GENERATOR_SUMS = ("meta/loss", "meta/loss_before", "meta/loss_after", "meta/entropy",
                   "meta/grad_norm_generator")
-SUM_NAMES = EVALUATOR_SUMS + GENERATOR_SUMS + ("evaluator_steps", "generator_steps")
+SUM_NAMES = EVALUATOR_SUMS + GENERATOR_SUMS + ("evaluator_steps", "generator_steps", "meta/skipped_steps")
 LAST_EPOCHS_AVERAGED = 5   # the paper's metric: mean test accuracy of the last 5 epochs
 
 
@@ -117,26 +118,41 @@ def prepare_data(config: config_lib.Config, psi) -> RunData:
 # ----------------------------------------------------------------------------- state
 
 
+def _optimizer(learning_rate: float, precision: str, model: keras.Model):
+    """Plain SGD, as in the paper; float16 wraps it in dynamic loss scaling."""
+    optimizer = keras.optimizers.SGD(learning_rate)
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
 class TrainState:
     """Everything a checkpoint restores: networks, optimisers, position and the epoch's sums."""
 
-    def __init__(self, config: config_lib.Config, input_shape, psi):
+    def __init__(self, config: config_lib.Config, input_shape, psi, strategy: tf.distribute.Strategy = None):
+        """Variables are mirrored on the strategy's replicas (default: this device), and batch
+        norm synchronised across them when there are several."""
+        strategy = strategy or tf.distribute.get_strategy()
+        synchronized_bn = strategy.num_replicas_in_sync > 1
         aux = sum(psi) if config.method != "single" else 0
-        self.evaluator = models.build_evaluator(input_shape, config.pri, aux, config.model, config.width)
-        self.evaluator_optimizer = keras.optimizers.SGD(config.lr)
-        self.evaluator_optimizer.build(self.evaluator.trainable_variables)
-        self.generator = None
-        self.generator_optimizer = None
-        if config.method == "maxl":
-            self.generator = models.build_generator(input_shape, sum(psi), config.model, config.width)
-            self.generator_optimizer = keras.optimizers.SGD(config.generator_lr)
-            self.generator_optimizer.build(self.generator.trainable_variables)
-        self.epoch = tf.Variable(0, dtype=tf.int64)           # completed epochs
-        self.step_in_epoch = tf.Variable(0, dtype=tf.int64)   # completed steps of the current epoch
-        self.global_step = tf.Variable(0, dtype=tf.int64)
-        self.sums = tf.Variable(tf.zeros(len(SUM_NAMES), tf.float64))
-        self.label_usage = tf.Variable(tf.zeros(max(aux, 1), tf.int64))  # argmax counts per aux class
-        self.nonfinite_step = tf.Variable(-1, dtype=tf.int64)
+        with strategy.scope():
+            self.evaluator = models.build_evaluator(input_shape, config.pri, aux, config.model, config.width,
+                                                    config.precision, synchronized_bn)
+            self.evaluator_optimizer = _optimizer(config.lr, config.precision, self.evaluator)
+            self.generator = None
+            self.generator_optimizer = None
+            if config.method == "maxl":
+                self.generator = models.build_generator(input_shape, sum(psi), config.model, config.width,
+                                                        config.precision, synchronized_bn)
+                self.generator_optimizer = _optimizer(config.generator_lr, config.precision, self.generator)
+            self.epoch = tf.Variable(0, dtype=tf.int64)           # completed epochs
+            self.step_in_epoch = tf.Variable(0, dtype=tf.int64)   # completed steps of the current epoch
+            self.global_step = tf.Variable(0, dtype=tf.int64)
+            self.sums = tf.Variable(tf.zeros(len(SUM_NAMES), tf.float64))
+            self.label_usage = tf.Variable(tf.zeros(max(aux, 1), tf.int64))  # argmax counts per aux class
+            self.nonfinite_step = tf.Variable(-1, dtype=tf.int64)
+        # Outside the strategy: collectives cannot broadcast strings, and only the host reads it.
         self.history_json = tf.Variable("[]")
 
     def checkpoint(self) -> tf.train.Checkpoint:
@@ -213,8 +229,8 @@ def check_checkpoint_index(directory: str) -> None:
         raise RunError(f"checkpoint index {index} is missing or unreadable; {fix}.")
 
 
-def restore(state: TrainState, manager: tf.train.CheckpointManager, logdir: str) -> None:
-    path = manager.latest_checkpoint
+def restore(state: TrainState, checkpoint_dir: str, logdir: str) -> None:
+    path = tf.train.latest_checkpoint(checkpoint_dir)
     if path is None:
         return
     try:
@@ -253,6 +269,16 @@ class _StopRequests:
         self.signum = signum
         signal.signal(signum, signal.SIG_DFL)
 
+    @property
+    def reason(self) -> str:
+        return f"signal {self.signum}" if self.signum is not None else "a signal on another worker"
+
+    @property
+    def exit_signal(self) -> int:
+        """The signal to report in the exit status: this process's, else SIGTERM (another
+        worker's, which stopped the whole cluster)."""
+        return self.signum if self.signum is not None else signal.SIGTERM
+
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
@@ -261,8 +287,9 @@ class _StopRequests:
 class Trainer:
     """Owns the compiled steps of one run and drives epochs; see train_and_evaluate."""
 
-    def __init__(self, config: config_lib.Config, psi, run_data: RunData, state: TrainState):
-        self.config, self.data, self.state = config, run_data, state
+    def __init__(self, config: config_lib.Config, psi, run_data: RunData, state: TrainState,
+                 strategy: tf.distribute.Strategy):
+        self.config, self.data, self.state, self.strategy = config, run_data, state, strategy
         self.task = steps_lib.Task(method=config.method, num_pri=config.pri, num_aux=sum(psi),
                                    mask_table=tf.constant(hierarchy_lib.psi_mask(psi)),
                                    gamma=config.gamma, entropy_weight=config.entropy_weight)
@@ -276,25 +303,28 @@ class Trainer:
                            if config.schedule == "alternating" else self.train_steps)
         self.steps_per_epoch = self.train_steps + (
             self.meta_steps if self.uses_generator and config.schedule == "alternating" else 0)
+        # XLA compiles each replica's work. It must be the function strategy.run calls: a
+        # tf.function nested inside it cannot hold the optimisers' cross-replica sums.
+        self._replica_iteration = (tf.function(self._replica_iteration_fn, jit_compile=True)
+                                   if config.jit else self._replica_iteration_fn)
         self._iteration = tf.function(self._iteration_fn)
         self._evaluate = tf.function(self._evaluate_fn)
         self._cosine = tf.function(self._cosine_fn)
+        self._any_worker = tf.function(self._any_worker_fn)
 
     # Compiled pieces. Either batch may be None: tf.function traces one graph per combination.
-    def _iteration_fn(self, train_batch, meta_batch):
+    def _replica_iteration_fn(self, train_batch, meta_batch):
+        """One iteration on one replica's slice of the batches: (scalars, label-usage counts)."""
         state, task = self.state, self.task
-        values = {}
-        finite = tf.constant(True)
+        values, usage = {}, tf.zeros([task.num_aux], tf.int64)
         if train_batch is not None:
             out = steps_lib.evaluator_step(state.evaluator, state.evaluator_optimizer, state.generator,
                                            train_batch, task)
             values.update({"train/pri_loss": out["pri_loss"], "train/aux_loss": out["aux_loss"],
                            "train/pri_acc": out["pri_acc"], "train/aux_acc": out["aux_acc"],
-                           "train/grad_norm_evaluator": out["grad_norm"], "evaluator_steps": 1.0})
-            finite &= tf.math.is_finite(out["pri_loss"] + out["aux_loss"])
-            if task.method != "single":
-                state.label_usage.assign_add(tf.math.bincount(
-                    out["aux_assigned"], minlength=task.num_aux, maxlength=task.num_aux, dtype=tf.int64))
+                           "train/grad_norm_evaluator": out["grad_norm"]})
+            # Counts per auxiliary class; one_hot rather than bincount, which XLA cannot compile.
+            usage = tf.reduce_sum(tf.one_hot(out["aux_assigned"], task.num_aux, dtype=tf.int64), axis=0)
         if meta_batch is not None:
             out = steps_lib.generator_step(
                 state.generator, state.generator_optimizer, state.evaluator, meta_batch, task,
@@ -302,8 +332,34 @@ class Trainer:
                 self.config.generator_weight_decay, self.config.generator_weight_decay_type)
             values.update({"meta/loss": out["meta_loss"], "meta/loss_before": out["loss_before"],
                            "meta/loss_after": out["loss_after"], "meta/entropy": out["entropy"],
-                           "meta/grad_norm_generator": out["grad_norm"], "generator_steps": 1.0})
-            finite &= tf.math.is_finite(out["meta_loss"])
+                           "meta/grad_norm_generator": out["grad_norm"],
+                           "meta/finite_grads": tf.cast(out["finite_grads"], tf.float32)})
+        return values, usage
+
+    def _iteration_fn(self, train_batch, meta_batch):
+        state, strategy = self.state, self.strategy
+        values, usage = strategy.run(self._replica_iteration, args=(train_batch, meta_batch))
+        mean = tf.distribute.ReduceOp.MEAN   # replicas hold equal slices: the mean of means
+        values = {name: strategy.reduce(mean, value, axis=None) for name, value in values.items()}
+        finite = tf.constant(True)
+        if train_batch is not None:
+            values["evaluator_steps"] = 1.0
+            finite &= tf.math.is_finite(values["train/pri_loss"] + values["train/aux_loss"])
+            if self.task.method != "single":
+                state.label_usage.assign_add(strategy.reduce(tf.distribute.ReduceOp.SUM, usage, axis=None))
+        if meta_batch is not None:
+            values["generator_steps"] = 1.0
+            if self.config.precision == "mixed_float16":
+                # Dynamic loss scaling overflows now and then by design: the optimiser skipped
+                # those steps. Only a non-finite forward loss is a diverged run.
+                finite &= tf.math.is_finite(values["meta/loss_before"] + values["meta/entropy"])
+                counted = tf.math.is_finite(values["meta/loss"])
+                for name in GENERATOR_SUMS:
+                    values[name] = tf.where(counted, values[name], 0.0)
+                values["generator_steps"] = tf.cast(counted, tf.float32)
+                values["meta/skipped_steps"] = 1.0 - values["meta/finite_grads"]
+            else:
+                finite &= tf.math.is_finite(values["meta/loss"])
         state.sums.assign_add(tf.stack([tf.cast(values.get(name, 0.0), tf.float64) for name in SUM_NAMES]))
         state.global_step.assign_add(1)
         state.nonfinite_step.assign(tf.where(
@@ -344,13 +400,35 @@ class Trainer:
             return stream(self.data.meta_indices, self.meta_steps, data_lib.META_STREAM, first)
 
         if not self.uses_generator:
-            yield from ((train_batch, None) for train_batch in train_stream(first_step))
+            yield from ((train_batch, None) for train_batch in self._distribute(train_stream(first_step)))
         elif config.schedule == "interleaved":
-            yield from tf.data.Dataset.zip(train_stream(first_step), meta_stream(first_step))
+            yield from self._distribute(tf.data.Dataset.zip(train_stream(first_step), meta_stream(first_step)))
         else:  # alternating: the evaluator's epoch, then the generator's
             if first_step < self.train_steps:
-                yield from ((train_batch, None) for train_batch in train_stream(first_step))
-            yield from ((None, meta_batch) for meta_batch in meta_stream(max(0, first_step - self.train_steps)))
+                yield from ((train_batch, None) for train_batch in self._distribute(train_stream(first_step)))
+            meta_batches = self._distribute(meta_stream(max(0, first_step - self.train_steps)))
+            yield from ((None, meta_batch) for meta_batch in meta_batches)
+
+    def _distribute(self, dataset: tf.data.Dataset):
+        """Splits each global batch into per-replica slices (every worker builds the same batches
+        and keeps its own slices); the dataset itself on one device."""
+        if self.config.strategy == "none":
+            return dataset
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+    def stop_agreed(self, stop: _StopRequests, vote: bool = True) -> bool:
+        """Whether to stop now. Several workers must stop at the same step (their next
+        collective would wait forever), so they vote where `vote` is True (every log_every steps
+        and at the end of an epoch), and a signal on any worker stops all of them there."""
+        if self.config.strategy != "multi_worker":
+            return stop.signum is not None
+        return vote and bool(self._any_worker(tf.constant(stop.signum is not None)))
+
+    def _any_worker_fn(self, flag):
+        votes = self.strategy.run(lambda f: tf.cast(f, tf.int32), args=(flag,))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None) > 0
 
     def evaluate(self) -> dict:
         totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
@@ -369,6 +447,8 @@ class Trainer:
         record["lr/evaluator"] = lr
         if self.uses_generator:
             record["lr/generator"] = generator_lr
+        if self.config.precision == "mixed_float16" and self.uses_generator:
+            record["meta/skipped_steps"] = sums["meta/skipped_steps"]
         if self.task.method != "single":
             blocks = np.split(self.state.label_usage.numpy(), hierarchy_lib.block_offsets(self.psi)[1:])
             used = [int(np.count_nonzero(block)) for block in blocks]
@@ -402,7 +482,7 @@ class Trainer:
                 if self.uses_generator:
                     values.append(("meta_loss", sums["meta/loss"] / max(sums["generator_steps"], 1)))
                 bar.update(step + 1, values)
-            if stop.signum is not None:
+            if self.stop_agreed(stop, vote=(step + 1) % config.log_every == 0):
                 self._check_finite(epoch)
                 return None
         self._check_finite(epoch)
@@ -417,6 +497,19 @@ def _write_summaries(writer, record: dict) -> None:
     writer.flush()
 
 
+def _strategy(config: config_lib.Config) -> tf.distribute.Strategy:
+    try:
+        strategy = distribute.make_strategy(config.strategy)
+    except distribute.StrategyError as e:
+        raise config_lib.ConfigError(str(e))
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise config_lib.ConfigError(
+            f"--batch_size={config.batch_size}: must be a multiple of the {replicas} replicas of "
+            f"--strategy={config.strategy}, so every replica gets an equal slice.")
+    return strategy
+
+
 def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict:
     """Trains (or resumes) the run described by config; returns the results.json content.
 
@@ -424,41 +517,47 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
       config_lib.ConfigError, loaders.DataError, RunError: with a message for the user.
     """
     psi = config_lib.validate(config)
-    logdir = prepare_logdir(config)
+    strategy = _strategy(config)
+    chief = distribute.is_chief(strategy)
+    logdir = prepare_logdir(config) if chief else config.resolved_logdir()
     run_data = prepare_data(config, psi)
     keras.utils.set_random_seed(config.seed)
-    state = TrainState(config, run_data.input_shape, psi)
+    state = TrainState(config, run_data.input_shape, psi, strategy)
     checkpoint = state.checkpoint()
-    check_checkpoint_index(os.path.join(logdir, "checkpoints"))
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(logdir, "checkpoints"), max_to_keep=2)
-    restore(state, manager, logdir)
-    trainer = Trainer(config, psi, run_data, state)
-    writer = tf.summary.create_file_writer(logdir)
+    checkpoint_dir = os.path.join(logdir, "checkpoints")
+    check_checkpoint_index(checkpoint_dir)
+    # Every worker saves (a multi-worker save is collective); only the chief's copy is the run's,
+    # and every worker resumes from it (the log directory must be on a shared file system).
+    save_dir = checkpoint_dir if chief else os.path.join(logdir, "workers", f"worker{strategy.cluster_resolver.task_id}")
+    manager = tf.train.CheckpointManager(checkpoint, save_dir, max_to_keep=2)
+    restore(state, checkpoint_dir, logdir)
+    trainer = Trainer(config, psi, run_data, state, strategy)
+    writer = tf.summary.create_file_writer(logdir) if chief else tf.summary.create_noop_writer()
     results_path = os.path.join(logdir, "results.json")
 
     start_epoch = int(state.epoch.numpy())
     if start_epoch >= config.epochs:
         position = "already complete"
-    elif manager.latest_checkpoint:
+    elif tf.train.latest_checkpoint(checkpoint_dir):
         position = f"resuming at epoch {start_epoch + 1} step {int(state.step_in_epoch.numpy())}"
     else:
         position = "starting"
-    print(f"{config.name}: psi={list(psi)}, {len(run_data.train_indices)} train / "
-          f"{len(run_data.meta_indices)} meta examples from {run_data.source}; logdir {logdir}; "
-          f"{position}", flush=True)
-    with writer.as_default(step=start_epoch):
-        tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
-    history = state.history
-    if history:   # re-emit the last record, in case the previous process died before writing it
-        _write_summaries(writer, history[-1])
     with _StopRequests() as stop:
+        print(f"{config.name}: psi={list(psi)}, {len(run_data.train_indices)} train / "
+              f"{len(run_data.meta_indices)} meta examples from {run_data.source}; logdir {logdir}; "
+              f"{position}", flush=True)
+        with writer.as_default(step=start_epoch):
+            tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
+        history = state.history
+        if history:   # re-emit the last record, in case the previous process died before writing it
+            _write_summaries(writer, history[-1])
         for epoch in range(start_epoch, config.epochs):
             record = trainer.run_epoch(epoch, stop, progress)
             if record is None:
                 manager.save(checkpoint_number=int(state.global_step.numpy()))
-                raise Interrupted(f"signal {stop.signum} at epoch {epoch + 1} step "
+                raise Interrupted(f"{stop.reason} at epoch {epoch + 1} step "
                                   f"{int(state.step_in_epoch.numpy())}; checkpoint saved in {logdir}. "
-                                  f"Rerun the same command to resume.", stop.signum)
+                                  f"Rerun the same command to resume.", stop.exit_signal)
             history.append(record)
             state.history_json.assign(json.dumps(history))
             state.epoch.assign(epoch + 1)
@@ -467,13 +566,15 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
             state.label_usage.assign(tf.zeros_like(state.label_usage))
             manager.save(checkpoint_number=int(state.global_step.numpy()))
             _write_summaries(writer, record)
-            _write_atomically(results_path, json.dumps(results_summary(config, history, psi, run_data.source), indent=1))
+            if chief:
+                _write_atomically(results_path, json.dumps(results_summary(config, history, psi, run_data.source), indent=1))
             print(f"epoch {epoch + 1}/{config.epochs}: test/acc {record['test/acc']:.4f} "
                   f"test/loss {record['test/loss']:.4f} train/pri_acc {record['train/pri_acc']:.4f} "
                   f"{record['perf/images_per_s']:.0f} images/s", flush=True)
-            if stop.signum is not None:
-                raise Interrupted(f"signal {stop.signum} after epoch {epoch + 1}; checkpoint "
-                                  f"saved in {logdir}. Rerun the same command to resume.", stop.signum)
+            if trainer.stop_agreed(stop):
+                raise Interrupted(f"{stop.reason} after epoch {epoch + 1}; checkpoint "
+                                  f"saved in {logdir}. Rerun the same command to resume.", stop.exit_signal)
     results = results_summary(config, history, psi, run_data.source)
-    _write_atomically(results_path, json.dumps(results, indent=1))
+    if chief:
+        _write_atomically(results_path, json.dumps(results, indent=1))
     return results

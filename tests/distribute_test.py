@@ -1,0 +1,116 @@
+"""Data parallelism: two replicas, and two worker processes, must compute what one device does.
+
+Logical CPU devices must be configured before TensorFlow initialises, so the two-replica checks
+run tests/two_replica_check.py in its own process; the multi-worker check runs main.py twice,
+as two workers of one cluster on localhost ports.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from maxl_tf import train
+from tests import smoke_util
+
+CHECK = os.path.join(smoke_util.REPO, "tests", "two_replica_check.py")
+
+
+def _run_check(*args):
+    result = subprocess.run([sys.executable, CHECK, *args], cwd=smoke_util.REPO, capture_output=True,
+                            text=True, timeout=600, env=dict(os.environ, PYTHONPATH=smoke_util.REPO))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _checkpoint_weights(directory):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(directory))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith(("evaluator/", "generator/"))}
+
+
+class TwoReplicaTest(tf.test.TestCase):
+
+    def test_meta_gradient_and_updates_equal_one_device(self):
+        report = _run_check()
+        self.assertEqual(report["replicas"], 2)
+        self.assertGreater(report["meta_gradient_norm"], 1e-3)   # a real gradient, not zeros
+        for key in ("meta_gradient", "meta_loss", "evaluator_update", "generator_update"):
+            self.assertLess(report[key], 1e-10, key)
+
+    def test_training_loop_matches_one_device(self):
+        with tempfile.TemporaryDirectory() as logdir:
+            histories = _run_check(logdir)
+        one, two = histories["none"], histories["mirrored"]
+        self.assertLen(two, len(one))
+        for record_one, record_two in zip(one, two):
+            for key in ("train/pri_loss", "train/aux_loss", "meta/loss", "meta/loss_after", "test/loss"):
+                # float32 and batch norm's synchronised moments (E[x^2] - E[x]^2) round differently.
+                self.assertAllClose(record_two[key], record_one[key], rtol=1e-4, msg=key)
+            self.assertEqual(record_two["test/acc"], record_one["test/acc"])
+
+
+class MultiWorkerTest(tf.test.TestCase):
+
+    def _start_workers(self, logdir, ports):
+        workers = [f"localhost:{port}" for port in ports]
+        processes = []
+        for index in range(len(workers)):
+            tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+            processes.append(subprocess.Popen(
+                smoke_util.main_command(f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--strategy=multi_worker",
+                                        f"--logdir={logdir}"),
+                cwd=smoke_util.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=dict(os.environ, PYTHONPATH=smoke_util.REPO, TF_CONFIG=tf_config)))
+        return processes
+
+    def test_workers_stop_together_resume_and_match_one_device(self):
+        root = self.get_temp_dir()
+        expected = train.train_and_evaluate(smoke_util.smoke_config(os.path.join(root, "one")), progress=False)
+        logdir = os.path.join(root, "cluster")
+
+        # A preempted worker: SIGTERM to worker 1 once it trains; both stop at the same step.
+        chief, worker = self._start_workers(logdir, _free_ports(2))
+        for line in worker.stdout:
+            if "starting" in line:
+                worker.send_signal(signal.SIGTERM)
+                break
+        outputs = [p.communicate(timeout=600)[0] for p in (chief, worker)]
+        self.assertEqual([chief.returncode, worker.returncode], [143, 143], outputs)
+        self.assertIn("a signal on another worker", outputs[0])
+        self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
+
+        # The restarted cluster resumes from the chief's checkpoint and finishes.
+        processes = self._start_workers(logdir, _free_ports(2))
+        outputs = [p.communicate(timeout=600)[0] for p in processes]
+        self.assertEqual([p.returncode for p in processes], [0, 0], outputs)
+        self.assertIn("resuming at epoch 1 step 2", outputs[0])
+
+        chief_weights = _checkpoint_weights(os.path.join(logdir, "checkpoints"))
+        worker_weights = _checkpoint_weights(os.path.join(logdir, "workers", "worker1"))
+        self.assertNotEmpty(chief_weights)
+        self.assertEqual(chief_weights.keys(), worker_weights.keys())
+        for name, value in chief_weights.items():
+            np.testing.assert_array_equal(worker_weights[name], value, err_msg=name)   # lockstep
+
+        with open(os.path.join(logdir, "results.json")) as f:
+            results = json.load(f)
+        self.assertTrue(results["complete"])
+        for record, reference in zip(results["history"], expected["history"]):
+            self.assertAllClose(record["test/loss"], reference["test/loss"], rtol=1e-4)
+            self.assertAllClose(record["meta/loss"], reference["meta/loss"], rtol=1e-4)
