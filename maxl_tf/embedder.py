@@ -64,7 +64,8 @@ def _prepare_for_vgg16(images):
 
 
 def _vgg16(weights, seed: int) -> keras.Model:
-    keras.utils.set_random_seed(seed)   # the untrained network's weights; the caller reseeds after
+    if weights is None:
+        keras.utils.set_random_seed(seed)   # the untrained network's weights; train.py reseeds after
     return keras.applications.VGG16(weights=weights, include_top=False, input_shape=(None, None, 3),
                                     pooling="avg")
 
@@ -132,10 +133,18 @@ def load(spec: str, fallback: str = "none", seed: int = 0) -> Embedder:
 
 
 def embed(embedder: Embedder, images: np.ndarray) -> np.ndarray:
-    """Embeddings of uint8 images [N, H, W, C] in [0, 255], in chunks of CHUNK. [N, D] float32"""
+    """Embeddings of uint8 images [N, H, W, C] in [0, 255], in chunks of CHUNK. [N, D] float32
+
+    Raises:
+      EmbedderError: the model cannot take these images (a saved model built for other inputs).
+    """
     chunks = []
     for start in range(0, len(images), CHUNK):
         pixels = tf.cast(images[start:start + CHUNK], tf.float32)           # [B, H, W, C]
-        outputs = embedder.model(embedder.prepare(pixels), training=False)
+        try:
+            outputs = embedder.model(embedder.prepare(pixels), training=False)
+        except Exception as e:  # shape and dtype mismatches surface as many error types
+            raise EmbedderError(f"--embedder: {embedder.description} cannot embed images of shape "
+                                f"{images.shape[1:]} ({_first_line(e)}); pass a model for such images.") from e
         chunks.append(np.reshape(keras.ops.convert_to_numpy(outputs), (len(pixels), -1)))  # [B, D]
     return np.concatenate(chunks).astype(np.float32)

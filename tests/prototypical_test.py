@@ -91,6 +91,13 @@ class EmbedderTest(tf.test.TestCase):
         images = np.full((3, 8, 8, 1), 200, np.uint8)
         self.assertAllClose(embedder.embed(embedder.load(path), images), np.full((3, 768), 200.0))
 
+    def test_saved_model_for_other_images_names_the_flag(self):
+        inputs = keras.Input((8, 8, 4))
+        path = os.path.join(self.get_temp_dir(), "four_channels.keras")
+        keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).save(path)
+        with self.assertRaisesRegex(embedder.EmbedderError, "--embedder: saved Keras model .*four_channels"):
+            embedder.embed(embedder.load(path), np.zeros((2, 8, 8, 1), np.uint8))
+
     def test_unreadable_saved_model_names_the_flag(self):
         path = os.path.join(self.get_temp_dir(), "broken.keras")
         with open(path, "w") as f:
