@@ -71,7 +71,7 @@ class RunData:
     train: data_lib.Pipeline
     test: data_lib.Pipeline
     train_indices: np.ndarray   # examples the evaluator trains on
-    meta_indices: np.ndarray    # examples the generator's meta objective uses (maxl)
+    meta_indices: np.ndarray    # maxl: the meta objective's examples; prototypical: the prototypes'
     input_shape: tuple
     source: str
     aux_label_info: dict = dataclasses.field(default_factory=dict)  # prototypical: what made the labels
