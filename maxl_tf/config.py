@@ -9,6 +9,7 @@ import json
 import os
 
 from maxl_tf import distribute
+from maxl_tf import embedder as embedder_lib
 from maxl_tf import hierarchy as hierarchy_lib
 from maxl_tf import labels
 from maxl_tf import loaders
@@ -36,6 +37,14 @@ class Config:
     psi: str = _field("", "Auxiliary classes per principal class, e.g. 5,1,4 (empty: the human "
                           "hierarchy's when --aux is a human level, else uniform aux/pri).")
     method: str = _field("maxl", "Where auxiliary labels come from.", labels.METHODS)
+    embedder: str = _field(embedder_lib.IMAGENET,
+                           "Image embedder of --method=prototypical: imagenet (keras.applications VGG16 "
+                           "with ImageNet weights), untrained (the same network with random weights), or "
+                           "a saved Keras model file (.keras) whose output is the embedding.")
+    embedder_fallback: str = _field("none", "What --embedder=imagenet does when its weights cannot be "
+                                            "loaded (offline): none stops with an error; untrained uses "
+                                            "random weights and says so in the log and results.json.",
+                                    embedder_lib.FALLBACKS)
     # Networks and data.
     model: str = _field("vgg16", "Trunk of both networks.", tuple(models.ARCHITECTURES))
     width: float = _field(1.0, "Channel width multiplier of both networks.")
@@ -147,10 +156,14 @@ def validate(config: Config) -> tuple:
     try:
         hierarchy = hierarchy_lib.for_dataset(config.dataset)
         psi = hierarchy_lib.resolve_psi(hierarchy, config.pri, config.aux, psi_override)
-        if config.method == "human":
-            human = hierarchy_lib.require_human_psi(hierarchy, config.pri, config.aux)
-            check(human == psi, f"--psi={config.psi}: --method=human uses the human hierarchy's "
-                                f"psi {','.join(map(str, human))}; drop --psi.")
+        if config.method in ("human", "prototypical"):
+            human = hierarchy_lib.require_human_psi(hierarchy, config.pri, config.aux, config.method)
+            check(human == psi, f"--psi={config.psi}: --method={config.method} uses the human "
+                                f"hierarchy's psi {','.join(map(str, human))}; drop --psi.")
     except hierarchy_lib.HierarchyError as e:
         raise ConfigError(str(e))
+    if config.method == "prototypical" and config.embedder not in (embedder_lib.IMAGENET, embedder_lib.UNTRAINED):
+        check(config.embedder.endswith(".keras") and os.path.isfile(config.embedder),
+              f"--embedder={config.embedder}: no such saved Keras model (.keras file); pass an existing "
+              f".keras file, imagenet or untrained.")
     return psi

@@ -133,12 +133,12 @@ def psi_mask(psi) -> np.ndarray:
     return (owner[None, :] == np.arange(len(psi))[:, None]).astype(np.float32)
 
 
-def require_human_psi(hierarchy: Hierarchy, pri: int, aux: int) -> tuple:
-    """human_psi, or a HierarchyError saying which levels a human baseline can use."""
+def require_human_psi(hierarchy: Hierarchy, pri: int, aux: int, method: str = "human") -> tuple:
+    """human_psi, or a HierarchyError saying which levels a baseline built on it can use."""
     psi = human_psi(hierarchy, pri, aux)
     if psi is None:
         raise HierarchyError(
-            f"--method=human needs a human hierarchy between --pri={pri} and --aux={aux}; "
+            f"--method={method} needs a human hierarchy between --pri={pri} and --aux={aux}; "
             f"{hierarchy.name} has label levels {sorted(hierarchy.levels)}. Pick two of them, or another --method.")
     return psi
 

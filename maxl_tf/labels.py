@@ -4,25 +4,31 @@
   human   the human hierarchy's sub-class, one-hot
   random  a sub-class within psi drawn once per image and kept for the whole run (paper's
           "Random assignment")
+  prototypical  the nearest prototype of a human sub-class, prototypes embedded from the meta
+          split by a pre-trained network (paper's "Prototypical Net"), one-hot, fixed for the run
   single  no auxiliary task
 """
 import numpy as np
 import tensorflow as tf
+from sklearn import metrics
 
 from maxl_tf import data
+from maxl_tf import embedder as embedder_lib
 from maxl_tf import hierarchy as hierarchy_lib
+from maxl_tf import loaders
 from maxl_tf import losses
 
-METHODS = ("maxl", "single", "human", "random")
-# Methods that learn from held-out meta data; the others train on the full training set (4.1).
-USES_META_SPLIT = ("maxl",)
+METHODS = ("maxl", "single", "human", "random", "prototypical")
+# Methods that learn from held-out meta data and train the evaluator on the rest; the others
+# train on the full training set (4.1).
+USES_META_SPLIT = ("maxl", "prototypical")
 
 
 def fixed_aux_labels(method: str, hierarchy: hierarchy_lib.Hierarchy, pri: int, aux: int, psi,
                      finest_labels: np.ndarray, seed: int) -> np.ndarray:
     """Auxiliary labels that do not change during training, in psi's block layout. [N] int64.
 
-    maxl and single get zeros (unused).
+    maxl and single get zeros (unused); prototypical needs images: prototypical_aux_labels.
     """
     if method == "human":
         return hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)
@@ -32,6 +38,53 @@ def fixed_aux_labels(method: str, hierarchy: hierarchy_lib.Hierarchy, pri: int, 
         within_block = np.floor(draws * np.asarray(psi)[pri_labels]).astype(np.int64)
         return hierarchy_lib.block_offsets(psi)[pri_labels] + within_block
     return np.zeros(len(finest_labels), np.int64)
+
+
+def nearest_prototype_labels(embeddings: np.ndarray, human_slots: np.ndarray, pri_labels: np.ndarray,
+                             psi, meta_indices: np.ndarray) -> np.ndarray:
+    """Each example's nearest prototype within its principal class's block. [N] int64
+
+    A prototype is the mean embedding of one human auxiliary class over the meta examples (Snell
+    et al., 2017); distance is squared Euclidean, as theirs. An auxiliary class without meta
+    examples has no prototype and is never assigned.
+
+    Args:
+      embeddings: [N, D] of every example.
+      human_slots: [N] human auxiliary labels in psi's block layout; only the meta examples' are read.
+      pri_labels: [N] principal labels.
+      meta_indices: the examples whose human labels define the prototypes.
+
+    Raises:
+      loaders.DataError: a principal class of the examples has no auxiliary class with meta examples.
+    """
+    embeddings = np.asarray(embeddings, np.float64)
+    aux = sum(psi)
+    meta_slots = human_slots[meta_indices]
+    counts = np.bincount(meta_slots, minlength=aux)                                   # [aux]
+    sums = np.zeros((aux, embeddings.shape[1]))
+    np.add.at(sums, meta_slots, embeddings[meta_indices])
+    prototypes = sums / np.maximum(counts, 1)[:, None]                                # [aux, D]
+    candidates = hierarchy_lib.psi_mask(psi)[pri_labels].astype(bool) & (counts > 0)  # [N, aux]
+    orphans = np.unique(pri_labels[~candidates.any(axis=1)])
+    if len(orphans):
+        raise loaders.DataError(
+            f"--method=prototypical: principal class(es) {orphans.tolist()} have no meta examples, so "
+            f"no prototypes; raise --meta_split or --max_train_examples.")
+    distances = metrics.pairwise.euclidean_distances(embeddings, prototypes, squared=True)  # [N, aux]
+    return np.argmin(np.where(candidates, distances, np.inf), axis=1).astype(np.int64)
+
+
+def prototypical_aux_labels(embedder: embedder_lib.Embedder, hierarchy: hierarchy_lib.Hierarchy,
+                            pri: int, aux: int, psi, images: np.ndarray, finest_labels: np.ndarray,
+                            meta_indices: np.ndarray) -> np.ndarray:
+    """The Prototypical-net baseline's labels for every training example, in psi's block layout.
+
+    psi is the human hierarchy's (config.validate), so block i holds principal class i's human
+    sub-classes and each prototype sits at its human class's slot. [N] int64
+    """
+    human_slots = hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)
+    return nearest_prototype_labels(embedder_lib.embed(embedder, images), human_slots,
+                                    hierarchy.labels_at(pri, finest_labels), psi, meta_indices)
 
 
 def generated_labels(generator, images, labels, mask_table, training: bool):

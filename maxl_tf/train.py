@@ -20,6 +20,7 @@ import tensorflow as tf
 from maxl_tf import config as config_lib
 from maxl_tf import data as data_lib
 from maxl_tf import distribute
+from maxl_tf import embedder as embedder_lib
 from maxl_tf import hierarchy as hierarchy_lib
 from maxl_tf import labels as labels_lib
 from maxl_tf import loaders
@@ -71,9 +72,10 @@ class RunData:
     train: data_lib.Pipeline
     test: data_lib.Pipeline
     train_indices: np.ndarray   # examples the evaluator trains on
-    meta_indices: np.ndarray    # examples the generator's meta objective uses (maxl)
+    meta_indices: np.ndarray    # maxl: the meta objective's examples; prototypical: the prototypes'
     input_shape: tuple
     source: str
+    aux_label_info: dict = dataclasses.field(default_factory=dict)  # prototypical: what made the labels
 
 
 def _subset(split: loaders.Split, limit: int) -> loaders.Split:
@@ -98,8 +100,6 @@ def prepare_data(config: config_lib.Config, psi) -> RunData:
     def examples(split, aux_labels):
         return data_lib.Examples(split.images, hierarchy.labels_at(config.pri, split.labels), aux_labels)
 
-    aux_train = labels_lib.fixed_aux_labels(config.method, hierarchy, config.pri, config.aux, psi,
-                                            train.labels, config.seed)
     num_train = len(train.labels)
     if config.method in labels_lib.USES_META_SPLIT:
         train_indices, meta_indices = data_lib.split_meta(num_train, config.meta_split, config.seed)
@@ -108,11 +108,22 @@ def prepare_data(config: config_lib.Config, psi) -> RunData:
     if len(train_indices) < config.batch_size:
         raise RunError(f"--batch_size={config.batch_size}: larger than the {len(train_indices)} "
                        f"training examples; lower it or raise --max_train_examples.")
+    aux_label_info = {}
+    if config.method == "prototypical":
+        embedder = embedder_lib.load(config.embedder, config.embedder_fallback, config.seed)
+        aux_train = labels_lib.prototypical_aux_labels(embedder, hierarchy, config.pri, config.aux, psi,
+                                                       train.images, train.labels, meta_indices)
+        human = hierarchy_lib.human_aux_labels(hierarchy, config.pri, config.aux, train.labels)
+        aux_label_info = {"embedder": embedder.description,
+                          "human_agreement": float(np.mean(aux_train[train_indices] == human[train_indices]))}
+    else:
+        aux_train = labels_lib.fixed_aux_labels(config.method, hierarchy, config.pri, config.aux, psi,
+                                                train.labels, config.seed)
     return RunData(
         train=data_lib.Pipeline(examples(train, aux_train)),
         test=data_lib.Pipeline(examples(test, np.zeros(len(test.labels), np.int64))),
         train_indices=train_indices, meta_indices=meta_indices,
-        input_shape=tuple(train.images.shape[1:]), source=raw.source)
+        input_shape=tuple(train.images.shape[1:]), source=raw.source, aux_label_info=aux_label_info)
 
 
 # ----------------------------------------------------------------------------- state
@@ -241,11 +252,15 @@ def restore(state: TrainState, checkpoint_dir: str, logdir: str) -> None:
                        f"an earlier checkpoint, or {os.path.join(logdir, 'checkpoints')} to start over.")
 
 
-def results_summary(config: config_lib.Config, history: list, psi, source: str) -> dict:
+def results_summary(config: config_lib.Config, history: list, psi, source: str,
+                    aux_label_info: dict | None = None) -> dict:
     last = [record["test/acc"] for record in history[-LAST_EPOCHS_AVERAGED:]]
-    return {"name": config.name, "config": dataclasses.asdict(config), "psi": list(psi),
-            "data": source, "epochs_completed": len(history), "complete": len(history) >= config.epochs,
-            "test_accuracy": float(np.mean(last)) if last else None, "history": history}
+    summary = {"name": config.name, "config": dataclasses.asdict(config), "psi": list(psi),
+               "data": source, "epochs_completed": len(history), "complete": len(history) >= config.epochs,
+               "test_accuracy": float(np.mean(last)) if last else None, "history": history}
+    if aux_label_info:
+        summary["aux_labels"] = aux_label_info
+    return summary
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -546,6 +561,10 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
         print(f"{config.name}: psi={list(psi)}, {len(run_data.train_indices)} train / "
               f"{len(run_data.meta_indices)} meta examples from {run_data.source}; logdir {logdir}; "
               f"{position}", flush=True)
+        if run_data.aux_label_info:
+            print(f"prototypical labels from {run_data.aux_label_info['embedder']}; "
+                  f"{run_data.aux_label_info['human_agreement']:.1%} of the training labels equal the "
+                  f"human hierarchy's", flush=True)
         with writer.as_default(step=start_epoch):
             tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
         history = state.history
@@ -567,14 +586,15 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
             manager.save(checkpoint_number=int(state.global_step.numpy()))
             _write_summaries(writer, record)
             if chief:
-                _write_atomically(results_path, json.dumps(results_summary(config, history, psi, run_data.source), indent=1))
+                summary = results_summary(config, history, psi, run_data.source, run_data.aux_label_info)
+                _write_atomically(results_path, json.dumps(summary, indent=1))
             print(f"epoch {epoch + 1}/{config.epochs}: test/acc {record['test/acc']:.4f} "
                   f"test/loss {record['test/loss']:.4f} train/pri_acc {record['train/pri_acc']:.4f} "
                   f"{record['perf/images_per_s']:.0f} images/s", flush=True)
             if trainer.stop_agreed(stop):
                 raise Interrupted(f"{stop.reason} after epoch {epoch + 1}; checkpoint "
                                   f"saved in {logdir}. Rerun the same command to resume.", stop.exit_signal)
-    results = results_summary(config, history, psi, run_data.source)
+    results = results_summary(config, history, psi, run_data.source, run_data.aux_label_info)
     if chief:
         _write_atomically(results_path, json.dumps(results, indent=1))
     return results
