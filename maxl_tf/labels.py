@@ -109,3 +109,25 @@ def auxiliary_targets(method: str, batch: dict, aux: int, generator=None, mask_t
         return tf.stop_gradient(
             generated_labels(generator, batch["images"], batch["labels"], mask_table, training=False))
     return tf.one_hot(batch["aux_labels"], aux)
+
+
+def usage_summary(counts: np.ndarray, psi) -> dict:
+    """How evenly each principal class's auxiliary classes are used, from argmax counts. [aux] -> dict
+
+    Shows the collapsing-class problem (paper Section 3.4): per principal class i, how many of its
+    psi[i] classes received any label, and the entropy of the label distribution over its block
+    divided by log psi[i] (1: all psi[i] classes equally often; 0: a single class). A block of one
+    class counts as fully used (1.0) once it is used at all. Means are over principal classes.
+    """
+    blocks = np.split(np.asarray(counts, np.float64), hierarchy_lib.block_offsets(psi)[1:])
+    used, entropy = [], []
+    for block in blocks:
+        total = block.sum()
+        used.append(int(np.count_nonzero(block)))
+        if len(block) == 1 or total == 0:
+            entropy.append(float(total > 0))
+            continue
+        p = block[block > 0] / total
+        entropy.append(float(-(p * np.log(p)).sum() / np.log(len(block))))
+    return {"labels/aux_used_per_pri": used, "labels/aux_used_mean": float(np.mean(used)),
+            "labels/aux_entropy_per_pri": entropy, "labels/aux_entropy_mean": float(np.mean(entropy))}

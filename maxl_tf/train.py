@@ -465,10 +465,7 @@ class Trainer:
         if self.config.precision == "mixed_float16" and self.uses_generator:
             record["meta/skipped_steps"] = sums["meta/skipped_steps"]
         if self.task.method != "single":
-            blocks = np.split(self.state.label_usage.numpy(), hierarchy_lib.block_offsets(self.psi)[1:])
-            used = [int(np.count_nonzero(block)) for block in blocks]
-            record["labels/aux_used_per_pri"] = used
-            record["labels/aux_used_mean"] = float(np.mean(used))
+            record.update(labels_lib.usage_summary(self.state.label_usage.numpy(), self.psi))
             record["train/trunk_grad_cosine"] = float(self._cosine(self._probe_batch))
         record.update(self.evaluate())
         record["perf/epoch_seconds"] = seconds

@@ -162,5 +162,30 @@ class MaxlTargetsTest(tf.test.TestCase):
         self.assertAllEqual(targets, np.eye(10, dtype=np.float32)[[3, 5, 9, 0, 6, 5]])
 
 
+class UsageSummaryTest(tf.test.TestCase):
+    """Label-usage diagnostics from hand-written argmax counts."""
+
+    def test_counts_per_block(self):
+        # psi = [4, 2, 1]: block 0 uses classes 0 and 2 equally (entropy log 2 / log 4 = 0.5),
+        # block 1 puts everything on one class (0), block 2 has a single class (1 once used).
+        out = labels.usage_summary(np.array([6, 0, 6, 0, 0, 9, 3]), (4, 2, 1))
+        self.assertEqual(out["labels/aux_used_per_pri"], [2, 1, 1])
+        self.assertAllClose(out["labels/aux_used_mean"], 4 / 3)
+        self.assertAllClose(out["labels/aux_entropy_per_pri"], [0.5, 0.0, 1.0])
+        self.assertAllClose(out["labels/aux_entropy_mean"], 0.5)
+
+    def test_uneven_use_and_empty_blocks(self):
+        # Block 0: p = [3/4, 1/4], entropy (-.75 log .75 - .25 log .25) / log 2; block 1 unseen.
+        out = labels.usage_summary(np.array([3, 1, 0, 0, 0]), (2, 3))
+        expected = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)) / np.log(2)
+        self.assertAllClose(out["labels/aux_entropy_per_pri"], [expected, 0.0])
+        self.assertEqual(out["labels/aux_used_per_pri"], [2, 0])
+
+    def test_uniform_use_is_one(self):
+        out = labels.usage_summary(np.full(20, 7), (5,) * 4)
+        self.assertAllClose(out["labels/aux_entropy_per_pri"], [1.0] * 4)
+        self.assertEqual(out["labels/aux_used_per_pri"], [5] * 4)
+
+
 if __name__ == "__main__":
     tf.test.main()

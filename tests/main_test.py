@@ -125,10 +125,10 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
                 self.assertIn("resuming at epoch", resumed.stdout)
                 self.assertEqual(_numbers(f"{logdir}/results.json"), expected)
 
-        # The saved flags replay the run: it is complete, so nothing is retrained.
+        # The saved flags replay the run: it is complete, so nothing is built or retrained.
         replay = smoke_util.run_main(f"--flagfile={root}/reference/flags.cfg")
         self.assertEqual(replay.returncode, 0, replay.stderr[-2000:])
-        self.assertIn("already complete", replay.stdout)
+        self.assertIn("skipped (complete)", replay.stdout)
         self.assertEqual(_numbers(f"{root}/reference/results.json"), expected)
 
     def test_several_methods_print_a_table(self):

@@ -42,12 +42,14 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertContainsSubset(
             {"train/pri_loss", "train/aux_loss", "train/pri_acc", "train/aux_acc", "meta/loss",
              "meta/loss_before", "meta/loss_after", "meta/entropy", "test/loss", "test/acc",
-             "lr/evaluator", "lr/generator", "perf/images_per_s", "labels/aux_used_mean",
+             "lr/evaluator", "lr/generator", "perf/images_per_s", "labels/aux_used_mean", "labels/aux_entropy_mean",
              "train/trunk_grad_cosine", "train/grad_norm_evaluator", "meta/grad_norm_generator"},
             _scalar_tags(logdir))
         last = results["history"][-1]
         self.assertLen(last["labels/aux_used_per_pri"], 2)
         self.assertBetween(last["labels/aux_used_per_pri"][0], 1, 7)
+        self.assertLen(last["labels/aux_entropy_per_pri"], 2)
+        self.assertBetween(last["labels/aux_entropy_per_pri"][0], 0.0, 1.0)
         self.assertBetween(last["train/trunk_grad_cosine"], -1.0, 1.0)
         # smoke.cfg halves the learning rates every epoch.
         self.assertAllClose([r["lr/evaluator"] for r in results["history"]], [0.01, 0.005])

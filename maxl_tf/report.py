@@ -1,0 +1,343 @@
+"""Finished runs -> a results table and the paper's figures: python -m maxl_tf.report runs [--out=DIR]
+
+Reads every results.json under the runs directory, groups complete runs that differ only in their
+seed, and writes report.md (mean ± std of the test accuracy over seeds: the mean of the last 5
+epochs, the paper's metric) and PNG figures: learning curves per setting (paper Fig. 3 / Fig. 7),
+MAXL's improvement over single-task against auxiliary classes per principal class (Fig. 4), and the
+generator's label usage per epoch (Section 3.4's collapsing classes). Incomplete runs are listed,
+never averaged.
+"""
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt   # noqa: E402  (after choosing the backend)
+import numpy as np   # noqa: E402
+
+from maxl_tf import config as config_lib   # noqa: E402
+from maxl_tf import sweep   # noqa: E402
+
+# The fields a table row and a figure panel are named by; any other field that differs between
+# groups is shown too, so runs of different experiments are never shown as one.
+NAMED_FIELDS = ("dataset", "pri", "aux", "psi", "method", "entropy_weight")
+# Fields that tell lines of one panel apart rather than panels.
+LINE_FIELDS = ("method",) + sweep.GENERATOR_FIELDS + ("meta_split",)
+
+
+class ReportError(Exception):
+    """The runs directory cannot give a report; the message says why and what to pass."""
+
+
+@dataclasses.dataclass
+class Group:
+    """Complete runs of one experiment that differ only in their seed."""
+    config: config_lib.Config   # the first run's; fields its method ignores are not in `setting`
+    setting: dict               # experiment fields that decide the results, without the seed
+    runs: list                  # results.json contents, by seed
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def accuracies(self) -> np.ndarray:
+        return np.array([r["test_accuracy"] for r in self.runs])
+
+    def curve(self, key: str, per_run=None) -> np.ndarray:
+        """[seeds, epochs] of a history key, or of per_run(record, results) when given."""
+        return np.array([[per_run(record, r) if per_run else record.get(key, np.nan) for record in r["history"]]
+                         for r in self.runs], dtype=np.float64)
+
+
+def _config_of(results: dict) -> config_lib.Config:
+    known = {f.name for f in dataclasses.fields(config_lib.Config)}
+    return config_lib.Config(**{k: v for k, v in results["config"].items() if k in known})
+
+
+def load_runs(runs_dir: str) -> tuple:
+    """Every readable results.json under runs_dir: (complete, incomplete, warnings)."""
+    if not os.path.isdir(runs_dir):
+        raise ReportError(f"{runs_dir} is not a directory; pass the folder that holds the runs "
+                          f"(main.py's --logdir of a sweep, or runs).")
+    complete, incomplete, warnings = [], [], []
+    for folder, subfolders, files in sorted(os.walk(runs_dir)):
+        subfolders[:] = sorted(d for d in subfolders if d != "checkpoints")
+        if "results.json" not in files:
+            continue
+        path = os.path.join(folder, "results.json")
+        try:
+            with open(path) as f:
+                results = json.load(f)
+            _config_of(results)
+            if results["complete"] and (results["test_accuracy"] is None or not results["history"]):
+                raise ValueError("complete but without test accuracies")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            warnings.append(f"warning: skipping {path}: unreadable ({type(e).__name__}: {e}).")
+            continue
+        results["path"] = path
+        (complete if results["complete"] else incomplete).append(results)
+    return complete, incomplete, warnings
+
+
+def group_runs(runs: list) -> list:
+    """Complete runs grouped by experiment, seeds pooled; sorted by dataset, pri, aux, method."""
+    groups = collections.OrderedDict()
+    for results in runs:
+        config = _config_of(results)
+        setting = {k: v for k, v in sweep.experiment_key(config) if k != "seed"}
+        key = tuple(sorted(setting.items()))
+        if key not in groups:
+            groups[key] = Group(config, setting, [])
+        groups[key].runs.append(results)
+    for group in groups.values():
+        group.runs.sort(key=lambda r: r["config"]["seed"])
+    return sorted(groups.values(), key=lambda g: (g.config.dataset, g.config.pri, g.setting.get("aux", 0),
+                                                  g.method, -g.config.entropy_weight))
+
+
+def _varying(groups, exclude) -> list:
+    """Experiment fields, other than `exclude`, whose value differs between some groups."""
+    values = collections.defaultdict(set)
+    for group in groups:
+        for k, v in group.setting.items():
+            values[k].add(v)
+    return sorted(k for k, v in values.items() if len(v) > 1 and k not in exclude + ("seed",))
+
+
+def _others(group, fields) -> str:
+    return " ".join(f"{k}={group.setting[k]}" for k in fields if k in group.setting)
+
+
+def _psi_text(group) -> str:
+    if "aux" not in group.setting:
+        return "–"
+    psi = group.runs[0].get("psi") or []
+    return str(psi[0]) if psi and len(set(psi)) == 1 else ",".join(map(str, psi))
+
+
+def _label(group, line_fields) -> str:
+    label = group.method
+    if "entropy_weight" in group.setting:
+        label += f" (entropy {group.setting['entropy_weight']:g})"
+    others = _others(group, line_fields)
+    return f"{label} {others}" if others else label
+
+
+def markdown_table(groups: list) -> str:
+    """One row per experiment: mean ± sample std (ddof 1) of test_accuracy over its seeds."""
+    others = _varying(groups, NAMED_FIELDS)
+    header = ["dataset", "pri", "aux", "psi[i]", "method", "entropy", "test accuracy (mean ± std)",
+              "seeds", "epochs"] + (["other"] if others else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for g in groups:
+        acc = g.accuracies
+        spread = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
+        row = [g.config.dataset, str(g.config.pri), str(g.setting.get("aux", "–")), _psi_text(g), g.method,
+               f"{g.setting['entropy_weight']:g}" if "entropy_weight" in g.setting else "–",
+               f"{acc.mean():.4f}{spread}", str(len(acc)), str(g.config.epochs)]
+        lines.append("| " + " | ".join(row + ([_others(g, others)] if others else [])) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _matches(group, panel: dict) -> bool:
+    return all(group.setting.get(k, v) == v for k, v in panel.items())
+
+
+def _panels(groups) -> list:
+    """Panel settings (every field but the line fields); single-task joins each panel it fits."""
+    panels = []
+    for group in sorted(groups, key=lambda g: "aux" not in g.setting):
+        panel = {k: v for k, v in group.setting.items() if k not in LINE_FIELDS}
+        if not any(_matches(group, p) for p in panels):
+            panels.append(panel)
+    return panels
+
+
+def _band(ax, x, values, label, **style):
+    """Mean over seeds with a ±1 std band (none for one seed)."""
+    mean = np.nanmean(values, axis=0)
+    line, = ax.plot(x, mean, label=label, **style)
+    if len(values) > 1:
+        std = np.nanstd(values, axis=0, ddof=1)
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def _grid(n):
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _save(fig, path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curves(groups, out) -> list:
+    """Paper Fig. 3 / Fig. 7: test accuracy per epoch, one panel per setting, one line per method."""
+    paths = []
+    line_fields = [k for k in _varying(groups, ()) if k in LINE_FIELDS and k not in ("method", "entropy_weight")]
+    for dataset in sorted({g.config.dataset for g in groups}):
+        in_dataset = [g for g in groups if g.config.dataset == dataset]
+        panels = _panels(in_dataset)
+        title_fields = [k for k in _varying(in_dataset, ("dataset", "pri", "aux", "psi")) if k not in LINE_FIELDS]
+        fig, axes = _grid(len(panels))
+        for ax, panel in zip(axes, panels):
+            for group in (g for g in in_dataset if _matches(g, panel)):
+                accuracy = group.curve("test/acc")
+                style = {"linestyle": "--"} if group.setting.get("entropy_weight") == 0 else {}
+                _band(ax, np.arange(1, accuracy.shape[1] + 1), accuracy,
+                      f"{_label(group, line_fields)}, n={len(group.runs)}", **style)
+            title = f"{dataset}: pri {panel['pri']}, aux {panel.get('aux', '–')}"
+            others = " ".join(f"{k}={panel[k]}" for k in title_fields if k in panel)
+            ax.set_title(f"{title} {others}".strip(), fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("test accuracy")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        paths.append(_save(fig, os.path.join(out, f"learning_curves_{dataset}.png")))
+    return paths
+
+
+def improvement_points(groups) -> dict:
+    """Fig. 4's data: {(dataset, entropy weight): [(aux per principal class, % improvement)]}.
+
+    The improvement is relative, 100 * (maxl - single) / single, of the seed means of
+    test_accuracy, against the single-task group of the same setting.
+    """
+    series = collections.defaultdict(list)
+    singles = [g for g in groups if g.method == "single"]
+    for group in (g for g in groups if g.method == "maxl"):
+        panel = {k: v for k, v in group.setting.items() if k not in LINE_FIELDS}
+        single = next((s for s in singles if _matches(s, panel)), None)
+        if single is None:
+            continue
+        base = single.accuracies.mean()
+        series[(group.config.dataset, group.setting["entropy_weight"])].append(
+            (group.config.aux / group.config.pri, 100 * (group.accuracies.mean() - base) / base))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def plot_improvement(groups, out) -> list:
+    """Paper Fig. 4, when MAXL and single-task runs exist at two or more auxiliary sizes."""
+    series = improvement_points(groups)
+    if not any(len({x for x, _ in points}) > 1 for points in series.values()):
+        return []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = {dataset: f"C{i}" for i, dataset in enumerate(sorted({d for d, _ in series}))}
+    for (dataset, entropy_weight), points in sorted(series.items()):
+        x, y = zip(*points)
+        ax.plot(x, y, marker="o", color=colors[dataset], linestyle="-" if entropy_weight else "--",
+                label=f"{dataset} {'w/' if entropy_weight else 'w/o'} entropy ({entropy_weight:g})")
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_xscale("log")
+    ticks = sorted({x for points in series.values() for x, _ in points})
+    ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("auxiliary classes per principal class (aux / pri)")
+    ax.set_ylabel("MAXL vs single-task (% relative)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return [_save(fig, os.path.join(out, "improvement_over_single.png"))]
+
+
+def _fraction_used(record, results) -> float:
+    used = record.get("labels/aux_used_per_pri")
+    return float(np.mean(np.divide(used, results["psi"]))) if used else np.nan
+
+
+def plot_label_usage(groups, out) -> list:
+    """Section 3.4: the generator's auxiliary classes in use per epoch, with and without entropy;
+    a row of two panels per data set."""
+    maxl = [g for g in groups if g.method == "maxl"]
+    if not maxl:
+        return []
+    others = _varying(maxl, ("dataset", "pri", "aux", "psi", "method", "entropy_weight"))
+    datasets = sorted({g.config.dataset for g in maxl})
+    colors = {pair: f"C{i % 10}" for i, pair in enumerate(sorted({(g.config.pri, g.config.aux) for g in maxl}))}
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False)
+    for (used_ax, entropy_ax), dataset in zip(axes, datasets):
+        for group in (g for g in maxl if g.config.dataset == dataset):
+            style = {"color": colors[group.config.pri, group.config.aux],
+                     "linestyle": "--" if group.setting["entropy_weight"] == 0 else "-"}
+            label = (f"pri {group.config.pri}, aux {group.config.aux}, entropy {group.setting['entropy_weight']:g} "
+                     f"{_others(group, others)}").strip()
+            used = group.curve(None, _fraction_used)
+            epochs = np.arange(1, used.shape[1] + 1)
+            _band(used_ax, epochs, used, label, **style)
+            entropy = group.curve("labels/aux_entropy_mean")
+            if not np.isnan(entropy).all():   # runs from before this diagnostic existed lack it
+                _band(entropy_ax, epochs, entropy, label, **style)
+        used_ax.set_ylabel("auxiliary classes used / psi[i]")
+        entropy_ax.set_ylabel("label entropy / log psi[i]")
+        for ax in (used_ax, entropy_ax):
+            ax.set_title(f"{dataset}: MAXL label usage (mean over principal classes)", fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.set_ylim(0, 1.05)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    return [_save(fig, os.path.join(out, "label_usage.png"))]
+
+
+def write_report(runs_dir: str, out: str) -> str:
+    """Writes report.md and the figures into out; returns report.md's text.
+
+    Raises:
+      ReportError: no directory, no readable runs, or no complete run.
+    """
+    complete, incomplete, warnings = load_runs(runs_dir)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    unfinished = [f"- {r['path']}: {r['epochs_completed']}/{r['config'].get('epochs')} epochs"
+                  for r in incomplete]
+    if not complete:
+        if incomplete:
+            raise ReportError(f"{runs_dir} has only incomplete runs:\n" + "\n".join(unfinished) +
+                              "\nFinish them (rerun their command: it resumes), or pass a finished sweep's folder.")
+        raise ReportError(f"{runs_dir} has no readable results.json; pass the folder that holds the runs "
+                          f"(main.py's --logdir of a sweep, or runs).")
+    groups = group_runs(complete)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"--out={out} cannot be written ({e.strerror}); pass a writable --out.")
+    figures = plot_learning_curves(groups, out) + plot_improvement(groups, out) + plot_label_usage(groups, out)
+    text = (f"# Results of {runs_dir}\n\nTest accuracy: the mean of the last 5 epochs of each run "
+            f"(the paper's metric); mean ± sample standard deviation over seeds.\n\n" + markdown_table(groups))
+    if unfinished:
+        text += "\n## Incomplete runs (not in the table or figures)\n\n" + "\n".join(unfinished) + "\n"
+    text += "\n" + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in figures)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", help="folder holding run directories (searched recursively)")
+    parser.add_argument("--out", default="", help="where report.md and the PNGs go (default: <runs_dir>/report)")
+    args = parser.parse_args(argv)
+    out = args.out or os.path.join(args.runs_dir, "report")
+    try:
+        text = write_report(args.runs_dir, out)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    print(f"Wrote {os.path.join(out, 'report.md')} and its figures.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""maxl_tf.report on runs directories written by hand: numbers, figures and errors."""
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import re
+
+import matplotlib.image
+import numpy as np
+import tensorflow as tf
+
+from maxl_tf import config as config_lib
+from maxl_tf import report
+
+
+def fake_run(root, method, seed, accuracies, aux=10, entropy_weight=0.2, complete=True, dataset="digits",
+             pri=2, used=None, entropy=None):
+    """Writes a results.json as train.py does; the last 5 epochs' mean is test_accuracy."""
+    config = config_lib.Config(dataset=dataset, pri=pri, aux=aux, method=method, seed=seed,
+                               entropy_weight=entropy_weight, epochs=len(accuracies) + (0 if complete else 1))
+    psi = [aux // pri] * pri
+    history = []
+    for epoch, accuracy in enumerate(accuracies):
+        record = {"epoch": epoch + 1, "test/acc": accuracy}
+        if method != "single":
+            record["labels/aux_used_per_pri"] = used or psi
+            record["labels/aux_entropy_mean"] = 1.0 if entropy is None else entropy
+        history.append(record)
+    logdir = os.path.join(root, config.name)
+    os.makedirs(logdir)
+    results = {"name": config.name, "config": dataclasses.asdict(config), "psi": psi, "complete": complete,
+               "epochs_completed": len(accuracies), "test_accuracy": float(np.mean(accuracies[-5:])),
+               "history": history}
+    with open(os.path.join(logdir, "results.json"), "w") as f:
+        json.dump(results, f)
+    return results["test_accuracy"]
+
+
+def _rows(text):
+    """{(method, aux, entropy): cells} of the markdown table."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| digits") or line.startswith("| cifar10"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            rows[(cells[4], cells[2], cells[5])] = cells
+    return rows
+
+
+def _run_main(*args):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = report.main(list(args))
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+class TableTest(tf.test.TestCase):
+
+    def test_mean_std_and_seed_counts(self):
+        root = self.get_temp_dir() + "/runs"
+        maxl = [fake_run(root, "maxl", seed, [0.5] * 3 + [0.8 + 0.01 * seed] * 5) for seed in range(3)]
+        single = [fake_run(root, "single", seed, [0.7] * 8) for seed in range(2)]
+        # single-task ignores --aux: a run named aux 20 is the same experiment, a third seed.
+        single.append(fake_run(root, "single", 2, [0.9] * 8, aux=20))
+        fake_run(root, "random", 0, [0.6, 0.6], complete=False)
+        code, stdout, _ = _run_main(root, f"--out={self.get_temp_dir()}/out")
+        self.assertEqual(code, 0)
+        rows = _rows(stdout)
+        self.assertEqual(set(rows), {("maxl", "10", "0.2"), ("single", "–", "–")})
+        self.assertEqual(rows[("maxl", "10", "0.2")][6], f"{np.mean(maxl):.4f} ± {np.std(maxl, ddof=1):.4f}")
+        self.assertEqual(rows[("maxl", "10", "0.2")][6], "0.8100 ± 0.0100")
+        self.assertEqual(rows[("maxl", "10", "0.2")][7], "3")
+        self.assertEqual(rows[("single", "–", "–")][6], f"{np.mean(single):.4f} ± {np.std(single, ddof=1):.4f}")
+        self.assertEqual(rows[("single", "–", "–")][7], "3")
+        # The unfinished run is listed, not averaged.
+        self.assertRegex(stdout, r"Incomplete runs[^\n]*\n\n- .*digits_pri2_aux10_random_seed0/results.json: 2/3 epochs")
+        with open(f"{self.get_temp_dir()}/out/report.md") as f:
+            self.assertEqual(f.read().strip(), stdout.split("\nWrote ")[0].strip())
+
+    def test_runs_of_other_settings_are_told_apart(self):
+        root = self.get_temp_dir() + "/other"
+        fake_run(root, "maxl", 0, [0.8] * 5)
+        os.rename(f"{root}/digits_pri2_aux10_maxl_seed0", f"{root}/a")
+        config = config_lib.Config(dataset="digits", pri=2, aux=10, method="maxl", epochs=5, lr=0.1)
+        path = f"{root}/b/results.json"
+        os.makedirs(os.path.dirname(path))
+        with open(path, "w") as f:
+            json.dump({"config": dataclasses.asdict(config), "psi": [5, 5], "complete": True,
+                       "epochs_completed": 5, "test_accuracy": 0.6, "history": [{"test/acc": 0.6}] * 5}, f)
+        groups = report.group_runs(report.load_runs(root)[0])
+        self.assertLen(groups, 2)
+        self.assertIn("| other |", report.markdown_table(groups))
+        self.assertIn("lr=0.1", report.markdown_table(groups))
+
+
+class FigureTest(tf.test.TestCase):
+
+    def test_figures_decode_and_fig4_numbers(self):
+        root = self.get_temp_dir() + "/fig4"
+        for seed in (0, 1):
+            fake_run(root, "single", seed, [0.80] * 6, dataset="cifar10", pri=10, aux=20)
+            for aux, gain in ((20, 0.02), (50, 0.04)):
+                fake_run(root, "maxl", seed, [0.80 + gain] * 6, dataset="cifar10", pri=10, aux=aux)
+                fake_run(root, "maxl", seed, [0.80 + gain / 2] * 6, dataset="cifar10", pri=10, aux=aux,
+                         entropy_weight=0.0, used=[1] * 10, entropy=0.1)
+        groups = report.group_runs(report.load_runs(root)[0])
+        points = report.improvement_points(groups)
+        self.assertAllClose(points[("cifar10", 0.2)], [(2, 2.5), (5, 5.0)])   # 100 * 0.02 / 0.8 ...
+        self.assertAllClose(points[("cifar10", 0.0)], [(2, 1.25), (5, 2.5)])
+        out = self.get_temp_dir() + "/fig4_out"
+        text = report.write_report(root, out)
+        for name in ("learning_curves_cifar10.png", "improvement_over_single.png", "label_usage.png"):
+            image = matplotlib.image.imread(os.path.join(out, name))
+            self.assertEqual(image.ndim, 3)
+            self.assertGreater(image.shape[0], 100)
+            self.assertIn(f"]({name})", text)
+
+    def test_no_fig4_or_label_usage_without_such_runs(self):
+        root = self.get_temp_dir() + "/baselines"
+        fake_run(root, "single", 0, [0.7] * 5)
+        fake_run(root, "random", 0, [0.7] * 5)
+        out = self.get_temp_dir() + "/baselines_out"
+        report.write_report(root, out)
+        self.assertEqual(sorted(os.listdir(out)), ["learning_curves_digits.png", "report.md"])
+
+
+class ErrorTest(tf.test.TestCase):
+
+    def test_missing_empty_and_partial_directories_exit_2(self):
+        empty = self.get_temp_dir() + "/empty"
+        os.makedirs(empty)
+        partial = self.get_temp_dir() + "/partial"
+        fake_run(partial, "maxl", 0, [0.5], complete=False)
+        for runs_dir, message in ((self.get_temp_dir() + "/nope", "is not a directory"),
+                                  (empty, "has no readable results.json"),
+                                  (partial, "has only incomplete runs:\n- .*maxl_seed0/results.json: 1/2 epochs")):
+            with self.subTest(message):
+                code, stdout, stderr = _run_main(runs_dir)
+                self.assertEqual(code, 2)
+                self.assertRegex(stderr, f"^error: {re.escape(runs_dir)} {message}")
+                self.assertNotIn("Traceback", stderr)
+                self.assertFalse(os.path.exists(os.path.join(runs_dir, "report")))
+
+    def test_unreadable_results_are_named_and_skipped(self):
+        root = self.get_temp_dir() + "/damaged"
+        fake_run(root, "maxl", 0, [0.5] * 5)
+        os.makedirs(f"{root}/broken")
+        with open(f"{root}/broken/results.json", "w") as f:
+            f.write('{"config": ')
+        code, stdout, stderr = _run_main(root)
+        self.assertEqual(code, 0)
+        self.assertRegex(stderr, r"warning: skipping .*broken/results.json: unreadable")
+        self.assertLen(_rows(stdout), 1)
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -1,0 +1,175 @@
+"""Sweeps: the expansion of list flags into runs, the presets, and a real sweep through main.py."""
+import dataclasses
+import json
+import os
+import time
+
+import matplotlib.image
+import tensorflow as tf
+from absl import flags
+
+import main
+from maxl_tf import config as config_lib
+from maxl_tf import labels
+from maxl_tf import report
+from maxl_tf import sweep
+from tests import smoke_util
+
+
+def _preset(name: str, *extra) -> list:
+    """A flags/ preset's runs, parsed and expanded as main.py does."""
+    flag_values = flags.FlagValues()
+    main.define_flags(flag_values)
+    flag_values(["main.py", f"--flagfile={os.path.join(smoke_util.REPO, 'flags', name)}", *extra])
+    return sweep.expand(main.config_from_flags(flag_values), seeds=sweep.parse_seeds(flag_values.seeds),
+                        pairs=sweep.parse_pairs(flag_values.pairs),
+                        entropy_weights=sweep.parse_entropy_weights(flag_values.entropy_weights))
+
+
+class ParseTest(tf.test.TestCase):
+
+    def test_lists(self):
+        self.assertEqual(sweep.parse_seeds("0, 1,2"), (0, 1, 2))
+        self.assertEqual(sweep.parse_seeds(""), ())
+        self.assertEqual(sweep.parse_entropy_weights("0.2,0"), (0.2, 0.0))
+        self.assertEqual(sweep.parse_pairs("3:10,20:100"), ((3, 10), (20, 100)))
+
+    def test_bad_lists_name_the_flag(self):
+        for parse, text, message in ((sweep.parse_seeds, "0,x", "--seeds=0,x"),
+                                     (sweep.parse_entropy_weights, "0.2,none", "--entropy_weights=0.2,none"),
+                                     (sweep.parse_pairs, "3-10", "--pairs=3-10: must be comma-separated pri:aux"),
+                                     (sweep.parse_pairs, "3:10:20", "--pairs=3:10:20")):
+            with self.assertRaisesRegex(config_lib.ConfigError, message):
+                parse(text)
+
+
+class ExpandTest(tf.test.TestCase):
+
+    def test_one_run_keeps_its_logdir(self):
+        base = config_lib.Config(logdir="/tmp/x")
+        self.assertEqual(sweep.expand(base), [base])
+
+    def test_product_without_runs_that_ignore_a_value(self):
+        base = config_lib.Config(dataset="cifar10", pri=10, aux=50, method="maxl,single,random", logdir="out")
+        configs = sweep.expand(base, seeds=(0, 1), pairs=((10, 20), (10, 50)), entropy_weights=(0.2, 0.0))
+        # Per seed: maxl 2 aux x 2 entropy, random 2 aux (no generator), single once (no aux task).
+        self.assertLen(configs, 14)
+        self.assertEqual([c.name for c in configs[:7]], [
+            "cifar10_pri10_aux20_maxl_seed0", "cifar10_pri10_aux20_single_seed0", "cifar10_pri10_aux20_random_seed0",
+            "cifar10_pri10_aux20_maxl_entropy0_seed0", "cifar10_pri10_aux50_maxl_seed0",
+            "cifar10_pri10_aux50_random_seed0", "cifar10_pri10_aux50_maxl_entropy0_seed0"])
+        self.assertEqual([c.seed for c in configs], [0] * 7 + [1] * 7)   # seeds outermost
+        self.assertEqual({c.logdir for c in configs}, {os.path.join("out", c.name) for c in configs})
+        self.assertEqual(configs[1].entropy_weight, 0.2)   # the baselines keep the first value
+
+    def test_a_sweep_defaults_to_runs(self):
+        configs = sweep.expand(config_lib.Config(), seeds=(3, 4))
+        self.assertEqual([c.logdir for c in configs], ["runs/cifar100_pri20_aux100_maxl_seed3",
+                                                      "runs/cifar100_pri20_aux100_maxl_seed4"])
+
+
+class PresetTest(tf.test.TestCase):
+    """Each paper preset expands to the runs its header counts, and they validate."""
+
+    def test_presets(self):
+        for name, runs, first_seed_names in (
+                ("fig3_sweep.cfg", 27, None),
+                ("fig4_cifar10_sweep.cfg", 19, None),
+                ("fig4_cifar10_1_sweep.cfg", 19, None),
+                ("digits_sweep.cfg", 25, ["digits_pri2_aux10_" + m + "_seed0"
+                                          for m in ("maxl", "single", "human", "random", "prototypical")])):
+            with self.subTest(name):
+                configs = _preset(name)
+                self.assertLen(configs, runs)
+                if first_seed_names:
+                    self.assertEqual([c.name for c in configs[:5]], first_seed_names)
+                # prototypical comes from another branch; every other run validates now.
+                for config in configs:
+                    if config.method in labels.METHODS:
+                        config_lib.validate(config)
+        fig3 = _preset("fig3_sweep.cfg")
+        self.assertEqual(sorted({(c.pri, c.aux) for c in fig3 if c.method == "human"}),
+                         [(3, 10), (3, 20), (3, 100), (10, 20), (10, 100), (20, 100)])
+        self.assertEqual(sorted(c.pri for c in fig3 if c.method == "single"), [3, 10, 20])
+        fig4 = _preset("fig4_cifar10_sweep.cfg")
+        self.assertEqual(sorted((c.aux, c.entropy_weight) for c in fig4 if c.method == "maxl"),
+                         [(a, w) for a in (20, 50, 100, 200, 500, 1000) for w in (0.0, 0.2)])
+
+
+class CompletedResultsTest(tf.test.TestCase):
+
+    def test_only_a_complete_run_of_the_same_experiment_is_skipped(self):
+        config = config_lib.Config(dataset="digits", pri=2, aux=10, logdir=self.get_temp_dir() + "/run")
+        os.makedirs(config.logdir)
+        path = os.path.join(config.logdir, "results.json")
+
+        def write(text):
+            with open(path, "w") as f:
+                f.write(text)
+
+        self.assertIsNone(sweep.completed_results(config))   # no file
+        results = {"config": dataclasses.asdict(config), "complete": True, "test_accuracy": 0.5}
+        write(json.dumps(results))
+        self.assertEqual(sweep.completed_results(config), results)
+        self.assertEqual(sweep.completed_results(dataclasses.replace(config, log_every=3)), results)  # bookkeeping
+        self.assertIsNone(sweep.completed_results(dataclasses.replace(config, epochs=3)))
+        write(json.dumps(dict(results, complete=False)))
+        self.assertIsNone(sweep.completed_results(config))
+        write("{not json")
+        self.assertIsNone(sweep.completed_results(config))
+
+
+class SweepCommandTest(tf.test.TestCase):
+    """2 methods x 2 seeds of the smoke preset through main.py, then a report of it."""
+
+    def test_sweep_skips_complete_runs_and_stops_at_an_error(self):
+        root = os.path.join(self.get_temp_dir(), "sweep")
+        args = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--epochs=1", "--method=single,random",
+                f"--logdir={root}")
+        first = smoke_util.run_main(*args, "--seeds=0,1")
+        self.assertEqual(first.returncode, 0, first.stderr[-2000:])
+        progress = [line for line in first.stdout.splitlines() if line.startswith("[")]
+        self.assertLen(progress, 4)
+        self.assertRegex(progress[0], r"^\[1/4\] digits_pri2_aux10_single_seed0: done, test accuracy .* \d\.\d{4}")
+        self.assertRegex(progress[3], r"^\[4/4\] digits_pri2_aux10_random_seed1: done,")
+
+        # Again: every run is complete, so nothing is built or trained.
+        start = time.perf_counter()
+        second = smoke_util.run_main(*args, "--seeds=0,1")
+        self.assertEqual(second.returncode, 0, second.stderr[-2000:])
+        self.assertLen([line for line in second.stdout.splitlines() if "skipped (complete)" in line], 4)
+        self.assertNotIn("starting", second.stdout)
+        self.assertNotIn("epoch 1/1", second.stdout)
+
+        # A run that cannot start stops the sweep with one error line; what ran before is kept.
+        blocker = os.path.join(root, "digits_pri2_aux10_single_seed2")
+        os.makedirs(blocker)
+        open(os.path.join(blocker, "notes.txt"), "w").close()
+        third = smoke_util.run_main(*args, "--seeds=0,1,2")
+        self.assertEqual(third.returncode, 2)
+        self.assertNotIn("Traceback", third.stderr)
+        self.assertRegex(third.stderr, r"error: digits_pri2_aux10_single_seed2: --logdir=.* is not a maxl_tf log directory")
+        self.assertLen([line for line in third.stdout.splitlines() if "skipped (complete)" in line], 4)
+        self.assertLess(time.perf_counter() - start, 60)
+
+        out = os.path.join(self.get_temp_dir(), "report")
+        text = report.write_report(root, out)
+        accuracies = {}
+        for seed in (0, 1):
+            for method in ("single", "random"):
+                with open(os.path.join(root, f"digits_pri2_aux10_{method}_seed{seed}", "results.json")) as f:
+                    accuracies.setdefault(method, []).append(json.load(f)["test_accuracy"])
+        rows = {row.split("|")[5].strip(): row for row in text.splitlines() if row.startswith("| digits")}
+        self.assertEqual(set(rows), {"single", "random"})
+        for method, values in accuracies.items():
+            cells = [cell.strip() for cell in rows[method].split("|")]
+            mean, std = (float(x) for x in cells[7].split(" ± "))
+            self.assertAllClose(mean, sum(values) / 2, atol=5e-5)
+            self.assertAllClose(std, abs(values[0] - values[1]) / 2 ** 0.5, atol=5e-5)
+            self.assertEqual(cells[8], "2")
+        image = matplotlib.image.imread(os.path.join(out, "learning_curves_digits.png"))
+        self.assertGreater(image.shape[0] * image.shape[1], 10000)
+
+
+if __name__ == "__main__":
+    tf.test.main()
