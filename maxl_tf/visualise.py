@@ -84,7 +84,7 @@ def test_outputs(config: config_lib.Config, psi, state: train.TrainState, run_da
         parts["predicted"].append(tf.argmax(pri_logits, axis=-1).numpy())
         parts["features"].append(features.numpy())
     history = state.history
-    accuracy = f", test acc {history[-1]['test/acc']:.3f}" if history else ""
+    accuracy = f", final test acc {history[-1]['test/acc']:.3f}" if history else ""
     return TestOutputs(
         key=key,
         title=f"{config.method} ({config.dataset}, pri {config.pri}, aux {config.aux}{accuracy})",
