@@ -46,7 +46,7 @@ MIN_EXAMPLES = 10   # t-SNE needs a perplexity below the number of points
 
 
 @dataclasses.dataclass
-class TestOutputs:
+class RunOutputs:
     """One restored run's outputs on its whole test set, in test-set order (N examples)."""
     key: str                 # the run's name, usable as a file name and checkpoint key
     title: str
@@ -65,8 +65,8 @@ def feature_model(evaluator: keras.Model) -> keras.Model:
     return keras.Model(evaluator.inputs, [features, *evaluator.outputs])
 
 
-def test_outputs(config: config_lib.Config, psi, state: train.TrainState, run_data: train.RunData,
-                 key: str) -> TestOutputs:
+def run_on_test_set(config: config_lib.Config, psi, state: train.TrainState, run_data: train.RunData,
+                    key: str) -> RunOutputs:
     """Runs the restored networks (inference mode) over the test set."""
     network = feature_model(state.evaluator)
     mask_table = tf.constant(hierarchy_lib.psi_mask(psi))
@@ -85,7 +85,7 @@ def test_outputs(config: config_lib.Config, psi, state: train.TrainState, run_da
         parts["features"].append(features.numpy())
     history = state.history
     accuracy = f", final test acc {history[-1]['test/acc']:.3f}" if history else ""
-    return TestOutputs(
+    return RunOutputs(
         key=key,
         title=f"{config.method} ({config.dataset}, pri {config.pri}, aux {config.aux}{accuracy})",
         images=np.clip(np.concatenate(parts["images"]), 0.0, 1.0),
@@ -209,7 +209,7 @@ def top_k_per_aux_class(probabilities: np.ndarray, labels: np.ndarray, pri_of_au
     return selection
 
 
-def plot_top_k(run: TestOutputs, aux_classes, selection: np.ndarray, path: str) -> None:
+def plot_top_k(run: RunOutputs, aux_classes, selection: np.ndarray, path: str) -> None:
     """Image grid: a row per auxiliary class, labelled with it and its principal class."""
     rows, k = selection.shape
     fig = Figure(figsize=(1.2 * k + 1.2, 1.3 * rows + 0.6), layout="constrained")
@@ -242,7 +242,7 @@ def visualise(logdirs, out: str, max_examples: int = 1000, aux_classes: int = 3,
       aux_classes: auxiliary classes drawn (with `seed`) per run for the top-k grid.
       data_dir: where the data sets are, if not where the runs found them.
     Returns:
-      {"tsne": path, "projector_config": path, "top_k": {run key: path}, "runs": [TestOutputs],
+      {"tsne": path, "projector_config": path, "top_k": {run key: path}, "runs": [RunOutputs],
        "indices": {run key: subsample indices}}.
     Raises:
       train.RunError, config_lib.ConfigError, loaders.DataError: with a message for the user.
@@ -250,7 +250,7 @@ def visualise(logdirs, out: str, max_examples: int = 1000, aux_classes: int = 3,
     runs, taken = [], set()
     for logdir in logdirs:
         config, psi, state, run_data = train.load_run(logdir, data_dir)
-        runs.append(test_outputs(config, psi, state, run_data, _key(config.name, taken)))
+        runs.append(run_on_test_set(config, psi, state, run_data, _key(config.name, taken)))
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:

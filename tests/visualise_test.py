@@ -80,7 +80,7 @@ class VisualiseTest(tf.test.TestCase):
         self.assertEqual(maxl.aux_source, "generator")
 
         # Human and random runs rank by the evaluator's auxiliary head under the same mask.
-        as_human = visualise.test_outputs(dataclasses.replace(config, method="human"), psi, state, run_data, "h")
+        as_human = visualise.run_on_test_set(dataclasses.replace(config, method="human"), psi, state, run_data, "h")
         _, aux_logits = state.evaluator(batch["images"], training=False)
         probabilities = tf.nn.softmax(aux_logits).numpy() * hierarchy_lib.psi_mask(psi)[batch["labels"]]
         probabilities /= probabilities.sum(axis=1, keepdims=True)
