@@ -252,6 +252,47 @@ def restore(state: TrainState, checkpoint_dir: str, logdir: str) -> None:
                        f"an earlier checkpoint, or {os.path.join(logdir, 'checkpoints')} to start over.")
 
 
+def load_run(logdir: str, data_dir: str | None = None):
+    """Rebuilds a run from its log directory at its latest checkpoint, for analysis of what it
+    learned (maxl_tf.visualise). Nothing in logdir is written.
+
+    Args:
+      data_dir: where the data set is now, if not where the run found it (its --data_dir).
+    Returns:
+      (config, psi, state, run_data), as train_and_evaluate builds them.
+    Raises:
+      RunError: logdir holds no run or no readable checkpoint. ConfigError, DataError: as in
+        prepare_data.
+    """
+    config_path = os.path.join(logdir, "config.json")
+    checkpoints = os.path.join(logdir, "checkpoints")
+    if not os.path.isfile(config_path):
+        raise RunError(f"{logdir} is not a maxl_tf run directory (no config.json); pass the --logdir "
+                       f"of a run that main.py trained, e.g. runs/<name>.")
+    try:
+        with open(config_path) as f:
+            saved = json.load(f)
+        known = {field.name for field in dataclasses.fields(config_lib.Config)}
+        config = config_lib.Config(**{k: v for k, v in saved.items() if k in known})
+    except (OSError, ValueError, TypeError, AttributeError):
+        raise RunError(f"{config_path} is unreadable or not a maxl_tf config; restore it, or pass another run.")
+    config = dataclasses.replace(config, logdir=logdir, data_dir=config.data_dir if data_dir is None else data_dir)
+    psi = config_lib.validate(config)
+    check_checkpoint_index(checkpoints)
+    path = tf.train.latest_checkpoint(checkpoints)
+    if path is None:
+        raise RunError(f"{logdir} has no checkpoint yet; train the run for at least one epoch "
+                       f"(python main.py --flagfile={os.path.join(logdir, 'flags.cfg')}).")
+    run_data = prepare_data(config, psi)
+    state = TrainState(config, run_data.input_shape, psi)
+    try:
+        state.checkpoint().restore(path).expect_partial()
+    except Exception as e:  # the reader raises OpError, IndexError, ValueError... for damaged files
+        reason = str(e).strip().splitlines()[0][:200]
+        raise RunError(f"checkpoint {path} is unreadable ({reason}); delete {path}.* to use an earlier one.")
+    return config, psi, state, run_data
+
+
 def results_summary(config: config_lib.Config, history: list, psi, source: str,
                     aux_label_info: dict | None = None) -> dict:
     last = [record["test/acc"] for record in history[-LAST_EPOCHS_AVERAGED:]]

@@ -1,0 +1,159 @@
+"""Pictures of what runs learned, from two tiny real runs (digits, one epoch): maxl and single."""
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import matplotlib.image
+import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorboard.plugins import projector
+
+from maxl_tf import hierarchy as hierarchy_lib
+from maxl_tf import labels as labels_lib
+from maxl_tf import models
+from maxl_tf import train
+from maxl_tf import visualise
+from tests import smoke_util
+
+MAX_EXAMPLES = 40   # of smoke.cfg's 100 test images, so the subsample is exercised
+
+
+def _trunk_by_hand(evaluator, images):
+    """The evaluator's layers applied one by one up to the trunk's flatten layer."""
+    x = images
+    for layer in evaluator.layers[1:]:
+        x = layer(x, training=False)
+        if layer.name == models.TRUNK_PREFIX + "flatten":
+            return x
+    raise AssertionError("no trunk_flatten layer")
+
+
+class VisualiseTest(tf.test.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = tempfile.mkdtemp()
+        cls.logdirs = []
+        for method in ("maxl", "single"):
+            logdir = os.path.join(cls.root, method)
+            train.train_and_evaluate(smoke_util.smoke_config(logdir, method=method, epochs=1), progress=False)
+            cls.logdirs.append(logdir)
+        cls.out = os.path.join(cls.root, "out")
+        cls.written = visualise.visualise(cls.logdirs, cls.out, max_examples=MAX_EXAMPLES, aux_classes=3, top_k=5)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root)
+        super().tearDownClass()
+
+    def test_tsne_figure_has_one_panel_per_run(self):
+        image = matplotlib.image.imread(self.written["tsne"])
+        self.assertEqual(image.shape, (440, 800, 4))   # two 4-inch panels at 100 dpi
+        self.assertGreater(image[..., :3].std(), 0.05)  # not blank
+
+    def test_projected_features_are_the_evaluators_trunk_output(self):
+        maxl = self.written["runs"][0]
+        indices = self.written["indices"][maxl.key]
+        self.assertAllEqual(indices, visualise.subsample(100, MAX_EXAMPLES))
+        reader = tf.train.load_checkpoint(self.out)
+        features = reader.get_tensor(f"{maxl.key}/.ATTRIBUTES/VARIABLE_VALUE")
+        self.assertEqual(features.shape, (MAX_EXAMPLES, 32))   # smoke.cfg: 256 filters * width 0.125
+
+        # Independently: a fresh restore, the layers applied by hand, two of the subsample's images.
+        config, psi, state, run_data = train.load_run(self.logdirs[0])
+        batch = next(iter(run_data.test.evaluation_batches(1000)))
+        rows = [0, MAX_EXAMPLES - 1]
+        expected = _trunk_by_hand(state.evaluator, tf.gather(batch["images"], indices[rows]))
+        self.assertAllClose(features[rows], expected, atol=1e-5)
+        self.assertAllEqual(maxl.labels, batch["labels"])
+
+        # The generator's masked softmax for the top-k grid, against labels.generated_labels.
+        probabilities = labels_lib.generated_labels(
+            state.generator, batch["images"], batch["labels"], tf.constant(hierarchy_lib.psi_mask(psi)),
+            training=False)
+        self.assertAllClose(maxl.aux_probabilities, probabilities, atol=1e-6)
+        self.assertEqual(maxl.aux_source, "generator")
+
+        # Human and random runs rank by the evaluator's auxiliary head under the same mask.
+        as_human = visualise.run_on_test_set(dataclasses.replace(config, method="human"), psi, state, run_data, "h")
+        _, aux_logits = state.evaluator(batch["images"], training=False)
+        probabilities = tf.nn.softmax(aux_logits).numpy() * hierarchy_lib.psi_mask(psi)[batch["labels"]]
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        self.assertAllClose(as_human.aux_probabilities, probabilities, atol=1e-6)
+        self.assertEqual(as_human.aux_source, "evaluator's auxiliary head")
+
+    def test_projector_files_name_the_tensors_and_metadata(self):
+        with open(os.path.join(self.out, "projector_config.pbtxt")) as f:
+            config = text_format.Parse(f.read(), projector.ProjectorConfig())
+        reader = tf.train.load_checkpoint(self.out)
+        self.assertLen(config.embeddings, 2)
+        for run, embedding in zip(self.written["runs"], config.embeddings):
+            indices = self.written["indices"][run.key]
+            self.assertEqual(embedding.tensor_name, f"{run.key}/.ATTRIBUTES/VARIABLE_VALUE")
+            self.assertAllEqual(reader.get_tensor(embedding.tensor_name), run.features[indices])
+            with open(os.path.join(self.out, embedding.metadata_path)) as f:
+                lines = f.read().splitlines()
+            self.assertEqual(lines[0], "test_index\tprincipal\tprincipal_predicted\tauxiliary")
+            table = [line.split("\t") for line in lines[1:]]
+            self.assertEqual([int(row[0]) for row in table], indices.tolist())
+            self.assertEqual([int(row[1]) for row in table], run.labels[indices].tolist())
+            auxiliary = [row[3] for row in table]
+            if run.aux_probabilities is None:
+                self.assertEqual(set(auxiliary), {"-"})
+            else:
+                self.assertEqual(auxiliary, run.aux_probabilities[indices].argmax(1).astype(str).tolist())
+            # Sprite: a 7x7 grid of 8x8 digits; tile 8 (row 1, column 1) is the 9th image.
+            sprite = matplotlib.image.imread(os.path.join(self.out, embedding.sprite.image_path))
+            self.assertEqual(sprite.shape, (56, 56, 4))
+            self.assertEqual(list(embedding.sprite.single_image_dim), [8, 8])
+            self.assertAllClose(sprite[8:16, 8:16, 0], run.images[indices[8], :, :, 0], atol=1 / 255)
+
+    def test_top_k_grid_only_for_runs_with_an_auxiliary_task(self):
+        maxl, single = self.written["runs"]
+        self.assertEqual(list(self.written["top_k"]), [maxl.key])
+        image = matplotlib.image.imread(self.written["top_k"][maxl.key])
+        self.assertEqual(image.shape[:2], (450, 720))   # 3 rows, 5 columns at 100 dpi
+        self.assertIsNone(single.aux_probabilities)
+
+    def test_top_k_selection_is_the_highest_probabilities_within_the_principal_class(self):
+        # psi = [2, 1]: auxiliary classes 0, 1 belong to principal class 0, class 2 to class 1.
+        pri_of_aux = np.array([0, 0, 1])
+        labels = np.array([0, 0, 1, 0, 1, 0])
+        probabilities = np.array([
+            [0.4, 0.6, 0.0],
+            [0.2, 0.8, 0.0],
+            [0.0, 0.0, 1.0],
+            [0.9, 0.1, 0.0],
+            [0.99, 0.0, 0.01],   # principal class 1: never chosen for auxiliary class 0
+            [0.4, 0.6, 0.0],
+        ])
+        selection = visualise.top_k_per_aux_class(probabilities, labels, pri_of_aux, [0, 1, 2], k=3)
+        self.assertAllEqual(selection, [[3, 0, 5],      # 0.9, then the tie at 0.4: lower index first
+                                        [1, 0, 5],      # 0.8, then the tie at 0.6
+                                        [2, 4, -1]])    # only two examples of principal class 1
+
+    def test_a_directory_that_is_not_a_run_is_refused(self):
+        empty = os.path.join(self.root, "empty")
+        os.makedirs(empty)
+        with self.assertRaisesRegex(train.RunError, "not a maxl_tf run directory"):
+            visualise.visualise([empty], os.path.join(self.root, "refused"))
+        untrained = os.path.join(self.root, "untrained")
+        os.makedirs(untrained)
+        shutil.copy(os.path.join(self.logdirs[0], "config.json"), untrained)
+        with self.assertRaisesRegex(train.RunError, "no checkpoint yet"):
+            visualise.visualise([untrained], os.path.join(self.root, "refused"))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "refused")))
+
+        process = subprocess.run([sys.executable, "-m", "maxl_tf.visualise", empty,
+                                  f"--out={os.path.join(self.root, 'refused')}"],
+                                 cwd=smoke_util.REPO, capture_output=True, text=True, timeout=120,
+                                 env=dict(os.environ, PYTHONPATH=smoke_util.REPO, TF_CPP_MIN_LOG_LEVEL="2"))
+        self.assertEqual(process.returncode, 2)
+        self.assertNotIn("Traceback", process.stderr)
+        self.assertRegex(process.stderr, r"(?m)^error: .*empty is not a maxl_tf run directory")
+        self.assertEqual(process.stdout, "")
