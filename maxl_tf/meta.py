@@ -21,19 +21,19 @@ from maxl_tf import losses
 from maxl_tf import models
 
 
-def _fast_forward(evaluator, weights, non_trainable, images):
+def _fast_forward(model, weights, non_trainable, images):
     """Evaluator forward with the given weights, in training mode.
 
     Batch norm normalises with the batch's statistics; stateless_call returns the updated moving
     statistics instead of assigning them, and we drop them: the lookahead is hypothetical and
     must leave the evaluator untouched.
     """
-    outputs, _ = evaluator.stateless_call(weights, non_trainable, images, training=True)
+    outputs, _ = model.stateless_call(weights, non_trainable, images, training=True)
     return models.evaluator_outputs(outputs)
 
 
 def second_order_meta_gradient(evaluator, generator, images, labels, mask_table, inner_lr,
-                               gamma=2.0, entropy_weight=0.2, loss_scale=None):
+                               gamma=2.0, entropy_weight=0.2, loss_scale=None, lookahead_model=None):
     """Meta loss and its exact gradient with respect to the generator's weights.
 
     Args:
@@ -46,6 +46,10 @@ def second_order_meta_gradient(evaluator, generator, images, labels, mask_table,
       loss_scale: float16 loss scale (None: no scaling). Both backward passes run on scaled
         losses so half-precision gradients do not underflow; the inner gradient is unscaled
         before the lookahead, the returned gradients are left scaled for a LossScaleOptimizer.
+      lookahead_model: the network that runs the lookahead with the evaluator's weights
+        (default: the evaluator itself). Under mixed precision, a float32 twin
+        (models.build_evaluator with precision="float32"): the meta-gradient is a sum of inner
+        products of nearly orthogonal gradients, which half precision cannot resolve.
     Returns:
       (gradients aligned with generator.trainable_variables, of this replica's share of the meta
        loss, times loss_scale; dict of scalars for this replica's slice: meta_loss, loss_before /
@@ -53,6 +57,7 @@ def second_order_meta_gradient(evaluator, generator, images, labels, mask_table,
     """
     num_pri = mask_table.shape[0]
     pri_targets = tf.one_hot(labels, num_pri, dtype=images.dtype)
+    lookahead_model = lookahead_model or evaluator
     weights = [v.value for v in evaluator.trainable_variables]
     non_trainable = [v.value for v in evaluator.non_trainable_variables]
     scale = (lambda loss: loss) if loss_scale is None else (lambda loss: loss * loss_scale)
@@ -63,15 +68,15 @@ def second_order_meta_gradient(evaluator, generator, images, labels, mask_table,
         # The inner tape differentiates the evaluator's multi-task loss w.r.t. its weights.
         with tf.GradientTape() as inner:
             inner.watch(weights)
-            pri_logits, aux_logits = _fast_forward(evaluator, weights, non_trainable, images)
+            pri_logits, aux_logits = _fast_forward(lookahead_model, weights, non_trainable, images)
             loss_before = losses.focal_loss(pri_logits, pri_targets, gamma)
-            inner_loss = loss_before + losses.focal_loss(aux_logits, generated, gamma)
-        inner_grads = inner.gradient(scale(inner_loss), weights)
+            scaled_inner_loss = scale(loss_before + losses.focal_loss(aux_logits, generated, gamma))
+        inner_grads = inner.gradient(scaled_inner_loss, weights)
         if loss_scale is not None:
             inner_grads = [g / tf.cast(loss_scale, g.dtype) for g in inner_grads]
         inner_grads = distribute.all_reduce_mean(inner_grads)
         fast_weights = [w - tf.cast(inner_lr, w.dtype) * g for w, g in zip(weights, inner_grads)]
-        pri_logits_after, _ = _fast_forward(evaluator, fast_weights, non_trainable, images)
+        pri_logits_after, _ = _fast_forward(lookahead_model, fast_weights, non_trainable, images)
         loss_after = losses.focal_loss(pri_logits_after, pri_targets, gamma)
         usage = distribute.all_reduce_mean(tf.reduce_mean(generated, axis=0))   # pbar: [aux]
         entropy = losses.negative_entropy(usage)

@@ -44,7 +44,9 @@ def _trunk(images, architecture: str, width: float, precision, synchronized_bn: 
 def _head(features, classes: int, name: str, precision):
     hidden = keras.layers.Dense(features.shape[-1], activation="relu", name=name + "_hidden",
                                 dtype=precision)(features)
-    return keras.layers.Dense(classes, name=name + "_logits", dtype=precision)(hidden)
+    # Logits in float32 under mixed precision: the losses' softmax and its second derivatives.
+    logits_dtype = "float32" if precision and precision.startswith("mixed") else precision
+    return keras.layers.Dense(classes, name=name + "_logits", dtype=logits_dtype)(hidden)
 
 
 def check_input_size(architecture: str, image_size: int) -> None:

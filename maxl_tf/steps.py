@@ -89,12 +89,13 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
 
 
 def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
-                   weight_decay: float = 5e-4, weight_decay_type: str = "l1"):
+                   weight_decay: float = 5e-4, weight_decay_type: str = "l1", lookahead_model=None):
     """One SGD step of the generator on the meta objective (paper Eq. 3), through a lookahead.
 
     Weight decay is added to the gradient: L1 (paper: wd * sign(w)) or L2 (authors' code: wd * w),
     as each replica's share (the optimiser sums replicas) and scaled like the meta gradient.
     A LossScaleOptimizer (float16) skips a step whose scaled gradient overflowed.
+    lookahead_model: see meta.second_order_meta_gradient (a float32 twin under mixed precision).
 
     Returns:
       dict: meta_loss, loss_before, loss_after, entropy, grad_norm (of the meta-gradient alone),
@@ -104,7 +105,8 @@ def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
     grads, stats = meta.second_order_meta_gradient(
         evaluator, generator, batch["images"], batch["labels"], task.mask_table, inner_lr,
         task.gamma, task.entropy_weight,
-        loss_scale=loss_scale if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None)
+        loss_scale=loss_scale if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None,
+        lookahead_model=lookahead_model)
     stats["grad_norm"] = _replica_grad_norm(grads, loss_scale)
     stats["finite_grads"] = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
     if weight_decay:

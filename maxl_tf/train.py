@@ -151,12 +151,17 @@ class TrainState:
             self.evaluator = models.build_evaluator(input_shape, config.pri, aux, config.model, config.width,
                                                     config.precision, synchronized_bn)
             self.evaluator_optimizer = _optimizer(config.lr, config.precision, self.evaluator)
-            self.generator = None
-            self.generator_optimizer = None
+            self.generator = self.generator_optimizer = self.lookahead_model = None
             if config.method == "maxl":
                 self.generator = models.build_generator(input_shape, sum(psi), config.model, config.width,
                                                         config.precision, synchronized_bn)
                 self.generator_optimizer = _optimizer(config.generator_lr, config.precision, self.generator)
+                # The lookahead runs in float32 (meta.py says why); this twin holds no state of
+                # its own: it is called with the evaluator's weights.
+                self.lookahead_model = self.evaluator
+                if config.precision != "float32":
+                    self.lookahead_model = models.build_evaluator(
+                        input_shape, config.pri, aux, config.model, config.width, "float32", synchronized_bn)
             self.epoch = tf.Variable(0, dtype=tf.int64)           # completed epochs
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64)   # completed steps of the current epoch
             self.global_step = tf.Variable(0, dtype=tf.int64)
@@ -385,7 +390,8 @@ class Trainer:
             out = steps_lib.generator_step(
                 state.generator, state.generator_optimizer, state.evaluator, meta_batch, task,
                 state.evaluator_optimizer.learning_rate,
-                self.config.generator_weight_decay, self.config.generator_weight_decay_type)
+                self.config.generator_weight_decay, self.config.generator_weight_decay_type,
+                state.lookahead_model)
             values.update({"meta/loss": out["meta_loss"], "meta/loss_before": out["loss_before"],
                            "meta/loss_after": out["loss_after"], "meta/entropy": out["entropy"],
                            "meta/grad_norm_generator": out["grad_norm"],
