@@ -1,0 +1,212 @@
+"""Speed of the training steps and the input pipeline on synthetic CIFAR-shaped data.
+
+Times, after warm-up, the median of several repeats of each piece of one MAXL iteration, built
+and compiled the way train.Trainer builds them (one tf.function per step, configure_runtime
+applied first), and prints a markdown table and one JSON line:
+
+    python -m maxl_tf.bench --batch_size=64 --model=vgg16 --what=single,maxl,evaluator,generator,pipeline
+
+  single     steps.evaluator_step of a single-task evaluator (method single)
+  maxl       steps.evaluator_step + steps.generator_step (one iteration of Algorithm 1)
+  evaluator  the MAXL evaluator step alone (generator labels, both heads)
+  generator  the second-order generator step alone
+  pipeline   data.Pipeline batches with augmentation, nothing else
+
+The timed pieces run round-robin (one repeat of each, then the next), so a burst of load from
+other processes on a shared machine hits all of them alike and their ratios stay meaningful.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from maxl_tf import data as data_lib
+from maxl_tf import hierarchy
+from maxl_tf import models
+from maxl_tf import steps
+from maxl_tf import train
+
+WHATS = ("single", "maxl", "evaluator", "generator", "pipeline")
+IMAGE_SHAPE = (32, 32, 3)
+PIPELINE_BATCHES = 10   # batches per timed repeat of the input pipeline
+EVALUATOR_LR, GENERATOR_LR = 0.01, 1e-5
+
+
+@dataclasses.dataclass
+class Timed:
+    """One timed piece: `run()` does one repeat and blocks until its results exist."""
+    name: str
+    run: object
+    images_per_run: int
+
+
+def synthetic_batch(batch_size: int, pri: int, psi, seed: int) -> dict:
+    """A batch shaped like data.Pipeline's: normalised random pixels, random labels in range."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, pri, batch_size)
+    offsets = hierarchy.block_offsets(psi)
+    aux_labels = offsets[labels] + rng.integers(0, np.asarray(psi)[labels])
+    return {"images": data_lib.normalise(rng.integers(0, 256, (batch_size, *IMAGE_SHAPE), np.uint8)),
+            "labels": tf.constant(labels, tf.int64), "aux_labels": tf.constant(aux_labels, tf.int64),
+            "indices": tf.range(batch_size, dtype=tf.int64)}
+
+
+def build_step(what: str, batch_size: int, architecture: str, pri: int, aux: int) -> Timed:
+    """Models, optimisers and one compiled step for `what`, as train.Trainer builds them.
+
+    The step is compiled exactly once here (tf.function, no XLA); options that change how it is
+    built (precision, XLA, distribution) belong in this function's arguments.
+    """
+    psi = (aux // pri,) * pri   # uniform, as the paper's CIFAR-100 20/100 split
+    method = "single" if what == "single" else "maxl"
+    task = steps.Task(method=method, num_pri=pri, num_aux=sum(psi),
+                      mask_table=tf.constant(hierarchy.psi_mask(psi)))
+    evaluator = models.build_evaluator(IMAGE_SHAPE, pri, 0 if method == "single" else sum(psi), architecture)
+    evaluator_optimizer = keras.optimizers.SGD(EVALUATOR_LR)
+    evaluator_optimizer.build(evaluator.trainable_variables)
+    generator = generator_optimizer = None
+    if method == "maxl":
+        generator = models.build_generator(IMAGE_SHAPE, sum(psi), architecture)
+        generator_optimizer = keras.optimizers.SGD(GENERATOR_LR)
+        generator_optimizer.build(generator.trainable_variables)
+    train_batch = synthetic_batch(batch_size, pri, psi, seed=1)
+    meta_batch = synthetic_batch(batch_size, pri, psi, seed=2)
+
+    def iteration(train_batch, meta_batch):
+        out = {}
+        if train_batch is not None:
+            out.update(steps.evaluator_step(evaluator, evaluator_optimizer, generator, train_batch, task))
+        if meta_batch is not None:
+            out.update(steps.generator_step(generator, generator_optimizer, evaluator, meta_batch, task,
+                                            evaluator_optimizer.learning_rate))
+        return out
+
+    compiled = tf.function(iteration)
+    args = {"single": (train_batch, None), "evaluator": (train_batch, None),
+            "generator": (None, meta_batch), "maxl": (train_batch, meta_batch)}[what]
+
+    def run():
+        # .numpy() waits for the step: a tf.function call returns before async ops finish on GPU.
+        [v.numpy() for v in tf.nest.flatten(compiled(*args))]
+
+    return Timed(what, run, batch_size)
+
+
+def build_pipeline(batch_size: int, num_examples: int = 5000) -> Timed:
+    """The training input pipeline alone: gather, normalise, random crop + flip per batch."""
+    rng = np.random.default_rng(0)
+    examples = data_lib.Examples(rng.integers(0, 256, (num_examples, *IMAGE_SHAPE), np.uint8),
+                                 rng.integers(0, 10, num_examples), np.zeros(num_examples, np.int64))
+    pipeline = data_lib.Pipeline(examples)
+    repeats = [0]
+
+    def run():
+        repeats[0] += 1
+        order = data_lib.epoch_order(np.arange(num_examples), PIPELINE_BATCHES * batch_size, 0, repeats[0], 0)
+        for batch in pipeline.batches(order, batch_size, augment_seed=(0, repeats[0], 0)):
+            batch["images"].numpy()
+
+    return Timed("pipeline", run, PIPELINE_BATCHES * batch_size)
+
+
+def _gpu_peak_bytes():
+    if not tf.config.list_logical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+
+
+def _reset_gpu_peak():
+    if tf.config.list_logical_devices("GPU"):
+        tf.config.experimental.reset_memory_stats("GPU:0")
+
+
+def benchmark(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int = 20, aux: int = 100,
+              repeats: int = 5, warmup: int = 2) -> list:
+    """Builds and warms up each piece, then times them round-robin.
+
+    Returns:
+      one dict per piece: what, images_per_s (median), seconds (median per repeat), spread
+      (max / min seconds over repeats, a noise gauge), peak_rss_mib (this process's peak resident
+      memory once the piece was warm, cumulative over the pieces before it), peak_gpu_mib
+      (peak GPU memory during its warm-up, None without a GPU).
+    """
+    timed, memory = [], {}
+    for what in whats:
+        keras.utils.set_random_seed(0)
+        piece = build_pipeline(batch_size) if what == "pipeline" else build_step(
+            what, batch_size, architecture, pri, aux)
+        _reset_gpu_peak()
+        for _ in range(warmup):
+            piece.run()
+        peak = _gpu_peak_bytes()
+        memory[what] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,   # KiB on Linux
+                        None if peak is None else peak / 2**20)
+        timed.append(piece)
+    seconds = {piece.name: [] for piece in timed}
+    for _ in range(repeats):
+        for piece in timed:
+            start = time.perf_counter()
+            piece.run()
+            seconds[piece.name].append(time.perf_counter() - start)
+    rows = []
+    for piece in timed:
+        median = statistics.median(seconds[piece.name])
+        rows.append({"what": piece.name, "images_per_s": round(piece.images_per_run / median, 2),
+                     "seconds": round(median, 4),
+                     "spread": round(max(seconds[piece.name]) / min(seconds[piece.name]), 2),
+                     "peak_rss_mib": round(memory[piece.name][0]),
+                     "peak_gpu_mib": None if memory[piece.name][1] is None else round(memory[piece.name][1])})
+    return rows
+
+
+def markdown_table(rows) -> str:
+    lines = ["| what | images/s | s per repeat | max/min over repeats | peak RSS MiB | peak GPU MiB |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        gpu = "-" if r["peak_gpu_mib"] is None else r["peak_gpu_mib"]
+        lines.append(f"| {r['what']} | {r['images_per_s']} | {r['seconds']} | {r['spread']} | "
+                     f"{r['peak_rss_mib']} | {gpu} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--model", choices=sorted(models.ARCHITECTURES), default="vgg16")
+    parser.add_argument("--pri", type=int, default=20, help="principal classes")
+    parser.add_argument("--aux", type=int, default=100, help="auxiliary classes, a multiple of --pri")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each piece; the median counts")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each piece first (tracing)")
+    parser.add_argument("--what", default="single,maxl,evaluator,generator,pipeline",
+                        help=f"comma list of: {', '.join(WHATS)}")
+    parser.add_argument("--nodeterministic", dest="deterministic", action="store_false",
+                        help="without tf.config.experimental.enable_op_determinism")
+    args = parser.parse_args()
+    whats = args.what.split(",")
+    unknown = [w for w in whats if w not in WHATS]
+    if unknown:
+        parser.error(f"--what: unknown {', '.join(unknown)}; choose from {', '.join(WHATS)}")
+    if args.pri < 1 or args.aux < args.pri or args.aux % args.pri:
+        parser.error(f"--aux={args.aux} must be a positive multiple of --pri={args.pri}")
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 1:
+        parser.error("--batch_size, --repeats and --warmup must be at least 1")
+    train.configure_runtime(args.deterministic)
+    rows = benchmark(whats, args.batch_size, args.model, args.pri, args.aux, args.repeats, args.warmup)
+    print(markdown_table(rows))
+    print(json.dumps({"framework": f"tensorflow {tf.__version__}", "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
+                      "cpus": os.cpu_count(), "batch_size": args.batch_size, "model": args.model,
+                      "deterministic": args.deterministic,
+                      **{r["what"] + "_images_per_s": r["images_per_s"] for r in rows}, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
