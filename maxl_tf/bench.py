@@ -134,7 +134,9 @@ def benchmark(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int
     """Builds and warms up each piece, then times them round-robin.
 
     Returns:
-      one dict per piece: what, images_per_s (median), seconds (median per repeat), spread
+      one dict per piece: what, images_per_s (median), seconds (median per repeat), cpu_seconds
+      (median CPU time of this process per repeat, all threads: less sensitive than wall time to
+      other processes sharing the cores), spread
       (max / min seconds over repeats, a noise gauge), peak_rss_mib (this process's peak resident
       memory once the piece was warm, cumulative over the pieces before it), peak_gpu_mib
       (peak GPU memory during its warm-up, None without a GPU).
@@ -152,16 +154,19 @@ def benchmark(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int
                         None if peak is None else peak / 2**20)
         timed.append(piece)
     seconds = {piece.name: [] for piece in timed}
+    cpu_seconds = {piece.name: [] for piece in timed}
     for _ in range(repeats):
         for piece in timed:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             piece.run()
             seconds[piece.name].append(time.perf_counter() - start)
+            cpu_seconds[piece.name].append(time.process_time() - cpu_start)
     rows = []
     for piece in timed:
         median = statistics.median(seconds[piece.name])
         rows.append({"what": piece.name, "images_per_s": round(piece.images_per_run / median, 2),
                      "seconds": round(median, 4),
+                     "cpu_seconds": round(statistics.median(cpu_seconds[piece.name]), 4),
                      "spread": round(max(seconds[piece.name]) / min(seconds[piece.name]), 2),
                      "peak_rss_mib": round(memory[piece.name][0]),
                      "peak_gpu_mib": None if memory[piece.name][1] is None else round(memory[piece.name][1])})
@@ -169,11 +174,11 @@ def benchmark(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int
 
 
 def markdown_table(rows) -> str:
-    lines = ["| what | images/s | s per repeat | max/min over repeats | peak RSS MiB | peak GPU MiB |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| what | images/s | s per repeat | CPU s per repeat | max/min over repeats | peak RSS MiB | peak GPU MiB |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         gpu = "-" if r["peak_gpu_mib"] is None else r["peak_gpu_mib"]
-        lines.append(f"| {r['what']} | {r['images_per_s']} | {r['seconds']} | {r['spread']} | "
+        lines.append(f"| {r['what']} | {r['images_per_s']} | {r['seconds']} | {r['cpu_seconds']} | {r['spread']} | "
                      f"{r['peak_rss_mib']} | {gpu} |")
     return "\n".join(lines)
 
