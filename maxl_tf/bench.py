@@ -165,8 +165,8 @@ def benchmark(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int
     for piece in timed:
         median = statistics.median(seconds[piece.name])
         rows.append({"what": piece.name, "images_per_s": round(piece.images_per_run / median, 2),
-                     "seconds": round(median, 4),
-                     "cpu_seconds": round(statistics.median(cpu_seconds[piece.name]), 4),
+                     "seconds": round(median, 6),
+                     "cpu_seconds": round(statistics.median(cpu_seconds[piece.name]), 6),
                      "spread": round(max(seconds[piece.name]) / min(seconds[piece.name]), 2),
                      "peak_rss_mib": round(memory[piece.name][0]),
                      "peak_gpu_mib": None if memory[piece.name][1] is None else round(memory[piece.name][1])})
