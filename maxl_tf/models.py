@@ -6,6 +6,7 @@ PyTorch's constants (epsilon 1e-5, momentum 0.1, i.e. Keras momentum 0.9): Keras
 (1e-3, 0.99) make the moving statistics lag badly in short runs.
 """
 import keras
+import tensorflow as tf
 
 # (filters, convolutions) per block. VGG-16 takes 32x32 down to 1x1 in five blocks.
 ARCHITECTURES = {
@@ -14,6 +15,51 @@ ARCHITECTURES = {
     "vgg_small": ((64, 1), (128, 1), (256, 1)),
 }
 TRUNK_PREFIX = "trunk_"
+# Input dtypes TensorFlow's fused batch-norm kernel takes (its statistics are float32).
+_FUSED_DTYPES = ("float16", "bfloat16", "float32")
+
+
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Keras' batch norm, computed by TensorFlow's fused kernel (FusedBatchNormV3) where it can be.
+
+    Keras 3 builds batch norm from moments and elementwise ops, several passes over the
+    activations forward and more backward; the fused kernel does one. TensorFlow registers the
+    fused op's gradient and that gradient's gradient, so the meta step's second-order path runs
+    through it too. Same variables, names and checkpoint layout as Keras' layer, the same
+    normalisation (batch variance without Bessel's correction, exactly `epsilon`) and the same
+    moving-statistics update. Keras' own computation serves what the kernel does not take:
+    float64 (the finite-difference tests), synchronised replicas, masks, other layouts.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (keras.backend.backend() == "tensorflow" and mask is None and not self.synchronized
+                and not self.renorm and len(inputs.shape) == 4 and self.axis in (-1, 3)
+                and inputs.dtype in _FUSED_DTYPES)
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        if not (training and self.trainable):
+            outputs, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=inputs, scale=scale, offset=offset, mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+                data_format="NHWC", is_training=False)
+            return tf.cast(outputs, self.compute_dtype)
+        empty = tf.zeros([0])
+        # Not tf.compat.v1.nn.fused_batch_norm: it raises epsilon to cuDNN's old minimum 1.001e-5.
+        outputs, mean, unbiased_variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=self.epsilon,
+            data_format="NHWC", is_training=True)
+        # The kernel normalises with the biased batch variance but returns the unbiased one;
+        # Keras' moving variance follows the biased one.
+        count = tf.cast(tf.size(inputs, out_type=tf.int64) // channels, tf.float32)   # N * H * W
+        variance = unbiased_variance * tf.maximum(count - 1.0, 1.0) / count
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(moving * self.momentum + tf.cast(batch, moving.dtype) * (1.0 - self.momentum))
+        return tf.cast(outputs, self.compute_dtype)
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -23,7 +69,7 @@ def _trunk(images, architecture: str, width: float, precision, synchronized_bn: 
     """Shared feature extractor. images: [batch, H, W, C] -> features [batch, hidden].
 
     Under mixed precision, convolutions and dense layers compute in half precision with float32
-    weights; batch norm computes in float32 (Keras does this itself) and so does max-pooling:
+    weights; batch norm keeps its statistics in float32, and max-pooling computes in float32:
     its second-order gradient (MaxPoolGradGrad) exists only for float32 under XLA.
     """
     dtype = precision   # None: Keras' global dtype policy (the float64 gradient tests set it)
@@ -34,8 +80,8 @@ def _trunk(images, architecture: str, width: float, precision, synchronized_bn: 
             name = f"{TRUNK_PREFIX}block{block}_conv{conv}"
             x = keras.layers.Conv2D(max(1, round(filters * width)), 3, padding="same", name=name,
                                     dtype=dtype)(x)
-            x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn,
-                                                name=name + "_bn", dtype=dtype)(x)
+            x = BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn,
+                                   name=name + "_bn", dtype=dtype)(x)
             x = keras.layers.ReLU(dtype=dtype)(x)
         x = keras.layers.MaxPooling2D(2, name=f"{TRUNK_PREFIX}block{block}_pool", dtype=pool_dtype)(x)
     return keras.layers.Flatten(name=TRUNK_PREFIX + "flatten", dtype=dtype)(x)   # [batch, 1 * 1 * filters]

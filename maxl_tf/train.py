@@ -368,7 +368,7 @@ class Trainer:
         # tf.function nested inside it cannot hold the optimisers' cross-replica sums.
         self._replica_iteration = (tf.function(self._replica_iteration_fn, jit_compile=True)
                                    if config.jit else self._replica_iteration_fn)
-        self._iteration = tf.function(self._iteration_fn)
+        self.iteration = tf.function(self._iteration_fn)
         self._evaluate = tf.function(self._evaluate_fn)
         self._cosine = tf.function(self._cosine_fn)
         self._any_worker = tf.function(self._any_worker_fn)
@@ -462,16 +462,16 @@ class Trainer:
             return stream(self.data.meta_indices, self.meta_steps, data_lib.META_STREAM, first)
 
         if not self.uses_generator:
-            yield from ((train_batch, None) for train_batch in self._distribute(train_stream(first_step)))
+            yield from ((train_batch, None) for train_batch in self.distribute(train_stream(first_step)))
         elif config.schedule == "interleaved":
-            yield from self._distribute(tf.data.Dataset.zip(train_stream(first_step), meta_stream(first_step)))
+            yield from self.distribute(tf.data.Dataset.zip(train_stream(first_step), meta_stream(first_step)))
         else:  # alternating: the evaluator's epoch, then the generator's
             if first_step < self.train_steps:
-                yield from ((train_batch, None) for train_batch in self._distribute(train_stream(first_step)))
-            meta_batches = self._distribute(meta_stream(max(0, first_step - self.train_steps)))
+                yield from ((train_batch, None) for train_batch in self.distribute(train_stream(first_step)))
+            meta_batches = self.distribute(meta_stream(max(0, first_step - self.train_steps)))
             yield from ((None, meta_batch) for meta_batch in meta_batches)
 
-    def _distribute(self, dataset: tf.data.Dataset):
+    def distribute(self, dataset: tf.data.Dataset):
         """Splits each global batch into per-replica slices (every worker builds the same batches
         and keeps its own slices); the dataset itself on one device."""
         if self.config.strategy == "none":
@@ -531,7 +531,7 @@ class Trainer:
                                   stateful_metrics=["pri_loss", "pri_acc", "meta_loss"])
         start, images = time.perf_counter(), 0
         for step, (train_batch, meta_batch) in enumerate(self._epoch_batches(epoch, first_step), first_step):
-            self._iteration(train_batch, meta_batch)
+            self.iteration(train_batch, meta_batch)
             images += config.batch_size
             state.step_in_epoch.assign(step + 1)
             if (step + 1) % config.log_every == 0 or step + 1 == self.steps_per_epoch:
@@ -556,7 +556,8 @@ def _write_summaries(writer, record: dict) -> None:
     writer.flush()
 
 
-def _strategy(config: config_lib.Config) -> tf.distribute.Strategy:
+def make_strategy(config: config_lib.Config) -> tf.distribute.Strategy:
+    """The run's tf.distribute strategy; ConfigError where it cannot start or split the batch."""
     try:
         strategy = distribute.make_strategy(config.strategy)
     except distribute.StrategyError as e:
@@ -576,7 +577,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
       config_lib.ConfigError, loaders.DataError, RunError: with a message for the user.
     """
     psi = config_lib.validate(config)
-    strategy = _strategy(config)
+    strategy = make_strategy(config)
     chief = distribute.is_chief(strategy)
     logdir = prepare_logdir(config) if chief else config.resolved_logdir()
     run_data = prepare_data(config, psi)
