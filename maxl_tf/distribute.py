@@ -47,7 +47,7 @@ def make_strategy(kind: str) -> tf.distribute.Strategy:
 
 
 def num_replicas() -> int:
-    """Replicas of the current strategy (1 outside any strategy and in cross-replica code)."""
+    """Replicas in sync of the strategy in scope (1 outside any)."""
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 

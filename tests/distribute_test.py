@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from maxl_tf import distribute
 from maxl_tf import train
 from tests import smoke_util
 
@@ -42,6 +43,29 @@ def _checkpoint_weights(directory):
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(directory))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
             if name.startswith(("evaluator/", "generator/"))}
+
+
+class StrategyChoiceTest(tf.test.TestCase):
+
+    def test_one_device_helpers_are_the_identity(self):
+        self.assertIs(distribute.make_strategy("none"), tf.distribute.get_strategy())
+        self.assertEqual(distribute.num_replicas(), 1)
+        loss = tf.constant(2.5)
+        self.assertIs(distribute.replica_share(loss), loss)
+        self.assertIs(distribute.all_reduce_mean(loss), loss)
+
+    def test_multi_worker_without_tf_config_names_the_fix(self):
+        old = os.environ.pop("TF_CONFIG", None)
+        try:
+            for value in (None, "not json", '{"cluster": {"worker": []}}'):
+                if value is not None:
+                    os.environ["TF_CONFIG"] = value
+                with self.assertRaisesRegex(distribute.StrategyError, "TF_CONFIG"):
+                    distribute.make_strategy("multi_worker")
+        finally:
+            os.environ.pop("TF_CONFIG", None)
+            if old is not None:
+                os.environ["TF_CONFIG"] = old
 
 
 class TwoReplicaTest(tf.test.TestCase):
