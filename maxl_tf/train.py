@@ -196,10 +196,16 @@ def _write_atomically(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_logdir(config: config_lib.Config) -> str:
-    """Creates the log directory, or checks that an existing one holds this same experiment."""
+def prepare_logdir(config: config_lib.Config, create: bool = True) -> str:
+    """Creates the log directory, or checks that an existing one holds this same experiment.
+
+    create=False (multi-worker workers other than the chief, which creates it) only checks an
+    existing config.json, so every worker refuses a different experiment, not the chief alone.
+    """
     logdir = config.resolved_logdir()
     saved_path = os.path.join(logdir, "config.json")
+    if not create and not os.path.isfile(saved_path):
+        return logdir   # the chief creates it
     if os.path.isfile(saved_path):
         try:
             with open(saved_path) as f:
@@ -579,7 +585,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
     psi = config_lib.validate(config)
     strategy = make_strategy(config)
     chief = distribute.is_chief(strategy)
-    logdir = prepare_logdir(config) if chief else config.resolved_logdir()
+    logdir = prepare_logdir(config, create=chief)
     run_data = prepare_data(config, psi)
     keras.utils.set_random_seed(config.seed)
     state = TrainState(config, run_data.input_shape, psi, strategy)
