@@ -86,6 +86,27 @@ class StepsTest(tf.test.TestCase):
 
 class ModelsTest(tf.test.TestCase):
 
+    def test_small_map_convolution_is_the_convolution_to_second_order(self):
+        rng = np.random.default_rng(0)
+        for size in (1, 2, 4):   # 1 and 2: one matrix product; 4: TensorFlow's kernel
+            with self.subTest(size=size):
+                layer = models.Conv2D(5, 3, padding="same", dtype="float64")
+                x = tf.constant(rng.normal(size=(3, size, size, 4)))
+                layer.build(x.shape)
+                kernel = layer.kernel
+
+                def second_order(conv):
+                    with tf.GradientTape() as outer:
+                        with tf.GradientTape() as inner:
+                            inner.watch(x)
+                            loss = tf.reduce_sum(tf.sin(conv(x, kernel)))
+                        grad_x = inner.gradient(loss, x)
+                        gradient_norm = tf.reduce_sum(grad_x ** 2)
+                    return conv(x, kernel), outer.gradient(gradient_norm, kernel)
+
+                reference = second_order(lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"))
+                self.assertAllClose(second_order(layer.convolution_op), reference, rtol=1e-10, atol=1e-12)
+
     def test_vgg16_matches_the_authors_layout(self):
         evaluator = models.build_evaluator((32, 32, 3), 20, 100)
         convs = [l for l in evaluator.layers if isinstance(l, keras.layers.Conv2D)]
