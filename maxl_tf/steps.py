@@ -108,7 +108,8 @@ def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
         loss_scale=loss_scale if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None,
         lookahead_model=lookahead_model)
     stats["grad_norm"] = _replica_grad_norm(grads, loss_scale)
-    stats["finite_grads"] = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    # What LossScaleOptimizer checks element by element, read off the norm without another pass.
+    stats["finite_grads"] = tf.math.is_finite(stats["grad_norm"])
     if weight_decay:
         decay = tf.sign if weight_decay_type == "l1" else tf.identity
         share = weight_decay * loss_scale / distribute.num_replicas()
