@@ -75,6 +75,7 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
         loss = pri_loss + aux_loss
         scaled_loss = optimizer.scale_loss(distribute.replica_share(loss))
     grads = tape.gradient(scaled_loss, evaluator.trainable_variables)
+    grad_norm = _replica_grad_norm(grads, _loss_scale(optimizer))   # before apply moves a float16 scale
     optimizer.apply(grads, evaluator.trainable_variables)
     batch_size = tf.shape(batch["labels"])[0]
     if targets is None:
@@ -85,7 +86,7 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
         aux_acc = losses.accuracy(aux_logits, assigned)
     return {"pri_loss": pri_loss, "aux_loss": tf.cast(aux_loss, tf.float32),
             "pri_acc": losses.accuracy(pri_logits, batch["labels"]), "aux_acc": aux_acc,
-            "grad_norm": _replica_grad_norm(grads, _loss_scale(optimizer)), "aux_assigned": assigned}
+            "grad_norm": grad_norm, "aux_assigned": assigned}
 
 
 def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
