@@ -8,6 +8,8 @@ built from elementwise ops and (log-)softmax, which differentiate twice.
 import numpy as np
 import tensorflow as tf
 
+from maxl_tf import distribute
+
 
 def _full_precision(x):
     """Half-precision inputs are computed in float32; float32/float64 stay as they are."""
@@ -66,20 +68,16 @@ def entropy_regulariser(generated_labels):
 
     This is the negative entropy of the batch's label usage: minimising it spreads the generator's
     assignments over all auxiliary classes, which counters the collapsing-class problem (3.4).
+    Under a distribution strategy pbar is the mean over the whole global batch (an all-reduce
+    across replicas, differentiable); elsewhere it is this batch's mean.
 
     Args:
-      generated_labels: [batch, aux] probabilities.
+      generated_labels: [batch, aux] probabilities (this replica's slice).
     Returns:
       scalar in [-log(aux), 0].
     """
-    return negative_entropy(tf.reduce_mean(_full_precision(generated_labels), axis=0))
-
-
-def negative_entropy(distribution):
-    """sum_k p_k log p_k of a [classes] distribution; the regulariser once pbar is known (a
-    distribution strategy averages pbar over replicas first)."""
-    distribution = _full_precision(distribution)
-    return tf.reduce_sum(distribution * tf.math.log(distribution + 1e-12))
+    mean = distribute.all_reduce_mean(tf.reduce_mean(_full_precision(generated_labels), axis=0))
+    return tf.reduce_sum(mean * tf.math.log(mean + 1e-12))
 
 
 def accuracy(logits, labels):

@@ -78,8 +78,7 @@ def second_order_meta_gradient(evaluator, generator, images, labels, mask_table,
         fast_weights = [w - tf.cast(inner_lr, w.dtype) * g for w, g in zip(weights, inner_grads)]
         pri_logits_after, _ = _fast_forward(lookahead_model, fast_weights, non_trainable, images)
         loss_after = losses.focal_loss(pri_logits_after, pri_targets, gamma)
-        usage = distribute.all_reduce_mean(tf.reduce_mean(generated, axis=0))   # pbar: [aux]
-        entropy = losses.negative_entropy(usage)
+        entropy = losses.entropy_regulariser(generated)   # pbar over the global batch
         meta_loss = loss_after + entropy_weight * entropy
         objective = scale(distribute.replica_share(meta_loss))
     grads = outer.gradient(objective, generator.trainable_variables)
