@@ -290,17 +290,12 @@ def load_run(logdir: str, data_dir: str | None = None):
     config = dataclasses.replace(config, logdir=logdir, data_dir=config.data_dir if data_dir is None else data_dir)
     psi = config_lib.validate(config)
     check_checkpoint_index(checkpoints)
-    path = tf.train.latest_checkpoint(checkpoints)
-    if path is None:
+    if tf.train.latest_checkpoint(checkpoints) is None:
         raise RunError(f"{logdir} has no checkpoint yet; train the run for at least one epoch "
                        f"(python main.py --flagfile={os.path.join(logdir, 'flags.cfg')}).")
     run_data = prepare_data(config, psi)
     state = TrainState(config, run_data.input_shape, psi)
-    try:
-        state.checkpoint().restore(path).expect_partial()
-    except Exception as e:  # the reader raises OpError, IndexError, ValueError... for damaged files
-        reason = str(e).strip().splitlines()[0][:200]
-        raise RunError(f"checkpoint {path} is unreadable ({reason}); delete {path}.* to use an earlier one.")
+    restore(state, checkpoints, logdir)
     return config, psi, state, run_data
 
 
