@@ -107,6 +107,10 @@ class Config:
         bookkeeping = {"logdir", "data_dir", "download", "deterministic", "log_every", "strategy", "jit"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 
+    def differences(self, saved: dict) -> list:
+        """(field, saved value, this value) for each experiment field a saved config.json differs in."""
+        return [(k, saved.get(k), v) for k, v in self.experiment().items() if saved.get(k) != v]
+
     def to_flagfile(self) -> str:
         """absl flagfile text that replays this run: --flagfile=<logdir>/flags.cfg."""
         lines = ["# Resolved flags of this run; replay with --flagfile=<this file>."]

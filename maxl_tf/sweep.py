@@ -111,5 +111,6 @@ def completed_results(config: config_lib.Config) -> dict | None:
         saved = results["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    same = all(saved.get(k) == v for k, v in config.experiment().items())
-    return results if same and results.get("complete") is True else None
+    if not isinstance(saved, dict) or config.differences(saved):
+        return None
+    return results if results.get("complete") is True else None

@@ -212,9 +212,7 @@ def prepare_logdir(config: config_lib.Config, create: bool = True) -> str:
                 saved = json.load(f)
         except (OSError, ValueError):
             raise RunError(f"{saved_path} is unreadable; restore it, or pass a new --logdir.")
-        saved = {k: v for k, v in saved.items() if k in config.experiment()}
-        differences = [f"--{k}={saved.get(k)!r} there, {v!r} now"
-                       for k, v in config.experiment().items() if saved.get(k) != v]
+        differences = [f"--{k}={there!r} there, {now!r} now" for k, there, now in config.differences(saved)]
         if differences:
             raise RunError(f"--logdir={logdir} holds a different experiment ({'; '.join(differences)}). "
                            f"Pass another --logdir, or rerun with that directory's flags: "
