@@ -85,7 +85,7 @@ def build_step(what: str, batch_size: int, architecture: str, pri: int, aux: int
         dataset="cifar100", pri=pri, aux=aux, psi=",".join(map(str, psi)),
         method="single" if what == "single" else "maxl", model=architecture, batch_size=batch_size,
         lr=EVALUATOR_LR, generator_lr=GENERATOR_LR, precision=precision, jit=jit, strategy=strategy)
-    distribution = train.make_strategy(config)
+    distribution = train.run_strategy(config)
     state = train.TrainState(config, IMAGE_SHAPE, psi, distribution)
     trainer = train.Trainer(config, psi, _synthetic_run_data(batch_size, pri), state, distribution)
 

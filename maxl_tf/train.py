@@ -555,7 +555,7 @@ def _write_summaries(writer, record: dict) -> None:
     writer.flush()
 
 
-def make_strategy(config: config_lib.Config) -> tf.distribute.Strategy:
+def run_strategy(config: config_lib.Config) -> tf.distribute.Strategy:
     """The run's tf.distribute strategy; ConfigError where it cannot start or split the batch."""
     try:
         strategy = distribute.make_strategy(config.strategy)
@@ -576,7 +576,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
       config_lib.ConfigError, loaders.DataError, RunError: with a message for the user.
     """
     psi = config_lib.validate(config)
-    strategy = make_strategy(config)
+    strategy = run_strategy(config)
     chief = distribute.is_chief(strategy)
     logdir = prepare_logdir(config, create=chief)
     run_data = prepare_data(config, psi)
