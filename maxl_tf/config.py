@@ -107,6 +107,13 @@ class Config:
         bookkeeping = {"logdir", "data_dir", "download", "deterministic", "log_every", "strategy", "jit"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 
+    @classmethod
+    def from_saved(cls, saved: dict) -> "Config":
+        """The Config of a saved config.json or results.json "config", ignoring fields this
+        version does not know (runs written by other versions still load)."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
+
     def differences(self, saved: dict) -> list:
         """(field, saved value, this value) for each experiment field a saved config.json differs in."""
         return [(k, saved.get(k), v) for k, v in self.experiment().items() if saved.get(k) != v]

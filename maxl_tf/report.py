@@ -56,8 +56,7 @@ class Group:
 
 
 def _config_of(results: dict) -> config_lib.Config:
-    known = {f.name for f in dataclasses.fields(config_lib.Config)}
-    return config_lib.Config(**{k: v for k, v in results["config"].items() if k in known})
+    return config_lib.Config.from_saved(results["config"])
 
 
 def load_runs(runs_dir: str) -> tuple:

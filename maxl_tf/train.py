@@ -281,8 +281,7 @@ def load_run(logdir: str, data_dir: str | None = None):
     try:
         with open(config_path) as f:
             saved = json.load(f)
-        known = {field.name for field in dataclasses.fields(config_lib.Config)}
-        config = config_lib.Config(**{k: v for k, v in saved.items() if k in known})
+        config = config_lib.Config.from_saved(saved)
     except (OSError, ValueError, TypeError, AttributeError):
         raise RunError(f"{config_path} is unreadable or not a maxl_tf config; restore it, or pass another run.")
     config = dataclasses.replace(config, logdir=logdir, data_dir=config.data_dir if data_dir is None else data_dir)
