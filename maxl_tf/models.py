@@ -28,7 +28,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
     also in the meta step's second-order pass (_fused_batch_norm_training). Same variables, names
     and checkpoint layout as Keras' layer, the same normalisation (batch variance without
     Bessel's correction, exactly `epsilon`) and the same moving-statistics update. Keras' own
-    computation serves what the kernel does not take: float64 (the finite-difference tests), synchronised replicas, masks, other layouts.
+    computation serves what the kernel does not take: float64 (the finite-difference tests),
+    synchronised replicas, masks, other layouts.
     """
 
     def _fusable(self, inputs, mask) -> bool:
