@@ -88,10 +88,12 @@ class ModelsTest(tf.test.TestCase):
 
     def test_small_map_convolution_is_the_convolution_to_second_order(self):
         rng = np.random.default_rng(0)
-        for size in (1, 2, 4):   # 1 and 2: one matrix product; 4: TensorFlow's kernel
-            with self.subTest(size=size):
+        # 1 and 2: matrix products; 4: maps side by side (on this CPU), batches that do and do
+        # not fill the rows of 8; 8: TensorFlow's kernel.
+        for size, batch in ((1, 3), (2, 3), (4, 3), (4, 16), (4, 19), (8, 3)):
+            with self.subTest(size=size, batch=batch):
                 layer = models.Conv2D(5, 3, padding="same", dtype="float64")
-                x = tf.constant(rng.normal(size=(3, size, size, 4)))
+                x = tf.constant(rng.normal(size=(batch, size, size, 4)))
                 layer.build(x.shape)
                 kernel = layer.kernel
 
