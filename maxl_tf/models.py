@@ -60,7 +60,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 
 def _fused_batch_norm_training(x, scale, offset, epsilon):
-    """Training-mode batch norm by the fused kernel, differentiable to any order.
+    """Training-mode batch norm by the fused kernel, with a fused second-order gradient.
 
     Returns (normalised x, batch mean, unbiased batch variance); the statistics feed only the
     moving averages and carry no gradient, as in TensorFlow's registered gradient. What this adds
@@ -169,20 +169,22 @@ def _side_by_side(inputs, kernel):
     """3x3 'same' convolution of [batch, 4, 4, cin] maps, computed on rows of 8 maps.
 
     oneDNN's channels-last kernel does the same arithmetic 1.65x slower on 4x4 maps than on 8x8
-    ones (512 -> 512 against 256 -> 256 channels, batch 64, this CPU). Each map gets a zero column on its right, 8 of them make one [4, 40] image, and the
-    zero columns keep neighbours from seeing each other; the outputs at those columns are
-    dropped. 25% more arithmetic, 22% less time. The batch is padded with empty maps to a
-    multiple of 8 and cut back after.
+    ones (512 -> 512 against 256 -> 256 channels, batch 64, the 2-core CPU). Each map gets a zero
+    column on its right, 8 of them make one [4, 40] image, and the zero columns keep neighbours
+    from seeing each other; the outputs at those columns are dropped. 25% more arithmetic, 22%
+    less time. The batch is padded with empty maps to a multiple of 8 and cut back after.
     """
     size, cin, cout = inputs.shape[1], kernel.shape[2], kernel.shape[3]
     batch = tf.shape(inputs)[0]
     padding = -batch % _MAPS_PER_ROW
     x = tf.pad(inputs, [[0, padding], [0, 0], [0, 1], [0, 0]])                # [batch', 4, 5, cin]
-    x = tf.reshape(x, [-1, _MAPS_PER_ROW, size, size + 1, cin])
-    x = tf.reshape(tf.transpose(x, [0, 2, 1, 3, 4]), [-1, size, _MAPS_PER_ROW * (size + 1), cin])   # [rows, 4, 40, cin]
+    x = tf.reshape(x, [-1, _MAPS_PER_ROW, size, size + 1, cin])               # [rows, 8, 4, 5, cin]
+    x = tf.transpose(x, [0, 2, 1, 3, 4])                                      # [rows, 4, 8, 5, cin]
+    x = tf.reshape(x, [-1, size, _MAPS_PER_ROW * (size + 1), cin])            # [rows, 4, 40, cin]
     y = tf.nn.conv2d(x, kernel, 1, "SAME")                                    # [rows, 4, 40, cout]
-    y = tf.reshape(y, [-1, size, _MAPS_PER_ROW, size + 1, cout])
-    y = tf.reshape(tf.transpose(y, [0, 2, 1, 3, 4]), [-1, size, size + 1, cout])                     # [batch', 4, 5, cout]
+    y = tf.reshape(y, [-1, size, _MAPS_PER_ROW, size + 1, cout])              # [rows, 4, 8, 5, cout]
+    y = tf.transpose(y, [0, 2, 1, 3, 4])                                      # [rows, 8, 4, 5, cout]
+    y = tf.reshape(y, [-1, size, size + 1, cout])                             # [batch', 4, 5, cout]
     # Cut back with splits: their gradient is a concatenation, fast and differentiable under XLA
     # (a strided slice's is slow on CPUs, a slice's has no gradient under XLA).
     y, _ = tf.split(y, tf.stack([batch, padding]), axis=0)
