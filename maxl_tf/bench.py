@@ -6,6 +6,7 @@ included; configure_runtime applied first), and prints a markdown table and one 
 
     python -m maxl_tf.bench --batch_size=64 --model=vgg16 --what=single,maxl,evaluator,generator,pipeline
     python -m maxl_tf.bench --precision=mixed_bfloat16 --jit --strategy=mirrored   # on GPUs
+    python -m maxl_tf.bench --what=single,maxl --reference=../shared/bench/torch_reference.py --cycles=4
 
   single     steps.evaluator_step of a single-task evaluator (method single)
   maxl       steps.evaluator_step + steps.generator_step (one iteration of Algorithm 1)
@@ -15,6 +16,8 @@ included; configure_runtime applied first), and prints a markdown table and one 
 
 The timed pieces run round-robin (one repeat of each, then the next), so a burst of load from
 other processes on a shared machine hits all of them alike and their ratios stay meaningful.
+--reference runs another implementation's benchmark script (the PyTorch one beside this project)
+in its own process before each of --cycles rounds of ours, and tables the ratios cycle by cycle.
 """
 import argparse
 import dataclasses
@@ -22,6 +25,8 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -130,20 +135,19 @@ def _reset_gpu_peak():
         tf.config.experimental.reset_memory_stats("GPU:0")
 
 
-def benchmark(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int = 20, aux: int = 100,
-              repeats: int = 5, warmup: int = 2, precision: str = "float32", jit: bool = False,
-              strategy: str = "none") -> list:
-    """Builds and warms up each piece, then times them round-robin.
+class BenchError(Exception):
+    """A reference script that fails or prints no result; main() reports it as one error line."""
+
+
+def prepare(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int = 20, aux: int = 100,
+            warmup: int = 2, precision: str = "float32", jit: bool = False, strategy: str = "none"):
+    """Builds and warms up each piece.
 
     Returns:
-      one dict per piece: what, images_per_s (median), seconds (median per repeat), cpu_seconds
-      (median CPU time of this process per repeat, all threads: less sensitive than wall time to
-      other processes sharing the cores), spread
-      (max / min seconds over repeats, a noise gauge), peak_rss_mib (this process's peak resident
-      memory once the piece was warm, cumulative over the pieces before it), peak_gpu_mib
-      (peak GPU memory during its warm-up, None without a GPU).
+      (pieces, memory): the Timed pieces, and per piece (peak RSS MiB of this process once it was
+      warm, cumulative over the pieces before it; peak GPU MiB during its warm-up or None).
     """
-    timed, memory = [], {}
+    pieces, memory = [], {}
     for what in whats:
         keras.utils.set_random_seed(0)
         piece = build_pipeline(batch_size) if what == "pipeline" else build_step(
@@ -154,25 +158,111 @@ def benchmark(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int
         peak = _gpu_peak_bytes()
         memory[what] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,   # KiB on Linux
                         None if peak is None else peak / 2**20)
-        timed.append(piece)
-    seconds = {piece.name: [] for piece in timed}
-    cpu_seconds = {piece.name: [] for piece in timed}
+        pieces.append(piece)
+    return pieces, memory
+
+
+def time_pieces(pieces, repeats: int) -> dict:
+    """{name: ([wall seconds], [CPU seconds])} of `repeats` round-robin runs of every piece."""
+    times = {piece.name: ([], []) for piece in pieces}
     for _ in range(repeats):
-        for piece in timed:
+        for piece in pieces:
             start, cpu_start = time.perf_counter(), time.process_time()
             piece.run()
-            seconds[piece.name].append(time.perf_counter() - start)
-            cpu_seconds[piece.name].append(time.process_time() - cpu_start)
+            times[piece.name][0].append(time.perf_counter() - start)
+            times[piece.name][1].append(time.process_time() - cpu_start)
+    return times
+
+
+def summarise(pieces, memory, times) -> list:
+    """One dict per piece: what, images_per_s (median), seconds (median per repeat), cpu_seconds
+    (median CPU time of this process per repeat, all threads: less sensitive than wall time to
+    other processes sharing the cores), spread (max / min seconds over repeats, a noise gauge),
+    peak_rss_mib and peak_gpu_mib (see prepare)."""
     rows = []
-    for piece in timed:
-        median = statistics.median(seconds[piece.name])
+    for piece in pieces:
+        seconds, cpu_seconds = times[piece.name]
+        median = statistics.median(seconds)
+        rss, gpu = memory[piece.name]
         rows.append({"what": piece.name, "images_per_s": round(piece.images_per_run / median, 2),
-                     "seconds": round(median, 6),
-                     "cpu_seconds": round(statistics.median(cpu_seconds[piece.name]), 6),
-                     "spread": round(max(seconds[piece.name]) / min(seconds[piece.name]), 2),
-                     "peak_rss_mib": round(memory[piece.name][0]),
-                     "peak_gpu_mib": None if memory[piece.name][1] is None else round(memory[piece.name][1])})
+                     "seconds": round(median, 6), "cpu_seconds": round(statistics.median(cpu_seconds), 6),
+                     "spread": round(max(seconds) / min(seconds), 2), "peak_rss_mib": round(rss),
+                     "peak_gpu_mib": None if gpu is None else round(gpu)})
     return rows
+
+
+def benchmark(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int = 20, aux: int = 100,
+              repeats: int = 5, warmup: int = 2, precision: str = "float32", jit: bool = False,
+              strategy: str = "none") -> list:
+    """Builds and warms up each piece, then times them round-robin; rows as summarise()."""
+    pieces, memory = prepare(whats, batch_size, architecture, pri, aux, warmup, precision, jit, strategy)
+    return summarise(pieces, memory, time_pieces(pieces, repeats))
+
+
+def reference_rates(script: str, batch_size: int, steps: int, pri: int, aux: int) -> dict:
+    """Images/s of a reference implementation of the VGG-16 steps, run in its own process.
+
+    The script takes --batch_size, --steps, --pri and --aux and prints, as its last line, JSON
+    with single_step_images_per_s and maxl_iteration_images_per_s
+    (../shared/bench/torch_reference.py).
+
+    Raises:
+      BenchError: the script fails or prints no such line.
+    """
+    command = [sys.executable, script, f"--batch_size={batch_size}", f"--steps={steps}", f"--pri={pri}", f"--aux={aux}"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = result.stdout.strip().splitlines()
+    try:
+        values = json.loads(lines[-1])
+        return {"framework": values.get("framework", script), "single": float(values["single_step_images_per_s"]),
+                "maxl": float(values["maxl_iteration_images_per_s"])}
+    except (IndexError, ValueError, KeyError, TypeError):
+        why = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"--reference={script} exited with {result.returncode} and printed no "
+                         f"JSON line with single_step_images_per_s and maxl_iteration_images_per_s "
+                         f"({why})") from None
+
+
+def compare(pieces, memory, script: str, cycles: int, batch_size: int, repeats: int, pri: int, aux: int):
+    """Alternates the reference script and our single and maxl pieces, `cycles` times.
+
+    Each of our figures is divided by the reference's from the run just before it, so load that
+    drifts over minutes hits both sides of a ratio alike.
+
+    Returns:
+      (cycle rows: reference / our images/s and the three ratios per cycle; our pieces' rows over
+       all cycles' repeats, as summarise()).
+    """
+    cycle_rows, pooled = [], {piece.name: ([], []) for piece in pieces}
+    for cycle in range(1, cycles + 1):
+        reference = reference_rates(script, batch_size, repeats, pri, aux)
+        times = time_pieces(pieces, repeats)
+        ours = {row["what"]: row["images_per_s"] for row in summarise(pieces, memory, times)}
+        cycle_rows.append({"cycle": cycle, "reference": reference, "single": ours["single"], "maxl": ours["maxl"],
+                           "single_vs_reference": ours["single"] / reference["single"],
+                           "maxl_vs_reference": ours["maxl"] / reference["maxl"],
+                           "maxl_time_vs_single": ours["single"] / ours["maxl"]})
+        for name, (wall, cpu) in times.items():
+            pooled[name][0].extend(wall)
+            pooled[name][1].extend(cpu)
+    return cycle_rows, summarise(pieces, memory, pooled)
+
+
+def comparison_table(cycle_rows) -> str:
+    lines = ["| cycle | reference single / MAXL, images/s | ours single / MAXL, images/s | single-task, ours / reference "
+             "| MAXL, ours / reference | our MAXL time / single time |", "|---|---|---|---|---|---|"]
+    for r in cycle_rows:
+        lines.append(f"| {r['cycle']} | {r['reference']['single']:.1f} / {r['reference']['maxl']:.1f} | "
+                     f"{r['single']:.1f} / {r['maxl']:.1f} | {r['single_vs_reference']:.2f}x | "
+                     f"{r['maxl_vs_reference']:.2f}x | {r['maxl_time_vs_single']:.2f}x |")
+    median = {key: statistics.median(r[key] for r in cycle_rows)
+              for key in ("single", "maxl", "single_vs_reference", "maxl_vs_reference", "maxl_time_vs_single")}
+    ref_single = statistics.median(r["reference"]["single"] for r in cycle_rows)
+    ref_maxl = statistics.median(r["reference"]["maxl"] for r in cycle_rows)
+    lines.append(f"| median | {ref_single:.1f} / {ref_maxl:.1f} | {median['single']:.1f} / {median['maxl']:.1f} | "
+                 f"{median['single_vs_reference']:.2f}x | {median['maxl_vs_reference']:.2f}x | "
+                 f"{median['maxl_time_vs_single']:.2f}x |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows) -> str:
@@ -200,6 +290,9 @@ def main():
     parser.add_argument("--strategy", choices=distribute.STRATEGIES, default="none")
     parser.add_argument("--nodeterministic", dest="deterministic", action="store_false",
                         help="without tf.config.experimental.enable_op_determinism")
+    parser.add_argument("--reference", help="a reference benchmark script to alternate with, e.g. "
+                        "../shared/bench/torch_reference.py; needs --what with single and maxl, --model=vgg16")
+    parser.add_argument("--cycles", type=int, default=1, help="rounds of reference, then ours (with --reference)")
     args = parser.parse_args()
     whats = args.what.split(",")
     unknown = [w for w in whats if w not in WHATS]
@@ -207,20 +300,36 @@ def main():
         parser.error(f"--what: unknown {', '.join(unknown)}; choose from {', '.join(WHATS)}")
     if args.pri < 1 or args.aux < args.pri or args.aux % args.pri:
         parser.error(f"--aux={args.aux} must be a positive multiple of --pri={args.pri}")
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 1:
-        parser.error("--batch_size, --repeats and --warmup must be at least 1")
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 1 or args.cycles < 1:
+        parser.error("--batch_size, --repeats, --warmup and --cycles must be at least 1")
+    if args.reference and not ({"single", "maxl"} <= set(whats) and args.model == "vgg16"):
+        parser.error("--reference compares the VGG-16 single and maxl pieces: give --what with both and --model=vgg16")
+    if args.reference and not os.path.isfile(args.reference):
+        parser.error(f"--reference={args.reference}: no such file")
+    if args.cycles > 1 and not args.reference:
+        parser.error("--cycles needs --reference")
     train.configure_runtime(args.deterministic)
+    cycle_rows = None
     try:
-        rows = benchmark(whats, args.batch_size, args.model, args.pri, args.aux, args.repeats, args.warmup,
-                         args.precision, args.jit, args.strategy)
-    except config_lib.ConfigError as e:
+        pieces, memory = prepare(whats, args.batch_size, args.model, args.pri, args.aux, args.warmup,
+                                 args.precision, args.jit, args.strategy)
+        if args.reference:
+            cycle_rows, rows = compare(pieces, memory, args.reference, args.cycles, args.batch_size,
+                                       args.repeats, args.pri, args.aux)
+        else:
+            rows = summarise(pieces, memory, time_pieces(pieces, args.repeats))
+    except (config_lib.ConfigError, BenchError) as e:
         parser.exit(2, f"error: {e}\n")
+    if cycle_rows:
+        print(f"reference: {cycle_rows[0]['reference']['framework']} ({args.reference})")
+        print(comparison_table(cycle_rows) + "\n")
     print(markdown_table(rows))
     print(json.dumps({"framework": f"tensorflow {tf.__version__}", "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
                       "cpus": os.cpu_count(), "batch_size": args.batch_size, "model": args.model,
                       "deterministic": args.deterministic, "precision": args.precision, "jit": args.jit,
                       "strategy": args.strategy,
-                      **{r["what"] + "_images_per_s": r["images_per_s"] for r in rows}, "rows": rows}))
+                      **{r["what"] + "_images_per_s": r["images_per_s"] for r in rows}, "rows": rows,
+                      **({"cycles": cycle_rows} if cycle_rows else {})}))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,24 @@
 """The benchmark runs every piece on a tiny model and reports consistent figures."""
+import os
+import tempfile
+import textwrap
+
 import tensorflow as tf
 
 from maxl_tf import bench
+
+# A stand-in for ../shared/bench/torch_reference.py: same flags, fixed rates, so CI needs no torch.
+FAKE_REFERENCE = textwrap.dedent("""
+    import argparse, json, sys
+    parser = argparse.ArgumentParser()
+    for flag in ("--batch_size", "--steps", "--pri", "--aux"):
+        parser.add_argument(flag, type=int)
+    args = parser.parse_args()
+    if args.pri != 2 or args.aux != 4:
+        sys.exit("wrong classes")
+    print("warming up")
+    print(json.dumps({"framework": "fake", "single_step_images_per_s": 10.0, "maxl_iteration_images_per_s": 2.5}))
+""")
 
 
 class BenchTest(tf.test.TestCase):
@@ -24,6 +41,29 @@ class BenchTest(tf.test.TestCase):
                                repeats=1, warmup=1, precision="mixed_bfloat16")
         self.assertEqual(rows[0]["what"], "maxl")
         self.assertGreater(rows[0]["images_per_s"], 0)
+
+    def test_reference_is_alternated_and_ratios_are_per_cycle(self):
+        with tempfile.TemporaryDirectory() as root:
+            script = os.path.join(root, "reference.py")
+            with open(script, "w") as f:
+                f.write(FAKE_REFERENCE)
+            pieces, memory = bench.prepare(["single", "maxl"], batch_size=4, architecture="vgg_small",
+                                           pri=2, aux=4, warmup=1)
+            cycle_rows, rows = bench.compare(pieces, memory, script, cycles=2, batch_size=4, repeats=2,
+                                             pri=2, aux=4)
+            self.assertLen(cycle_rows, 2)
+            for r in cycle_rows:
+                self.assertEqual(r["reference"], {"framework": "fake", "single": 10.0, "maxl": 2.5})
+                self.assertAllClose(r["single_vs_reference"], r["single"] / 10.0)
+                self.assertAllClose(r["maxl_vs_reference"], r["maxl"] / 2.5)
+                self.assertAllClose(r["maxl_time_vs_single"], r["single"] / r["maxl"])
+            self.assertEqual([r["what"] for r in rows], ["single", "maxl"])   # over both cycles' repeats
+            table = bench.comparison_table(cycle_rows).splitlines()
+            self.assertLen(table, 2 + 2 + 1)
+            self.assertTrue(table[-1].startswith("| median | 10.0 / 2.5 | "))
+
+            with self.assertRaisesRegex(bench.BenchError, "--reference=.*wrong classes"):
+                bench.compare(pieces, memory, script, cycles=1, batch_size=4, repeats=1, pri=3, aux=6)
 
 
 if __name__ == "__main__":
