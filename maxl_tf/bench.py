@@ -5,7 +5,7 @@ train.Trainer itself (its models, optimisers, strategy and compiled iteration, b
 included; configure_runtime applied first), and prints a markdown table and one JSON line:
 
     python -m maxl_tf.bench --batch_size=64 --model=vgg16 --what=single,maxl,evaluator,generator,pipeline
-    python -m maxl_tf.bench --precision=mixed_bfloat16 --jit --strategy=mirrored   # on GPUs
+    python -m maxl_tf.bench --precision=mixed_bfloat16 --jit --nodeterministic --strategy=mirrored   # GPUs
     python -m maxl_tf.bench --what=single,maxl --reference=../shared/bench/torch_reference.py --cycles=4
 
   single     steps.evaluator_step of a single-task evaluator (method single)
@@ -308,6 +308,8 @@ def main():
         parser.error(f"--reference={args.reference}: no such file")
     if args.cycles > 1 and not args.reference:
         parser.error("--cycles needs --reference")
+    if args.jit and args.deterministic:
+        parser.error(config_lib.JIT_NEEDS_NODETERMINISTIC)
     train.configure_runtime(args.deterministic)
     cycle_rows = None
     try:

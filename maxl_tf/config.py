@@ -134,6 +134,14 @@ class Config:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
 
+# TensorFlow refuses to compile MaxPoolGrad under op determinism, so the combination would fail
+# at the first step with an XLA traceback.
+JIT_NEEDS_NODETERMINISTIC = (
+    "--jit: XLA has no deterministic max-pool gradient, so it cannot run with --deterministic (the "
+    "default); add --nodeterministic (a resumed run then equals an uninterrupted one only up to "
+    "float rounding) or drop --jit.")
+
+
 def validate(config: Config) -> tuple:
     """Checks every flag that can be checked without data; returns the run's psi.
 
@@ -158,6 +166,7 @@ def validate(config: Config) -> tuple:
                  "max_train_examples", "max_test_examples"):
         value = getattr(config, name)
         check(value >= 0, f"--{name}={value}: must not be negative.")
+    check(not (config.jit and config.deterministic), JIT_NEEDS_NODETERMINISTIC)
     check(0 <= config.meta_split < 1,
           f"--meta_split={config.meta_split}: must be in [0, 1) (0 reuses the training set as meta data).")
     try:

@@ -1,5 +1,7 @@
 """The benchmark runs every piece on a tiny model and reports consistent figures."""
 import os
+import subprocess
+import sys
 import tempfile
 import textwrap
 
@@ -68,3 +70,10 @@ class BenchTest(tf.test.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+    def test_jit_without_nodeterministic_is_refused_before_any_work(self):
+        process = subprocess.run([sys.executable, "-m", "maxl_tf.bench", "--model=vgg_small", "--jit"],
+                                 capture_output=True, text=True, timeout=120)
+        self.assertEqual(process.returncode, 2, process.stderr[-2000:])
+        self.assertNotIn("Traceback", process.stderr)
+        self.assertIn("--jit: XLA has no deterministic max-pool gradient", process.stderr)

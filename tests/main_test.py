@@ -44,6 +44,7 @@ class ValidationTest(parameterized.TestCase):
         (dict(meta_split=-0.1), "--meta_split=-0.1"),
         (dict(lr=0.0), "--lr=0.0"),
         (dict(entropy_weight=-1.0), "--entropy_weight=-1.0"),
+        (dict(jit=True), "--jit: XLA has no deterministic max-pool gradient"),
     )
     def test_bad_flag_is_named(self, overrides, message):
         with self.assertRaisesRegex(config_lib.ConfigError, message):
@@ -52,6 +53,7 @@ class ValidationTest(parameterized.TestCase):
     def test_paper_defaults_validate(self):
         self.assertEqual(config_lib.validate(config_lib.Config()), (5,) * 20)
         self.assertEqual(config_lib.validate(config_lib.Config(pri=3, aux=10)), (5, 1, 4))
+        self.assertEqual(config_lib.validate(config_lib.Config(jit=True, deterministic=False)), (5,) * 20)
 
 
 class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
@@ -71,6 +73,7 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
         ("missing_data_dir", ("--data_dir=/nonexistent/cifar",), "--data_dir=/nonexistent/cifar"),
         ("model_too_deep_for_digits", ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, "--model=vgg16"),
          "--model=vgg16 pools 5 times"),
+        ("jit_without_nodeterministic", ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, "--jit"), "--nodeterministic"),
     )
     def test_bad_input_exits_2_with_one_line(self, args, pattern):
         logdir = os.path.join(self.get_temp_dir(), "bad")

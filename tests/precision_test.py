@@ -75,7 +75,8 @@ class LoopTest(tf.test.TestCase):
     def test_jit_iteration_equals_the_uncompiled_one(self):
         histories = []
         for jit in (False, True):
-            config = smoke_util.smoke_config(os.path.join(self.get_temp_dir(), f"jit{jit}"), jit=jit, epochs=1)
+            config = smoke_util.smoke_config(os.path.join(self.get_temp_dir(), f"jit{jit}"), jit=jit, epochs=1,
+                                             deterministic=False)   # XLA has no deterministic max-pool gradient
             histories.append(train.train_and_evaluate(config, progress=False)["history"])
         for key in ("train/pri_loss", "meta/loss", "test/loss"):
             self.assertAllClose(histories[1][0][key], histories[0][0][key], rtol=1e-4, msg=key)
