@@ -12,7 +12,7 @@ included; configure_runtime applied first), and prints a markdown table and one 
   maxl       steps.evaluator_step + steps.generator_step (one iteration of Algorithm 1)
   evaluator  the MAXL evaluator step alone (generator labels, both heads)
   generator  the second-order generator step alone
-  pipeline   data.Pipeline batches with augmentation, nothing else
+  pipeline   data.Pipeline batches with augmentation, nothing else (an epoch's worth per repeat)
 
 The timed pieces run round-robin (one repeat of each, then the next), so a burst of load from
 other processes on a shared machine hits all of them alike and their ratios stay meaningful.
@@ -112,7 +112,7 @@ def build_pipeline(batch_size: int, num_examples: int = 5000) -> Timed:
 
     Each repeat streams one epoch's worth of batches through a fresh tf.data stream, as every
     training epoch does, so the stream's start-up is amortised as in training (over 10 batches,
-    start-up was most of the time: 8,000 against 50,000 images/s on 2 cores).
+    start-up was most of the time: 8,331 against 58,573 images/s on 2 cores).
     """
     steps = max(1, PIPELINE_EPOCH // batch_size)
     rng = np.random.default_rng(0)
