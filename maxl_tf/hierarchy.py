@@ -123,14 +123,18 @@ def block_offsets(psi) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(psi)[:-1]]).astype(np.int64)
 
 
+def owners(psi) -> np.ndarray:
+    """The principal class that owns each auxiliary class: psi=[2,2,1] gives [0,0,1,1,2]. [aux]"""
+    return np.repeat(np.arange(len(psi)), psi)
+
+
 def psi_mask(psi) -> np.ndarray:
     """Binary mask M = B(y, psi) for every y (paper Section 3.3). [pri, sum(psi)] float32.
 
     Row i is ones on the block of auxiliary classes owned by principal class i: psi=[2,2,1]
     gives rows [1,1,0,0,0], [0,0,1,1,0], [0,0,0,0,1].
     """
-    owner = np.repeat(np.arange(len(psi)), psi)                       # [aux]
-    return (owner[None, :] == np.arange(len(psi))[:, None]).astype(np.float32)
+    return (owners(psi)[None, :] == np.arange(len(psi))[:, None]).astype(np.float32)
 
 
 def require_human_psi(hierarchy: Hierarchy, pri: int, aux: int, method: str = "human") -> tuple:

@@ -94,7 +94,7 @@ def run_on_test_set(config: config_lib.Config, psi, state: train.TrainState, run
         features=np.concatenate(parts["features"]),
         aux_probabilities=np.concatenate(parts["aux"]) if parts["aux"] else None,
         aux_source={"maxl": "generator", "single": ""}.get(config.method, "evaluator's auxiliary head"),
-        pri_of_aux=np.repeat(np.arange(len(psi)), psi))
+        pri_of_aux=hierarchy_lib.owners(psi))
 
 
 def subsample(num_examples: int, max_examples: int) -> np.ndarray:

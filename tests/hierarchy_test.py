@@ -38,6 +38,7 @@ class PsiMaskTest(tf.test.TestCase):
         self.assertAllEqual(mask, [[1, 1, 0, 0, 0],
                                    [0, 0, 1, 1, 0],
                                    [0, 0, 0, 0, 1]])
+        self.assertAllEqual(hierarchy.owners([2, 2, 1]), [0, 0, 1, 1, 2])
 
     def test_non_uniform_mask(self):
         mask = hierarchy.psi_mask([5, 1, 4])
