@@ -138,8 +138,8 @@ class Config:
 # at the first step with an XLA traceback.
 JIT_NEEDS_NODETERMINISTIC = (
     "--jit: XLA has no deterministic max-pool gradient, so it cannot run with --deterministic (the "
-    "default); add --nodeterministic (a resumed run then equals an uninterrupted one only up to "
-    "float rounding) or drop --jit.")
+    "default); add --nodeterministic (a resumed run then no longer repeats an uninterrupted one "
+    "exactly) or drop --jit.")
 
 
 def validate(config: Config) -> tuple:
