@@ -1,0 +1,36 @@
+"""The project's one error convention.
+
+Whatever a user can fix (a flag, a file, missing data, a log directory in the way) is raised as
+an `Error` whose message is one line naming the flag or file and the fix. Library code raises it
+and never catches it to re-wrap it; the command-line entry points (maxl_tf/cli.py) print
+`error: <message>` and exit with its status: 2 for bad input, 1 for a run that diverged,
+128 + signal number for a run stopped by a signal.
+"""
+
+
+class Error(Exception):
+    """Bad input or a run that cannot go on; str(error) is the message shown to the user."""
+    exit_code = 2
+
+
+class NonFiniteLoss(Error):
+    """A loss became NaN or infinite; nothing after the last checkpoint was saved."""
+    exit_code = 1
+
+
+class Interrupted(Error):
+    """A run stopped on SIGINT or SIGTERM after saving a checkpoint; rerunning resumes it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """'TypeName: first line of its message', or just the type name for an empty message.
+
+    For quoting a third-party exception inside one of ours without its traceback.
+    """
+    lines = str(error).strip().splitlines()
+    line = lines[0][:limit] if lines else ""
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
