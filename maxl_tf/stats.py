@@ -8,8 +8,9 @@ found twice (copied, or rerun in another folder) would otherwise add a pair with
 
 numpy and scipy only, so the report can use it without TensorFlow.
 """
+from collections.abc import Mapping
+from collections.abc import Sequence
 import dataclasses
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.stats

@@ -4,9 +4,9 @@ import os
 import tempfile
 from unittest import mock
 
+from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
-from absl.testing import parameterized
 
 from maxl_tf import errors
 from maxl_tf import idx
