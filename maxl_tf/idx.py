@@ -9,10 +9,8 @@ without a flag. Every way a file can be wrong (missing, truncated, not IDX, not 
 bytes, a label outside 0..9, images and labels of different counts) is an errors.Error naming the
 file and where to get the data, so a damaged copy never trains.
 
-The images are 28x28; `pad_for_vgg` makes them 32x32 (see there why padding, not resizing), and
-AUGMENTATION says which label-preserving changes each set allows.
+The images are 28x28; `pad_for_vgg` makes them 32x32 (see there why padding, not resizing).
 """
-import dataclasses
 import gzip
 import os
 import zlib
@@ -32,14 +30,19 @@ FILES = {
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 _UNSIGNED_BYTE = 0x08   # the IDX data-type code; the only one these data sets use
 _GZIP_MAGIC = b"\x1f\x8b"
-_HOW_TO_GET = {
+# Where the four files are published (tensorflow-datasets downloads MNIST's from the mirror).
+SOURCES = {
+    "fashion_mnist": "https://github.com/zalandoresearch/fashion-mnist",
+    "mnist": "http://yann.lecun.com/exdb/mnist/ or its mirror https://storage.googleapis.com/cvdf-datasets/mnist/",
+}
+HOW_TO_GET = {
     "fashion_mnist": (
         "install Debian's package (apt-get install dataset-fashion-mnist) and leave --data_dir out, "
         "let tensorflow-datasets prepare its fashion_mnist builder (internet access and --download), "
-        "or download the four files from https://github.com/zalandoresearch/fashion-mnist"),
+        f"or download the four files from {SOURCES['fashion_mnist']}"),
     "mnist": (
         "let tensorflow-datasets prepare its mnist builder (internet access and --download), "
-        "or download the four files from http://yann.lecun.com/exdb/mnist/"),
+        f"or download the four files from {SOURCES['mnist']}"),
 }
 # What a damaged file raises while being read or decompressed (gzip.BadGzipFile is an OSError).
 _READ_ERRORS = (OSError, EOFError, zlib.error)
@@ -48,29 +51,9 @@ _READ_ERRORS = (OSError, EOFError, zlib.error)
 PADDING = 2
 
 
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-    """Training-time changes that keep an image's label.
-
-    Attributes:
-      crop_padding: pixels of zero-padding per side before a random crop back to the image's size,
-        i.e. random shifts of up to this many pixels; 0: no crop.
-      horizontal_flip: mirror half of the images left to right.
-    """
-    crop_padding: int
-    horizontal_flip: bool
-
-
-# Shifts of up to PADDING pixels move the original 28x28 frame around inside the 32x32 padded
-# image without cutting any of it: a Fashion-MNIST product often fills its frame, and CIFAR's
-# 4 pixels would crop its edges. A mirrored digit is not a digit (2, 5, 7 read wrongly or as
-# nothing). A mirrored garment, bag or shoe is the same class; Fashion-MNIST's shoes all face
-# left, so flipping shows right-facing ones that the test set lacks: a regulariser, not a match
-# of the test distribution.
-AUGMENTATION = {
-    "mnist": Augmentation(crop_padding=PADDING, horizontal_flip=False),
-    "fashion_mnist": Augmentation(crop_padding=PADDING, horizontal_flip=True),
-}
+def describe_files() -> str:
+    """The four published file names, for messages."""
+    return ", ".join(name for names in FILES.values() for name in names) + " (each may be .gz)"
 
 
 def default_dir(dataset: str) -> str | None:
@@ -116,7 +99,7 @@ def load(dataset: str, data_dir: str) -> dict | None:
     if missing:
         raise errors.Error(
             f"{data_dir} holds only some of {dataset}'s IDX files: {', '.join(missing)} (or .gz) "
-            f"missing; {_HOW_TO_GET[dataset]}.")
+            f"missing; {HOW_TO_GET[dataset]}.")
     splits = {}
     for split, (images_name, labels_name) in FILES.items():
         images_path, labels_path = found[images_name], found[labels_name]
@@ -125,7 +108,7 @@ def load(dataset: str, data_dir: str) -> dict | None:
         if len(images) != len(labels):
             raise errors.Error(
                 f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
-                f"labels: they are not one split of {dataset}; {_HOW_TO_GET[dataset]}.")
+                f"labels: they are not one split of {dataset}; {HOW_TO_GET[dataset]}.")
         splits[split] = (images, labels.astype(np.int64))
     return splits
 
@@ -141,9 +124,9 @@ def read(path: str, ndim: int, dataset: str) -> np.ndarray:
         values = _parse(path, ndim)
     except _READ_ERRORS as err:
         raise errors.Error(f"{path} is unreadable or truncated ({errors.first_line(err)}); "
-                           f"{_HOW_TO_GET[dataset]}.") from err
+                           f"{HOW_TO_GET[dataset]}.") from err
     except ValueError as err:
-        raise errors.Error(f"{path}: {err}; {_HOW_TO_GET[dataset]}.") from err
+        raise errors.Error(f"{path}: {err}; {HOW_TO_GET[dataset]}.") from err
     return values
 
 

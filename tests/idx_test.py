@@ -201,13 +201,6 @@ class IdxTest(tf.test.TestCase, parameterized.TestCase):
         # Everything outside rows/columns 2..29 is black: 32 * 32 - 28 * 28 = 240 pixels per image.
         self.assertEqual(np.count_nonzero(padded == 0), 3 * 240)
 
-    def test_augmentation(self):
-        self.assertFalse(idx.AUGMENTATION["mnist"].horizontal_flip)
-        self.assertTrue(idx.AUGMENTATION["fashion_mnist"].horizontal_flip)
-        # Shifts never move a pixel of the 28x28 original out of the padded 32x32 frame.
-        for augmentation in idx.AUGMENTATION.values():
-            self.assertEqual(augmentation.crop_padding, (32 - idx.IMAGE_SIZE) // 2)
-
 
 if __name__ == "__main__":
     tf.test.main()
