@@ -144,6 +144,8 @@ class SweepCommandTest(tf.test.TestCase):
         self.assertLen([line for line in second.stdout.splitlines() if "skipped (complete)" in line], 4)
         self.assertNotIn("starting", second.stdout)
         self.assertNotIn("epoch 1/1", second.stdout)
+        # The sweep prints the paired comparison of its methods over its seeds.
+        self.assertRegex(second.stdout, r"\| random − single \| [+-]\d\.\d{4} \| \[[^]]+\] \| \d / \d / \d \| 2 \|")
 
         # A run that cannot start stops the sweep with one error line; what ran before is kept.
         blocker = os.path.join(root, "digits_pri2_aux10_single_seed2")
