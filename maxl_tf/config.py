@@ -81,6 +81,11 @@ class Config:
     loss: str = _field("focal", "focal (gamma=--focal_gamma) or ce (cross-entropy).", ("focal", "ce"))
     focal_gamma: float = _field(2.0, "Focal-loss focusing parameter.")
     entropy_weight: float = _field(0.2, "Weight of the entropy regulariser in the meta objective (0 disables).")
+    generator_labels_bn: str = _field(
+        "inference", "Batch norm of the generator when it labels the evaluator's training batches: inference "
+                     "(moving statistics; this code's default so far) or training (batch statistics, as the "
+                     "meta step's outputs and the authors' code; the labelling pass then also updates the "
+                     "moving statistics, as PyTorch's train mode does).", ("inference", "training"))
     schedule: str = _field("interleaved", "interleaved: a generator step after every evaluator step "
                                           "(Algorithm 1); alternating: an epoch of each (authors' code).",
                            ("interleaved", "alternating"))
@@ -109,6 +114,8 @@ class Config:
             name += "_psi" + "-".join(map(str, self.psi))
         if self.entropy_weight != 0.2 and self.method == "maxl":
             name += f"_entropy{self.entropy_weight:g}"
+        if self.generator_labels_bn != "inference" and self.method == "maxl":
+            name += f"_labelsbn{self.generator_labels_bn}"
         return name + f"_seed{self.seed}"
 
     def experiment(self) -> dict:

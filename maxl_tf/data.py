@@ -130,6 +130,9 @@ class Pipeline:
         self._labels = tf.constant(examples.labels, tf.int64)
         self._aux_labels = tf.constant(examples.aux_labels, tf.int64)
 
+    def __len__(self) -> int:
+        return int(self._labels.shape[0])
+
     def _gather(self, indices):
         return {
             "images": normalise(tf.gather(self._images, indices)),
@@ -163,6 +166,5 @@ class Pipeline:
 
     def evaluation_batches(self, batch_size: int):
         """Every example once, in order, the last batch possibly smaller."""
-        num = int(self._labels.shape[0])
-        dataset = tf.data.Dataset.range(num).batch(batch_size)
+        dataset = tf.data.Dataset.range(len(self)).batch(batch_size)
         return dataset.map(self._gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
