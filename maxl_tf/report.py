@@ -127,6 +127,8 @@ def _psi_text(group) -> str:
 
 def _label(group, line_fields) -> str:
     label = group.method
+    if group.setting.get("embedder") == config_lib.UNTRAINED:   # not the paper's ImageNet baseline
+        label += " (untrained embedder)"
     if "entropy_weight" in group.setting:
         label += f" (entropy {group.setting['entropy_weight']:g})"
     others = _others(group, line_fields)

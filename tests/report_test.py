@@ -139,6 +139,18 @@ class PairedTest(tf.test.TestCase):
         self.assertRegex(text, r"- maxl, seed 0: counted .*/copy/digits_pri2_aux10_maxl_seed0/results.json; not "
                                r"counted .*paired/digits_pri2_aux10_maxl_seed0/results.json \(same test accuracy\)")
 
+    def test_untrained_prototypical_is_labelled_so(self):
+        root = self.get_temp_dir() + "/proto"
+        fake_run(root, "single", 0, [0.7] * 5)
+        config = config_lib.Config(dataset="digits", pri=2, aux=10, method="prototypical", embedder="untrained",
+                                   epochs=5)
+        os.makedirs(f"{root}/proto")
+        with open(f"{root}/proto/results.json", "w") as f:
+            json.dump({"config": dataclasses.asdict(config), "psi": [7, 3], "complete": True, "epochs_completed": 5,
+                       "test_accuracy": 0.72, "history": [{"test/acc": 0.72}] * 5}, f)
+        text = report.write_report(root, self.get_temp_dir() + "/proto_out")
+        self.assertIn("| prototypical (untrained embedder) − single | +0.0200 |", text)
+
     def test_single_seed_has_no_interval_and_no_duplicates_note(self):
         root = self.get_temp_dir() + "/one"
         fake_run(root, "single", 0, [0.7] * 5)
