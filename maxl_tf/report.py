@@ -321,16 +321,17 @@ def _fraction_used(record, results) -> float:
 
 
 def plot_label_usage(groups, out) -> list:
-    """Section 3.4: the generator's auxiliary classes in use per epoch, with and without entropy;
-    a row of two panels per data set."""
+    """Section 3.4: the generator's auxiliary classes in use per epoch, with and without entropy,
+    and the share of training images whose generated label changed since the previous epoch (does
+    the generator move at all?); a row of three panels per data set."""
     maxl = [g for g in groups if g.method == "maxl"]
     if not maxl:
         return []
     others = _varying(maxl, ("dataset", "pri", "aux", "psi", "method", "entropy_weight"))
     datasets = sorted({g.config.dataset for g in maxl})
     colors = {pair: f"C{i % 10}" for i, pair in enumerate(sorted({(g.config.pri, g.config.aux) for g in maxl}))}
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False)
-    for (used_ax, entropy_ax), dataset in zip(axes, datasets):
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(16, 3.8 * len(datasets)), squeeze=False)
+    for (used_ax, entropy_ax, changed_ax), dataset in zip(axes, datasets):
         for group in (g for g in maxl if g.config.dataset == dataset):
             style = {"color": colors[group.config.pri, group.config.aux],
                      "linestyle": "--" if group.setting["entropy_weight"] == 0 else "-"}
@@ -342,14 +343,19 @@ def plot_label_usage(groups, out) -> list:
             entropy = group.curve("labels/aux_entropy_mean")
             if not np.isnan(entropy).all():   # runs from before this diagnostic existed lack it
                 _band(entropy_ax, epochs, entropy, label, **style)
+            changed = group.curve("labels/changed_since_previous")
+            if not np.isnan(changed).all():
+                _band(changed_ax, epochs, changed, label, **style)
         used_ax.set_ylabel("auxiliary classes used / psi[i]")
         entropy_ax.set_ylabel("label entropy / log psi[i]")
-        for ax in (used_ax, entropy_ax):
+        changed_ax.set_ylabel("training labels changed since previous epoch")
+        for ax in (used_ax, entropy_ax, changed_ax):
             ax.set_title(f"{dataset}: MAXL label usage (mean over principal classes)", fontsize=10)
             ax.set_xlabel("epoch")
             ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+        changed_ax.set_title(f"{dataset}: MAXL's hard training labels that changed", fontsize=10)
     return [_save(fig, os.path.join(out, "label_usage.png"))]
 
 

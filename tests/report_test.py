@@ -26,6 +26,8 @@ def fake_run(root, method, seed, accuracies, aux=10, entropy_weight=0.2, complet
         if method != "single":
             record["labels/aux_used_per_pri"] = used or psi
             record["labels/aux_entropy_mean"] = 1.0 if entropy is None else entropy
+        if method == "maxl":
+            record["labels/changed_since_previous"] = 0.5 / (epoch + 1)
         history.append(record)
     logdir = os.path.join(root, config.name)
     os.makedirs(logdir)
