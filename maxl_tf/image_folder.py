@@ -104,14 +104,14 @@ def load_folder(folder: str, image_size: int | None = None, test_fraction: float
             labels += [label] * len(classes[name])
             in_test += [split == "test"] * len(classes[name])
     labels, in_test = np.asarray(labels, np.int64), np.asarray(in_test)
-
-    images, cache_note = _decode_cached(folder, paths, image_size, cache_dir)
-    if "all" in roots:
+    if "all" in roots:   # Split before decoding: a bad --test_fraction fails fast.
         train_idx, test_idx = _hold_out(labels, test_fraction, split_seed, class_names, folder)
         how = f"{test_fraction:g} of each class held out as test (split seed {split_seed})"
     else:
         train_idx, test_idx = np.flatnonzero(~in_test), np.flatnonzero(in_test)
         how = "train/ and test/"
+
+    images, cache_note = _decode_cached(folder, paths, image_size, cache_dir)
     size = "x".join(map(str, images.shape[1:]))
     return ImageSet(loaders.Split(images[train_idx], labels[train_idx]),
                     loaders.Split(images[test_idx], labels[test_idx]), class_names,

@@ -246,7 +246,7 @@ class ImageFolderTest(tf.test.TestCase):
         self._assert_error(rf"{os.path.join(self.root, 'c')} holds no images")
 
     def test_undecodable_image_names_the_file(self):
-        self._make({"a": 2, "b": 2})
+        self._make({"a": 4, "b": 4})
         bad = os.path.join(self.root, "b", "broken.png")
         with open(os.path.join(self.root, "a", "000.png"), "rb") as f:
             content = f.read()
