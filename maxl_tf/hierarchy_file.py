@@ -18,12 +18,12 @@ is uniform for any --aux that is a multiple of their number (hierarchy.resolve_p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import csv
 import dataclasses
 import difflib
 import json
 import os
-from collections.abc import Sequence
 
 import numpy as np
 

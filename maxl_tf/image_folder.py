@@ -28,6 +28,7 @@ run does not decode either; any change to the folder makes a new key and replace
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import difflib
 import hashlib
@@ -36,17 +37,16 @@ import math
 import os
 import re
 import zipfile
-from collections.abc import Sequence
 
 import numpy as np
 import sklearn.model_selection
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from maxl_tf import datasets
 from maxl_tf import errors
 from maxl_tf import loaders
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")   # as image_dataset_from_directory
 DEFAULT_SIZE = 32
 TEST_FRACTION = 0.2
 _CACHE_VERSION = 1   # bump when the decoding policy changes, so old caches are not read
@@ -89,16 +89,10 @@ def load_folder(folder: str, image_size: int | None = None, test_fraction: float
     """
     _check_image_size(image_size)
     folder = os.path.expanduser(folder)
-    if not os.path.isdir(folder):
-        raise errors.Error(f"--data_dir={folder} does not exist or is not a folder: pass the folder "
-                           "that holds one subfolder of images per class.")
-    roots = _split_roots(folder)
-    per_root = {split: _class_files(root) for split, root in roots.items()}
-    class_names = tuple(per_root["all" if "all" in per_root else "train"])
-    if "test" in per_root:
-        _check_same_classes(roots, per_root)
+    listing = datasets.folder_listing(folder)
+    roots, class_names = listing.roots, listing.class_names
     paths, labels, in_test = [], [], []
-    for split, classes in per_root.items():
+    for split, classes in listing.files.items():
         for label, name in enumerate(class_names):
             paths += classes[name]
             labels += [label] * len(classes[name])
@@ -137,15 +131,8 @@ def load_tfds(name: str, data_dir: str | None, download: bool, image_size: int |
         unprepared data without download, a failed download, or unreadable files.
     """
     _check_image_size(image_size)
-    builder = _prepared_builder(name, data_dir, download)
-    features = builder.info.features
-    names = list(features.keys()) if isinstance(features, tfds.features.FeaturesDict) else []
-    if not ("image" in names and isinstance(features["image"], tfds.features.Image)
-            and "label" in names and isinstance(features["label"], tfds.features.ClassLabel)):
-        found = ", ".join(names) or type(features).__name__
-        raise errors.Error(f"--dataset=tfds:{name}: not an image-classification set (its features are "
-                           f"{found}; an `image` and a class `label` are needed): pick another set.")
-    class_names = tuple(features["label"].names)
+    builder = _prepared(_classification_builder(name, data_dir), name, download)
+    class_names = tuple(builder.info.features["label"].names)
     splits = list(builder.info.splits)
     if "train" not in splits:
         raise errors.Error(f"--dataset=tfds:{name}: has no train split (only {', '.join(splits) or 'none'}); "
@@ -175,70 +162,7 @@ def load_tfds(name: str, data_dir: str | None, download: bool, image_size: int |
 
 
 # ----------------------------------------------------------------------------------------------
-# The folder's layout.
-
-
-def _visible(names) -> list:
-    return sorted(n for n in names if not n.startswith("."))
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _split_roots(folder: str) -> dict:
-    """{"all": folder}, or {"train": folder/train, "test": folder/test} when both exist."""
-    entries = _visible(os.listdir(folder))
-    subfolders = [e for e in entries if os.path.isdir(os.path.join(folder, e))]
-    has = {split: split in subfolders for split in ("train", "test")}
-    if not any(has.values()):
-        return {"all": folder}
-    if not all(has.values()):
-        present, absent = ("train", "test") if has["train"] else ("test", "train")
-        raise errors.Error(f"--data_dir={folder} has {present}/ but no {absent}/: add {absent}/ with the "
-                           f"same class folders, or move the class folders up out of {present}/ to hold "
-                           "out a test fraction instead.")
-    others = [e for e in subfolders if e not in ("train", "test")]
-    if others:
-        raise errors.Error(f"--data_dir={folder} has {others[0]}/ beside train/ and test/: move it into "
-                           "one of them, or out of the folder.")
-    return {"train": os.path.join(folder, "train"), "test": os.path.join(folder, "test")}
-
-
-def _class_files(root: str) -> dict:
-    """Class name -> its image files, sorted, searched recursively. Fails on a class without images."""
-    entries = _visible(os.listdir(root))
-    loose = [e for e in entries if _is_image(e) and os.path.isfile(os.path.join(root, e))]
-    if loose:
-        raise errors.Error(f"{os.path.join(root, loose[0])} is not in a class folder: move the images "
-                           f"of each class into a subfolder of {root} named after the class.")
-    class_dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
-    if not class_dirs:
-        raise errors.Error(f"{root} holds no class folders: put the images of each class in a "
-                           "subfolder named after the class.")
-    if len(class_dirs) == 1:
-        raise errors.Error(f"{root} holds one class folder ({class_dirs[0]}/): classification needs "
-                           "at least two; add a folder per class.")
-    classes = {}
-    for name in class_dirs:
-        class_dir = os.path.join(root, name)
-        files = []
-        for parent, dirs, names in os.walk(class_dir, followlinks=True):
-            dirs[:] = _visible(dirs)
-            files += [os.path.join(parent, n) for n in _visible(names) if _is_image(n)]
-        if not files:
-            raise errors.Error(f"{class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}): add some, "
-                               "or remove the folder.")
-        classes[name] = sorted(files)
-    return classes
-
-
-def _check_same_classes(roots: dict, per_root: dict) -> None:
-    for one, other in (("test", "train"), ("train", "test")):
-        missing = sorted(set(per_root[other]) - set(per_root[one]))
-        if missing:
-            raise errors.Error(f"{roots[one]} has no class folder {', '.join(missing[:5])} that "
-                               f"{roots[other]} has: train/ and test/ need the same class folders.")
+# Splits.
 
 
 def _hold_out(labels: np.ndarray, fraction: float, seed: int, class_names: Sequence[str],
@@ -384,8 +308,17 @@ def _read_cache(path: str, num_images: int) -> np.ndarray | None:
 # tensorflow-datasets.
 
 
-def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.core.DatasetBuilder:
-    """A tfds builder whose data is on disk, downloading it only if `download` (as loaders does)."""
+def tfds_class_names(name: str, data_dir: str | None) -> tuple:
+    """The class names of a tfds image-classification set, from its metadata (no data needed).
+
+    Raises:
+      errors.Error: an unknown name, or a set that is not image classification.
+    """
+    return tuple(_classification_builder(name, data_dir).info.features["label"].names)
+
+
+def _classification_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    """The tfds builder of `name`, checked to have an `image` and a class `label` feature."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:
@@ -397,6 +330,18 @@ def _prepared_builder(name: str, data_dir: str | None, download: bool) -> tfds.c
     except Exception as err:  # Whatever else a builder raises (a bad config or version), one line.
         raise errors.Error(f"--dataset=tfds:{name}: tensorflow-datasets cannot build it "
                            f"({errors.first_line(err)}); check the name, config and version.") from err
+    features = builder.info.features
+    names = list(features.keys()) if isinstance(features, tfds.features.FeaturesDict) else []
+    if not ("image" in names and isinstance(features["image"], tfds.features.Image)
+            and "label" in names and isinstance(features["label"], tfds.features.ClassLabel)):
+        found = ", ".join(names) or type(features).__name__
+        raise errors.Error(f"--dataset=tfds:{name}: not an image-classification set (its features are "
+                           f"{found}; an `image` and a class `label` are needed): pick another set.")
+    return builder
+
+
+def _prepared(builder: tfds.core.DatasetBuilder, name: str, download: bool) -> tfds.core.DatasetBuilder:
+    """The builder once its data is on disk, downloading it only if `download` (as loaders does)."""
     if builder.is_prepared():
         return builder
     offline_fix = ("prepare it where there is internet access and pass --data_dir=<that "

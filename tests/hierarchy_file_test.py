@@ -3,9 +3,9 @@
 import json
 import os
 
+from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
-from absl.testing import parameterized
 
 from maxl_tf import errors
 from maxl_tf import hierarchy
