@@ -17,6 +17,7 @@ from maxl_tf import config as config_lib
 from maxl_tf import data as data_lib
 from maxl_tf import distribute
 from maxl_tf import errors
+from maxl_tf import exports
 from maxl_tf import inputs
 from maxl_tf import labels as labels_lib
 from maxl_tf import rundir
@@ -243,6 +244,9 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
     state.sums.reset()
     loop.checkpoints.save(checkpoint_number=int(state.global_step.numpy()))
     write_summaries(loop.writer, record)
+    if loop.chief and epoch + 1 == config.epochs:   # before results.json says the run is complete
+        exports.write(config.logdir, state.evaluator, state.generator, config.psi if config.method != "single" else (),
+                      loop.data.input_shape, loop.data.class_names)
     if loop.chief:
         rundir.write_results(config.logdir, rundir.results_summary(config, history, loop.data.source,
                                                                    loop.data.aux_label_info))
