@@ -161,6 +161,27 @@ def load_tfds(name: str, data_dir: str | None, download: bool, image_size: int |
                     f"tfds {builder.info.full_name} in {builder.data_dir_root} ({how}, {size})")
 
 
+def load_images(paths: Sequence[str], size: int, channels: int) -> np.ndarray:
+    """Image files as a trained run's inputs: uint8 [N, size, size, channels].
+
+    Sized and stripped of alpha as a training set is; colour becomes grey for a grey run
+    (tf.image.rgb_to_grayscale) and grey is replicated for a colour one.
+
+    Raises:
+      errors.Error: a file that does not exist or cannot be decoded.
+    """
+    images = np.empty((len(paths), size, size, channels), np.uint8)
+    for i, path in enumerate(paths):
+        if not os.path.isfile(path):
+            raise errors.Error(f"{path}: no such image file.")
+        image = _decode(path)
+        image = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]   # drop alpha
+        if channels == 1 and image.shape[-1] == 3:
+            image = tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8).numpy()
+        images[i] = _resize(image, size)   # grey broadcasts to RGB
+    return images
+
+
 # ----------------------------------------------------------------------------------------------
 # Splits.
 
