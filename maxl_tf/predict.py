@@ -57,7 +57,8 @@ def predict(logdir: str, paths) -> tuple:
                            f"--flagfile={os.path.join(logdir, 'flags.cfg')}.")
     config = config_lib.Config.from_saved(_read_json(os.path.join(logdir, "config.json")))
     names = _read_json(os.path.join(logdir, exports.CLASSES))
-    serve = tf.saved_model.load(serving_path).signatures["serve"]
+    serving = tf.saved_model.load(serving_path)   # kept: its functions need its variables alive
+    serve = serving.signatures["serve"]
     _, height, _, channels = serve.structured_input_signature[1]["images"].shape
     outputs = serve(images=tf.constant(image_folder.load_images(paths, height, channels)))
     principal = outputs["principal"].numpy()
