@@ -6,7 +6,8 @@ writes into DIR:
   tsne.png                  t-SNE of the evaluator's trunk features on test images, coloured by
                             principal class, one panel per run (Fig. 5)
   projector_config.pbtxt,   the same features for TensorBoard's embedding projector
-  embeddings-*, <run>/      (tensorboard --logdir DIR), with metadata.tsv and sprite.png per run
+  embeddings-*, <run>/,     (tensorboard --logdir DIR, or --logdir of any folder above DIR), with
+  events.out.*              metadata.tsv and sprite.png per run
   top<k>_<run>.png          per randomly chosen auxiliary class, the k test images of its principal
                             class that the auxiliary labeller ranks highest (Fig. 6)
 
@@ -186,6 +187,11 @@ def write_projector(out: str, runs, indices: dict) -> str:
                                          checkpoint_name="embeddings")
     manager.save()
     projector.visualize_embeddings(out, config)
+    # TensorBoard's projector reads projector_config.pbtxt from the directories it lists as runs,
+    # and it lists only those holding event files: this one makes `tensorboard --logdir runs` show
+    # these embeddings when `out` is a folder under runs/ (e.g. runs/visualise).
+    with tf.summary.create_file_writer(out).as_default():
+        tf.summary.text("projector/runs", "\n\n".join(run.title for run in runs), step=0)
     return os.path.join(out, "projector_config.pbtxt")
 
 
@@ -294,7 +300,7 @@ def main(argv):
     print(f"t-SNE: {written['tsne']}")
     for key, path in written["top_k"].items():
         print(f"top-{values.top_k} images per auxiliary class of {key}: {path}")
-    print(f"embedding projector: tensorboard --logdir {values.out}")
+    print(f"embedding projector: tensorboard --logdir {values.out} (or a folder above it, e.g. runs)")
 
 
 if __name__ == "__main__":
