@@ -58,7 +58,9 @@ def label_levels(dataset: str, data_dir: str, hierarchy_path: str = "") -> hiera
     if dataset == FOLDER:
         names = folder_listing(data_dir).class_names
     else:
-        from maxl_tf import image_folder  # tensorflow-datasets, and with it TensorFlow
+        from maxl_tf import cli
+        with cli.quiet_start_up():   # tensorflow-datasets, and with it TensorFlow, starts here
+            from maxl_tf import image_folder
         names = image_folder.tfds_class_names(dataset[len(TFDS_PREFIX):], data_dir or None)
     label = short_name(dataset, data_dir)
     if hierarchy_path:

@@ -87,6 +87,15 @@ class FlagsTest(tf.test.TestCase):
                 with self.assertRaisesRegex(errors.Error, pattern):
                     config_lib.validate(self._config(**overrides))
 
+    def test_tfds_set_by_its_label_names(self):
+        config = config_lib.validate(config_lib.Config(dataset="tfds:mnist", pri=10, aux=20,
+                                                       logdir=self.get_temp_dir()))
+        self.assertEqual(config.psi, (2,) * 10)
+        self.assertEqual(config.name, "tfds_mnist_pri10_aux20_maxl_seed0")
+        with self.assertRaisesRegex(errors.Error, r"--dataset=tfds:mnistt: tensorflow-datasets has no such data "
+                                                  r"set \(close: mnist"):
+            config_lib.validate(config_lib.Config(dataset="tfds:mnistt", pri=10, aux=20))
+
     def test_hierarchy_naming_a_class_the_folder_lacks(self):
         with open(self.tree, "w") as f:
             json.dump({"vehicle": ["bus", "car"], "animal": ["cat", "dog", "owl", "cow"]}, f)
