@@ -74,7 +74,7 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(sorted(named.hierarchy.levels), [6])
         self.assertEqual(hierarchy.resolve_psi(named.hierarchy, 6, 12), (2,) * 6)
         self.assertIsNone(hierarchy.human_psi(named.hierarchy, 6, 12))
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--pri=6 --aux=8"):
+        with self.assertRaisesRegex(errors.Error, r"--pri=6 --aux=8"):
             hierarchy.resolve_psi(named.hierarchy, 6, 8)
 
     # --- bad files: one line naming the file and the fix -----------------------------------------
