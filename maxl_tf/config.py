@@ -10,10 +10,11 @@ import dataclasses
 import json
 import os
 
+from maxl_tf import datasets
 from maxl_tf import errors
 from maxl_tf import hierarchy
 
-DATASETS = ("cifar100", "cifar10", "cifar10_1", "digits", "fashion_mnist", "mnist")
+DATASETS = datasets.BUILT_IN
 # Where auxiliary labels come from (labels.py): the paper's method and its four baselines.
 METHODS = ("maxl", "single", "human", "random", "prototypical")
 # Methods that learn from held-out meta data and train the evaluator on the rest; the others
@@ -38,14 +39,24 @@ def _field(default, help_text, choices=None):
 @dataclasses.dataclass(frozen=True)
 class Config:
     # What to learn.
-    dataset: str = _field("cifar100", "Data set.", DATASETS)
-    data_dir: str = _field("", "Local CIFAR archives, the four MNIST / Fashion-MNIST IDX files, or a "
-                               "tensorflow-datasets data directory (empty: the tfds default directory; "
-                               "for fashion_mnist first Debian's dataset-fashion-mnist folder).")
+    dataset: str = _field("cifar100", "Data set: cifar100, cifar10, cifar10_1, digits, fashion_mnist, mnist; "
+                                      "folder (your images: --data_dir holds one subfolder per class); or "
+                                      "tfds:NAME (any tensorflow-datasets image-classification set).")
+    data_dir: str = _field("", "--dataset=folder: the folder of class folders. Otherwise local CIFAR "
+                               "archives, the four MNIST / Fashion-MNIST IDX files, or a tensorflow-datasets "
+                               "data directory (empty: tfds' default; for fashion_mnist first Debian's "
+                               "dataset-fashion-mnist folder).")
     download: bool = _field(True, "Let tensorflow-datasets download a data set that is not prepared.")
-    pri: int = _field(20, "Principal classes: a label level of the data set "
-                          "(cifar100: 3, 10, 20, 100; cifar10: 10; digits: 2, 10; fashion_mnist: 2, 6, 10; "
-                          "mnist: 10).")
+    hierarchy: str = _field("", "Your data's class hierarchy: a .json {principal class: [class, ...]} or a "
+                                ".csv of class,principal class rows (folder and tfds:NAME only; empty: the "
+                                "data's classes are the principal task).")
+    image_size: int = _field(0, "folder and tfds:NAME: resize images to this many pixels square (0: images "
+                                "of one square size up to 32 stay as they are, others become 32x32).")
+    test_fraction: float = _field(0.2, "folder and tfds:NAME without a test split: the share of each class "
+                                       "held out as the test set (the same images for every seed).")
+    pri: int = _field(20, "Principal classes: a label level of the data set (cifar100: 3, 10, 20, 100; "
+                          "cifar10: 10; digits: 2, 10; fashion_mnist: 2, 6, 10; mnist: 10; folder and "
+                          "tfds:NAME: the number of classes, or of principal classes in --hierarchy).")
     aux: int = _field(100, "Auxiliary classes, sum(psi).")
     psi: tuple = _field((), "Auxiliary classes per principal class, e.g. 5,1,4 (empty: the human "
                             "hierarchy's when --aux is a human level, else uniform aux/pri).")
@@ -109,8 +120,8 @@ class Config:
     def name(self) -> str:
         """Default log-directory name: the settings one sweeps over (psi only where it is not the
         one --pri and --aux give by themselves)."""
-        name = f"{self.dataset}_pri{self.pri}_aux{self.aux}_{self.method}"
-        if self.psi and self.psi != _default_psi(self.dataset, self.pri, self.aux):
+        name = f"{datasets.short_name(self.dataset, self.data_dir)}_pri{self.pri}_aux{self.aux}_{self.method}"
+        if self.psi and self.psi != _default_psi(self):
             name += "_psi" + "-".join(map(str, self.psi))
         if self.entropy_weight != 0.2 and self.method == "maxl":
             name += f"_entropy{self.entropy_weight:g}"
@@ -163,9 +174,10 @@ def parse_psi(text: str) -> tuple:
         raise errors.Error(f"--psi={text}: must be comma-separated integers, e.g. --psi=5,1,4.") from None
 
 
-def _default_psi(dataset: str, pri: int, aux: int):
+def _default_psi(config: Config):
     try:
-        return hierarchy.resolve_psi(hierarchy.for_dataset(dataset), pri, aux)
+        levels = datasets.label_levels(config.dataset, config.data_dir, config.hierarchy)
+        return hierarchy.resolve_psi(levels, config.pri, config.aux)
     except errors.Error:
         return None
 
@@ -192,6 +204,15 @@ def check_flags(config: Config) -> None:
         choices, value = field.metadata["choices"], getattr(config, field.name)
         if choices:
             check(value in choices, f"--{field.name}={value}: unknown; use one of {', '.join(choices)}.")
+    datasets.check_name(config.dataset)
+    check(config.dataset != datasets.FOLDER or config.data_dir,
+          "--dataset=folder needs --data_dir=<the folder that holds one subfolder of images per class>.")
+    check(not config.hierarchy or datasets.is_user_data(config.dataset),
+          f"--hierarchy={config.hierarchy}: only for --dataset=folder or tfds:NAME; {config.dataset} has its "
+          "own levels (see --pri).")
+    check(config.image_size >= 0, f"--image_size={config.image_size}: must not be negative (0: the default).")
+    check(0 < config.test_fraction < 1,
+          f"--test_fraction={config.test_fraction}: must be between 0 and 1 (exclusive).")
     for name in ("batch_size", "epochs", "lr_decay_every", "log_every"):
         value = getattr(config, name)
         check(value > 0, f"--{name}={value}: must be a positive integer.")
@@ -221,7 +242,7 @@ def validate(config: Config) -> Config:
       errors.Error: naming the first bad flag and how to fix it.
     """
     check_flags(config)
-    labels = hierarchy.for_dataset(config.dataset)
+    labels = datasets.label_levels(config.dataset, config.data_dir, config.hierarchy)
     psi = hierarchy.resolve_psi(labels, config.pri, config.aux, config.psi or None)
     if config.method in ("human", "prototypical"):
         human = hierarchy.require_human_psi(labels, config.pri, config.aux, config.method)

@@ -6,9 +6,11 @@ import numpy as np
 
 from maxl_tf import config as config_lib
 from maxl_tf import data as data_lib
+from maxl_tf import datasets
 from maxl_tf import embedder as embedder_lib
 from maxl_tf import errors
 from maxl_tf import hierarchy as hierarchy_lib
+from maxl_tf import image_folder
 from maxl_tf import labels as labels_lib
 from maxl_tf import loaders
 from maxl_tf import models
@@ -23,6 +25,9 @@ class RunData:
     input_shape: tuple
     source: str
     aux_label_info: dict = dataclasses.field(default_factory=dict)  # prototypical: what made the labels
+    # Names of the principal classes, and of the auxiliary classes where they are human classes
+    # (human, prototypical); None where the data set has no names or the classes are learned.
+    class_names: dict = dataclasses.field(default_factory=lambda: {"principal": None, "auxiliary": None})
 
 
 def _subset(split: loaders.Split, limit: int) -> loaders.Split:
@@ -34,16 +39,44 @@ def _subset(split: loaders.Split, limit: int) -> loaders.Split:
     return loaders.Split(split.images[keep], split.labels[keep])
 
 
+def _load(config: config_lib.Config):
+    """The data set whole: loaders.RawData, or image_folder.ImageSet for the user's data."""
+    if config.dataset == datasets.FOLDER:
+        return image_folder.load_folder(config.data_dir, config.image_size or None, config.test_fraction,
+                                        cache_dir=image_folder.default_cache_dir())
+    if config.dataset.startswith(datasets.TFDS_PREFIX):
+        return image_folder.load_tfds(config.dataset[len(datasets.TFDS_PREFIX):], config.data_dir or None,
+                                      config.download, config.image_size or None, config.test_fraction)
+    return loaders.load(config.dataset, config.data_dir or None, config.download)
+
+
+def class_names(levels: hierarchy_lib.Hierarchy, config: config_lib.Config) -> dict:
+    """{"principal": names of the principal classes, "auxiliary": names of the auxiliary classes
+    in psi's block order}, each None where there are none (see RunData.class_names)."""
+    named = {"principal": levels.names.get(config.pri), "auxiliary": None}
+    if config.method in ("human", "prototypical") and config.aux in levels.names:
+        fine = np.arange(levels.finest)
+        slots = hierarchy_lib.human_aux_labels(levels, config.pri, config.aux, fine)
+        names = [None] * config.aux
+        for slot, aux_class in zip(slots, levels.labels_at(config.aux, fine)):
+            names[slot] = levels.names[config.aux][aux_class]
+        named["auxiliary"] = tuple(names)
+    return named
+
+
 def prepare(config: config_lib.Config) -> RunData:
     """Loads the data set and labels it for a validated config's tasks.
 
     Raises:
       errors.Error: the data cannot be loaded or does not fit the run.
     """
-    raw = loaders.load(config.dataset, config.data_dir or None, config.download)
+    hierarchy = datasets.label_levels(config.dataset, config.data_dir, config.hierarchy)
+    raw = _load(config)
+    if datasets.is_user_data(config.dataset) and raw.class_names != hierarchy.names[hierarchy.finest]:
+        raise errors.Error(f"--dataset={config.dataset}: its classes changed while the run started; "
+                           "run again.")
     train, test = _subset(raw.train, config.max_train_examples), _subset(raw.test, config.max_test_examples)
     models.check_input_size(config.model, train.images.shape[1])
-    hierarchy = hierarchy_lib.for_dataset(config.dataset)
 
     def examples(split, aux_labels):
         return data_lib.Examples(split.images, hierarchy.labels_at(config.pri, split.labels), aux_labels)
@@ -71,4 +104,5 @@ def prepare(config: config_lib.Config) -> RunData:
         train=data_lib.Pipeline(examples(train, aux_train), data_lib.AUGMENTATION[config.dataset]),
         test=data_lib.Pipeline(examples(test, np.zeros(len(test.labels), np.int64))),
         train_indices=train_indices, meta_indices=meta_indices,
-        input_shape=tuple(train.images.shape[1:]), source=raw.source, aux_label_info=aux_label_info)
+        input_shape=tuple(train.images.shape[1:]), source=raw.source, aux_label_info=aux_label_info,
+        class_names=class_names(hierarchy, config))

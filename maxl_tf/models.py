@@ -17,6 +17,8 @@ TRUNK_PREFIX = "trunk_"
 _FUSED_DTYPES = ("float16", "bfloat16", "float32")
 
 
+# Registered so that a saved .keras file of either network loads (exports.py).
+@keras.saving.register_keras_serializable(package="maxl_tf")
 class BatchNormalization(keras.layers.BatchNormalization):
     """Keras' batch norm, computed by TensorFlow's fused kernel (FusedBatchNormV3) where it can be.
 
@@ -116,6 +118,7 @@ def _fused_batch_norm_backward(dy, x, scale, reserve, epsilon):
     return fused_backward(dy, x, scale)
 
 
+@keras.saving.register_keras_serializable(package="maxl_tf")
 class Conv2D(keras.layers.Conv2D):
     """Keras' convolution, rearranged for the small maps where TensorFlow's CPU kernels are slow.
 

@@ -4,7 +4,9 @@
              config.json      the experiment; another experiment is refused once this one trained
              checkpoints/     after every epoch, and mid-epoch when stopped by a signal
              results.json     the history and the paper's metric, rewritten atomically each epoch
-             events.out.*     TensorBoard summaries
+             events.out.*     TensorBoard summaries, with the run's hyperparameters (HParams)
+             evaluator.keras, generator.keras, serving/, classes.json
+                              the trained networks and class names, once complete (exports.py)
 
 The training loop, sweeps, the report and the visualisations all go through here. TensorFlow is
 imported only inside the functions that touch checkpoints, so that reading results (the report,

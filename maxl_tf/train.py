@@ -12,12 +12,14 @@ import time
 
 import keras
 import numpy as np
+from tensorboard.plugins.hparams import api as hparams_api
 import tensorflow as tf
 
 from maxl_tf import config as config_lib
 from maxl_tf import data as data_lib
 from maxl_tf import distribute
 from maxl_tf import errors
+from maxl_tf import exports
 from maxl_tf import inputs
 from maxl_tf import labels as labels_lib
 from maxl_tf import rundir
@@ -25,6 +27,8 @@ from maxl_tf import signals
 from maxl_tf import state as state_lib
 from maxl_tf import steps
 
+# Written once a run is complete: its rundir.metric_name, which the HParams dashboard compares.
+FINAL_METRIC = "results/test_accuracy"
 
 def make_iteration(config: config_lib.Config, state: state_lib.TrainState, task: steps.Task,
                    strategy: tf.distribute.Strategy):
@@ -268,10 +272,23 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
     state.sums.reset()
     loop.checkpoints.save(checkpoint_number=int(state.global_step.numpy()))
     write_summaries(loop.writer, record)
+    if loop.chief and epoch + 1 == config.epochs:   # before results.json says the run is complete
+        exports.write(config.logdir, state.evaluator, state.generator, config.psi if config.method != "single" else (),
+                      loop.data.input_shape, loop.data.class_names)
     if loop.chief:
-        rundir.write_results(config.logdir, rundir.results_summary(config, history, loop.data.source,
-                                                                   loop.data.aux_label_info))
+        summary = rundir.results_summary(config, history, loop.data.source, loop.data.aux_label_info)
+        if summary["complete"]:   # the paper's metric, beside the hyperparameters in TensorBoard's HParams
+            with loop.writer.as_default(step=epoch + 1):
+                tf.summary.scalar(FINAL_METRIC, summary["test_accuracy"])
+            loop.writer.flush()
+        rundir.write_results(config.logdir, summary)
     return record
+
+
+def hparam_values(config: config_lib.Config) -> dict:
+    """The experiment's fields as TensorBoard hyperparameters (bool, number or string)."""
+    return {key: ",".join(map(str, value)) if isinstance(value, tuple) else value
+            for key, value in config.experiment().items()}
 
 
 def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict:
@@ -327,6 +344,8 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
                   f"human hierarchy's", flush=True)
         with loop.writer.as_default(step=start_epoch):
             tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
+            if not resuming:   # once per run: the HParams dashboard's row of this run
+                hparams_api.hparams(hparam_values(config), trial_id=config.name)
         if loop.uses_generator and not resuming:   # the untrained generator's labels: epoch 1's "previous"
             state.previous_labels.assign(generator_hard_labels(loop))
         history = state.history

@@ -6,7 +6,8 @@ writes into DIR:
   tsne.png                  t-SNE of the evaluator's trunk features on test images, coloured by
                             principal class, one panel per run (Fig. 5)
   projector_config.pbtxt,   the same features for TensorBoard's embedding projector
-  embeddings-*, <run>/      (tensorboard --logdir DIR), with metadata.tsv and sprite.png per run
+  embeddings-*, <run>/,     (tensorboard --logdir DIR, or --logdir of any folder above DIR), with
+  events.out.*              metadata.tsv and sprite.png per run
   top<k>_<run>.png          per randomly chosen auxiliary class, the k test images of its principal
                             class that the auxiliary labeller ranks highest, a row per principal
                             class (Fig. 6; --aux_classes=30 shows every class of a 10 x 3 run)
@@ -98,7 +99,7 @@ def run_on_test_set(config: config_lib.Config, state: state_lib.TrainState, run_
         aux_probabilities=np.concatenate(parts["aux"]) if parts["aux"] else None,
         aux_source={"maxl": "generator", "single": ""}.get(config.method, "evaluator's auxiliary head"),
         pri_of_aux=hierarchy_lib.owners(config.psi),
-        class_names=hierarchy_lib.for_dataset(config.dataset).names_at(config.pri))
+        class_names=run_data.class_names["principal"] or tuple(str(label) for label in range(config.pri)))
 
 
 def subsample(num_examples: int, max_examples: int) -> np.ndarray:
@@ -191,6 +192,11 @@ def write_projector(out: str, runs, indices: dict) -> str:
                                          checkpoint_name="embeddings")
     manager.save()
     projector.visualize_embeddings(out, config)
+    # TensorBoard's projector reads projector_config.pbtxt from the directories it lists as runs,
+    # and it lists only those holding event files: this one makes `tensorboard --logdir runs` show
+    # these embeddings when `out` is a folder under runs/ (e.g. runs/visualise).
+    with tf.summary.create_file_writer(out).as_default():
+        tf.summary.text("projector/runs", "\n\n".join(run.title for run in runs), step=0)
     return os.path.join(out, "projector_config.pbtxt")
 
 
@@ -320,7 +326,7 @@ def main(argv):
     print(f"t-SNE: {written['tsne']}")
     for key, path in written["top_k"].items():
         print(f"top-{values.top_k} images per auxiliary class of {key}: {path}")
-    print(f"embedding projector: tensorboard --logdir {values.out}")
+    print(f"embedding projector: tensorboard --logdir {values.out} (or a folder above it, e.g. runs)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ import json
 import os
 
 import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 import tensorflow as tf
 
 from maxl_tf import config as config_lib
@@ -63,6 +65,34 @@ class SmokeRunTest(tf.test.TestCase):
         # Running a complete experiment again trains nothing and returns the same results.
         again = train.train_and_evaluate(smoke_util.smoke_config(logdir), progress=False)
         self.assertEqual(again["history"], results["history"])
+
+    def test_hparams_and_final_metric_are_in_the_events(self):
+        logdir = os.path.join(self.get_temp_dir(), "single")
+        config = smoke_util.smoke_config(logdir, method="single", epochs=1)
+        results = train.train_and_evaluate(config, progress=False)
+
+        events = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+        events.Reload()
+        [start] = [hparams_metadata.parse_session_start_info_plugin_data(content)
+                   for tag, content in events.PluginTagToContent(hparams_metadata.PLUGIN_NAME).items()
+                   if tag == hparams_metadata.SESSION_START_INFO_TAG]
+        self.assertEqual(start.group_name, config_lib.validate(config).name)
+        written = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+                   for key, value in start.hparams.items()}
+        self.assertEqual(written["method"], "single")
+        self.assertEqual(written["psi"], "7,3")
+        self.assertEqual(written["lr"], 0.01)
+        self.assertIs(written["augment"], False)
+        self.assertEqual(set(written), set(config.experiment()))
+        [final] = events.Tensors(train.FINAL_METRIC)
+        self.assertEqual(final.step, 1)
+        self.assertAllClose(tf.make_ndarray(final.tensor_proto), results["test_accuracy"])
+        # A single-task run exports no generator, and serves principal probabilities only.
+        self.assertFalse(os.path.exists(os.path.join(logdir, "generator.keras")))
+        serving = tf.saved_model.load(os.path.join(logdir, "serving"))
+        served = serving.serve(tf.zeros([2, 8, 8, 1], tf.uint8))
+        self.assertEqual(set(served), {"principal"})
+        self.assertAllClose(tf.reduce_sum(served["principal"], axis=1), [1.0, 1.0])
 
     def test_baselines_run_with_their_targets(self):
         for method in ("single", "human", "random"):

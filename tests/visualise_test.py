@@ -9,7 +9,11 @@ import tempfile
 from google.protobuf import text_format
 import matplotlib.image
 import numpy as np
+from tensorboard.backend.event_processing import data_provider
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.plugins import base_plugin
 from tensorboard.plugins import projector
+from tensorboard.plugins.projector import projector_plugin
 import tensorflow as tf
 
 from maxl_tf import errors
@@ -114,6 +118,19 @@ class VisualiseTest(tf.test.TestCase):
             self.assertEqual(sprite.shape, (56, 56, 4))
             self.assertEqual(list(embedding.sprite.single_image_dim), [8, 8])
             self.assertAllClose(sprite[8:16, 8:16, 0], run.images[indices[8], :, :, 0], atol=1 / 255)
+
+    def test_tensorboard_over_the_runs_folder_finds_the_projector(self):
+        # What `tensorboard --logdir <root>` does: list the runs (folders with event files), then
+        # let the projector plugin read each run's projector_config.pbtxt.
+        multiplexer = plugin_event_multiplexer.EventMultiplexer()
+        multiplexer.AddRunsFromDirectory(self.root)
+        multiplexer.Reload()
+        provider = data_provider.MultiplexerDataProvider(multiplexer, self.root)
+        plugin = projector_plugin.ProjectorPlugin(base_plugin.TBContext(logdir=self.root, data_provider=provider))
+        plugin._update_configs()
+        self.assertIn("out", plugin._configs)
+        names = sorted(embedding.tensor_name for embedding in plugin._configs["out"].embeddings)
+        self.assertEqual(names, sorted(f"{run.key}/.ATTRIBUTES/VARIABLE_VALUE" for run in self.written["runs"]))
 
     def test_top_k_grid_only_for_runs_with_an_auxiliary_task(self):
         maxl, single = self.written["runs"]

@@ -1,0 +1,109 @@
+"""Classify images with a finished run: python -m maxl_tf.predict --logdir=runs/<run> IMAGE...
+
+Prints one line per image: the principal class (by name where the data set has names) with its
+probability, then the auxiliary class with its probability within the predicted principal class's
+block. The auxiliary class is the one the run's auxiliary labeller gives: the generator's learned
+label for MAXL runs (numbered within its block: MAXL's classes have no names), the evaluator's
+auxiliary head for the human, random and prototypical baselines (human runs name it where the
+data names its classes); single-task runs have no auxiliary task. Images are sized and given
+channels as the run's training images were. Everything comes from the run's exports
+(maxl_tf/exports.py); the data set is not needed.
+"""
+import json
+import os
+
+from absl import flags
+
+from maxl_tf import cli
+from maxl_tf import config as config_lib
+from maxl_tf import errors
+
+FLAGS = flags.FLAGS
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise errors.Error(f"{path} is unreadable ({errors.first_line(e)}); train the run again.") from None
+
+
+def predict(logdir: str, paths) -> tuple:
+    """The run's predictions for image files.
+
+    Returns:
+      (the run's Config, predictions); per image {"path", "principal": class index, "principal_name": name or None,
+      "principal_probability", and, unless single-task, "auxiliary": class index (in psi's block
+      layout), "auxiliary_in_block": its rank within the block, "auxiliary_name": name or None,
+      "auxiliary_probability"}.
+    Raises:
+      errors.Error: logdir holds no finished run, or an image is missing or undecodable.
+    """
+    import numpy as np
+    import tensorflow as tf  # after cli.start_tensorflow, when run as a command
+
+    from maxl_tf import exports
+    from maxl_tf import hierarchy
+    from maxl_tf import image_folder
+
+    serving_path = os.path.join(logdir, exports.SERVING)
+    if not os.path.isfile(os.path.join(logdir, "config.json")):
+        raise errors.Error(f"--logdir={logdir} is not a maxl_tf run directory (no config.json); pass the "
+                           "--logdir of a run that main.py trained, e.g. runs/<name>.")
+    if not os.path.isdir(serving_path):
+        raise errors.Error(f"--logdir={logdir} has no exported networks ({exports.SERVING}/): they are written "
+                           f"when the last epoch ends; finish the run with python main.py "
+                           f"--flagfile={os.path.join(logdir, 'flags.cfg')}.")
+    config = config_lib.Config.from_saved(_read_json(os.path.join(logdir, "config.json")))
+    names = _read_json(os.path.join(logdir, exports.CLASSES))
+    serving = tf.saved_model.load(serving_path)   # kept: its functions need its variables alive
+    serve = serving.signatures["serve"]
+    _, height, _, channels = serve.structured_input_signature[1]["images"].shape
+    outputs = serve(images=tf.constant(image_folder.load_images(paths, height, channels)))
+    principal = outputs["principal"].numpy()
+    offsets = hierarchy.block_offsets(config.psi) if config.method != "single" else None
+    results = []
+    for i, path in enumerate(paths):
+        label = int(np.argmax(principal[i]))
+        result = {"path": path, "principal": label, "principal_probability": float(principal[i, label]),
+                  "principal_name": names["principal"][label] if names["principal"] else None}
+        if "auxiliary" in outputs:
+            auxiliary = outputs["auxiliary"][i].numpy()
+            aux = int(np.argmax(auxiliary))
+            result.update(auxiliary=aux, auxiliary_in_block=aux - int(offsets[label]),
+                          auxiliary_probability=float(auxiliary[aux]),
+                          auxiliary_name=names["auxiliary"][aux] if names["auxiliary"] else None)
+        results.append(result)
+    return config, results
+
+
+def describe(result: dict, psi, method: str) -> str:
+    """One line of output for one image."""
+    label = result["principal"]
+    principal = result["principal_name"] or f"class {label}"
+    line = f"{result['path']}: {principal} ({result['principal_probability']:.1%})"
+    if "auxiliary" not in result:
+        return line
+    block = f"{result['auxiliary_in_block'] + 1} of {principal}'s {psi[label]}"
+    source = "generator" if method == "maxl" else "evaluator's auxiliary head"
+    name = f"{result['auxiliary_name']}, " if result["auxiliary_name"] else ""
+    return (f"{line}; auxiliary {result['auxiliary']} ({name}{block}; {source}) "
+            f"({result['auxiliary_probability']:.1%})")
+
+
+def main(argv):
+    paths = argv[1:]
+    if not FLAGS.logdir:
+        raise errors.Error("--logdir is required: the log directory of a finished run, e.g. runs/<name>.")
+    if not paths:
+        raise errors.Error("pass one or more image files after the flags, e.g. photo.jpg.")
+    cli.start_tensorflow(deterministic=False)
+    config, results = predict(FLAGS.logdir, paths)
+    for result in results:
+        print(describe(result, config.psi, config.method), flush=True)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("logdir", "", "Log directory of a finished run (it holds serving/ and classes.json).")
+    cli.run(main)
