@@ -245,22 +245,18 @@ class Claim:
 class Worker:
     """One worker of a sweep: watches the runs' claims by its own clock and claims runs in order."""
 
-    def __init__(self, heartbeat_timeout: float, worker_id: str | None = None,
-                 local_pid_check: bool = True):
+    def __init__(self, heartbeat_timeout: float, worker_id: str | None = None):
         """
         Args:
           heartbeat_timeout: seconds without a heartbeat after which a claim is stale. Every
             worker of a sweep must use the same value.
           worker_id: written into claims for people reading them; default host:pid.
-          local_pid_check: take over at once a claim whose process on this machine is gone.
-            False judges every claim by its heartbeat alone, as a worker on another host does.
         """
         if not heartbeat_timeout > 0:
             raise ValueError(f"heartbeat_timeout must be positive, not {heartbeat_timeout}")
         self.heartbeat_timeout = heartbeat_timeout
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self._machine = machine_id()
-        self._local_pid_check = local_pid_check
         self._seen = {}   # run_dir -> (generation, content, this worker's clock when first seen)
 
     def observe(self, run_dir: str) -> Observation:
@@ -280,7 +276,7 @@ class Worker:
         record = _parse(content)
         if record.get("state") == "released":
             return Observation(FREE, generation, record)
-        if (self._local_pid_check and self._machine is not None and record.get("machine") == self._machine
+        if (self._machine is not None and record.get("machine") == self._machine
                 and not _process_exists(record.get("pid"))):
             return Observation(STALE, generation, record)
         now = time.monotonic()

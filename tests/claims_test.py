@@ -2,7 +2,9 @@
 
 Holders that must die or pause are child processes (they import maxl_tf.claims only, no
 TensorFlow, so they start in a fraction of a second); races between workers of one process are
-threads. Timeouts are a fraction of a second.
+threads. Timeouts are a fraction of a second. A holder killed with SIGKILL and not yet reaped is
+a zombie whose PID still exists, so observers must judge it by its heartbeat, as a worker on
+another host would; once reaped, a worker on this machine sees its process gone.
 """
 import json
 import os
@@ -51,9 +53,22 @@ def _child(mode: str, *run_dirs, timeout=TIMEOUT) -> subprocess.Popen:
 
 
 def _kill(process: subprocess.Popen) -> None:
+    """SIGKILL, and reap."""
     if process.poll() is None:
         process.kill()
     process.communicate()
+
+
+def _kill_leaving_a_zombie(process: subprocess.Popen) -> None:
+    """SIGKILL without reaping: the PID stays taken until _kill reaps it."""
+    process.send_signal(signal.SIGKILL)
+    while _process_state(process.pid) != "Z":
+        time.sleep(0.005)
+
+
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def _generations(run_dir: str) -> list:
@@ -151,7 +166,7 @@ class ClaimTest(tf.test.TestCase):
         holder = _child("hold", run)
         try:
             self.assertEqual(holder.stdout.readline().split(), ["claimed", "0"])
-            observer = claims.Worker(TIMEOUT, local_pid_check=False)
+            observer = claims.Worker(TIMEOUT)
             end = time.monotonic() + 4 * TIMEOUT
             while time.monotonic() < end:
                 self.assertIsNone(observer.claim(run))
@@ -165,15 +180,17 @@ class ClaimTest(tf.test.TestCase):
         run = os.path.join(self.parent, "run")
         holder = _child("hold", run)
         self.assertEqual(holder.stdout.readline().split(), ["claimed", "0"])
-        holder.send_signal(signal.SIGKILL)
-        _kill(holder)
-        observer = claims.Worker(TIMEOUT, local_pid_check=False)   # as a worker on another host
+        _kill_leaving_a_zombie(holder)
+        observer = claims.Worker(TIMEOUT)
         first_seen = time.monotonic()
         claim = None
-        while claim is None:
-            claim = self._hold(observer.claim(run))
-            waited = time.monotonic() - first_seen
-            time.sleep(0.01)
+        try:
+            while claim is None:
+                claim = self._hold(observer.claim(run))
+                waited = time.monotonic() - first_seen
+                time.sleep(0.01)
+        finally:
+            _kill(holder)
         self.assertGreaterEqual(waited, TIMEOUT)
         self.assertLess(waited, TIMEOUT + 0.5)
         self.assertEqual(claim.generation, 1)
@@ -335,11 +352,13 @@ class PickerTest(tf.test.TestCase):
         self.complete.update(self.runs[1:])
         holder = _child("hold", self.runs[0])
         self.assertEqual(holder.stdout.readline().split(), ["claimed", "0"])
-        holder.send_signal(signal.SIGKILL)
-        _kill(holder)
-        worker = claims.Worker(TIMEOUT, local_pid_check=False)
+        _kill_leaving_a_zombie(holder)
+        worker = claims.Worker(TIMEOUT)
         start = time.monotonic()
-        claim = worker.wait_for_run(self.runs, self._is_complete)
+        try:
+            claim = worker.wait_for_run(self.runs, self._is_complete)
+        finally:
+            _kill(holder)
         self.assertGreaterEqual(time.monotonic() - start, TIMEOUT)
         self.assertEqual((claim.run_dir, claim.generation), (self.runs[0], 1))
         claim.release()
