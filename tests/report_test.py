@@ -1,10 +1,10 @@
 """maxl_tf.report on runs directories written by hand: numbers, figures and errors."""
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import re
+import subprocess
+import sys
 
 import matplotlib.image
 import numpy as np
@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from maxl_tf import config as config_lib
 from maxl_tf import report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fake_run(root, method, seed, accuracies, aux=10, entropy_weight=0.2, complete=True, dataset="digits",
@@ -47,11 +49,23 @@ def _rows(text):
     return rows
 
 
+# python -m maxl_tf.report as a user runs it, recording whether TensorFlow was imported.
+_REPORT_COMMAND = """
+import runpy, sys
+sys.argv = ["maxl_tf.report", *sys.argv[1:]]
+try:
+    runpy.run_module("maxl_tf.report", run_name="__main__")
+finally:
+    sys.stderr.write("tensorflow imported: %s\\n" % ("tensorflow" in sys.modules))
+"""
+
+
 def _run_main(*args):
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = report.main(list(args))
-    return code, stdout.getvalue(), stderr.getvalue()
+    process = subprocess.run([sys.executable, "-c", _REPORT_COMMAND, *args], capture_output=True, text=True,
+                             timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+    stderr, _, imported = process.stderr.rpartition("tensorflow imported: ")
+    assert imported.strip() == "False", f"python -m maxl_tf.report imported TensorFlow: {process.stderr[-2000:]}"
+    return process.returncode, process.stdout, stderr
 
 
 class TableTest(tf.test.TestCase):
@@ -73,7 +87,8 @@ class TableTest(tf.test.TestCase):
         self.assertEqual(rows[("single", "–", "–")][6], f"{np.mean(single):.4f} ± {np.std(single, ddof=1):.4f}")
         self.assertEqual(rows[("single", "–", "–")][7], "3")
         # The unfinished run is listed, not averaged.
-        self.assertRegex(stdout, r"Incomplete runs[^\n]*\n\n- .*digits_pri2_aux10_random_seed0/results.json: 2/3 epochs")
+        self.assertRegex(stdout,
+                         r"Incomplete runs[^\n]*\n\n- .*digits_pri2_aux10_random_seed0/results.json: 2/3 epochs")
         with open(f"{self.get_temp_dir()}/out/report.md") as f:
             self.assertEqual(f.read().strip(), stdout.split("\nWrote ")[0].strip())
 

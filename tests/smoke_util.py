@@ -7,6 +7,7 @@ import sys
 from absl import flags
 
 import main
+from maxl_tf import cli
 from maxl_tf import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +19,7 @@ def smoke_config(logdir: str, **overrides) -> config_lib.Config:
     flag_values = flags.FlagValues()
     main.define_flags(flag_values)
     flag_values(["main.py", f"--flagfile={SMOKE_FLAGFILE}"])
-    return dataclasses.replace(main.config_from_flags(flag_values), logdir=logdir, **overrides)
+    return dataclasses.replace(cli.config_from_flags(flag_values), logdir=logdir, **overrides)
 
 
 def main_command(*args) -> list:
