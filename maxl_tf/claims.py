@@ -52,6 +52,7 @@ from maxl_tf import errors
 
 CLAIMS_DIR = "claims"         # inside a run directory
 BEATS_PER_TIMEOUT = 4         # heartbeats (and a waiting worker's polls) per heartbeat_timeout
+MAX_POLL_SECONDS = 10         # a waiting worker sees other workers' runs complete at least this often
 
 # A run's state, as a worker sees it.
 COMPLETE = "complete"         # the caller says so (its results are final)
@@ -272,7 +273,7 @@ class Worker:
             except FileNotFoundError:   # deleted under us: judged like any unreadable claim
                 content = b""
         except OSError as e:
-            raise _cannot(run_dir, e)
+            raise _cannot(run_dir, e) from e
         record = _parse(content)
         if record.get("state") == "released":
             return Observation(FREE, generation, record)
@@ -304,7 +305,7 @@ class Worker:
             created = _create_exclusively(os.path.join(claims_dir(run_dir), str(generation)),
                                           _record(HELD, self.worker_id, self._machine, generation))
         except OSError as e:
-            raise _cannot(run_dir, e)
+            raise _cannot(run_dir, e) from e
         if not created:
             return None
         return Claim(run_dir, generation, self.worker_id, self._machine, self.heartbeat_timeout,
@@ -335,8 +336,7 @@ class Worker:
             return claim
         return None
 
-    def wait_for_run(self, run_dirs: list, is_complete: typing.Callable[[str], bool],
-                     poll_seconds: float | None = None) -> Claim | None:
+    def wait_for_run(self, run_dirs: list, is_complete: typing.Callable[[str], bool]) -> Claim | None:
         """Claims the next run, waiting while every incomplete run is held by a live worker.
 
         A waiting worker keeps watching the held runs, so it takes one over once its holder's
@@ -345,7 +345,7 @@ class Worker:
         Returns:
           A claim, or None once every run is complete.
         """
-        poll_seconds = poll_seconds or self.heartbeat_timeout / BEATS_PER_TIMEOUT
+        poll_seconds = min(self.heartbeat_timeout / BEATS_PER_TIMEOUT, MAX_POLL_SECONDS)
         while True:
             claim = self.next_run(run_dirs, is_complete)
             if claim is not None or all(is_complete(run_dir) for run_dir in run_dirs):
