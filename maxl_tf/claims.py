@@ -30,7 +30,7 @@ run at once, as it did before claims.
 
 Guaranteed: no two workers ever create the same generation, so at any moment at most one holds
 the newest. A superseded holder sees `lost` at its next heartbeat once its file system shows it
-the newer generation (at once on a local disk; on NFS within the mount's attribute cache time,
+the newer generation (at once on a local disk; on NFS once the client's attribute cache expires,
 acdirmax, 60 s by default), and `verify()` checks at once; the training loop calls it right
 before each write. A holder that cannot write its heartbeat for heartbeat_timeout counts its
 claim as lost, since others may have judged it stale.

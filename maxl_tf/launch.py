@@ -48,8 +48,19 @@ def main(argv):
     if _WORKERS.value < 1:
         raise errors.Error(f"--workers={_WORKERS.value}: must be at least 1.")
     gpus = [gpu.strip() for gpu in _GPUS.value.split(",") if gpu.strip()]
-    workers, copiers, lock = [], [], threading.Lock()
+    workers, copiers, lock, received = [], [], threading.Lock(), []
+
+    def pass_on(signum, frame):
+        received.append(signum)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):   # before the first worker starts: none is missed
+        signal.signal(signum, pass_on)
     for i in range(_WORKERS.value):
+        if received:   # stopped while starting: start no more
+            break
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
@@ -66,14 +77,6 @@ def main(argv):
             copier = threading.Thread(target=_copy_lines, args=(source, destination, f"[worker {i}] ", lock))
             copier.start()
             copiers.append(copier)
-
-    def pass_on(signum, frame):
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, pass_on)
     statuses = [_exit_status(worker.wait()) for worker in workers]
     for copier in copiers:
         copier.join()

@@ -14,6 +14,7 @@ import tensorflow as tf
 from maxl_tf import claims
 from maxl_tf import errors
 from maxl_tf import rundir
+from maxl_tf import train
 from tests import smoke_util
 
 SWEEP = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--epochs=1", "--method=single,random,human", "--seeds=0,1")
@@ -98,6 +99,21 @@ class RunDirectoryTest(tf.test.TestCase):
                 rundir.check(config)
         finally:
             claim.release()
+
+
+class LostClaimTest(tf.test.TestCase):
+
+    def test_a_run_taken_over_stops_without_writing_training(self):
+        config = smoke_util.smoke_config(os.path.join(self.get_temp_dir(), "run"))
+        claim = claims.Worker(0.4).claim(config.logdir)
+        # Another worker's takeover: the next generation of the claim.
+        with open(os.path.join(claims.claims_dir(config.logdir), "1"), "w") as f:
+            f.write(json.dumps({"state": "held", "worker": "elsewhere"}))
+        with self.assertRaisesRegex(errors.ClaimLost, "another worker took this run over"):
+            train.train_and_evaluate(config, progress=False, claim=claim)
+        claim.release()
+        self.assertFalse(rundir.holds_training(config.logdir))   # no checkpoint, no results.json
+        self.assertCountEqual(os.listdir(claims.claims_dir(config.logdir)), ["0", "1"])   # nor a release
 
 
 @pytest.mark.slow
