@@ -3,7 +3,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from absl.testing import parameterized
@@ -61,26 +60,11 @@ class ValidationTest(parameterized.TestCase):
         self.assertEqual(config_lib.validate(config_lib.Config(jit=True, deterministic=False)).psi, (5,) * 20)
 
 
-# main.py as a user runs it, recording whether TensorFlow was imported before it exited.
-_MAIN_COMMAND = """
-import runpy, sys
-sys.argv = ["main.py", *sys.argv[1:]]
-try:
-    runpy.run_path("main.py", run_name="__main__")
-finally:
-    sys.stderr.write("tensorflow imported: %s\\n" % ("tensorflow" in sys.modules))
-"""
-
-
 class StartUpTest(tf.test.TestCase, parameterized.TestCase):
     """What a user sees first: help, and flag mistakes caught before TensorFlow starts."""
 
     def _run(self, *args):
-        process = subprocess.run([sys.executable, "-c", _MAIN_COMMAND, *args], cwd=smoke_util.REPO,
-                                 capture_output=True, text=True, timeout=120,
-                                 env=dict(os.environ, PYTHONPATH=smoke_util.REPO))
-        stderr, _, imported = process.stderr.rpartition("tensorflow imported: ")
-        return process.returncode, process.stdout, stderr, imported.strip() == "True"
+        return smoke_util.run_recording_imports(os.path.join(smoke_util.REPO, "main.py"), *args)
 
     def test_help_exits_0(self):
         code, stdout, _, _ = self._run("--help")

@@ -3,8 +3,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
-import sys
 
 import matplotlib.image
 import numpy as np
@@ -12,8 +10,7 @@ import tensorflow as tf
 
 from maxl_tf import config as config_lib
 from maxl_tf import report
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import smoke_util
 
 
 def fake_run(root, method, seed, accuracies, aux=10, entropy_weight=0.2, complete=True, dataset="digits",
@@ -49,23 +46,11 @@ def _rows(text):
     return rows
 
 
-# python -m maxl_tf.report as a user runs it, recording whether TensorFlow was imported.
-_REPORT_COMMAND = """
-import runpy, sys
-sys.argv = ["maxl_tf.report", *sys.argv[1:]]
-try:
-    runpy.run_module("maxl_tf.report", run_name="__main__")
-finally:
-    sys.stderr.write("tensorflow imported: %s\\n" % ("tensorflow" in sys.modules))
-"""
-
-
 def _run_main(*args):
-    process = subprocess.run([sys.executable, "-c", _REPORT_COMMAND, *args], capture_output=True, text=True,
-                             timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
-    stderr, _, imported = process.stderr.rpartition("tensorflow imported: ")
-    assert imported.strip() == "False", f"python -m maxl_tf.report imported TensorFlow: {process.stderr[-2000:]}"
-    return process.returncode, process.stdout, stderr
+    """python -m maxl_tf.report as a user runs it; it must never import TensorFlow."""
+    code, stdout, stderr, tensorflow_imported = smoke_util.run_recording_imports("maxl_tf.report", *args)
+    assert not tensorflow_imported, f"python -m maxl_tf.report imported TensorFlow: {stderr[-2000:]}"
+    return code, stdout, stderr
 
 
 class TableTest(tf.test.TestCase):

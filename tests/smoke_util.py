@@ -26,6 +26,27 @@ def main_command(*args) -> list:
     return [sys.executable, os.path.join(REPO, "main.py"), "--noprogress", *args]
 
 
+# A command run as a user runs it, recording on its last stderr line whether TensorFlow was imported.
+_RECORDING_IMPORTS = """
+import runpy, sys
+target, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
+try:
+    run = runpy.run_path if target.endswith(".py") else runpy.run_module
+    run(target, run_name="__main__")
+finally:
+    sys.stderr.write("tensorflow imported: %s\\n" % ("tensorflow" in sys.modules))
+"""
+
+
+def run_recording_imports(target: str, *args, timeout=120) -> tuple:
+    """Runs main.py (a path) or `python -m <module>`; returns (exit status, stdout, stderr without
+    the record, whether TensorFlow was imported)."""
+    process = subprocess.run([sys.executable, "-c", _RECORDING_IMPORTS, target, *args], cwd=REPO,
+                             capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=REPO))
+    stderr, _, imported = process.stderr.rpartition("tensorflow imported: ")
+    return process.returncode, process.stdout, stderr, imported.strip() == "True"
+
+
 def run_main(*args, timeout=300) -> subprocess.CompletedProcess:
     """Runs main.py to completion; returns the process with text stdout/stderr."""
     return subprocess.run(main_command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
