@@ -153,7 +153,11 @@ def main(argv):
 
     all_results = [results_of[config.logdir] for config in configs]
     if len({(c.seed, c.pri, c.aux, c.entropy_weight) for c in configs}) > 1:   # more than methods
-        print("\n" + report.markdown_table(report.group_runs(all_results)))
+        groups = report.group_runs(all_results)
+        print("\n" + report.markdown_table(groups))
+        paired = report.paired_tables(groups)
+        if paired:
+            print("Paired by seed (first minus second; Student t 95% interval over seeds):\n\n" + paired)
         print(f"Figures: python -m maxl_tf.report {flags.FLAGS.logdir or 'runs'}")
     else:
         _print_table(all_results)

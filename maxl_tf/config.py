@@ -13,7 +13,7 @@ import os
 from maxl_tf import errors
 from maxl_tf import hierarchy
 
-DATASETS = ("cifar100", "cifar10", "cifar10_1", "digits")
+DATASETS = ("cifar100", "cifar10", "cifar10_1", "digits", "fashion_mnist", "mnist")
 # Where auxiliary labels come from (labels.py): the paper's method and its four baselines.
 METHODS = ("maxl", "single", "human", "random", "prototypical")
 # Methods that learn from held-out meta data and train the evaluator on the rest; the others
@@ -39,11 +39,13 @@ def _field(default, help_text, choices=None):
 class Config:
     # What to learn.
     dataset: str = _field("cifar100", "Data set.", DATASETS)
-    data_dir: str = _field("", "Local CIFAR archives or a tensorflow-datasets data directory "
-                               "(empty: the tfds default directory).")
+    data_dir: str = _field("", "Local CIFAR archives, the four MNIST / Fashion-MNIST IDX files, or a "
+                               "tensorflow-datasets data directory (empty: the tfds default directory; "
+                               "for fashion_mnist first Debian's dataset-fashion-mnist folder).")
     download: bool = _field(True, "Let tensorflow-datasets download a data set that is not prepared.")
     pri: int = _field(20, "Principal classes: a label level of the data set "
-                          "(cifar100: 3, 10, 20, 100; cifar10: 10; digits: 2, 10).")
+                          "(cifar100: 3, 10, 20, 100; cifar10: 10; digits: 2, 10; fashion_mnist: 2, 6, 10; "
+                          "mnist: 10).")
     aux: int = _field(100, "Auxiliary classes, sum(psi).")
     psi: tuple = _field((), "Auxiliary classes per principal class, e.g. 5,1,4 (empty: the human "
                             "hierarchy's when --aux is a human level, else uniform aux/pri).")
@@ -61,7 +63,9 @@ class Config:
     width: float = _field(1.0, "Channel width multiplier of both networks.")
     meta_split: float = _field(0.1, "Fraction of the training set held out as MAXL's meta data; "
                                     "0 reuses the training set (the authors' code).")
-    augment: bool = _field(True, "Random crop (4-pixel padding) and horizontal flip.")
+    augment: bool = _field(True, "Random crop and horizontal flip as the data set allows (data.AUGMENTATION): "
+                                 "CIFAR pad 4 + flip; Fashion-MNIST pad 2 + flip; MNIST pad 2, digits pad 1, "
+                                 "no flip.")
     max_train_examples: int = _field(0, "Use only this many training examples (0: all).")
     max_test_examples: int = _field(0, "Use only this many test examples (0: all).")
     # Optimisation.
@@ -77,6 +81,11 @@ class Config:
     loss: str = _field("focal", "focal (gamma=--focal_gamma) or ce (cross-entropy).", ("focal", "ce"))
     focal_gamma: float = _field(2.0, "Focal-loss focusing parameter.")
     entropy_weight: float = _field(0.2, "Weight of the entropy regulariser in the meta objective (0 disables).")
+    generator_labels_bn: str = _field(
+        "inference", "Batch norm of the generator when it labels the evaluator's training batches: inference "
+                     "(moving statistics; this code's default so far) or training (batch statistics, as the "
+                     "meta step's outputs and the authors' code; the labelling pass then also updates the "
+                     "moving statistics, as PyTorch's train mode does).", ("inference", "training"))
     schedule: str = _field("interleaved", "interleaved: a generator step after every evaluator step "
                                           "(Algorithm 1); alternating: an epoch of each (authors' code).",
                            ("interleaved", "alternating"))
@@ -105,6 +114,8 @@ class Config:
             name += "_psi" + "-".join(map(str, self.psi))
         if self.entropy_weight != 0.2 and self.method == "maxl":
             name += f"_entropy{self.entropy_weight:g}"
+        if self.generator_labels_bn != "inference" and self.method == "maxl":
+            name += f"_labelsbn{self.generator_labels_bn}"
         return name + f"_seed{self.seed}"
 
     def experiment(self) -> dict:

@@ -13,6 +13,36 @@ import tensorflow as tf
 # Normalisation of the authors' code: pixels in [0, 1], then (x - 0.5) / 0.2.
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.2
 CROP_PADDING = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Training-time changes that keep an image's label.
+
+    Attributes:
+      crop_padding: pixels of zero-padding per side before a random crop back to the image's size,
+        i.e. random shifts of up to this many pixels.
+      horizontal_flip: mirror half of the images left to right.
+    """
+    crop_padding: int
+    horizontal_flip: bool
+
+
+# What --augment does per data set. CIFAR: the authors' crop (pad 4) and flip. A mirrored digit
+# is not a digit (2, 5, 7 read wrongly or as nothing): no flip for digits and MNIST. A mirrored
+# garment, bag or shoe is the same class, so Fashion-MNIST flips (its shoes all face left: the
+# flips show right-facing ones the test set lacks, a regulariser rather than a match of the test
+# images). MNIST and Fashion-MNIST are padded from 28x28 to 32x32 (idx.pad_for_vgg), so shifts of
+# up to that padding move the original frame around without cutting any of it; CIFAR's 4 pixels
+# would crop the edges of a product that fills its frame. The 8x8 digits shift by one pixel.
+AUGMENTATION = {
+    "cifar100": Augmentation(CROP_PADDING, horizontal_flip=True),
+    "cifar10": Augmentation(CROP_PADDING, horizontal_flip=True),
+    "cifar10_1": Augmentation(CROP_PADDING, horizontal_flip=True),
+    "fashion_mnist": Augmentation(2, horizontal_flip=True),
+    "mnist": Augmentation(2, horizontal_flip=False),
+    "digits": Augmentation(1, horizontal_flip=False),
+}
 # Independent random streams drawn from one seed.
 TRAIN_STREAM, META_STREAM, SPLIT_STREAM, RANDOM_LABEL_STREAM = 0, 1, 2, 7
 
@@ -67,23 +97,26 @@ def normalise(images_uint8):
     return (tf.cast(images_uint8, tf.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 
-def augment(images, seed):
-    """Random crop with 4-pixel zero padding and horizontal flip, per image.
+def augment(images, seed, augmentation: Augmentation = AUGMENTATION["cifar100"]):
+    """Random crop with zero padding and, where the data set allows it, horizontal flip, per image.
 
     Args:
       images: [batch, H, W, C] float, already normalised (padding is the normalised black).
       seed: [2] int64 stateless seed.
+      augmentation: the crop padding and whether to flip.
     """
     batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     black = -PIXEL_MEAN / PIXEL_STD
-    pad = [[0, 0], [CROP_PADDING, CROP_PADDING], [CROP_PADDING, CROP_PADDING], [0, 0]]
-    padded = tf.pad(images, pad, constant_values=black)                  # [B, H+8, W+8, C]
-    offsets = tf.random.stateless_uniform([batch, 2], crop_seed, 0, 2 * CROP_PADDING + 1, tf.int32)
+    p = augmentation.crop_padding
+    padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=black)  # [B, H+2p, W+2p, C]
+    offsets = tf.random.stateless_uniform([batch, 2], crop_seed, 0, 2 * p + 1, tf.int32)
     rows = offsets[:, :1] + tf.range(height)[None, :]                     # [B, H]
     cols = offsets[:, 1:] + tf.range(width)[None, :]                      # [B, W]
-    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)               # [B, H, W+8, C]
+    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)               # [B, H, W+2p, C]
     cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)              # [B, H, W, C]
+    if not augmentation.horizontal_flip:
+        return cropped
     flip = tf.random.stateless_uniform([batch], flip_seed) < 0.5
     return tf.where(flip[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
 
@@ -91,10 +124,14 @@ def augment(images, seed):
 class Pipeline:
     """Builds per-epoch tf.data streams of batches from one split held in memory."""
 
-    def __init__(self, examples: Examples):
+    def __init__(self, examples: Examples, augmentation: Augmentation = AUGMENTATION["cifar100"]):
+        self._augmentation = augmentation
         self._images = tf.constant(examples.images)
         self._labels = tf.constant(examples.labels, tf.int64)
         self._aux_labels = tf.constant(examples.aux_labels, tf.int64)
+
+    def __len__(self) -> int:
+        return int(self._labels.shape[0])
 
     def _gather(self, indices):
         return {
@@ -121,7 +158,7 @@ class Pipeline:
             if augment_seed is not None:
                 seed, epoch, stream = augment_seed
                 step_seed = tf.stack([tf.constant(seed, tf.int64), (epoch * 2 + stream) * 2**24 + step])
-                batch["images"] = augment(batch["images"], step_seed)
+                batch["images"] = augment(batch["images"], step_seed, self._augmentation)
             return batch
 
         return dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
@@ -129,6 +166,5 @@ class Pipeline:
 
     def evaluation_batches(self, batch_size: int):
         """Every example once, in order, the last batch possibly smaller."""
-        num = int(self._labels.shape[0])
-        dataset = tf.data.Dataset.range(num).batch(batch_size)
+        dataset = tf.data.Dataset.range(len(self)).batch(batch_size)
         return dataset.map(self._gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

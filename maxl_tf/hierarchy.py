@@ -30,6 +30,46 @@ CIFAR100_10_TO_3 = (0, 0, 0, 0, 0, 1, 2, 2, 2, 2)
 # A human hierarchy over the ten digits by stroke shape: 0 curved (0,2,3,5,6,8,9), 1 straight (1,4,7).
 DIGITS_TO_2 = (0, 1, 0, 0, 1, 0, 0, 1, 0, 0)
 
+# Fashion-MNIST's coarse levels as published with B-CNN (Zhu and Bain, 2017), over its labels
+# 0 T-shirt/top, 1 Trouser, 2 Pullover, 3 Dress, 4 Coat, 5 Sandal, 6 Shirt, 7 Sneaker, 8 Bag,
+# 9 Ankle boot. 6 classes: 0 tops, 1 bottoms, 2 dresses, 3 outers, 4 accessories, 5 shoes.
+FASHION_MNIST_TO_6 = (0, 1, 0, 2, 3, 5, 0, 5, 4, 5)
+# 6 -> 2 classes: 0 clothes (tops, bottoms, dresses, outers), 1 goods (accessories, shoes).
+FASHION_MNIST_6_TO_2 = (0, 0, 0, 0, 1, 1)
+
+# Class names per level, in label order, for figures and predictions. CIFAR's are the names its
+# archives publish, with spaces for underscores; the 10 and 3 classes are Appendix A's.
+CIFAR100_FINE_NAMES = (
+    "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
+    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
+    "kangaroo", "keyboard", "lamp", "lawn mower", "leopard", "lion", "lizard", "lobster", "man",
+    "maple tree", "motorcycle", "mountain", "mouse", "mushroom", "oak tree", "orange", "orchid",
+    "otter", "palm tree", "pear", "pickup truck", "pine tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
+    "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf", "woman", "worm")
+CIFAR100_COARSE_NAMES = (
+    "aquatic mammals", "fish", "flowers", "food containers", "fruit and vegetables",
+    "household electrical devices", "household furniture", "insects", "large carnivores",
+    "large man-made outdoor things", "large natural outdoor scenes",
+    "large omnivores and herbivores", "medium mammals", "non-insect invertebrates", "people",
+    "reptiles", "small mammals", "trees", "vehicles 1", "vehicles 2")
+CIFAR100_10_NAMES = (
+    "large animals", "medium animals", "small animals", "invertebrates", "people", "vegetations",
+    "household objects", "construction", "natural scenes", "vehicles")
+CIFAR100_3_NAMES = ("animals", "vegetations", "objects and scenes")
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck")
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+DIGITS_2_NAMES = ("curved", "straight")
+FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                       "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_6_NAMES = ("tops", "bottoms", "dresses", "outers", "accessories", "shoes")
+FASHION_MNIST_2_NAMES = ("clothes", "goods")
+
 
 @dataclasses.dataclass(frozen=True)
 class Hierarchy:
@@ -39,9 +79,12 @@ class Hierarchy:
       name: data set name, for messages.
       levels: number of classes at a level -> int array [num_finest] mapping a finest label to
         its label at that level. The finest level maps to itself.
+      names: number of classes at a level -> its class names in label order; a level without
+        names is shown by label number.
     """
     name: str
     levels: dict
+    names: dict = dataclasses.field(default_factory=dict)
 
     @property
     def finest(self) -> int:
@@ -50,6 +93,10 @@ class Hierarchy:
     def labels_at(self, level: int, finest_labels: np.ndarray) -> np.ndarray:
         """Relabels finest labels at a coarser level."""
         return self.levels[level][finest_labels]
+
+    def names_at(self, level: int) -> tuple:
+        """The class names of a label level, in label order ('0', '1', ... where it has none)."""
+        return self.names.get(level) or tuple(str(label) for label in range(level))
 
 
 def _compose(*tables) -> np.ndarray:
@@ -65,11 +112,21 @@ def for_dataset(dataset: str) -> Hierarchy:
         fine_to_20 = np.asarray(CIFAR100_FINE_TO_COARSE)
         fine_to_10 = _compose(fine_to_20, CIFAR100_COARSE_TO_10)
         fine_to_3 = _compose(fine_to_10, CIFAR100_10_TO_3)
-        return Hierarchy("CIFAR-100", {100: np.arange(100), 20: fine_to_20, 10: fine_to_10, 3: fine_to_3})
+        return Hierarchy("CIFAR-100", {100: np.arange(100), 20: fine_to_20, 10: fine_to_10, 3: fine_to_3},
+                         {100: CIFAR100_FINE_NAMES, 20: CIFAR100_COARSE_NAMES, 10: CIFAR100_10_NAMES,
+                          3: CIFAR100_3_NAMES})
     if dataset in ("cifar10", "cifar10_1"):
-        return Hierarchy("CIFAR-10", {10: np.arange(10)})
+        return Hierarchy("CIFAR-10", {10: np.arange(10)}, {10: CIFAR10_NAMES})
     if dataset == "digits":
-        return Hierarchy("digits", {10: np.arange(10), 2: np.asarray(DIGITS_TO_2)})
+        return Hierarchy("digits", {10: np.arange(10), 2: np.asarray(DIGITS_TO_2)},
+                         {10: DIGIT_NAMES, 2: DIGITS_2_NAMES})
+    if dataset == "fashion_mnist":
+        fine_to_6 = np.asarray(FASHION_MNIST_TO_6)
+        return Hierarchy("Fashion-MNIST",
+                         {10: np.arange(10), 6: fine_to_6, 2: _compose(fine_to_6, FASHION_MNIST_6_TO_2)},
+                         {10: FASHION_MNIST_NAMES, 6: FASHION_MNIST_6_NAMES, 2: FASHION_MNIST_2_NAMES})
+    if dataset == "mnist":
+        return Hierarchy("MNIST", {10: np.arange(10)}, {10: DIGIT_NAMES})
     raise errors.Error(f"--dataset={dataset}: no label hierarchy is known for it.")
 
 

@@ -82,28 +82,48 @@ def prototypical_aux_labels(embedder: embedder_lib.Embedder, hierarchy: hierarch
                                     hierarchy.labels_at(pri, finest_labels), psi, meta_indices)
 
 
-def generated_labels(generator, images, labels, mask_table, training: bool):
+def generated_labels(generator, images, labels, mask_table, training: bool, update_statistics: bool = True):
     """The generator's soft auxiliary labels g(x, y, psi). [batch, aux]
 
     Args:
       mask_table: [pri, aux] psi_mask; row y is the block principal class y owns.
+      training: batch norm with the batch's statistics (else the moving ones).
+      update_statistics: in training mode, let batch norm move its moving statistics (False: a
+        stateless call, for diagnostics).
     """
+    if training and not update_statistics:
+        logits, _ = generator.stateless_call([v.value for v in generator.trainable_variables],
+                                             [v.value for v in generator.non_trainable_variables],
+                                             images, training=True)
+    else:
+        logits = generator(images, training=training)
     mask = tf.gather(mask_table, labels)                                   # [batch, aux]
-    return losses.masked_softmax(generator(images, training=training), mask)
+    return losses.masked_softmax(logits, mask)
 
 
-def auxiliary_targets(method: str, batch: dict, aux: int, generator=None, mask_table=None):
+def auxiliary_targets(method: str, batch: dict, aux: int, generator=None, mask_table=None,
+                      generator_training: bool = False, update_statistics: bool = True):
     """The evaluator's auxiliary targets for one batch, [batch, aux], or None for single-task.
 
-    The generator runs in inference mode here: the evaluator step trains against its current
-    labels and must not move its batch-norm statistics; only the meta step trains it.
+    generator_training (--generator_labels_bn): False labels with the generator's moving
+    batch-norm statistics and leaves them as they are; True labels with the batch's statistics,
+    as the meta step's outputs are computed, and, like PyTorch's train mode in the authors' code,
+    updates the moving statistics (unless update_statistics is False: diagnostics). Either way
+    only the meta step trains the generator's weights.
     """
     if method == "single":
         return None
     if method == "maxl":
-        return tf.stop_gradient(
-            generated_labels(generator, batch["images"], batch["labels"], mask_table, training=False))
+        return tf.stop_gradient(generated_labels(generator, batch["images"], batch["labels"], mask_table,
+                                                 generator_training, update_statistics))
     return tf.one_hot(batch["aux_labels"], aux)
+
+
+def hard_generated_labels(generator, images, labels, mask_table, training: bool):
+    """The generator's argmax auxiliary labels, leaving its batch-norm statistics as they are.
+    [batch] int64"""
+    soft = generated_labels(generator, images, labels, mask_table, training, update_statistics=False)
+    return tf.argmax(soft, axis=-1, output_type=tf.int64)
 
 
 def usage_summary(counts: np.ndarray, psi) -> dict:

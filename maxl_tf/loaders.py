@@ -1,8 +1,10 @@
 """Loads whole image-classification data sets into numpy arrays.
 
 CIFAR sets come from the archives their authors publish (when --data_dir holds them), else from a
-tensorflow-datasets directory, downloading into it only when asked. Digits is bundled with
-scikit-learn. Everything returned is checked, so bad data stops the run with an errors.Error the
+tensorflow-datasets directory, downloading into it only when asked. MNIST and Fashion-MNIST come
+from their four IDX files in --data_dir (without it, Fashion-MNIST from Debian's package folder
+when installed), else from tensorflow-datasets the same way; both are padded to 32x32 (idx.py).
+Digits is bundled with scikit-learn. Everything returned is checked, so bad data stops the run with an errors.Error the
 user can act on instead of a traceback deep inside training.
 """
 
@@ -26,16 +28,20 @@ import tensorflow_datasets as tfds
 from maxl_tf import config as config_lib
 from maxl_tf import errors
 from maxl_tf import hierarchy
+from maxl_tf import idx
 
-_NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "cifar10_1": 10, "digits": 10}
+_NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "cifar10_1": 10, "digits": 10, "mnist": 10, "fashion_mnist": 10}
 # tensorflow-datasets names of the builders holding the (train, test) splits.
 _TFDS_NAMES = {
     "cifar100": ("cifar100", "cifar100"),
     "cifar10": ("cifar10", "cifar10"),
     "cifar10_1": ("cifar10", "cifar10_1/v6"),
+    "mnist": ("mnist", "mnist"),
+    "fashion_mnist": ("fashion_mnist", "fashion_mnist"),
 }
 # tfds fetches from its Google Cloud Storage mirror, else from the publishers' hosts.
-_DOWNLOAD_HOSTS = ("storage.googleapis.com", "www.cs.toronto.edu", "github.com")
+_DOWNLOAD_HOSTS = ("storage.googleapis.com", "www.cs.toronto.edu", "github.com",
+                   "fashion-mnist.s3-website.eu-central-1.amazonaws.com")
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _CIFAR10_1_URL = "https://github.com/modestyachts/CIFAR-10.1 (datasets/)"
 _CIFAR10_1_DATA = "cifar10.1_v6_data.npy"
@@ -49,6 +55,8 @@ _IMAGE_SHAPE = {
     "cifar10": (32, 32, 3),
     "cifar10_1": (32, 32, 3),
     "digits": (8, 8, 1),
+    "mnist": (32, 32, 1),
+    "fashion_mnist": (32, 32, 1),
 }
 
 
@@ -96,12 +104,17 @@ _CIFAR10_ARCHIVE = _PickleArchive(
 
 
 def load(dataset: str, data_dir: str | None, download: bool) -> RawData:
-    """Loads `dataset` whole; `data_dir` and `download` only matter for the CIFAR sets."""
+    """Loads `dataset` whole; `data_dir` and `download` do not matter for digits."""
     if dataset not in config_lib.DATASETS:
         raise errors.Error(
             f"Unknown data set {dataset!r}: --dataset must be one of {', '.join(config_lib.DATASETS)}."
         )
-    raw = _load_digits() if dataset == "digits" else _load_cifar(dataset, data_dir, download)
+    if dataset == "digits":
+        raw = _load_digits()
+    elif dataset in idx.DATASETS:
+        raw = _load_idx_set(dataset, data_dir, download)
+    else:
+        raw = _load_cifar(dataset, data_dir, download)
     _validate(raw.train, dataset, f"{raw.source} (train split)")
     _validate(raw.test, dataset, f"{raw.source} (test split)")
     return raw
@@ -120,8 +133,9 @@ def _load_digits() -> RawData:
 
 
 def find(dataset: str, data_dir: str | None, download: bool) -> None:
-    """Checks that load() will find the data set, without reading it: its local archives are in
-    `data_dir`, or its tensorflow-datasets copy is prepared (downloaded now, once, if `download`).
+    """Checks that load() will find the data set, without reading it: its published files are in
+    `data_dir` (or Debian's folder), or its tensorflow-datasets copy is prepared (downloaded now,
+    once, if `download`).
 
     A sweep calls it for every run before the first one trains, so missing data stops the sweep
     at once instead of after hours; a file that is there but damaged is still found by load().
@@ -131,16 +145,43 @@ def find(dataset: str, data_dir: str | None, download: bool) -> None:
     """
     if dataset == "digits":
         return   # bundled with scikit-learn
-    data_dir = _checked_data_dir(data_dir)
-    if data_dir is not None and _local_archives(dataset, data_dir) is not None:
-        return
+    if dataset in idx.DATASETS:
+        folder = _existing_dir(data_dir) if data_dir is not None else idx.default_dir(dataset)
+        if folder is not None and idx.find_files(folder):
+            return   # load() reads the four files, or names those missing
+        data_dir = folder if data_dir is not None else None
+    elif data_dir is not None:
+        data_dir = _existing_dir(data_dir)
+        if _local_archives(dataset, data_dir) is not None:
+            return
     for name in dict.fromkeys(_TFDS_NAMES[dataset]):
         _prepared_builder(name, dataset, data_dir, download)
 
 
-def _checked_data_dir(data_dir: str | None) -> str | None:
+def _load_cifar(dataset: str, data_dir: str | None, download: bool) -> RawData:
+    """Local published archives in `data_dir` first, then tensorflow-datasets."""
     if data_dir is None:
-        return None
+        return _load_tfds(dataset, None, download)
+    data_dir = _existing_dir(data_dir)
+    local = _load_local(dataset, data_dir)
+    return local if local is not None else _load_tfds(dataset, data_dir, download)
+
+
+def _load_idx_set(dataset: str, data_dir: str | None, download: bool) -> RawData:
+    """MNIST or Fashion-MNIST: IDX files in `data_dir` (None: Debian's folder, if any), then
+    tensorflow-datasets; images padded from 28x28 to 32x32."""
+    folder = _existing_dir(data_dir) if data_dir is not None else idx.default_dir(dataset)
+    splits = idx.load(dataset, folder) if folder is not None else None
+    if splits is None:
+        raw = _load_tfds(dataset, folder if data_dir is not None else None, download)
+        train, test, source = (raw.train.images, raw.train.labels), (raw.test.images, raw.test.labels), raw.source
+    else:
+        train, test, source = splits["train"], splits["test"], f"IDX files in {folder}"
+    return RawData(Split(idx.pad_for_vgg(train[0]), train[1]), Split(idx.pad_for_vgg(test[0]), test[1]),
+                   f"{source}, padded to 32x32")
+
+
+def _existing_dir(data_dir: str) -> str:
     data_dir = os.path.expanduser(data_dir)
     if not os.path.isdir(data_dir):
         raise errors.Error(
@@ -148,13 +189,6 @@ def _checked_data_dir(data_dir: str | None) -> str | None:
             "there, or leave --data_dir out to use the tensorflow-datasets default folder."
         )
     return data_dir
-
-
-def _load_cifar(dataset: str, data_dir: str | None, download: bool) -> RawData:
-    """Local published archives in `data_dir` first, then tensorflow-datasets."""
-    data_dir = _checked_data_dir(data_dir)
-    local = _load_local(dataset, data_dir) if data_dir is not None else None
-    return local if local is not None else _load_tfds(dataset, data_dir, download)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,16 +346,23 @@ def _prepared_builder(
     if not download:
         raise errors.Error(_missing_data_message(dataset, data_dir, str(builder.data_dir_root)))
     if _offline():
+        reason = f"no network (none of {', '.join(_DOWNLOAD_HOSTS)} resolves)"
+        if data_dir is not None:
+            raise errors.Error(f"{_nothing_in(dataset, data_dir)}, and downloading {name} there is impossible: "
+                               f"{reason}. Put the files there.")
         raise errors.Error(
-            f"Cannot download {name}: no network (none of {', '.join(_DOWNLOAD_HOSTS)} resolves). "
-            f"To work offline put {_local_names(dataset)} in a folder and pass --data_dir=<that folder>."
+            f"Cannot download {name}: {reason}. To work offline {_offline_fix(dataset)}."
         )
     try:
         builder.download_and_prepare()
     except Exception as err:  # Whatever tfds raises, the user needs the offline fix, not a trace.
+        reason = errors.first_line(err, 200)
+        if data_dir is not None:
+            raise errors.Error(f"{_nothing_in(dataset, data_dir)}, and downloading {name} there with "
+                               f"tensorflow-datasets failed ({reason}). Put the files there.") from err
         raise errors.Error(
-            f"Downloading {name} with tensorflow-datasets failed ({errors.first_line(err, 200)}); "
-            f"no internet? To work offline put {_local_names(dataset)} in a folder and pass --data_dir=<that folder>."
+            f"Downloading {name} with tensorflow-datasets failed ({reason}); "
+            f"no internet? To work offline {_offline_fix(dataset)}."
         ) from err
     return builder
 
@@ -365,25 +406,37 @@ def _local_names(dataset: str) -> str:
         return f"{_CIFAR100_ARCHIVE.describe()} from {_CIFAR_URL}"
     if dataset == "cifar10":
         return f"{_CIFAR10_ARCHIVE.describe()} from {_CIFAR_URL}"
+    if dataset in idx.DATASETS:
+        return f"the four IDX files {idx.describe_files()} from {idx.SOURCES[dataset]}"
     return (
         f"{_CIFAR10_ARCHIVE.describe()} from {_CIFAR_URL} with {_CIFAR10_1_DATA} and "
         f"{_CIFAR10_1_LABELS} from {_CIFAR10_1_URL}"
     )
 
 
+def _offline_fix(dataset: str) -> str:
+    """How to provide the data without a network, for messages."""
+    fix = f"put {_local_names(dataset)} in a folder and pass --data_dir=<that folder>"
+    if dataset == "fashion_mnist":
+        fix = f"install Debian's package (apt-get install dataset-fashion-mnist), or {fix}"
+    return fix
+
+
+def _nothing_in(dataset: str, data_dir: str) -> str:
+    """What a --data_dir without usable data lacked."""
+    return (f"No {dataset} data in --data_dir={data_dir} (looked for {_local_names(dataset)}, and for "
+            "a prepared tensorflow-datasets copy)")
+
+
 def _missing_data_message(dataset: str, data_dir: str | None, tfds_dir: str) -> str:
     """Where we looked and the two fixes: provide the files offline, or let tfds download."""
     if data_dir is None:
+        debian = " (nor in Debian's package folder)" if dataset == "fashion_mnist" else ""
         return (
-            f"No {dataset} data in the tensorflow-datasets folder {tfds_dir}: put "
-            f"{_local_names(dataset)} in a folder and pass --data_dir=<that folder>, "
-            "or run with internet access and --download."
+            f"No {dataset} data in the tensorflow-datasets folder {tfds_dir}{debian}: "
+            f"{_offline_fix(dataset)}, or run with internet access and --download."
         )
-    return (
-        f"No {dataset} data in --data_dir={data_dir} (looked for {_local_names(dataset)}, and for "
-        "a prepared tensorflow-datasets copy): put the files there, or run with internet access "
-        "and --download."
-    )
+    return f"{_nothing_in(dataset, data_dir)}: put the files there, or run with internet access and --download."
 
 
 # ----------------------------------------------------------------------------------------------

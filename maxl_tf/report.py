@@ -2,10 +2,12 @@
 
 Reads every results.json under the runs directory, groups complete runs that differ only in their
 seed, and writes report.md (mean ± std of the test accuracy over seeds: the mean of the last 5
-epochs, the paper's metric) and PNG figures: learning curves per setting (paper Fig. 3 / Fig. 7),
-MAXL's improvement over single-task against auxiliary classes per principal class (Fig. 4), and the
-generator's label usage per epoch (Section 3.4's collapsing classes). Incomplete runs are listed,
-never averaged. It reads JSON only: TensorFlow is not imported.
+epochs, the paper's metric; each method's paired difference from single-task, and MAXL's from
+human and random, with a 95% interval over seeds: maxl_tf/stats.py) and PNG figures: learning
+curves per setting (paper Fig. 3 / Fig. 7), MAXL's improvement over single-task against auxiliary
+classes per principal class (Fig. 4), and the generator's label usage per epoch (Section 3.4's
+collapsing classes). Incomplete runs are listed, never averaged; a seed found twice in one
+experiment (a copied run) counts once, and the report says so. It reads JSON only: TensorFlow is not imported.
 """
 import collections
 import dataclasses
@@ -22,7 +24,9 @@ import numpy as np
 from maxl_tf import cli
 from maxl_tf import config as config_lib
 from maxl_tf import errors
+from maxl_tf import hierarchy
 from maxl_tf import rundir
+from maxl_tf import stats
 from maxl_tf import sweep
 
 # The fields a table row and a figure panel are named by; any other field that differs between
@@ -37,7 +41,8 @@ class Group:
     """Complete runs of one experiment that differ only in their seed."""
     config: config_lib.Config   # the first run's; fields its method ignores are not in `setting`
     setting: dict               # experiment fields that decide the results, without the seed
-    runs: list                  # results.json contents, by seed
+    runs: list                  # results.json contents, one per seed, by seed
+    duplicates: list = dataclasses.field(default_factory=list)   # stats.Duplicate: runs not counted
 
     @property
     def method(self) -> str:
@@ -46,6 +51,10 @@ class Group:
     @property
     def accuracies(self) -> np.ndarray:
         return np.array([r["test_accuracy"] for r in self.runs])
+
+    @property
+    def by_seed(self) -> dict:
+        return {r["config"]["seed"]: r["test_accuracy"] for r in self.runs}
 
     def curve(self, key: str, per_run=None) -> np.ndarray:
         """[seeds, epochs] of a history key, or of per_run(record, results) when given."""
@@ -77,7 +86,8 @@ def load_runs(runs_dir: str) -> tuple:
 
 
 def group_runs(runs: list) -> list:
-    """Complete runs grouped by experiment, seeds pooled; sorted by dataset, pri, aux, method."""
+    """Complete runs grouped by experiment, seeds pooled (the first run of a seed, in the order
+    given, counts; the others are kept in Group.duplicates); sorted by dataset, pri, aux, method."""
     groups = collections.OrderedDict()
     for results in runs:
         config = config_lib.Config.from_saved(results["config"])
@@ -87,7 +97,10 @@ def group_runs(runs: list) -> list:
             groups[key] = Group(config, setting, [])
         groups[key].runs.append(results)
     for group in groups.values():
-        group.runs.sort(key=lambda r: r["config"]["seed"])
+        keep, group.duplicates = stats.unique_by_seed(
+            [r["config"]["seed"] for r in group.runs], [r.get("path", r.get("name", "?")) for r in group.runs],
+            [r["test_accuracy"] for r in group.runs])
+        group.runs = sorted((group.runs[i] for i in keep), key=lambda r: r["config"]["seed"])
     return sorted(groups.values(), key=lambda g: (g.config.dataset, g.config.pri, g.setting.get("aux", 0),
                                                   g.method, -g.config.entropy_weight))
 
@@ -114,6 +127,8 @@ def _psi_text(group) -> str:
 
 def _label(group, line_fields) -> str:
     label = group.method
+    if group.setting.get("embedder") == config_lib.UNTRAINED:   # not the paper's ImageNet baseline
+        label += " (untrained embedder)"
     if "entropy_weight" in group.setting:
         label += f" (entropy {group.setting['entropy_weight']:g})"
     others = _others(group, line_fields)
@@ -134,6 +149,61 @@ def markdown_table(groups: list) -> str:
                f"{acc.mean():.4f}{spread}", str(len(acc)), str(g.config.epochs)]
         lines.append("| " + " | ".join(row + ([_others(g, others)] if others else [])) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _setting_title(setting: dict) -> str:
+    """'fashion_mnist: pri 2 (clothes, goods), aux 10': principal classes named where few."""
+    dataset, pri = setting["dataset"], setting["pri"]
+    names = ""
+    if pri <= 6:
+        try:
+            names = f" ({', '.join(hierarchy.for_dataset(dataset).names_at(pri))})"
+        except errors.Error:   # a data set this version does not know
+            pass
+    return f"{dataset}: pri {pri}{names}, aux {setting.get('aux', '–')}"
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.4f}"
+
+
+def paired_tables(groups: list) -> str:
+    """Per setting, each method minus single-task and MAXL minus human and random, paired by
+    seed (stats.comparisons): mean difference, its 95% interval, wins / ties / losses."""
+    arms = [stats.Arm(g.method, g.setting, g.by_seed) for g in groups]
+    group_of = {id(arm): group for arm, group in zip(arms, groups)}
+    line_fields = [k for k in _varying(groups, ()) if k in LINE_FIELDS and k != "method"]
+    by_setting = collections.OrderedDict()
+    for row in stats.comparisons(arms):
+        panel = {k: v for k, v in row.arm.setting.items() if k not in LINE_FIELDS}
+        by_setting.setdefault(tuple(sorted(panel.items())), (panel, []))[1].append(row)
+    others = [k for k in _varying(groups, NAMED_FIELDS) if k not in LINE_FIELDS]
+    blocks = []
+    for panel, rows in by_setting.values():
+        title = f"{_setting_title(panel)} {' '.join(f'{k}={panel[k]}' for k in others if k in panel)}".strip()
+        lines = [f"### {title}", "",
+                 "| comparison | mean difference | 95% interval | wins / ties / losses | seeds |",
+                 "|---|---|---|---|---|"]
+        for row in rows:
+            c = row.comparison
+            interval = f"[{_signed(c.interval[0])}, {_signed(c.interval[1])}]" if c.interval else "– (one seed)"
+            lines.append(f"| {_label(group_of[id(row.arm)], line_fields)} − "
+                         f"{_label(group_of[id(row.baseline)], line_fields)} | {_signed(c.mean)} | {interval} | "
+                         f"{c.wins} / {c.ties} / {c.losses} | {c.pairs} |")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def duplicates_note(groups: list) -> str:
+    """The runs not counted because their experiment and seed were already there, or ''."""
+    lines = []
+    for group in groups:
+        for d in group.duplicates:
+            same = ("same test accuracy" if d.same_accuracy else
+                    "DIFFERENT test accuracy: not deterministic, or not run by the same code")
+            lines.append(f"- {group.method}, seed {d.seed}: counted {d.kept}; not counted "
+                         f"{', '.join(d.dropped)} ({same})")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _matches(group, panel: dict) -> bool:
@@ -159,10 +229,10 @@ def _band(ax, x, values, label, **style):
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
-def _grid(n):
+def _grid(n, sharey=False):
     cols = min(3, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False, sharey=sharey)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -176,25 +246,27 @@ def _save(fig, path) -> str:
 
 
 def plot_learning_curves(groups, out) -> list:
-    """Paper Fig. 3 / Fig. 7: test accuracy per epoch, one panel per setting, one line per method."""
+    """Paper Fig. 3 / Fig. 7: test accuracy per epoch, one panel per setting, one line per method;
+    the panels of a data set share their accuracy axis, so their heights compare."""
     paths = []
     line_fields = [k for k in _varying(groups, ()) if k in LINE_FIELDS and k not in ("method", "entropy_weight")]
     for dataset in sorted({g.config.dataset for g in groups}):
         in_dataset = [g for g in groups if g.config.dataset == dataset]
         panels = _panels(in_dataset)
         title_fields = [k for k in _varying(in_dataset, ("dataset", "pri", "aux", "psi")) if k not in LINE_FIELDS]
-        fig, axes = _grid(len(panels))
+        fig, axes = _grid(len(panels), sharey=True)
         for ax, panel in zip(axes, panels):
             for group in (g for g in in_dataset if _matches(g, panel)):
                 accuracy = group.curve("test/acc")
                 style = {"linestyle": "--"} if group.setting.get("entropy_weight") == 0 else {}
                 _band(ax, np.arange(1, accuracy.shape[1] + 1), accuracy,
                       f"{_label(group, line_fields)}, n={len(group.runs)}", **style)
-            title = f"{dataset}: pri {panel['pri']}, aux {panel.get('aux', '–')}"
+            title = _setting_title(panel)
             others = " ".join(f"{k}={panel[k]}" for k in title_fields if k in panel)
             ax.set_title(f"{title} {others}".strip(), fontsize=10)
             ax.set_xlabel("epoch")
             ax.set_ylabel("test accuracy")
+            ax.yaxis.set_tick_params(labelleft=True)   # sharey hides them on all but the first column
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         paths.append(_save(fig, os.path.join(out, f"learning_curves_{dataset}.png")))
@@ -249,16 +321,17 @@ def _fraction_used(record, results) -> float:
 
 
 def plot_label_usage(groups, out) -> list:
-    """Section 3.4: the generator's auxiliary classes in use per epoch, with and without entropy;
-    a row of two panels per data set."""
+    """Section 3.4: the generator's auxiliary classes in use per epoch, with and without entropy,
+    and the share of training images whose generated label changed since the previous epoch (does
+    the generator move at all?); a row of three panels per data set."""
     maxl = [g for g in groups if g.method == "maxl"]
     if not maxl:
         return []
     others = _varying(maxl, ("dataset", "pri", "aux", "psi", "method", "entropy_weight"))
     datasets = sorted({g.config.dataset for g in maxl})
     colors = {pair: f"C{i % 10}" for i, pair in enumerate(sorted({(g.config.pri, g.config.aux) for g in maxl}))}
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False)
-    for (used_ax, entropy_ax), dataset in zip(axes, datasets):
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(16, 3.8 * len(datasets)), squeeze=False)
+    for (used_ax, entropy_ax, changed_ax), dataset in zip(axes, datasets):
         for group in (g for g in maxl if g.config.dataset == dataset):
             style = {"color": colors[group.config.pri, group.config.aux],
                      "linestyle": "--" if group.setting["entropy_weight"] == 0 else "-"}
@@ -270,14 +343,19 @@ def plot_label_usage(groups, out) -> list:
             entropy = group.curve("labels/aux_entropy_mean")
             if not np.isnan(entropy).all():   # runs from before this diagnostic existed lack it
                 _band(entropy_ax, epochs, entropy, label, **style)
+            changed = group.curve("labels/changed_since_previous")
+            if not np.isnan(changed).all():
+                _band(changed_ax, epochs, changed, label, **style)
         used_ax.set_ylabel("auxiliary classes used / psi[i]")
         entropy_ax.set_ylabel("label entropy / log psi[i]")
-        for ax in (used_ax, entropy_ax):
+        changed_ax.set_ylabel("training labels changed since previous epoch")
+        for ax in (used_ax, entropy_ax, changed_ax):
             ax.set_title(f"{dataset}: MAXL label usage (mean over principal classes)", fontsize=10)
             ax.set_xlabel("epoch")
             ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+        changed_ax.set_title(f"{dataset}: MAXL's hard training labels that changed", fontsize=10)
     return [_save(fig, os.path.join(out, "label_usage.png"))]
 
 
@@ -307,6 +385,15 @@ def write_report(runs_dir: str, out: str) -> str:
     text = (f"# Results of {runs_dir}\n\nTest accuracy: the mean of the last {rundir.LAST_EPOCHS_AVERAGED} "
             f"epochs of each run "
             f"(the paper's metric); mean ± sample standard deviation over seeds.\n\n" + markdown_table(groups))
+    paired = paired_tables(groups)
+    if paired:
+        text += ("\n## Paired differences\n\nTest accuracy of the first method minus the second's, paired by "
+                 "seed (same seed: same meta split, example order and augmentation); the interval is Student "
+                 "t's 95% over seeds; wins / ties / losses count seeds.\n\n" + paired)
+    duplicates = duplicates_note(groups)
+    if duplicates:
+        text += ("\n## Duplicate runs (counted once)\n\nThese runs repeat an experiment and seed already "
+                 "found; only the first is in the tables and figures.\n\n" + duplicates)
     if unfinished:
         text += "\n## Incomplete runs (not in the table or figures)\n\n" + "\n".join(unfinished) + "\n"
     text += "\n" + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in figures)

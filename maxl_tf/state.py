@@ -72,10 +72,13 @@ GENERATOR_METRICS = ("meta/loss", "meta/loss_before", "meta/loss_after", "meta/e
 class TrainState:
     """Everything a checkpoint restores."""
 
-    def __init__(self, config: config_lib.Config, input_shape, strategy: tf.distribute.Strategy = None):
+    def __init__(self, config: config_lib.Config, input_shape, strategy: tf.distribute.Strategy = None,
+                 num_labelled: int = 0):
         """Builds the networks of a validated config (its psi resolved). Variables are mirrored on
         the strategy's replicas (default: this device), and batch norm synchronised across them
-        when there are several."""
+        when there are several. With a generator and num_labelled > 0 it also holds the generator's
+        hard labels of that many training images after the first and the latest labelling pass
+        (train.label_changes), so the label-change counts resume exactly."""
         strategy = strategy or tf.distribute.get_strategy()
         synchronized_bn = strategy.num_replicas_in_sync > 1
         aux = sum(config.psi) if config.method != "single" else 0
@@ -99,6 +102,11 @@ class TrainState:
             self.global_step = tf.Variable(0, dtype=tf.int64)
             self.sums = EpochSums(EVALUATOR_METRICS + GENERATOR_METRICS, aux)
             self.nonfinite_step = tf.Variable(-1, dtype=tf.int64)   # first step with a non-finite loss
+            self.first_labels = self.previous_labels = None
+            if self.generator is not None and num_labelled:
+                # -1: no labelling pass yet.
+                self.first_labels = tf.Variable(tf.fill([num_labelled], tf.constant(-1, tf.int64)))
+                self.previous_labels = tf.Variable(tf.fill([num_labelled], tf.constant(-1, tf.int64)))
         # Outside the strategy: collectives cannot broadcast strings, and only the host reads it.
         self.history_json = tf.Variable("[]")
 
@@ -108,6 +116,8 @@ class TrainState:
                      sums=self.sums, history=self.history_json)
         if self.generator is not None:
             parts.update(generator=self.generator, generator_optimizer=self.generator_optimizer)
+        if self.first_labels is not None:
+            parts.update(first_labels=self.first_labels, previous_labels=self.previous_labels)
         return tf.train.Checkpoint(**parts)
 
     @property

@@ -27,6 +27,8 @@ class Task:
       mask_table: [num_pri, num_aux] float32 psi_mask.
       gamma: focal-loss focusing parameter (0 = cross-entropy).
       entropy_weight: weight of the entropy regulariser in the meta objective.
+      generator_labels_training: the generator labels the evaluator's batches in training mode
+        (--generator_labels_bn=training).
     """
     method: str
     num_pri: int
@@ -34,13 +36,15 @@ class Task:
     mask_table: tf.Tensor
     gamma: float = 2.0
     entropy_weight: float = 0.2
+    generator_labels_training: bool = False
 
     @classmethod
     def from_config(cls, config: config_lib.Config) -> "Task":
         """The task of a validated config (its psi resolved)."""
         return cls(method=config.method, num_pri=config.pri, num_aux=sum(config.psi),
                    mask_table=tf.constant(hierarchy.psi_mask(config.psi)), gamma=config.gamma,
-                   entropy_weight=config.entropy_weight)
+                   entropy_weight=config.entropy_weight,
+                   generator_labels_training=config.generator_labels_bn == "training")
 
 
 def _global_norm(grads):
@@ -78,7 +82,8 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
       assigned: [batch] argmax of the auxiliary targets, for label-usage statistics (None for
       single-task).
     """
-    targets = labels_lib.auxiliary_targets(task.method, batch, task.num_aux, generator, task.mask_table)
+    targets = labels_lib.auxiliary_targets(task.method, batch, task.num_aux, generator, task.mask_table,
+                                           task.generator_labels_training)
     with tf.GradientTape() as tape:
         pri_loss, aux_loss, pri_logits, aux_logits = _multitask_losses(
             evaluator(batch["images"], training=True), batch["labels"], targets, task)
@@ -149,9 +154,11 @@ def trunk_gradient_cosine(evaluator, generator, batch, task: Task):
 
     A diagnostic of how the auxiliary task pulls on the shared features (positive: it helps the
     principal task's direction). Batch norm uses batch statistics as in training, through
-    stateless_call, so the evaluator's moving statistics are untouched.
+    stateless_call, so the evaluator's moving statistics are untouched; the generator's labels are
+    those of --generator_labels_bn, and its statistics are untouched too.
     """
-    targets = labels_lib.auxiliary_targets(task.method, batch, task.num_aux, generator, task.mask_table)
+    targets = labels_lib.auxiliary_targets(task.method, batch, task.num_aux, generator, task.mask_table,
+                                           task.generator_labels_training, update_statistics=False)
     if targets is None:
         return tf.constant(0.0)
     weights = [v.value for v in evaluator.trainable_variables]

@@ -11,6 +11,7 @@ import json
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from maxl_tf import config as config_lib
@@ -96,6 +97,7 @@ class Loop:
     evaluate_batch: object   # compiled steps.evaluation_step
     trunk_cosine: object     # compiled steps.trunk_gradient_cosine on probe_batch
     any_worker: object       # compiled vote: whether any worker's flag is set
+    label_batch: object      # compiled labels.hard_generated_labels of a batch (maxl)
     probe_batch: dict        # the first training examples, unaugmented: the diagnostics' fixed batch
     checkpoints: tf.train.CheckpointManager
     writer: object           # TensorBoard summary writer (a no-op writer on non-chief workers)
@@ -193,6 +195,27 @@ def check_finite(loop: Loop, epoch: int) -> None:
             f"last checkpoint is intact. Lower --lr or --generator_lr, or use --loss=ce.")
 
 
+def generator_hard_labels(loop: Loop) -> np.ndarray:
+    """The generator's argmax auxiliary label of every training image, unaugmented, in the mode
+    it labels the evaluator's batches (--generator_labels_bn), statistics untouched. [N] int64"""
+    labels = [loop.label_batch(batch).numpy() for batch in loop.data.train.evaluation_batches(loop.config.batch_size)]
+    return np.concatenate(labels)
+
+
+def label_changes(loop: Loop) -> dict:
+    """Fractions of the training images whose hard generated label differs from the previous
+    labelling pass (before training, for the first epoch) and from the first epoch's; records
+    this epoch's labels in the state. Fractions, not counts: comparable across subset sizes."""
+    state = loop.state
+    labels = generator_hard_labels(loop)
+    if int(state.first_labels[0].numpy()) < 0:
+        state.first_labels.assign(labels)
+    changes = {"labels/changed_since_previous": float(np.mean(labels != state.previous_labels.numpy())),
+               "labels/changed_since_first": float(np.mean(labels != state.first_labels.numpy()))}
+    state.previous_labels.assign(labels)
+    return changes
+
+
 def write_summaries(writer, record: dict) -> None:
     with writer.as_default(step=record["epoch"]):
         for key, value in record.items():
@@ -245,6 +268,8 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
     if config.method != "single":
         record.update(labels_lib.usage_summary(state.sums.label_usage.numpy(), config.psi))
         record["train/trunk_grad_cosine"] = float(loop.trunk_cosine(loop.probe_batch))
+    if loop.uses_generator:
+        record.update(label_changes(loop))
     record.update(evaluate(loop))
     record["perf/epoch_seconds"] = seconds
     record["perf/images_per_s"] = images / seconds if seconds > 0 else 0.0
@@ -278,7 +303,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
     rundir.check(config, chief)
     run_data = inputs.prepare(config)
     keras.utils.set_random_seed(config.seed)
-    state = state_lib.TrainState(config, run_data.input_shape, strategy)
+    state = state_lib.TrainState(config, run_data.input_shape, strategy, num_labelled=len(run_data.train))
     checkpoint = state.checkpoint()
     if chief:
         rundir.create(config)
@@ -293,6 +318,8 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
         evaluate_batch=tf.function(lambda b: steps.evaluation_step(state.evaluator, b, task)),
         trunk_cosine=tf.function(lambda b: steps.trunk_gradient_cosine(state.evaluator, state.generator, b, task)),
         any_worker=tf.function(lambda flag: distribute.any_replica(strategy, flag)),
+        label_batch=tf.function(lambda b: labels_lib.hard_generated_labels(
+            state.generator, b["images"], b["labels"], task.mask_table, task.generator_labels_training)),
         probe_batch=next(iter(run_data.train.batches(run_data.train_indices[:batch], batch))),
         checkpoints=manager, chief=chief, claim=claim,
         writer=tf.summary.create_file_writer(config.logdir) if chief else tf.summary.create_noop_writer())
@@ -316,6 +343,8 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
                   f"human hierarchy's", flush=True)
         with loop.writer.as_default(step=start_epoch):
             tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
+        if loop.uses_generator and not resuming:   # the untrained generator's labels: epoch 1's "previous"
+            state.previous_labels.assign(generator_hard_labels(loop))
         history = state.history
         if history:   # re-emit the last record, in case the previous process died before writing it
             write_summaries(loop.writer, history[-1])

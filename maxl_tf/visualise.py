@@ -8,7 +8,8 @@ writes into DIR:
   projector_config.pbtxt,   the same features for TensorBoard's embedding projector
   embeddings-*, <run>/      (tensorboard --logdir DIR), with metadata.tsv and sprite.png per run
   top<k>_<run>.png          per randomly chosen auxiliary class, the k test images of its principal
-                            class that the auxiliary labeller ranks highest (Fig. 6)
+                            class that the auxiliary labeller ranks highest, a row per principal
+                            class (Fig. 6; --aux_classes=30 shows every class of a 10 x 3 run)
 
 For MAXL the auxiliary labeller is the generator (its masked softmax, the labels the evaluator
 was trained on); for human and random runs, whose labels are fixed per training image, it is the
@@ -58,6 +59,7 @@ class RunOutputs:
     aux_probabilities: np.ndarray | None   # [N, aux], zero outside each image's principal block
     aux_source: str          # what gave aux_probabilities ("" for single-task runs)
     pri_of_aux: np.ndarray   # [aux] the principal class owning each auxiliary class
+    class_names: tuple       # [pri] the principal classes' names
 
 
 def feature_model(evaluator: keras.Model) -> keras.Model:
@@ -95,7 +97,8 @@ def run_on_test_set(config: config_lib.Config, state: state_lib.TrainState, run_
         features=np.concatenate(parts["features"]),
         aux_probabilities=np.concatenate(parts["aux"]) if parts["aux"] else None,
         aux_source={"maxl": "generator", "single": ""}.get(config.method, "evaluator's auxiliary head"),
-        pri_of_aux=hierarchy_lib.owners(config.psi))
+        pri_of_aux=hierarchy_lib.owners(config.psi),
+        class_names=hierarchy_lib.for_dataset(config.dataset).names_at(config.pri))
 
 
 def subsample(num_examples: int, max_examples: int) -> np.ndarray:
@@ -119,8 +122,10 @@ def _class_colours(num_classes: int):
     return [cmap(i if num_classes <= 20 else i / max(num_classes - 1, 1)) for i in range(num_classes)]
 
 
-def plot_tsne(panels, num_classes: int, path: str) -> None:
-    """One scatter panel per (title, points [n, 2], labels [n]), coloured by principal class."""
+def plot_tsne(panels, class_names, path: str) -> None:
+    """One scatter panel per (title, points [n, 2], labels [n]), coloured by principal class, with
+    a legend of the classes' names where there are at most 20."""
+    num_classes = len(class_names)
     colours = np.asarray(_class_colours(num_classes))
     fig = Figure(figsize=(4.0 * len(panels), 4.4), layout="constrained")
     for i, (title, points, labels) in enumerate(panels):
@@ -129,8 +134,8 @@ def plot_tsne(panels, num_classes: int, path: str) -> None:
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    if num_classes <= 10:
-        handles = [ax.scatter([], [], color=colours[c], s=12, label=str(c)) for c in range(num_classes)]
+    if num_classes <= 20:
+        handles = [ax.scatter([], [], color=colours[c], s=12, label=name) for c, name in enumerate(class_names)]
         fig.legend(handles=handles, title="principal class", loc="outside right center", fontsize=8)
     fig.savefig(path, dpi=100)
 
@@ -210,27 +215,48 @@ def top_k_per_aux_class(probabilities: np.ndarray, labels: np.ndarray, pri_of_au
     return selection
 
 
+def top_k_layout(pri_of_aux: np.ndarray, aux_classes) -> tuple:
+    """Where each chosen auxiliary class's images go: a row per principal class (in order), its
+    chosen auxiliary classes side by side, as paper Fig. 6 shows them.
+
+    Returns:
+      (principal classes, one per row; [(row, slot)] per chosen auxiliary class).
+    """
+    rows = sorted({int(pri_of_aux[a]) for a in aux_classes})
+    used = {pri: 0 for pri in rows}
+    places = []
+    for aux_class in aux_classes:
+        pri = int(pri_of_aux[aux_class])
+        places.append((rows.index(pri), used[pri]))
+        used[pri] += 1
+    return rows, places
+
+
 def plot_top_k(run: RunOutputs, aux_classes, selection: np.ndarray, path: str) -> None:
-    """Image grid: a row per auxiliary class, labelled with it and its principal class."""
-    rows, k = selection.shape
-    fig = Figure(figsize=(1.2 * k + 1.2, 1.3 * rows + 0.6), layout="constrained")
+    """Image grid: a row per principal class (named), holding for each of its chosen auxiliary
+    classes the k images ranked highest, the first titled with the auxiliary class."""
+    k = selection.shape[1]
+    rows, places = top_k_layout(run.pri_of_aux, aux_classes)
+    cols = k * max(slot + 1 for _, slot in places)
+    fig = Figure(figsize=(1.2 * cols + 1.2, 1.3 * len(rows) + 0.8), layout="constrained")
     fig.suptitle(f"{run.title}\ntop {k} test images per auxiliary class, by the {run.aux_source}", fontsize=9)
     grayscale = run.images.shape[-1] == 1
-    for row, aux_class in enumerate(aux_classes):
+    for (row, slot), aux_class, chosen in zip(places, aux_classes, selection):
         for col in range(k):
-            ax = fig.add_subplot(rows, k, row * k + col + 1)
+            ax = fig.add_subplot(len(rows), cols, row * cols + slot * k + col + 1)
             ax.set_xticks([])
             ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(f"aux {aux_class}\n(pri {run.pri_of_aux[aux_class]})", fontsize=8)
-            index = selection[row, col]
+            if slot == 0 and col == 0:
+                ax.set_ylabel(run.class_names[rows[row]], fontsize=9)
+            index = chosen[col]
             if index < 0:
                 ax.set_frame_on(False)
                 continue
             image = run.images[index]
             ax.imshow(image[..., 0] if grayscale else image, cmap="gray" if grayscale else None,
                       vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(f"p={run.aux_probabilities[index, aux_class]:.2f}", fontsize=7)
+            probability = f"p={run.aux_probabilities[index, aux_class]:.2f}"
+            ax.set_title(f"aux {aux_class}: {probability}" if col == 0 else probability, fontsize=7)
     fig.savefig(path, dpi=100)
 
 
@@ -258,11 +284,11 @@ def visualise(logdirs, out: str, max_examples: int = 1000, aux_classes: int = 3,
     except OSError as e:
         raise errors.Error(f"--out={out} cannot be written ({e.strerror}); pass a writable directory.") from None
     indices = {run.key: subsample(len(run.labels), max_examples) for run in runs}
-    num_classes = max(int(run.labels.max()) + 1 for run in runs)
+    class_names = max((run.class_names for run in runs), key=len)
     panels = [(run.title, tsne_embedding(run.features[indices[run.key]], seed), run.labels[indices[run.key]])
               for run in runs]
     written = {"tsne": os.path.join(out, "tsne.png"), "top_k": {}, "runs": runs, "indices": indices}
-    plot_tsne(panels, num_classes, written["tsne"])
+    plot_tsne(panels, class_names, written["tsne"])
     written["projector_config"] = write_projector(out, runs, indices)
     for run in runs:
         if run.aux_probabilities is None:
@@ -300,7 +326,8 @@ def main(argv):
 if __name__ == "__main__":
     flags.DEFINE_string("out", "", "Directory for the figures and the projector files.")
     flags.DEFINE_integer("max_examples", 1000, "Test examples per run for t-SNE and the projector.")
-    flags.DEFINE_integer("aux_classes", 3, "Random auxiliary classes per top-k grid (Fig. 6 shows 3).")
+    flags.DEFINE_integer("aux_classes", 3, "Random auxiliary classes per top-k grid (Fig. 6 shows 3; "
+                                            "as many as the run has: all of them).")
     flags.DEFINE_integer("top_k", 5, "Images per auxiliary class.")
     flags.DEFINE_integer("seed", 0, "Seed of t-SNE and of the auxiliary classes drawn.")
     flags.DEFINE_string("data_dir", "", "Where the data sets are, if not where the runs found them.")

@@ -102,10 +102,9 @@ def _distinct_images(batch, height, width, channels):
     return values.reshape(batch, height, width, channels)
 
 
-def _match_crop(output, image):
+def _match_crop(output, image, pad=data.CROP_PADDING):
     """All (row, col, flipped) such that output equals the padded image cropped there."""
     height, width = image.shape[:2]
-    pad = data.CROP_PADDING
     padded = np.pad(image, [[pad, pad], [pad, pad], [0, 0]], constant_values=_BLACK)
     matches = []
     for r in range(2 * pad + 1):
@@ -150,6 +149,30 @@ class AugmentTest(tf.test.TestCase):
         self.assertGreater(len(set(rows)), 4)
         self.assertGreater(len(set(cols)), 4)
         self.assertAllInRange(np.asarray(offsets), 0, 2 * data.CROP_PADDING)
+
+    def test_digit_augmentation_shifts_without_flipping(self):
+        images = _distinct_images(64, 6, 5, 1)
+        mnist = data.AUGMENTATION["mnist"]
+        self.assertEqual(mnist, data.Augmentation(crop_padding=2, horizontal_flip=False))
+        out = data.augment(tf.constant(images), tf.constant([1, 2], tf.int64), mnist).numpy()
+        offsets = []
+        for i in range(64):
+            matches = _match_crop(out[i], images[i], pad=2)
+            self.assertLen(matches, 1, msg=f"image {i}: {matches}")
+            r, c, flipped = matches[0]
+            self.assertFalse(flipped)
+            offsets.append((r, c))
+        # Shifts of up to 2 pixels each way, in many combinations.
+        self.assertAllInRange(np.asarray(offsets), 0, 4)
+        self.assertGreater(len(set(offsets)), 15)
+
+    def test_per_data_set_defaults(self):
+        flips = {name: a.horizontal_flip for name, a in data.AUGMENTATION.items()}
+        self.assertEqual(flips, {"cifar100": True, "cifar10": True, "cifar10_1": True, "fashion_mnist": True,
+                                 "mnist": False, "digits": False})
+        # Fashion-MNIST's shifts stay within the 2 black pixels idx.pad_for_vgg adds.
+        self.assertEqual(data.AUGMENTATION["fashion_mnist"].crop_padding, 2)
+        self.assertEqual(data.AUGMENTATION["cifar10"].crop_padding, 4)
 
     def test_padding_is_normalised_black(self):
         images = np.full((32, 8, 8, 1), 7.0, np.float32)

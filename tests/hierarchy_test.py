@@ -260,5 +260,126 @@ class DigitsHierarchyTest(tf.test.TestCase):
         self.assertAllEqual(labels, [0, 7, 1, 2, 8, 3, 4, 9, 5, 6])
 
 
+class FashionMnistHierarchyTest(tf.test.TestCase):
+    """B-CNN's levels over 0 T-shirt/top, 1 Trouser, 2 Pullover, 3 Dress, 4 Coat, 5 Sandal,
+    6 Shirt, 7 Sneaker, 8 Bag, 9 Ankle boot."""
+
+    def setUp(self):
+        super().setUp()
+        self.fashion = hierarchy.for_dataset("fashion_mnist")
+
+    def test_levels(self):
+        self.assertEqual(sorted(self.fashion.levels), [2, 6, 10])
+        # Goods are Sandal, Sneaker, Bag, Ankle boot; the rest are clothes.
+        self.assertAllEqual(self.fashion.labels_at(2, np.arange(10)), [0, 0, 0, 0, 0, 1, 0, 1, 1, 1])
+        # Tops T-shirt, Pullover, Shirt; bottoms Trouser; dresses; outers Coat; accessories Bag;
+        # shoes Sandal, Sneaker, Ankle boot.
+        self.assertAllEqual(self.fashion.labels_at(6, np.arange(10)), [0, 1, 0, 2, 3, 5, 0, 5, 4, 5])
+
+    def test_psi(self):
+        # Clothes hold 6 products and goods 4.
+        self.assertEqual(hierarchy.human_psi(self.fashion, 2, 10), (6, 4))
+        # Clothes: tops, bottoms, dresses, outers; goods: accessories, shoes.
+        self.assertEqual(hierarchy.human_psi(self.fashion, 2, 6), (4, 2))
+        # Tops 3, bottoms 1, dresses 1, outers 1, accessories 1, shoes 3.
+        self.assertEqual(hierarchy.human_psi(self.fashion, 6, 10), (3, 1, 1, 1, 1, 3))
+        self.assertEqual(hierarchy.resolve_psi(self.fashion, 2, 10), (6, 4))
+        # 10 x 30 (paper Fig. 6): uniform.
+        self.assertIsNone(hierarchy.human_psi(self.fashion, 10, 30))
+        self.assertEqual(hierarchy.resolve_psi(self.fashion, 10, 30), (3,) * 10)
+
+    def test_human_labels(self):
+        # 2 -> 10: clothes 0, 1, 2, 3, 4, 6 fill slots 0..5, goods 5, 7, 8, 9 slots 6..9.
+        self.assertAllEqual(hierarchy.human_aux_labels(self.fashion, 2, 10, np.arange(10)),
+                            [0, 1, 2, 3, 4, 6, 5, 7, 8, 9])
+        # 6 -> 10, offsets [0, 3, 4, 5, 6, 7]: tops 0, 2, 6 at 0..2, Trouser 3, Dress 4, Coat 5,
+        # Bag 6, shoes 5, 7, 9 at 7..9.
+        self.assertAllEqual(hierarchy.human_aux_labels(self.fashion, 6, 10, np.arange(10)),
+                            [0, 3, 1, 4, 5, 7, 2, 8, 6, 9])
+        # 2 -> 6, offsets [0, 4]: a Sneaker is shoes, goods' second class (slot 4 + 1); a Coat is
+        # outers, clothes' fourth (slot 3).
+        self.assertAllEqual(hierarchy.human_aux_labels(self.fashion, 2, 6, np.array([7, 4])), [5, 3])
+
+
+class MnistHierarchyTest(tf.test.TestCase):
+    def test_digits_only(self):
+        mnist = hierarchy.for_dataset("mnist")
+        self.assertEqual(sorted(mnist.levels), [10])
+        self.assertEqual(hierarchy.resolve_psi(mnist, 10, 30), (3,) * 10)
+        with self.assertRaisesRegex(errors.Error, r"--pri=2: MNIST .*\[10\]"):
+            hierarchy.resolve_psi(mnist, 2, 10)
+
+
+# CIFAR-100's superclasses as its publishers list them, in coarse label order.
+_CIFAR100_MEMBERS = (
+    ("beaver", "dolphin", "otter", "seal", "whale"),
+    ("aquarium fish", "flatfish", "ray", "shark", "trout"),
+    ("orchid", "poppy", "rose", "sunflower", "tulip"),
+    ("bottle", "bowl", "can", "cup", "plate"),
+    ("apple", "mushroom", "orange", "pear", "sweet pepper"),
+    ("clock", "keyboard", "lamp", "telephone", "television"),
+    ("bed", "chair", "couch", "table", "wardrobe"),
+    ("bee", "beetle", "butterfly", "caterpillar", "cockroach"),
+    ("bear", "leopard", "lion", "tiger", "wolf"),
+    ("bridge", "castle", "house", "road", "skyscraper"),
+    ("cloud", "forest", "mountain", "plain", "sea"),
+    ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
+    ("fox", "porcupine", "possum", "raccoon", "skunk"),
+    ("crab", "lobster", "snail", "spider", "worm"),
+    ("baby", "boy", "girl", "man", "woman"),
+    ("crocodile", "dinosaur", "lizard", "snake", "turtle"),
+    ("hamster", "mouse", "rabbit", "shrew", "squirrel"),
+    ("maple tree", "oak tree", "palm tree", "pine tree", "willow tree"),
+    ("bicycle", "bus", "motorcycle", "pickup truck", "train"),
+    ("lawn mower", "rocket", "streetcar", "tank", "tractor"),
+)
+
+
+class NamesTest(tf.test.TestCase):
+
+    def test_every_level_of_every_data_set_is_named(self):
+        for dataset in ("cifar100", "cifar10", "cifar10_1", "digits", "fashion_mnist", "mnist"):
+            h = hierarchy.for_dataset(dataset)
+            self.assertEqual(sorted(h.names), sorted(h.levels), dataset)
+            for level in h.levels:
+                names = h.names_at(level)
+                self.assertLen(names, level, f"{dataset} level {level}")
+                self.assertLen(set(names), level, f"{dataset} level {level}: names repeat")
+
+    def test_cifar100_names_follow_the_label_order(self):
+        cifar100 = hierarchy.for_dataset("cifar100")
+        fine_names = np.asarray(cifar100.names_at(100))
+        self.assertEqual(list(fine_names), sorted(fine_names))   # the published order is alphabetical
+        for coarse, members in enumerate(_CIFAR100_MEMBERS):
+            self.assertEqual(tuple(fine_names[cifar100.levels[20] == coarse]), members,
+                             cifar100.names_at(20)[coarse])
+        self.assertEqual(cifar100.names_at(20)[4], "fruit and vegetables")
+        # Appendix A: fruit and vegetables are vegetations, which are their own 3-level class.
+        apple = 0
+        self.assertEqual(cifar100.names_at(10)[cifar100.levels[10][apple]], "vegetations")
+        self.assertEqual(cifar100.names_at(3)[cifar100.levels[3][apple]], "vegetations")
+        bear = 3
+        self.assertEqual(cifar100.names_at(10)[cifar100.levels[10][bear]], "large animals")
+        self.assertEqual(cifar100.names_at(3)[cifar100.levels[3][bear]], "animals")
+
+    def test_names_of_small_sets(self):
+        fashion = hierarchy.for_dataset("fashion_mnist")
+        names = np.asarray(fashion.names_at(10))
+        self.assertEqual(tuple(names[fashion.levels[2] == 1]), ("Sandal", "Sneaker", "Bag", "Ankle boot"))
+        self.assertEqual(tuple(names[fashion.levels[6] == fashion.names_at(6).index("tops")]),
+                         ("T-shirt/top", "Pullover", "Shirt"))
+        self.assertEqual(fashion.names_at(2), ("clothes", "goods"))
+        digits = hierarchy.for_dataset("digits")
+        self.assertEqual(digits.names_at(2)[digits.levels[2][7]], "straight")
+        self.assertEqual(digits.names_at(10)[7], "7")
+        self.assertEqual(hierarchy.for_dataset("cifar10").names_at(10)[3], "cat")
+        self.assertEqual(hierarchy.for_dataset("mnist").names_at(10), tuple("0123456789"))
+
+    def test_level_without_names_shows_numbers(self):
+        h = hierarchy.Hierarchy("toy", {4: np.arange(4), 2: np.array([0, 0, 1, 1])}, {4: ("a", "b", "c", "d")})
+        self.assertEqual(h.names_at(2), ("0", "1"))
+        self.assertEqual(h.names_at(4), ("a", "b", "c", "d"))
+
+
 if __name__ == "__main__":
     tf.test.main()

@@ -151,6 +151,27 @@ class MaxlTargetsTest(tf.test.TestCase):
         for b, a in zip(before, after):
             self.assertAllEqual(b, a)
 
+    def test_training_mode_targets_use_batch_statistics_and_move_the_moving_ones(self):
+        before = [v.numpy().copy() for v in self.generator.non_trainable_variables]
+        targets = labels.auxiliary_targets("maxl", self.batch, 10, self.generator, self.mask_table,
+                                           generator_training=True)
+        moved = [v.numpy().copy() for v in self.generator.non_trainable_variables]
+        self.assertTrue(any(np.any(b != m) for b, m in zip(before, moved)))   # as PyTorch's train mode
+        # The same labels from a stateless diagnostic pass, which leaves the statistics alone.
+        for variable, value in zip(self.generator.non_trainable_variables, before):
+            variable.assign(value)
+        diagnostic = labels.auxiliary_targets("maxl", self.batch, 10, self.generator, self.mask_table,
+                                              generator_training=True, update_statistics=False)
+        self.assertAllClose(diagnostic, targets, rtol=1e-5, atol=1e-6)
+        for variable, value in zip(self.generator.non_trainable_variables, before):
+            self.assertAllEqual(variable.numpy(), value)
+        # Batch statistics differ from the initial moving ones (mean 0, variance 1).
+        inference = labels.auxiliary_targets("maxl", self.batch, 10, self.generator, self.mask_table)
+        self.assertNotAllClose(inference, targets)
+        hard = labels.hard_generated_labels(self.generator, self.batch["images"], self.batch["labels"],
+                                            self.mask_table, training=True)
+        self.assertAllEqual(hard, np.argmax(targets.numpy(), axis=-1))
+
     def test_single_has_no_targets(self):
         self.assertIsNone(labels.auxiliary_targets("single", self.batch, 10))
         self.assertIsNone(labels.auxiliary_targets("single", self.batch, 10, self.generator,

@@ -13,7 +13,9 @@ import tensorflow_datasets as tfds
 
 from maxl_tf import errors
 from maxl_tf import hierarchy
+from maxl_tf import idx
 from maxl_tf import loaders
+from tests import idx_test
 
 _TABLE = np.asarray(hierarchy.CIFAR100_FINE_TO_COARSE)
 
@@ -249,12 +251,19 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
     def test_download_failure_becomes_data_error(self):
         data_dir = self._dir("empty")
         failure = ConnectionError("Name or service not known")
-        expected = r"cifar100.*failed \(ConnectionError: Name or service not known\).*--data_dir"
+        expected = (rf"^No cifar100 data in --data_dir={data_dir} \(looked for cifar-100-python.tar.gz.*\), and "
+                    r"downloading cifar100 there .*failed \(ConnectionError: Name or service not known\)")
         with mock.patch.object(loaders, "_offline", return_value=False), mock.patch.object(
             tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure
         ):
             with self.assertRaisesRegex(errors.Error, expected):
                 loaders.load("cifar100", data_dir, download=True)
+        # Without --data_dir the message says how to give one.
+        with mock.patch.object(loaders, "_offline", return_value=False), mock.patch.object(
+            tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure
+        ), mock.patch.object(tfds.core.constants, "DATA_DIR", self._dir("tfds_default")):
+            with self.assertRaisesRegex(errors.Error, r"cifar100.*failed \(ConnectionError.*--data_dir=<that folder>"):
+                loaders.load("cifar100", None, download=True)
 
     def test_offline_download_fails_fast_without_trying(self):
         data_dir = self._dir("empty")
@@ -262,10 +271,14 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         with mock.patch.dict(os.environ, {}, clear=True), mock.patch.object(
             socket, "getaddrinfo", side_effect=lookup_failure
         ) as lookup, mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
-            with self.assertRaisesRegex(errors.Error, r"Cannot download cifar100: no network.*--data_dir"):
+            with self.assertRaisesRegex(errors.Error, rf"^No cifar100 data in --data_dir={data_dir} .*, and "
+                                                      r"downloading cifar100 there is impossible: no network"):
                 loaders.load("cifar100", data_dir, download=True)
+            with self.assertRaisesRegex(errors.Error, r"Cannot download cifar100: no network.*--data_dir"):
+                with mock.patch.object(tfds.core.constants, "DATA_DIR", self._dir("tfds_default")):
+                    loaders.load("cifar100", None, download=True)
         download.assert_not_called()
-        self.assertLen(lookup.call_args_list, len(loaders._DOWNLOAD_HOSTS))
+        self.assertLen(lookup.call_args_list, 2 * len(loaders._DOWNLOAD_HOSTS))
 
     def test_proxy_leaves_the_download_to_try(self):
         with mock.patch.dict(os.environ, {"HTTPS_PROXY": "http://proxy:3128"}), mock.patch.object(
@@ -415,9 +428,88 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         self.assertContainsSubset(set(values.tolist()), expected)
 
     def test_unknown_dataset(self):
-        expected = r"--dataset must be one of cifar100, cifar10, cifar10_1, digits"
+        expected = r"--dataset must be one of cifar100, cifar10, cifar10_1, digits, fashion_mnist, mnist"
         with self.assertRaisesRegex(errors.Error, expected):
-            loaders.load("mnist", None, download=False)
+            loaders.load("emnist", None, download=False)
+
+    # --- MNIST and Fashion-MNIST ----------------------------------------------------------------
+
+    def _write_idx(self, folder: str) -> dict:
+        """The four IDX files (5 train, 3 test 28x28 images), gzipped; returns the arrays."""
+        arrays = {"train": (self.rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), np.array([0, 9, 4, 4, 1])),
+                  "test": (self.rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), np.array([7, 2, 5]))}
+        for split, names in idx.FILES.items():
+            for name, array in zip(names, arrays[split]):
+                idx_test.write(os.path.join(folder, name), idx_test.idx_bytes(array), gzipped=True)
+        return arrays
+
+    def _assert_padded(self, split: loaders.Split, images: np.ndarray, labels) -> None:
+        self._assert_split(split, len(labels), shape=(32, 32, 1))
+        self.assertAllEqual(split.images[:, 2:30, 2:30, 0], images)
+        self.assertEqual(int(split.images[:, :2].max()), 0)
+        self.assertEqual(int(split.images[:, :, 30:].max()), 0)
+        self.assertAllEqual(split.labels, labels)
+
+    @parameterized.parameters("fashion_mnist", "mnist")
+    def test_idx_files_in_data_dir(self, dataset):
+        data_dir = self._dir("idx")
+        arrays = self._write_idx(data_dir)
+        with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
+            raw = loaders.load(dataset, data_dir, download=True)
+        download.assert_not_called()
+        for split, (images, labels) in zip((raw.train, raw.test), (arrays["train"], arrays["test"])):
+            self._assert_padded(split, images, labels)
+        self.assertEqual(raw.source, f"IDX files in {data_dir}, padded to 32x32")
+
+    def test_fashion_mnist_from_debian_folder_without_data_dir(self):
+        debian = self._dir("debian")
+        arrays = self._write_idx(debian)
+        with mock.patch.object(idx, "DEBIAN_FASHION_MNIST", debian):
+            raw = loaders.load("fashion_mnist", None, download=False)
+        self._assert_padded(raw.test, *arrays["test"])
+        self.assertEqual(raw.source, f"IDX files in {debian}, padded to 32x32")
+
+    def test_broken_idx_file_in_data_dir(self):
+        data_dir = self._dir("idx")
+        self._write_idx(data_dir)
+        idx_test.write(os.path.join(data_dir, "t10k-labels-idx1-ubyte"), idx_test.idx_bytes(np.array([1, 10, 2])),
+                       gzipped=False)
+        os.remove(os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz"))
+        with self.assertRaisesRegex(errors.Error, r"t10k-labels-idx1-ubyte: label 10 at example 1"):
+            loaders.load("fashion_mnist", data_dir, download=False)
+
+    def test_fashion_mnist_from_prepared_tfds(self):
+        data_dir = self._prepared_tfds_dir("fashion_mnist")
+        with tfds.testing.mock_data(num_examples=6, data_dir=data_dir):
+            raw = loaders.load("fashion_mnist", data_dir, download=False)
+        self._assert_split(raw.train, 6, shape=(32, 32, 1))
+        self._assert_split(raw.test, 6, shape=(32, 32, 1))
+        self.assertEqual(int(raw.test.images[:, :2].max()), 0)
+        self.assertRegex(raw.source, rf"^tfds fashion_mnist/[\d.]+ in {data_dir}, padded to 32x32$")
+
+    @parameterized.parameters("fashion_mnist", "mnist")
+    def test_empty_data_dir_names_the_idx_files(self, dataset):
+        data_dir = self._dir("empty")
+        with self.assertRaises(errors.Error) as caught:
+            loaders.load(dataset, data_dir, download=False)
+        message = str(caught.exception)
+        self.assertIn(f"No {dataset} data in --data_dir={data_dir}", message)
+        self.assertIn("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte", message)
+        self.assertIn("prepared tensorflow-datasets copy", message)
+
+    def test_mnist_without_data_dir_says_where_it_looked(self):
+        tfds_dir = self._dir("tfds_default")
+        with mock.patch.object(tfds.core.constants, "DATA_DIR", tfds_dir):
+            with self.assertRaisesRegex(errors.Error, rf"No mnist data in the tensorflow-datasets folder {tfds_dir}: "
+                                                      "put the four IDX files"):
+                loaders.load("mnist", None, download=False)
+
+    def test_fashion_mnist_without_data_dir_or_package(self):
+        tfds_dir = self._dir("tfds_default")
+        with mock.patch.object(tfds.core.constants, "DATA_DIR", tfds_dir), \
+                mock.patch.object(idx, "DEBIAN_FASHION_MNIST", os.path.join(tfds_dir, "absent")):
+            with self.assertRaisesRegex(errors.Error, "apt-get install dataset-fashion-mnist"):
+                loaders.load("fashion_mnist", None, download=False)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import os
 import re
+from unittest import mock
 
 import matplotlib.image
 import numpy as np
@@ -25,6 +26,8 @@ def fake_run(root, method, seed, accuracies, aux=10, entropy_weight=0.2, complet
         if method != "single":
             record["labels/aux_used_per_pri"] = used or psi
             record["labels/aux_entropy_mean"] = 1.0 if entropy is None else entropy
+        if method == "maxl":
+            record["labels/changed_since_previous"] = 0.5 / (epoch + 1)
         history.append(record)
     logdir = os.path.join(root, config.name)
     os.makedirs(logdir)
@@ -93,7 +96,90 @@ class TableTest(tf.test.TestCase):
         self.assertIn("lr=0.1", report.markdown_table(groups))
 
 
+class PairedTest(tf.test.TestCase):
+
+    def test_paired_tables_and_duplicates(self):
+        root = self.get_temp_dir() + "/paired"
+        # Seeds 0..3. Single: 0.80, 0.82, 0.79, 0.81; MAXL: +0.02, +0.02, -0.01, 0 (a tie);
+        # human 0.805 everywhere; random ran seeds 0 and 1 only.
+        single = [0.80, 0.82, 0.79, 0.81]
+        maxl = [0.82, 0.84, 0.78, 0.81]
+        for seed in range(4):
+            fake_run(root, "single", seed, [single[seed]] * 5)
+            fake_run(root, "maxl", seed, [maxl[seed]] * 5)
+            fake_run(root, "human", seed, [0.805] * 5)
+        for seed in range(2):
+            fake_run(root, "random", seed, [0.78] * 5)
+        # A copy of maxl's seed 0 in another folder: one seed, not a second one.
+        os.makedirs(f"{root}/copy")
+        os.rename(f"{root}/digits_pri2_aux10_maxl_seed0", f"{root}/copy/digits_pri2_aux10_maxl_seed0")
+        fake_run(root, "maxl", 0, [maxl[0]] * 5)
+        text = report.write_report(root, self.get_temp_dir() + "/paired_out")
+
+        rows = {}
+        for line in text.splitlines():
+            if " − " in line:
+                cells = [c.strip() for c in line.strip("|").split("|")]
+                rows[cells[0]] = cells[1:]
+        self.assertIn("### digits: pri 2 (curved, straight), aux 10", text)
+        # maxl - single: mean 0.0075, sd 0.015, half width t(0.975, 3) * 0.0075 = 0.023868.
+        self.assertEqual(rows["maxl (entropy 0.2) − single"], ["+0.0075", "[-0.0164, +0.0314]", "2 / 1 / 1", "4"])
+        # maxl - human: 0.015, 0.035, -0.025, 0.005: mean 0.0075.
+        self.assertEqual(rows["maxl (entropy 0.2) − human"][0], "+0.0075")
+        self.assertEqual(rows["maxl (entropy 0.2) − human"][2:], ["3 / 0 / 1", "4"])
+        # maxl - random on seeds 0 and 1: 0.04 and 0.06.
+        self.assertEqual(rows["maxl (entropy 0.2) − random"][0], "+0.0500")
+        self.assertEqual(rows["maxl (entropy 0.2) − random"][2:], ["2 / 0 / 0", "2"])
+        # human - single: 0.005, -0.015, 0.015, -0.005; random - single on two seeds.
+        self.assertEqual(rows["human − single"][0], "+0.0000")
+        self.assertEqual(rows["random − single"][0], "-0.0300")
+        self.assertLen(rows, 5)
+        # The copy counts once: 4 seeds in the table (deviations 0.0075, 0.0275, -0.0325, -0.0025 from
+        # 0.8125: sd 0.025), and a note names both folders.
+        self.assertRegex(text, r"\| maxl \| 0\.2 \| 0\.8125 ± 0\.0250 \| 4 \|")
+        self.assertRegex(text, r"## Duplicate runs \(counted once\)")
+        self.assertRegex(text, r"- maxl, seed 0: counted .*/copy/digits_pri2_aux10_maxl_seed0/results.json; not "
+                               r"counted .*paired/digits_pri2_aux10_maxl_seed0/results.json \(same test accuracy\)")
+
+    def test_untrained_prototypical_is_labelled_so(self):
+        root = self.get_temp_dir() + "/proto"
+        fake_run(root, "single", 0, [0.7] * 5)
+        config = config_lib.Config(dataset="digits", pri=2, aux=10, method="prototypical", embedder="untrained",
+                                   epochs=5)
+        os.makedirs(f"{root}/proto")
+        with open(f"{root}/proto/results.json", "w") as f:
+            json.dump({"config": dataclasses.asdict(config), "psi": [7, 3], "complete": True, "epochs_completed": 5,
+                       "test_accuracy": 0.72, "history": [{"test/acc": 0.72}] * 5}, f)
+        text = report.write_report(root, self.get_temp_dir() + "/proto_out")
+        self.assertIn("| prototypical (untrained embedder) − single | +0.0200 |", text)
+
+    def test_single_seed_has_no_interval_and_no_duplicates_note(self):
+        root = self.get_temp_dir() + "/one"
+        fake_run(root, "single", 0, [0.7] * 5)
+        fake_run(root, "maxl", 0, [0.75] * 5)
+        text = report.write_report(root, self.get_temp_dir() + "/one_out")
+        self.assertIn("| maxl (entropy 0.2) − single | +0.0500 | – (one seed) | 1 / 0 / 0 | 1 |", text)
+        self.assertNotIn("Duplicate", text)
+
+
 class FigureTest(tf.test.TestCase):
+
+    def test_panels_share_the_accuracy_axis(self):
+        root = self.get_temp_dir() + "/shared"
+        fake_run(root, "single", 0, [0.5] * 5)
+        for aux, accuracy in ((10, 0.9), (20, 0.6)):
+            fake_run(root, "maxl", 0, [accuracy] * 5, aux=aux)
+        groups = report.group_runs(report.load_runs(root)[0])
+        captured = {}
+        with mock.patch.object(report, "_save", lambda fig, path: captured.setdefault("fig", fig) and path):
+            report.plot_learning_curves(groups, self.get_temp_dir())
+        axes = [ax for ax in captured["fig"].axes if ax.get_visible()]
+        self.assertLen(axes, 2)
+        self.assertEqual(axes[0].get_ylim(), axes[1].get_ylim())
+        low, high = axes[0].get_ylim()
+        self.assertLess(low, 0.5)
+        self.assertGreater(high, 0.9)
+        self.assertEqual(axes[0].get_title(), "digits: pri 2 (curved, straight), aux 10")
 
     def test_figures_decode_and_fig4_numbers(self):
         root = self.get_temp_dir() + "/fig4"

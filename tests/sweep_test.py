@@ -90,6 +90,13 @@ class PresetTest(tf.test.TestCase):
                 for config in configs:
                     if config.method in config_lib.METHODS:
                         config_lib.validate(config)
+        quick = _preset("fashion_mnist_quick.cfg")
+        self.assertLen(quick, 40)   # 5 methods x 8 seeds
+        self.assertEqual({c.psi for c in map(config_lib.validate, quick)}, {(3, 1, 1, 1, 1, 3)})
+        self.assertEqual(sorted({c.method for c in quick}), sorted(config_lib.METHODS))
+        wide = [config_lib.validate(c) for c in _preset("fashion_mnist_10x30.cfg")]
+        self.assertLen(wide, 24)    # maxl, single, random x 8 seeds
+        self.assertEqual({c.psi for c in wide}, {(3,) * 10})
         fig3 = _preset("fig3_sweep.cfg")
         self.assertEqual(sorted({(c.pri, c.aux) for c in fig3 if c.method == "human"}),
                          [(3, 10), (3, 20), (3, 100), (10, 20), (10, 100), (20, 100)])
@@ -144,6 +151,8 @@ class SweepCommandTest(tf.test.TestCase):
         self.assertLen([line for line in second.stdout.splitlines() if "skipped (complete)" in line], 4)
         self.assertNotIn("starting", second.stdout)
         self.assertNotIn("epoch 1/1", second.stdout)
+        # The sweep prints the paired comparison of its methods over its seeds.
+        self.assertRegex(second.stdout, r"\| random − single \| [+-]\d\.\d{4} \| \[[^]]+\] \| \d / \d / \d \| 2 \|")
 
         # A run that cannot start stops the sweep with one error line; what ran before is kept.
         blocker = os.path.join(root, "digits_pri2_aux10_single_seed2")

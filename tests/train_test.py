@@ -8,7 +8,10 @@ import tensorflow as tf
 
 from maxl_tf import config as config_lib
 from maxl_tf import errors
+from maxl_tf import hierarchy
 from maxl_tf import inputs
+from maxl_tf import labels as labels_lib
+from maxl_tf import rundir
 from maxl_tf import train
 from tests import smoke_util
 
@@ -91,6 +94,52 @@ class SmokeRunTest(tf.test.TestCase):
         record = train.train_and_evaluate(config, progress=False)["history"][0]
         self.assertIn("meta/loss", record)
         self.assertIn("train/pri_loss", record)
+
+
+class LabelChangeTest(tf.test.TestCase):
+    """The generator's hard labels of the training images, tracked per epoch in the checkpoint."""
+
+    def _stored(self, logdir, name):
+        checkpoint = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+        return tf.train.load_variable(checkpoint, f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+
+    def test_changes_are_counted_against_the_stored_labels(self):
+        logdir = os.path.join(self.get_temp_dir(), "changes")
+        history = train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=3), progress=False)["history"]
+        first, latest = self._stored(logdir, "first_labels"), self._stored(logdir, "previous_labels")
+        self.assertLen(first, 200)   # every training image, the meta split's too
+        # The latest labels are the final generator's, recomputed here from the checkpoint.
+        config, state, run_data = rundir.load_run(logdir)
+        mask_table = tf.constant(hierarchy.psi_mask(config.psi))
+        recomputed = np.concatenate([
+            labels_lib.hard_generated_labels(state.generator, b["images"], b["labels"], mask_table, False).numpy()
+            for b in run_data.train.evaluation_batches(50)])
+        self.assertAllEqual(latest, recomputed)
+        self.assertAllClose(history[-1]["labels/changed_since_first"], np.mean(latest != first))
+        # Epoch 1 is the first: nothing changed since it. Epoch 2's previous labels are epoch 1's.
+        self.assertEqual(history[0]["labels/changed_since_first"], 0.0)
+        self.assertEqual(history[1]["labels/changed_since_previous"], history[1]["labels/changed_since_first"])
+        for record in history:
+            for key in ("labels/changed_since_previous", "labels/changed_since_first"):
+                self.assertBetween(record[key], 0.0, 1.0)
+                self.assertAllClose(record[key] * 200, round(record[key] * 200))   # a count of images
+        self.assertContainsSubset({"labels/changed_since_previous", "labels/changed_since_first"},
+                                  _scalar_tags(logdir))
+
+    def test_baselines_have_no_generator_labels(self):
+        logdir = os.path.join(self.get_temp_dir(), "random")
+        record = train.train_and_evaluate(smoke_util.smoke_config(logdir, method="random", epochs=1),
+                                          progress=False)["history"][0]
+        self.assertNotIn("labels/changed_since_first", record)
+
+    def test_training_mode_labels_run_under_their_own_name(self):
+        logdir = os.path.join(self.get_temp_dir(), "bn")
+        config = smoke_util.smoke_config(logdir, epochs=1, generator_labels_bn="training")
+        self.assertEqual(config.name, "digits_pri2_aux10_maxl_labelsbntraining_seed0")
+        record = train.train_and_evaluate(config, progress=False)["history"][0]
+        self.assertBetween(record["labels/changed_since_previous"], 0.0, 1.0)
+        # The default keeps the names of existing runs.
+        self.assertEqual(smoke_util.smoke_config(logdir).name, "digits_pri2_aux10_maxl_seed0")
 
 
 class RefusalTest(tf.test.TestCase):

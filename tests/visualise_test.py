@@ -118,9 +118,34 @@ class VisualiseTest(tf.test.TestCase):
     def test_top_k_grid_only_for_runs_with_an_auxiliary_task(self):
         maxl, single = self.written["runs"]
         self.assertEqual(list(self.written["top_k"]), [maxl.key])
+        # The 3 auxiliary classes drawn with seed 0 from psi = [7, 3], a row per principal class.
+        chosen = np.sort(np.random.default_rng(0).choice(10, 3, replace=False))
+        per_row = np.bincount(hierarchy_lib.owners((7, 3))[chosen])
+        rows, cols = np.count_nonzero(per_row), 5 * per_row.max()
         image = matplotlib.image.imread(self.written["top_k"][maxl.key])
-        self.assertEqual(image.shape[:2], (450, 720))   # 3 rows, 5 columns at 100 dpi
+        self.assertEqual(image.shape[:2], (round(100 * (1.3 * rows + 0.8)), round(100 * (1.2 * cols + 1.2))))
         self.assertIsNone(single.aux_probabilities)
+        self.assertEqual(maxl.class_names, ("curved", "straight"))
+
+    def test_fig6_grid_of_every_class_of_a_10_by_3_run(self):
+        psi = (3,) * 10
+        pri_of_aux = hierarchy_lib.owners(psi)
+        rows, places = visualise.top_k_layout(pri_of_aux, np.arange(30))
+        self.assertEqual(rows, list(range(10)))
+        self.assertEqual(places, [(a // 3, a % 3) for a in range(30)])
+        rng = np.random.default_rng(0)
+        labels = np.repeat(np.arange(10), 20)
+        probabilities = rng.random((200, 30)) * hierarchy_lib.psi_mask(psi)[labels]
+        run = visualise.RunOutputs(
+            key="fig6", title="maxl (fashion_mnist, pri 10, aux 30)", images=rng.random((200, 32, 32, 1)),
+            labels=labels, predicted=labels, features=np.zeros((200, 4)), aux_probabilities=probabilities,
+            aux_source="generator", pri_of_aux=pri_of_aux,
+            class_names=hierarchy_lib.for_dataset("fashion_mnist").names_at(10))
+        path = os.path.join(self.root, "fig6.png")
+        selection = visualise.top_k_per_aux_class(probabilities, labels, pri_of_aux, np.arange(30), 5)
+        visualise.plot_top_k(run, np.arange(30), selection, path)
+        # 10 rows (principal classes) of 3 x 5 images at 100 dpi.
+        self.assertEqual(matplotlib.image.imread(path).shape[:2], (1380, 1920))
 
     def test_top_k_selection_is_the_highest_probabilities_within_the_principal_class(self):
         # psi = [2, 1]: auxiliary classes 0, 1 belong to principal class 0, class 2 to class 1.
