@@ -382,6 +382,11 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         loaders.find("cifar100", data_dir, download=False)
         with self.assertRaisesRegex(errors.Error, "cifar-100-python.*unreadable"):
             loaders.load("cifar100", data_dir, download=False)
+        idx_dir = self._dir("idx")
+        open(os.path.join(idx_dir, "train-images-idx3-ubyte"), "w").close()   # empty: load() would fail
+        loaders.find("fashion_mnist", idx_dir, download=False)
+        with self.assertRaisesRegex(errors.Error, "holds only some of fashion_mnist's IDX files"):
+            loaders.load("fashion_mnist", idx_dir, download=False)
         loaders.find("digits", "/no/such/dir/is/used", download=False)
 
     def test_find_locates_a_prepared_tfds_copy_without_reading_it(self):
