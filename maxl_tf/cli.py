@@ -126,11 +126,15 @@ def start_tensorflow(deterministic: bool = True):
 
     Call it once, in a command's main, before any TensorFlow op runs. On CPUs, intra-op threads =
     cores and a single inter-op thread run VGG steps much faster than TensorFlow's defaults
-    (GUIDE.md measured it). Determinism makes every op reproducible, so resumes are exact.
+    (GUIDE.md measured it). On GPUs, memory grows as needed instead of TensorFlow taking nearly all
+    of it at the start, so several workers of a sweep can share one GPU (BUILD.md, "Several runs
+    on one GPU"). Determinism makes every op reproducible, so resumes are exact.
     """
     with quiet_start_up():
         import tensorflow as tf
         gpus = tf.config.list_physical_devices("GPU")   # cuInit speaks here on a machine without a GPU
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
     if not gpus:
         tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
         tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -4,7 +4,8 @@ Whatever a user can fix (a flag, a file, missing data, a log directory in the wa
 an `Error` whose message is one line naming the flag or file and the fix. Library code raises it
 and never catches it to re-wrap it; the command-line entry points (maxl_tf/cli.py) print
 `error: <message>` and exit with its status: 2 for bad input, 1 for a run that diverged,
-128 + signal number for a run stopped by a signal.
+128 + signal number for a run stopped by a signal. ClaimLost is caught by main.py's sweep loop,
+which moves on to the next run.
 """
 
 
@@ -24,6 +25,12 @@ class Interrupted(Error):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class ClaimLost(Error):
+    """Another worker of the sweep took the run over (this one was paused or cut off for longer
+    than --heartbeat_timeout); nothing was written after that was seen (maxl_tf/claims.py)."""
+    exit_code = 75   # EX_TEMPFAIL: the run goes on elsewhere
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

@@ -64,6 +64,24 @@ def class_names(levels: hierarchy_lib.Hierarchy, config: config_lib.Config) -> d
     return named
 
 
+def check_available(configs: list) -> None:
+    """Finds every run's data and loads each Prototypical embedder once, before any run trains.
+
+    A sweep whose last runs lack their data or their embedder's weights then stops at once, not
+    after the runs before them trained. No data set is read whole (loaders.find).
+
+    Raises:
+      errors.Error: as prepare() would, naming the flag and the fix.
+    """
+    for dataset, data_dir, download in dict.fromkeys((c.dataset, c.data_dir or None, c.download) for c in configs):
+        if not datasets.is_user_data(dataset):   # a folder or tfds set: validation listed its classes
+            loaders.find(dataset, data_dir, download)
+    embedders = dict.fromkeys((c.embedder, c.embedder_fallback) for c in configs if c.method == "prototypical")
+    for spec, fallback in embedders:
+        if spec != config_lib.UNTRAINED:   # random weights: nothing to find
+            embedder_lib.load(spec, fallback)
+
+
 def prepare(config: config_lib.Config) -> RunData:
     """Loads the data set and labels it for a validated config's tasks.
 

@@ -132,6 +132,32 @@ def _load_digits() -> RawData:
     return RawData(Split(train_x, train_y), Split(test_x, test_y), "scikit-learn load_digits")
 
 
+def find(dataset: str, data_dir: str | None, download: bool) -> None:
+    """Checks that load() will find the data set, without reading it: its published files are in
+    `data_dir` (or Debian's folder), or its tensorflow-datasets copy is prepared (downloaded now,
+    once, if `download`).
+
+    A sweep calls it for every run before the first one trains, so missing data stops the sweep
+    at once instead of after hours; a file that is there but damaged is still found by load().
+
+    Raises:
+      errors.Error: as load() would for data that is missing or cannot be downloaded.
+    """
+    if dataset == "digits":
+        return   # bundled with scikit-learn
+    if dataset in idx.DATASETS:
+        folder = _existing_dir(data_dir) if data_dir is not None else idx.default_dir(dataset)
+        if folder is not None and idx.find_files(folder):
+            return   # load() reads the four files, or names those missing
+        data_dir = folder if data_dir is not None else None
+    elif data_dir is not None:
+        data_dir = _existing_dir(data_dir)
+        if _local_archives(dataset, data_dir) is not None:
+            return
+    for name in dict.fromkeys(_TFDS_NAMES[dataset]):
+        _prepared_builder(name, dataset, data_dir, download)
+
+
 def _load_cifar(dataset: str, data_dir: str | None, download: bool) -> RawData:
     """Local published archives in `data_dir` first, then tensorflow-datasets."""
     if data_dir is None:
@@ -169,13 +195,46 @@ def _existing_dir(data_dir: str) -> str:
 # Local archives in the formats the data set authors publish.
 
 
+def _local_archives(dataset: str, data_dir: str) -> tuple | None:
+    """The paths of the data set's published archives in `data_dir`, or None when none is there.
+
+    Raises:
+      errors.Error: only part of cifar10_1's three files is there.
+    """
+    if dataset == "cifar100":
+        path = _find_archive(_CIFAR100_ARCHIVE, data_dir)
+        return None if path is None else (path,)
+    cifar10_path = _find_archive(_CIFAR10_ARCHIVE, data_dir)
+    if dataset == "cifar10":
+        return None if cifar10_path is None else (cifar10_path,)
+    # cifar10_1: the CIFAR-10 training archive + the CIFAR-10.1 v6 .npy pair, all or none.
+    npy_paths = [os.path.join(data_dir, name) for name in (_CIFAR10_1_DATA, _CIFAR10_1_LABELS)]
+    present = [cifar10_path is not None] + [os.path.isfile(p) for p in npy_paths]
+    if not any(present):
+        return None
+    if not all(present):
+        names = [_CIFAR10_ARCHIVE.describe(), _CIFAR10_1_DATA, _CIFAR10_1_LABELS]
+        missing = [name for name, found in zip(names, present) if not found]
+        raise errors.Error(
+            f"--data_dir={data_dir} holds only part of cifar10_1: also put {' and '.join(missing)} "
+            f"there (from {_CIFAR_URL} and {_CIFAR10_1_URL})."
+        )
+    return (cifar10_path, *npy_paths)
+
+
 def _load_local(dataset: str, data_dir: str) -> RawData | None:
     """The data set from published archives in `data_dir`, or None when none of them is there."""
-    if dataset == "cifar100":
-        return _load_pickle_archive(_CIFAR100_ARCHIVE, data_dir)
-    if dataset == "cifar10":
-        return _load_pickle_archive(_CIFAR10_ARCHIVE, data_dir)
-    return _load_local_cifar10_1(data_dir)
+    paths = _local_archives(dataset, data_dir)
+    if paths is None:
+        return None
+    if dataset == "cifar10_1":
+        cifar10_path, data_path, labels_path = paths
+        train, _ = _read_pickle_archive(_CIFAR10_ARCHIVE, cifar10_path)
+        test = _read_cifar10_1_npy(data_path, labels_path)
+        return RawData(train, test, f"local archives {cifar10_path} + {data_path}")
+    archive = _CIFAR100_ARCHIVE if dataset == "cifar100" else _CIFAR10_ARCHIVE
+    train, test = _read_pickle_archive(archive, paths[0])
+    return RawData(train, test, f"local archive {paths[0]}")
 
 
 def _find_archive(archive: _PickleArchive, data_dir: str) -> str | None:
@@ -185,15 +244,6 @@ def _find_archive(archive: _PickleArchive, data_dir: str) -> str | None:
         return folder
     tar_path = os.path.join(data_dir, archive.tar_name)
     return tar_path if os.path.isfile(tar_path) else None
-
-
-def _load_pickle_archive(archive: _PickleArchive, data_dir: str) -> RawData | None:
-    """CIFAR-10 or CIFAR-100 from its archive in `data_dir`, or None when it is not there."""
-    path = _find_archive(archive, data_dir)
-    if path is None:
-        return None
-    train, test = _read_pickle_archive(archive, path)
-    return RawData(train, test, f"local archive {path}")
 
 
 def _read_pickle_archive(archive: _PickleArchive, path: str) -> tuple[Split, Split]:
@@ -244,25 +294,6 @@ def _pickles_to_split(pickles: Sequence[Mapping], label_key: bytes, path: str) -
         coarse = np.concatenate([np.asarray(p[b"coarse_labels"], dtype=np.int64) for p in pickles])
         _check_coarse(labels, coarse, path)
     return Split(np.ascontiguousarray(images), labels)
-
-
-def _load_local_cifar10_1(data_dir: str) -> RawData | None:
-    """CIFAR-10 training archive + CIFAR-10.1 v6 .npy pair; all or none must be in `data_dir`."""
-    cifar10_path = _find_archive(_CIFAR10_ARCHIVE, data_dir)
-    npy_paths = [os.path.join(data_dir, name) for name in (_CIFAR10_1_DATA, _CIFAR10_1_LABELS)]
-    present = [cifar10_path is not None] + [os.path.isfile(p) for p in npy_paths]
-    if not any(present):
-        return None
-    if not all(present):
-        names = [_CIFAR10_ARCHIVE.describe(), _CIFAR10_1_DATA, _CIFAR10_1_LABELS]
-        missing = [name for name, found in zip(names, present) if not found]
-        raise errors.Error(
-            f"--data_dir={data_dir} holds only part of cifar10_1: also put {' and '.join(missing)} "
-            f"there (from {_CIFAR_URL} and {_CIFAR10_1_URL})."
-        )
-    train, _ = _read_pickle_archive(_CIFAR10_ARCHIVE, cifar10_path)
-    test = _read_cifar10_1_npy(*npy_paths)
-    return RawData(train, test, f"local archives {cifar10_path} + {npy_paths[0]}")
 
 
 def _read_cifar10_1_npy(data_path: str, labels_path: str) -> Split:

@@ -7,6 +7,7 @@
              events.out.*     TensorBoard summaries, with the run's hyperparameters (HParams)
              evaluator.keras, generator.keras, serving/, classes.json
                               the trained networks and class names, once complete (exports.py)
+             claims/          which worker of a sweep trains the run (maxl_tf/claims.py)
 
 The training loop, sweeps, the report and the visualisations all go through here. TensorFlow is
 imported only inside the functions that touch checkpoints, so that reading results (the report,
@@ -19,6 +20,7 @@ import os
 
 import numpy as np
 
+from maxl_tf import claims
 from maxl_tf import config as config_lib
 from maxl_tf import errors
 
@@ -49,7 +51,8 @@ def check(config: config_lib.Config, chief: bool = True) -> None:
     """Refuses a log directory this run must not write into; writes nothing.
 
     A directory that holds another experiment's training, unreadable config.json, or files of its
-    own is refused. One whose run stopped before saving anything (bad data, a non-finite first
+    own is refused; the claims/ of a sweep's worker, which claims the run before creating it, is not
+    a file of its own. One whose run stopped before saving anything (bad data, a non-finite first
     epoch) holds nothing to lose, so any experiment may start there. chief=False (multi-worker
     workers other than the chief, which creates the directory) checks only an existing config.json,
     so every worker refuses a different experiment, not the chief alone.
@@ -70,7 +73,7 @@ def check(config: config_lib.Config, chief: bool = True) -> None:
             raise errors.Error(f"--logdir={logdir} holds a different experiment ({'; '.join(differences)}). "
                                f"Pass another --logdir, or rerun with that directory's flags: "
                                f"--flagfile={os.path.join(logdir, 'flags.cfg')}.")
-    elif chief and os.path.isdir(logdir) and os.listdir(logdir):
+    elif chief and os.path.isdir(logdir) and set(os.listdir(logdir)) - {claims.CLAIMS_DIR}:
         raise errors.Error(f"--logdir={logdir} exists and is not a maxl_tf log directory (no config.json); "
                            f"pass an empty or new --logdir.")
     check_checkpoint_index(_checkpoint_dir(logdir))

@@ -106,6 +106,7 @@ class Loop:
     checkpoints: tf.train.CheckpointManager
     writer: object           # TensorBoard summary writer (a no-op writer on non-chief workers)
     chief: bool
+    claim: object = None     # claims.Claim of a sweep's worker: it stops without writing once lost
 
     @property
     def uses_generator(self) -> bool:
@@ -180,6 +181,16 @@ def stop_agreed(loop: Loop, stop: signals.StopRequests, vote: bool = True) -> bo
     return vote and bool(loop.any_worker(tf.constant(stop.signum is not None)))
 
 
+def check_claim(loop: Loop, verify: bool = False) -> None:
+    """Raises errors.ClaimLost once another worker took the run over: as the heartbeat last saw it
+    (cheap, every step), or as the file system shows it now (verify, right before writing)."""
+    if loop.claim is None:
+        return
+    if loop.claim.lost or (verify and not loop.claim.verify()):
+        raise errors.ClaimLost(f"{loop.config.logdir}: another worker took this run over (no heartbeat from "
+                               f"this one for --heartbeat_timeout); it goes on there, nothing more is written here.")
+
+
 def check_finite(loop: Loop, epoch: int) -> None:
     step = int(loop.state.nonfinite_step.numpy())
     if step >= 0:
@@ -238,6 +249,7 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
         loop.iteration(train_batch, meta_batch)
         images += config.batch_size
         state.step_in_epoch.assign(step + 1)
+        check_claim(loop)
         if (step + 1) % config.log_every == 0 or step + 1 == loop.steps_per_epoch:
             check_finite(loop, epoch)
             means = state.sums.means()
@@ -245,6 +257,7 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
                                   ("train/pri_loss", "train/pri_acc", "meta/loss") if name in means])
         if stop_agreed(loop, stop, vote=(step + 1) % config.log_every == 0):
             check_finite(loop, epoch)
+            check_claim(loop, verify=True)
             loop.checkpoints.save(checkpoint_number=int(state.global_step.numpy()))
             raise errors.Interrupted(f"{stop.reason} at epoch {epoch + 1} step {step + 1}; checkpoint saved in "
                                      f"{config.logdir}. Rerun the same command to resume.", stop.exit_signal)
@@ -270,6 +283,7 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
     state.epoch.assign(epoch + 1)
     state.step_in_epoch.assign(0)
     state.sums.reset()
+    check_claim(loop, verify=True)
     loop.checkpoints.save(checkpoint_number=int(state.global_step.numpy()))
     write_summaries(loop.writer, record)
     if loop.chief and epoch + 1 == config.epochs:   # before results.json says the run is complete
@@ -291,12 +305,14 @@ def hparam_values(config: config_lib.Config) -> dict:
             for key, value in config.experiment().items()}
 
 
-def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict:
+def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=None) -> dict:
     """Trains (or resumes) the run a Config describes; returns the content of its results.json.
 
+    Args:
+      claim: a sweep worker's claims.Claim on the run; the run stops without writing once it is lost.
     Raises:
-      errors.Error: bad flags, data or log directory (and its subclasses NonFiniteLoss and
-        Interrupted, which train_epoch raises).
+      errors.Error: bad flags, data or log directory (and its subclasses NonFiniteLoss,
+        Interrupted and ClaimLost, which train_epoch raises).
     """
     config = config_lib.validate(config)
     strategy = distribute.make_strategy(config.strategy, config.batch_size)
@@ -322,7 +338,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
         label_batch=tf.function(lambda b: labels_lib.hard_generated_labels(
             state.generator, b["images"], b["labels"], task.mask_table, task.generator_labels_training)),
         probe_batch=next(iter(run_data.train.batches(run_data.train_indices[:batch], batch))),
-        checkpoints=manager, chief=chief,
+        checkpoints=manager, chief=chief, claim=claim,
         writer=tf.summary.create_file_writer(config.logdir) if chief else tf.summary.create_noop_writer())
 
     start_epoch = int(state.epoch.numpy())
@@ -361,5 +377,6 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True) -> dict
                                          f"{config.logdir}. Rerun the same command to resume.", stop.exit_signal)
     summary = rundir.results_summary(config, state.history, run_data.source, run_data.aux_label_info)
     if chief:
+        check_claim(loop, verify=True)
         rundir.write_results(config.logdir, summary)
     return summary

@@ -374,6 +374,41 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
             with self.assertRaisesRegex(errors.Error, r"cifar100.*coarse labels disagree"):
                 loaders.load("cifar100", data_dir, download=False)
 
+    # --- find: what a sweep checks before its first run trains --------------------------------
+
+    def test_find_locates_archives_without_reading_them(self):
+        data_dir = self._dir("data")
+        os.makedirs(os.path.join(data_dir, "cifar-100-python"))   # empty: load() would fail reading it
+        loaders.find("cifar100", data_dir, download=False)
+        with self.assertRaisesRegex(errors.Error, "cifar-100-python.*unreadable"):
+            loaders.load("cifar100", data_dir, download=False)
+        idx_dir = self._dir("idx")
+        open(os.path.join(idx_dir, "train-images-idx3-ubyte"), "w").close()   # empty: load() would fail
+        loaders.find("fashion_mnist", idx_dir, download=False)
+        with self.assertRaisesRegex(errors.Error, "holds only some of fashion_mnist's IDX files"):
+            loaders.load("fashion_mnist", idx_dir, download=False)
+        loaders.find("digits", "/no/such/dir/is/used", download=False)
+
+    def test_find_locates_a_prepared_tfds_copy_without_reading_it(self):
+        data_dir = self._prepared_tfds_dir("cifar10", "cifar10_1/v6")
+        with mock.patch.object(tfds.core.DatasetBuilder, "as_dataset") as read:
+            loaders.find("cifar10_1", data_dir, download=False)
+        read.assert_not_called()
+
+    def test_find_refuses_what_load_refuses(self):
+        missing = os.path.join(self.get_temp_dir(), "does_not_exist")
+        empty = self._dir("empty")
+        partial = self._dir("partial")
+        self._write_cifar10_1(partial)
+        for dataset, data_dir, expected in (("cifar100", missing, rf"--data_dir={missing} does not exist"),
+                                            ("cifar10", empty, r"No cifar10 data in --data_dir=.*--download"),
+                                            ("cifar10_1", partial, r"holds only part of cifar10_1")):
+            with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
+                for check in (loaders.find, loaders.load):
+                    with self.assertRaisesRegex(errors.Error, expected):
+                        check(dataset, data_dir, download=False)
+            download.assert_not_called()
+
     # --- digits and arguments ------------------------------------------------------------------
 
     def test_digits(self):
