@@ -8,8 +8,8 @@ list), --seeds, --pairs and --entropy_weights one run after another, each in
 sharing the file system, shares the runs: each worker claims a run before training it
 (maxl_tf/claims.py; python -m maxl_tf.launch starts N workers).
 """
+import functools
 import sys
-import time
 
 from absl import flags
 
@@ -60,20 +60,6 @@ def _print_table(all_results) -> None:
               f"{r['history'][-1]['test/acc']:.4f} | {r['epochs_completed']} |")
 
 
-def _train(train, config, claim) -> tuple:
-    """Trains or resumes one run under its claim (None: not shared); returns (results, outcome)."""
-    outcome = "done (resumed)" if rundir.holds_training(config.logdir) else "done"
-    if claim is not None and claim.previous is not None:
-        print(f"{config.name}: taking over from worker {claim.previous.get('worker', '?')}, whose "
-              f"heartbeat stopped", flush=True)
-    try:
-        return train.train_and_evaluate(config, progress=flags.FLAGS.progress and sys.stdout.isatty(),
-                                        claim=claim), outcome
-    finally:
-        if claim is not None:
-            claim.release()
-
-
 def main(argv):
     if len(argv) > 1:
         raise errors.Error(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
@@ -90,68 +76,8 @@ def main(argv):
     # Workers of one sweep share its runs through claims; the processes of a multi-worker
     # strategy train each run together, so there the claims are off.
     worker = claims.Worker(flags.FLAGS.heartbeat_timeout) if configs[0].strategy != "multi_worker" else None
-    by_logdir = {config.logdir: config for config in configs}
-    numbers = {config.logdir: number for number, config in enumerate(configs, 1)}
-    results_of = {}
-
-    def report_line(config, outcome, results=None, start=None):
-        line = f"[{numbers[config.logdir]}/{len(configs)}] {config.name}: {outcome}"
-        if results is not None:
-            line += f", {rundir.metric_name(config.epochs)} {results['test_accuracy']:.4f}"
-        if start is not None:
-            line += f", {time.perf_counter() - start:.0f} s"
-        if results is not None:
-            line += f"; results in {config.logdir}/results.json"
-        print(line, flush=True)
-
-    def attempt(config, claim) -> bool:
-        """Trains a claimed run; False if another worker took it over meanwhile."""
-        start = time.perf_counter()
-        try:
-            results_of[config.logdir], outcome = _train(train, config, claim)
-        except errors.ClaimLost as e:
-            report_line(config, f"left to another worker: {e}")
-            return False
-        except errors.Error as e:
-            cli.fail(e, context=config.name if len(configs) > 1 else "")
-        report_line(config, outcome, results_of[config.logdir], start)
-        return True
-
-    waiting = []   # runs another worker held at their turn
-    for config in configs:
-        start = time.perf_counter()
-        try:
-            results = rundir.completed_results(config)
-            if results is not None:
-                results_of[config.logdir] = results
-                report_line(config, "skipped (complete)", results, start)
-                continue
-            rundir.check(config)   # before claiming: nothing is written into a directory it refuses
-            claim = worker.claim(config.logdir) if worker else None
-        except errors.Error as e:
-            cli.fail(e, context=config.name if len(configs) > 1 else "")
-        if worker and claim is None:
-            report_line(config, "held by another worker")
-            waiting.append(config.logdir)
-        elif not attempt(config, claim):
-            waiting.append(config.logdir)
-
-    def complete(logdir):
-        return logdir in results_of or rundir.completed_results(by_logdir[logdir]) is not None
-
-    # Until the other workers finish their runs, or one of them stops and its run is taken over.
-    unfinished = [logdir for logdir in waiting if not complete(logdir)]
-    if unfinished:
-        print(f"waiting for {len(unfinished)} runs held by other workers; a run whose worker sends no "
-              f"heartbeat for {flags.FLAGS.heartbeat_timeout:g} s is taken over", flush=True)
-        while (claim := worker.wait_for_run(unfinished, complete)) is not None:
-            attempt(by_logdir[claim.run_dir], claim)
-    for logdir in waiting:
-        if logdir not in results_of:
-            results_of[logdir] = rundir.completed_results(by_logdir[logdir])
-            report_line(by_logdir[logdir], "done by another worker", results_of[logdir])
-
-    all_results = [results_of[config.logdir] for config in configs]
+    progress = flags.FLAGS.progress and sys.stdout.isatty()
+    all_results = sweep.run(configs, functools.partial(train.train_and_evaluate, progress=progress), worker)
     if len({(c.seed, c.pri, c.aux, c.entropy_weight) for c in configs}) > 1:   # more than methods
         groups = report.group_runs(all_results)
         print("\n" + report.markdown_table(groups))

@@ -60,10 +60,10 @@ def config_from_flags(flag_values=flags.FLAGS) -> config_lib.Config:
     return config_lib.Config(**values)
 
 
-def fail(error: errors.Error, context: str = ""):
+def fail(error: errors.Error):
     """Prints `error: [context: ]message` (`stopped:` for a signal) and exits with its status."""
     word = "stopped" if isinstance(error, errors.Interrupted) else "error"
-    print(f"{word}: {context + ': ' if context else ''}{error}", file=sys.stderr, flush=True)
+    print(f"{word}: {error.context + ': ' if error.context else ''}{error}", file=sys.stderr, flush=True)
     sys.exit(error.exit_code)
 
 

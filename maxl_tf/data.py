@@ -35,6 +35,8 @@ class Augmentation:
 # images). MNIST and Fashion-MNIST are padded from 28x28 to 32x32 (idx.pad_for_vgg), so shifts of
 # up to that padding move the original frame around without cutting any of it; CIFAR's 4 pixels
 # would crop the edges of a product that fills its frame. The 8x8 digits shift by one pixel.
+# A user's own images (folder, tfds:NAME) get CIFAR's: natural photographs, the project's default
+# regime; --noaugment turns it off where a flip or a shift changes the class.
 AUGMENTATION = {
     "cifar100": Augmentation(CROP_PADDING, horizontal_flip=True),
     "cifar10": Augmentation(CROP_PADDING, horizontal_flip=True),
@@ -95,6 +97,11 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 def normalise(images_uint8):
     return (tf.cast(images_uint8, tf.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+def augmentation_for(dataset: str) -> Augmentation:
+    """What --augment does for a data set (CIFAR's for a user's own images)."""
+    return AUGMENTATION.get(dataset, AUGMENTATION["cifar100"])
 
 
 def augment(images, seed, augmentation: Augmentation = AUGMENTATION["cifar100"]):

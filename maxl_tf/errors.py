@@ -12,6 +12,7 @@ which moves on to the next run.
 class Error(Exception):
     """Bad input or a run that cannot go on; str(error) is the message shown to the user."""
     exit_code = 2
+    context = ""   # what it happened to, shown before the message: the run of a sweep that failed
 
 
 class NonFiniteLoss(Error):

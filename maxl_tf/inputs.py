@@ -119,7 +119,7 @@ def prepare(config: config_lib.Config) -> RunData:
         aux_train = labels_lib.fixed_aux_labels(config.method, hierarchy, config.pri, config.aux, config.psi,
                                                 train.labels, config.seed)
     return RunData(
-        train=data_lib.Pipeline(examples(train, aux_train), data_lib.AUGMENTATION[config.dataset]),
+        train=data_lib.Pipeline(examples(train, aux_train), data_lib.augmentation_for(config.dataset)),
         test=data_lib.Pipeline(examples(test, np.zeros(len(test.labels), np.int64))),
         train_indices=train_indices, meta_indices=meta_indices,
         input_shape=tuple(train.images.shape[1:]), source=raw.source, aux_label_info=aux_label_info,

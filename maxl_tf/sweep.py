@@ -1,17 +1,20 @@
 """Sweeps: one Config per point of a product of methods, seeds, pri/aux pairs and entropy weights.
 
 main.py hands the list flags (--method, --seeds, --pairs, --entropy_weights) to the parse_*
-helpers here and calls expand(). Config itself stays one run's settings with scalar fields; only
---method was already a comma list. Each run of a sweep gets the log directory
-<--logdir or runs>/<Config.name>, so rerunning the sweep finds, skips or resumes every run.
-No TensorFlow here: a sweep's flags are all checked before it starts.
+helpers here, calls expand(), and then run(). Config itself stays one run's settings with scalar
+fields; only --method was already a comma list. Each run of a sweep gets the log directory
+<--logdir or runs>/<Config.name>, so rerunning the sweep finds, skips or resumes every run, and
+several workers started with the same command share its runs (claims.py). No TensorFlow here: a
+sweep's flags are all checked before it starts.
 """
 import dataclasses
 import itertools
 import os
+import time
 
 from maxl_tf import config as config_lib
 from maxl_tf import errors
+from maxl_tf import rundir
 
 GENERATOR_FIELDS = ("entropy_weight", "generator_lr", "generator_weight_decay",
                     "generator_weight_decay_type", "schedule", "generator_labels_bn")
@@ -95,3 +98,92 @@ def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=()) -> l
         configs.append(config)
     return configs
 
+
+
+def run(configs: list, train_and_evaluate, worker=None) -> list:
+    """Trains, resumes or skips each run of a sweep in order; returns their results.json contents.
+
+    Prints one `[k/N] <run>: <outcome>` line per run. With a claims.Worker, a run another live
+    worker holds is left to it; once through the list, this worker waits for those runs and takes
+    over any whose worker stops sending heartbeats.
+
+    Args:
+      configs: validated Configs, one per run.
+      train_and_evaluate: train.train_and_evaluate (with its progress argument bound).
+      worker: a claims.Worker to share the runs with other workers; None trains every run.
+    Raises:
+      errors.Error: a run that cannot train, with the run's name as its context in a sweep.
+    """
+    by_logdir = {config.logdir: config for config in configs}
+    numbers = {config.logdir: number for number, config in enumerate(configs, 1)}
+    results_of = {}
+
+    def report(config, outcome, results=None, start=None):
+        line = f"[{numbers[config.logdir]}/{len(configs)}] {config.name}: {outcome}"
+        if results is not None:
+            line += f", {rundir.metric_name(config.epochs)} {results['test_accuracy']:.4f}"
+        if start is not None:
+            line += f", {time.perf_counter() - start:.0f} s"
+        if results is not None:
+            line += f"; results in {config.logdir}/results.json"
+        print(line, flush=True)
+
+    def failed(config, error):
+        if len(configs) > 1:
+            error.context = config.name
+        return error
+
+    def attempt(config, claim) -> bool:
+        """Trains a claimed run (or any run, without a worker); False if another worker took it over."""
+        start = time.perf_counter()
+        outcome = "done (resumed)" if rundir.holds_training(config.logdir) else "done"
+        if claim is not None and claim.previous is not None:
+            print(f"{config.name}: taking over from worker {claim.previous.get('worker', '?')}, whose "
+                  f"heartbeat stopped", flush=True)
+        try:
+            results_of[config.logdir] = train_and_evaluate(config, claim=claim)
+        except errors.ClaimLost as e:
+            report(config, f"left to another worker: {e}")
+            return False
+        except errors.Error as e:
+            raise failed(config, e) from None
+        finally:
+            if claim is not None:
+                claim.release()
+        report(config, outcome, results_of[config.logdir], start)
+        return True
+
+    waiting = []   # runs another worker held at their turn
+    for config in configs:
+        start = time.perf_counter()
+        try:
+            results = rundir.completed_results(config)
+            if results is not None:
+                results_of[config.logdir] = results
+                report(config, "skipped (complete)", results, start)
+                continue
+            rundir.check(config)   # before claiming: nothing is written into a directory it refuses
+            claim = worker.claim(config.logdir) if worker else None
+        except errors.Error as e:
+            raise failed(config, e) from None
+        if worker and claim is None:
+            report(config, "held by another worker")
+            waiting.append(config.logdir)
+        elif not attempt(config, claim):
+            waiting.append(config.logdir)
+
+    def complete(logdir):
+        return logdir in results_of or rundir.completed_results(by_logdir[logdir]) is not None
+
+    # Until the other workers finish their runs, or one of them stops and its run is taken over.
+    unfinished = [logdir for logdir in waiting if not complete(logdir)]
+    if unfinished:
+        print(f"waiting for {len(unfinished)} runs held by other workers; a run whose worker sends no "
+              f"heartbeat for {worker.heartbeat_timeout:g} s is taken over", flush=True)
+        while (claim := worker.wait_for_run(unfinished, complete)) is not None:
+            attempt(by_logdir[claim.run_dir], claim)
+    for logdir in waiting:
+        if logdir not in results_of:
+            results_of[logdir] = rundir.completed_results(by_logdir[logdir])
+            report(by_logdir[logdir], "done by another worker", results_of[logdir])
+    return [results_of[config.logdir] for config in configs]
