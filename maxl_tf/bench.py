@@ -1,12 +1,12 @@
 """Speed of the training steps and the input pipeline on synthetic CIFAR-shaped data.
 
 Times, after warm-up, the median of several repeats of each piece of one MAXL iteration, run by
-train.Trainer itself (its models, optimisers, strategy and compiled iteration, bookkeeping
-included; configure_runtime applied first), and prints a markdown table and one JSON line:
+train.py's own compiled iteration (its models, optimisers, strategy and bookkeeping; the runtime
+set up as for training), and prints a markdown table and one JSON line:
 
     python -m maxl_tf.bench --batch_size=64 --model=vgg16 --what=single,maxl,evaluator,generator,pipeline
     python -m maxl_tf.bench --precision=mixed_bfloat16 --jit --nodeterministic --strategy=mirrored   # GPUs
-    python -m maxl_tf.bench --what=single,maxl --reference=../shared/bench/torch_reference.py --cycles=4
+    python -m maxl_tf.bench --what=single,maxl --reference=benchmarks/torch_reference.py --cycles=4
 
   single     steps.evaluator_step of a single-task evaluator (method single)
   maxl       steps.evaluator_step + steps.generator_step (one iteration of Algorithm 1)
@@ -14,12 +14,13 @@ included; configure_runtime applied first), and prints a markdown table and one 
   generator  the second-order generator step alone
   pipeline   data.Pipeline batches with augmentation, nothing else (an epoch's worth per repeat)
 
-The timed pieces run round-robin (one repeat of each, then the next), so a burst of load from
-other processes on a shared machine hits all of them alike and their ratios stay meaningful.
---reference runs another implementation's benchmark script (the PyTorch one beside this project)
-in its own process before each of --cycles rounds of ours, and tables the ratios cycle by cycle.
+Every training flag of main.py applies (--model, --width, --pri, --aux, --precision, --jit,
+--strategy, --lr, ...), with --batch_size defaulting to 64. The timed pieces run round-robin (one
+repeat of each, then the next), so a burst of load from other processes on a shared machine hits
+all of them alike and their ratios stay meaningful. --reference runs another implementation's
+benchmark script (benchmarks/torch_reference.py, PyTorch) in its own process before each of
+--cycles rounds of ours, and tables the ratios cycle by cycle.
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -29,23 +30,27 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from maxl_tf import cli
 
+with cli.quiet_start_up():   # this command's first import of TensorFlow
+    import tensorflow as tf
+
+from absl import flags
 import keras
 import numpy as np
-import tensorflow as tf
 
 from maxl_tf import config as config_lib
 from maxl_tf import data as data_lib
 from maxl_tf import distribute
+from maxl_tf import errors
 from maxl_tf import hierarchy
-from maxl_tf import models
+from maxl_tf import state as state_lib
+from maxl_tf import steps
 from maxl_tf import train
 
 WHATS = ("single", "maxl", "evaluator", "generator", "pipeline")
 IMAGE_SHAPE = (32, 32, 3)
 PIPELINE_EPOCH = 45_000   # images per timed repeat of the input pipeline: a CIFAR-100 training epoch
-EVALUATOR_LR, GENERATOR_LR = 0.01, 1e-5
 
 
 @dataclasses.dataclass
@@ -67,52 +72,52 @@ def synthetic_batch(batch_size: int, pri: int, psi, seed: int) -> dict:
             "indices": tf.range(batch_size, dtype=tf.int64)}
 
 
-def _synthetic_run_data(batch_size: int, pri: int) -> train.RunData:
-    """What train.Trainer needs of a data set, from random pixels (it draws its probe batch here)."""
-    rng = np.random.default_rng(0)
-    examples = data_lib.Examples(rng.integers(0, 256, (batch_size, *IMAGE_SHAPE), np.uint8),
-                                 rng.integers(0, pri, batch_size), np.zeros(batch_size, np.int64))
-    pipeline = data_lib.Pipeline(examples)
-    return train.RunData(train=pipeline, test=pipeline, train_indices=np.arange(batch_size),
-                         meta_indices=np.arange(batch_size), input_shape=IMAGE_SHAPE, source="synthetic")
-
-
-def build_step(what: str, batch_size: int, architecture: str, pri: int, aux: int,
-               precision: str = "float32", jit: bool = False, strategy: str = "none") -> Timed:
-    """One training iteration for `what`, exactly as train.Trainer runs it: the same models,
-    optimisers, strategy and compiled function, bookkeeping included, on fixed synthetic batches.
+def bench_config(config: config_lib.Config, what: str) -> config_lib.Config:
+    """The run a piece times: config's flags, the method `what` needs, uniform psi (any --aux that
+    is a multiple of --pri: the batches are synthetic, no data set's hierarchy applies).
 
     Raises:
-      config.ConfigError: a strategy that cannot start, or a batch its replicas cannot split.
+      errors.Error: a bad flag.
     """
-    psi = (aux // pri,) * pri   # uniform, as the paper's CIFAR-100 20/100 split
-    config = config_lib.Config(
-        dataset="cifar100", pri=pri, aux=aux, psi=",".join(map(str, psi)),
-        method="single" if what == "single" else "maxl", model=architecture, batch_size=batch_size,
-        lr=EVALUATOR_LR, generator_lr=GENERATOR_LR, precision=precision, jit=jit, strategy=strategy)
-    distribution = train.run_strategy(config)
-    state = train.TrainState(config, IMAGE_SHAPE, psi, distribution)
-    trainer = train.Trainer(config, psi, _synthetic_run_data(batch_size, pri), state, distribution)
+    config_lib.check_flags(config)
+    if config.pri < 1 or config.aux < config.pri or config.aux % config.pri:
+        raise errors.Error(f"--aux={config.aux}: must be a positive multiple of --pri={config.pri}.")
+    return dataclasses.replace(config, method="single" if what == "single" else "maxl",
+                               psi=(config.aux // config.pri,) * config.pri)
+
+
+def build_step(config: config_lib.Config, what: str) -> Timed:
+    """One training iteration for `what`, exactly as train.py runs it: the same models,
+    optimisers, strategy and compiled iteration, bookkeeping included, on fixed synthetic batches.
+
+    Raises:
+      errors.Error: a strategy that cannot start, or a batch its replicas cannot split.
+    """
+    config = bench_config(config, what)
+    strategy = distribute.make_strategy(config.strategy, config.batch_size)
+    state = state_lib.TrainState(config, IMAGE_SHAPE, strategy)
+    iteration = train.make_iteration(config, state, steps.Task.from_config(config), strategy)
 
     def fixed(seed):   # one global batch, split over the replicas as training splits it
-        return next(iter(trainer.distribute(tf.data.Dataset.from_tensors(synthetic_batch(batch_size, pri, psi, seed)))))
+        batch = synthetic_batch(config.batch_size, config.pri, config.psi, seed)
+        return next(iter(distribute.distribute_dataset(strategy, tf.data.Dataset.from_tensors(batch))))
 
     args = {"single": (fixed(1), None), "evaluator": (fixed(1), None),
             "generator": (None, fixed(2)), "maxl": (fixed(1), fixed(2))}[what]
 
     def run():
-        trainer.iteration(*args)
-        state.sums.numpy()   # waits for the step: a tf.function call returns before a GPU finishes
+        iteration(*args)
+        state.sums.totals.numpy()   # waits for the step: a tf.function call returns before a GPU finishes
 
-    return Timed(what, run, batch_size)
+    return Timed(what, run, config.batch_size)
 
 
 def build_pipeline(batch_size: int, num_examples: int = 5000) -> Timed:
     """The training input pipeline alone: gather, normalise, random crop + flip per batch.
 
     Each repeat streams one epoch's worth of batches through a fresh tf.data stream, as every
-    training epoch does, so the stream's start-up is amortised as in training (over 10 batches,
-    start-up was most of the time: 8,331 against 58,573 images/s on 2 cores).
+    training epoch does, so the stream's start-up is amortised as in training (over a few
+    batches, start-up is most of the time).
     """
     steps = max(1, PIPELINE_EPOCH // batch_size)
     rng = np.random.default_rng(0)
@@ -141,12 +146,7 @@ def _reset_gpu_peak():
         tf.config.experimental.reset_memory_stats("GPU:0")
 
 
-class BenchError(Exception):
-    """A reference script that fails or prints no result; main() reports it as one error line."""
-
-
-def prepare(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int = 20, aux: int = 100,
-            warmup: int = 2, precision: str = "float32", jit: bool = False, strategy: str = "none"):
+def prepare(config: config_lib.Config, whats, warmup: int = 2):
     """Builds and warms up each piece.
 
     Returns:
@@ -156,8 +156,7 @@ def prepare(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int =
     pieces, memory = [], {}
     for what in whats:
         keras.utils.set_random_seed(0)
-        piece = build_pipeline(batch_size) if what == "pipeline" else build_step(
-            what, batch_size, architecture, pri, aux, precision, jit, strategy)
+        piece = build_pipeline(config.batch_size) if what == "pipeline" else build_step(config, what)
         _reset_gpu_peak()
         for _ in range(warmup):
             piece.run()
@@ -197,11 +196,9 @@ def summarise(pieces, memory, times) -> list:
     return rows
 
 
-def benchmark(whats, batch_size: int = 64, architecture: str = "vgg16", pri: int = 20, aux: int = 100,
-              repeats: int = 5, warmup: int = 2, precision: str = "float32", jit: bool = False,
-              strategy: str = "none") -> list:
+def benchmark(config: config_lib.Config, whats, repeats: int = 5, warmup: int = 2) -> list:
     """Builds and warms up each piece, then times them round-robin; rows as summarise()."""
-    pieces, memory = prepare(whats, batch_size, architecture, pri, aux, warmup, precision, jit, strategy)
+    pieces, memory = prepare(config, whats, warmup)
     return summarise(pieces, memory, time_pieces(pieces, repeats))
 
 
@@ -210,10 +207,10 @@ def reference_rates(script: str, batch_size: int, steps: int, pri: int, aux: int
 
     The script takes --batch_size, --steps, --pri and --aux and prints, as its last line, JSON
     with single_step_images_per_s and maxl_iteration_images_per_s
-    (../shared/bench/torch_reference.py).
+    (benchmarks/torch_reference.py).
 
     Raises:
-      BenchError: the script fails or prints no such line.
+      errors.Error: the script fails or prints no such line.
     """
     command = [sys.executable, script, f"--batch_size={batch_size}", f"--steps={steps}", f"--pri={pri}", f"--aux={aux}"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -224,12 +221,12 @@ def reference_rates(script: str, batch_size: int, steps: int, pri: int, aux: int
                 "maxl": float(values["maxl_iteration_images_per_s"])}
     except (IndexError, ValueError, KeyError, TypeError):
         why = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"--reference={script} exited with {result.returncode} and printed no "
-                         f"JSON line with single_step_images_per_s and maxl_iteration_images_per_s "
-                         f"({why})") from None
+        raise errors.Error(f"--reference={script} exited with {result.returncode} and printed no "
+                           f"JSON line with single_step_images_per_s and maxl_iteration_images_per_s "
+                           f"({why})") from None
 
 
-def compare(pieces, memory, script: str, cycles: int, batch_size: int, repeats: int, pri: int, aux: int):
+def compare(pieces, memory, script: str, cycles: int, config: config_lib.Config, repeats: int):
     """Alternates the reference script and our single and maxl pieces, `cycles` times.
 
     Each of our figures is divided by the reference's from the run just before it, so load that
@@ -241,7 +238,7 @@ def compare(pieces, memory, script: str, cycles: int, batch_size: int, repeats: 
     """
     cycle_rows, pooled = [], {piece.name: ([], []) for piece in pieces}
     for cycle in range(1, cycles + 1):
-        reference = reference_rates(script, batch_size, repeats, pri, aux)
+        reference = reference_rates(script, config.batch_size, repeats, config.pri, config.aux)
         times = time_pieces(pieces, repeats)
         ours = {row["what"]: row["images_per_s"] for row in summarise(pieces, memory, times)}
         cycle_rows.append({"cycle": cycle, "reference": reference, "single": ours["single"], "maxl": ours["maxl"],
@@ -255,7 +252,8 @@ def compare(pieces, memory, script: str, cycles: int, batch_size: int, repeats: 
 
 
 def comparison_table(cycle_rows) -> str:
-    lines = ["| cycle | reference single / MAXL, images/s | ours single / MAXL, images/s | single-task, ours / reference "
+    lines = ["| cycle | reference single / MAXL, images/s | ours single / MAXL, images/s "
+             "| single-task, ours / reference "
              "| MAXL, ours / reference | our MAXL time / single time |", "|---|---|---|---|---|---|"]
     for r in cycle_rows:
         lines.append(f"| {r['cycle']} | {r['reference']['single']:.1f} / {r['reference']['maxl']:.1f} | "
@@ -272,7 +270,8 @@ def comparison_table(cycle_rows) -> str:
 
 
 def markdown_table(rows) -> str:
-    lines = ["| what | images/s | s per repeat | CPU s per repeat | max/min over repeats | peak RSS MiB | peak GPU MiB |",
+    lines = ["| what | images/s | s per repeat | CPU s per repeat | max/min over repeats | peak RSS MiB "
+             "| peak GPU MiB |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         gpu = "-" if r["peak_gpu_mib"] is None else r["peak_gpu_mib"]
@@ -281,64 +280,52 @@ def markdown_table(rows) -> str:
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--model", choices=sorted(models.ARCHITECTURES), default="vgg16")
-    parser.add_argument("--pri", type=int, default=20, help="principal classes")
-    parser.add_argument("--aux", type=int, default=100, help="auxiliary classes, a multiple of --pri")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each piece; the median counts")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs of each piece first (tracing)")
-    parser.add_argument("--what", default="single,maxl,evaluator,generator,pipeline",
-                        help=f"comma list of: {', '.join(WHATS)}")
-    parser.add_argument("--precision", choices=models.PRECISIONS, default="float32")
-    parser.add_argument("--jit", action="store_true", help="compile the steps with XLA")
-    parser.add_argument("--strategy", choices=distribute.STRATEGIES, default="none")
-    parser.add_argument("--nodeterministic", dest="deterministic", action="store_false",
-                        help="without tf.config.experimental.enable_op_determinism")
-    parser.add_argument("--reference", help="a reference benchmark script to alternate with, e.g. "
-                        "../shared/bench/torch_reference.py; needs --what with single and maxl, --model=vgg16")
-    parser.add_argument("--cycles", type=int, default=1, help="rounds of reference, then ours (with --reference)")
-    args = parser.parse_args()
-    whats = args.what.split(",")
+def main(argv):
+    if len(argv) > 1:
+        raise errors.Error(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
+    values = flags.FLAGS
+    config = cli.config_from_flags(values)
+    whats = values.what.split(",")
     unknown = [w for w in whats if w not in WHATS]
-    if unknown:
-        parser.error(f"--what: unknown {', '.join(unknown)}; choose from {', '.join(WHATS)}")
-    if args.pri < 1 or args.aux < args.pri or args.aux % args.pri:
-        parser.error(f"--aux={args.aux} must be a positive multiple of --pri={args.pri}")
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 1 or args.cycles < 1:
-        parser.error("--batch_size, --repeats, --warmup and --cycles must be at least 1")
-    if args.reference and not ({"single", "maxl"} <= set(whats) and args.model == "vgg16"):
-        parser.error("--reference compares the VGG-16 single and maxl pieces: give --what with both and --model=vgg16")
-    if args.reference and not os.path.isfile(args.reference):
-        parser.error(f"--reference={args.reference}: no such file")
-    if args.cycles > 1 and not args.reference:
-        parser.error("--cycles needs --reference")
-    if args.jit and args.deterministic:
-        parser.error(config_lib.JIT_NEEDS_NODETERMINISTIC)
-    train.configure_runtime(args.deterministic)
+    problems = [
+        (unknown, f"--what: unknown {', '.join(unknown)}; choose from {', '.join(WHATS)}."),
+        (min(values.repeats, values.warmup, values.cycles) < 1, "--repeats, --warmup and --cycles must be at least 1."),
+        (values.reference and not ({"single", "maxl"} <= set(whats) and config.model == "vgg16"),
+         "--reference compares the VGG-16 single and maxl pieces: give --what with both and --model=vgg16."),
+        (values.reference and not os.path.isfile(values.reference), f"--reference={values.reference}: no such file."),
+        (values.cycles > 1 and not values.reference, "--cycles needs --reference.")]
+    for bad, message in problems:
+        if bad:
+            raise errors.Error(message)
+    bench_config(config, "maxl")   # the flags, before TensorFlow starts
+    cli.start_tensorflow(config.deterministic)
     cycle_rows = None
-    try:
-        pieces, memory = prepare(whats, args.batch_size, args.model, args.pri, args.aux, args.warmup,
-                                 args.precision, args.jit, args.strategy)
-        if args.reference:
-            cycle_rows, rows = compare(pieces, memory, args.reference, args.cycles, args.batch_size,
-                                       args.repeats, args.pri, args.aux)
-        else:
-            rows = summarise(pieces, memory, time_pieces(pieces, args.repeats))
-    except (config_lib.ConfigError, BenchError) as e:
-        parser.exit(2, f"error: {e}\n")
+    pieces, memory = prepare(config, whats, values.warmup)
+    if values.reference:
+        cycle_rows, rows = compare(pieces, memory, values.reference, values.cycles, config, values.repeats)
+    else:
+        rows = summarise(pieces, memory, time_pieces(pieces, values.repeats))
     if cycle_rows:
-        print(f"reference: {cycle_rows[0]['reference']['framework']} ({args.reference})")
+        print(f"reference: {cycle_rows[0]['reference']['framework']} ({values.reference})")
         print(comparison_table(cycle_rows) + "\n")
     print(markdown_table(rows))
-    print(json.dumps({"framework": f"tensorflow {tf.__version__}", "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
-                      "cpus": os.cpu_count(), "batch_size": args.batch_size, "model": args.model,
-                      "deterministic": args.deterministic, "precision": args.precision, "jit": args.jit,
-                      "strategy": args.strategy,
+    print(json.dumps({"framework": f"tensorflow {tf.__version__}",
+                      "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
+                      "cpus": os.cpu_count(), "batch_size": config.batch_size, "model": config.model,
+                      "width": config.width, "deterministic": config.deterministic, "precision": config.precision,
+                      "jit": config.jit, "strategy": config.strategy,
                       **{r["what"] + "_images_per_s": r["images_per_s"] for r in rows}, "rows": rows,
                       **({"cycles": cycle_rows} if cycle_rows else {})}))
 
 
 if __name__ == "__main__":
-    main()
+    cli.define_config_flags()
+    flags.FLAGS.set_default("batch_size", 64)
+    flags.DEFINE_integer("repeats", 5, "Timed repeats of each piece; the median counts.")
+    flags.DEFINE_integer("warmup", 2, "Untimed runs of each piece first (tracing).")
+    flags.DEFINE_string("what", "single,maxl,evaluator,generator,pipeline", f"Comma list of: {', '.join(WHATS)}.")
+    flags.DEFINE_string("reference", "", "A reference benchmark script to alternate with, e.g. "
+                                         "benchmarks/torch_reference.py; needs --what with single and maxl, "
+                                         "--model=vgg16.")
+    flags.DEFINE_integer("cycles", 1, "Rounds of reference, then ours (with --reference).")
+    cli.run(main)

@@ -1,23 +1,34 @@
-"""The run's configuration: one dataclass whose defaults are the paper's values.
+"""The run's configuration: one dataclass whose defaults are the paper's values, and its checks.
 
 main.py turns every field into an absl flag of the same name (help text and choices come from
-the field's metadata), so this file is the single list of what a run can change. Library code
-takes a Config, never flags.
+the field's metadata), so this file is the single list of what a run can change and of the
+choices each flag takes. It imports nothing heavy (no TensorFlow): commands that only read runs,
+such as `python -m maxl_tf.report`, start in a fraction of a second. Library code takes a
+Config, never flags.
 """
 import dataclasses
 import json
 import os
 
-from maxl_tf import distribute
-from maxl_tf import embedder as embedder_lib
-from maxl_tf import hierarchy as hierarchy_lib
-from maxl_tf import labels
-from maxl_tf import loaders
-from maxl_tf import models
+from maxl_tf import errors
+from maxl_tf import hierarchy
 
-
-class ConfigError(ValueError):
-    """A flag value that cannot run; the message names the flag and the fix."""
+DATASETS = ("cifar100", "cifar10", "cifar10_1", "digits")
+# Where auxiliary labels come from (labels.py): the paper's method and its four baselines.
+METHODS = ("maxl", "single", "human", "random", "prototypical")
+# Methods that learn from held-out meta data and train the evaluator on the rest; the others
+# train on the full training set (paper Section 4.1).
+USES_META_SPLIT = ("maxl", "prototypical")
+# Trunks of both networks (models.py): (filters, convolutions) per block, a 2x2 max-pool after each.
+ARCHITECTURES = {
+    "vgg16": ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),   # 32x32 down to 1x1
+    "vgg_small": ((64, 1), (128, 1), (256, 1)),   # 8x8 digits down to 1x1; fast enough for tests and CPUs
+}
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("none", "mirrored", "multi_worker")
+# The Prototypical net's embedder (embedder.py): these two names, or a saved .keras file.
+IMAGENET, UNTRAINED = "imagenet", "untrained"
+EMBEDDER_FALLBACKS = ("none", UNTRAINED)
 
 
 def _field(default, help_text, choices=None):
@@ -27,26 +38,26 @@ def _field(default, help_text, choices=None):
 @dataclasses.dataclass(frozen=True)
 class Config:
     # What to learn.
-    dataset: str = _field("cifar100", "Data set.", loaders.DATASETS)
+    dataset: str = _field("cifar100", "Data set.", DATASETS)
     data_dir: str = _field("", "Local CIFAR archives or a tensorflow-datasets data directory "
                                "(empty: the tfds default directory).")
     download: bool = _field(True, "Let tensorflow-datasets download a data set that is not prepared.")
     pri: int = _field(20, "Principal classes: a label level of the data set "
                           "(cifar100: 3, 10, 20, 100; cifar10: 10; digits: 2, 10).")
     aux: int = _field(100, "Auxiliary classes, sum(psi).")
-    psi: str = _field("", "Auxiliary classes per principal class, e.g. 5,1,4 (empty: the human "
-                          "hierarchy's when --aux is a human level, else uniform aux/pri).")
-    method: str = _field("maxl", "Where auxiliary labels come from.", labels.METHODS)
-    embedder: str = _field(embedder_lib.IMAGENET,
+    psi: tuple = _field((), "Auxiliary classes per principal class, e.g. 5,1,4 (empty: the human "
+                            "hierarchy's when --aux is a human level, else uniform aux/pri).")
+    method: str = _field("maxl", "Where auxiliary labels come from.", METHODS)
+    embedder: str = _field(IMAGENET,
                            "Image embedder of --method=prototypical: imagenet (keras.applications VGG16 "
                            "with ImageNet weights), untrained (the same network with random weights), or "
                            "a saved Keras model file (.keras) whose output is the embedding.")
     embedder_fallback: str = _field("none", "What --embedder=imagenet does when its weights cannot be "
                                             "loaded (offline): none stops with an error; untrained uses "
                                             "random weights and says so in the log and results.json.",
-                                    embedder_lib.FALLBACKS)
+                                    EMBEDDER_FALLBACKS)
     # Networks and data.
-    model: str = _field("vgg16", "Trunk of both networks.", tuple(models.ARCHITECTURES))
+    model: str = _field("vgg16", "Trunk of both networks.", tuple(ARCHITECTURES))
     width: float = _field(1.0, "Channel width multiplier of both networks.")
     meta_split: float = _field(0.1, "Fraction of the training set held out as MAXL's meta data; "
                                     "0 reuses the training set (the authors' code).")
@@ -71,10 +82,10 @@ class Config:
                            ("interleaved", "alternating"))
     seed: int = _field(0, "Seed of weights, meta split, shuffling, augmentation and random labels.")
     precision: str = _field("float32", "Compute precision; mixed_* keep float32 weights, losses, softmax "
-                                       "and pooling (mixed_float16 adds loss scaling).", models.PRECISIONS)
+                                       "and pooling (mixed_float16 adds loss scaling).", PRECISIONS)
     # Where and how fast it runs: not part of the experiment's identity.
     strategy: str = _field("none", "none: one device; mirrored: every local GPU (BUILD.md); "
-                                   "multi_worker: the machines listed in TF_CONFIG.", distribute.STRATEGIES)
+                                   "multi_worker: the machines listed in TF_CONFIG.", STRATEGIES)
     jit: bool = _field(False, "Compile the training steps with XLA (faster on GPUs; slower on CPUs).")
     # Bookkeeping: not part of the experiment's identity either.
     logdir: str = _field("", "Log directory (empty: runs/<name derived from the experiment>).")
@@ -86,21 +97,15 @@ class Config:
         return self.focal_gamma if self.loss == "focal" else 0.0
 
     @property
-    def psi_override(self):
-        return tuple(int(n) for n in self.psi.split(",")) if self.psi else None
-
-    @property
     def name(self) -> str:
-        """Default log-directory name: the settings one sweeps over."""
+        """Default log-directory name: the settings one sweeps over (psi only where it is not the
+        one --pri and --aux give by themselves)."""
         name = f"{self.dataset}_pri{self.pri}_aux{self.aux}_{self.method}"
-        if self.psi:
-            name += "_psi" + self.psi.replace(",", "-")
+        if self.psi and self.psi != _default_psi(self.dataset, self.pri, self.aux):
+            name += "_psi" + "-".join(map(str, self.psi))
         if self.entropy_weight != 0.2 and self.method == "maxl":
             name += f"_entropy{self.entropy_weight:g}"
         return name + f"_seed{self.seed}"
-
-    def resolved_logdir(self) -> str:
-        return self.logdir or os.path.join("runs", self.name)
 
     def experiment(self) -> dict:
         """The fields that decide the results; a log directory holds one experiment."""
@@ -110,28 +115,48 @@ class Config:
     @classmethod
     def from_saved(cls, saved: dict) -> "Config":
         """The Config of a saved config.json or results.json "config", ignoring fields this
-        version does not know (runs written by other versions still load)."""
+        version does not know (runs written by other versions still load; their psi was a string)."""
         known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in saved.items() if k in known})
+        values = {k: v for k, v in saved.items() if k in known}
+        if "psi" in values:
+            psi = values["psi"]
+            values["psi"] = parse_psi(psi) if isinstance(psi, str) else tuple(psi)
+        return cls(**values)
 
     def differences(self, saved: dict) -> list:
         """(field, saved value, this value) for each experiment field a saved config.json differs in."""
-        return [(k, saved.get(k), v) for k, v in self.experiment().items() if saved.get(k) != v]
+        there = Config.from_saved(saved).experiment()
+        return [(k, saved.get(k), v) for k, v in self.experiment().items() if there.get(k) != v]
 
     def to_flagfile(self) -> str:
         """absl flagfile text that replays this run: --flagfile=<logdir>/flags.cfg."""
         lines = ["# Resolved flags of this run; replay with --flagfile=<this file>."]
         for key, value in dataclasses.asdict(self).items():
-            if key == "logdir":
-                value = self.resolved_logdir()
             if isinstance(value, bool):
                 lines.append(f"--{key}" if value else f"--no{key}")
+            elif isinstance(value, tuple):
+                lines.append(f"--{key}={','.join(map(str, value))}")
             else:
                 lines.append(f"--{key}={value}")
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+
+def parse_psi(text: str) -> tuple:
+    """'5,1,4' -> (5, 1, 4); '' -> () (psi follows from --pri and --aux)."""
+    try:
+        return tuple(int(n) for n in text.split(",")) if text.strip() else ()
+    except ValueError:
+        raise errors.Error(f"--psi={text}: must be comma-separated integers, e.g. --psi=5,1,4.") from None
+
+
+def _default_psi(dataset: str, pri: int, aux: int):
+    try:
+        return hierarchy.resolve_psi(hierarchy.for_dataset(dataset), pri, aux)
+    except errors.Error:
+        return None
 
 
 # TensorFlow refuses to compile MaxPoolGrad under op determinism, so the combination would fail
@@ -142,15 +167,15 @@ JIT_NEEDS_NODETERMINISTIC = (
     "exactly) or drop --jit.")
 
 
-def validate(config: Config) -> tuple:
-    """Checks every flag that can be checked without data; returns the run's psi.
+def check_flags(config: Config) -> None:
+    """Checks every flag that needs no data set: choices, signs, ranges, combinations.
 
     Raises:
-      ConfigError: naming the first bad flag and how to fix it.
+      errors.Error: naming the first bad flag and how to fix it.
     """
     def check(ok, message):
         if not ok:
-            raise ConfigError(message)
+            raise errors.Error(message)
 
     for field in dataclasses.fields(Config):
         choices, value = field.metadata["choices"], getattr(config, field.name)
@@ -169,21 +194,27 @@ def validate(config: Config) -> tuple:
     check(not (config.jit and config.deterministic), JIT_NEEDS_NODETERMINISTIC)
     check(0 <= config.meta_split < 1,
           f"--meta_split={config.meta_split}: must be in [0, 1) (0 reuses the training set as meta data).")
-    try:
-        psi_override = config.psi_override
-    except ValueError:
-        raise ConfigError(f"--psi={config.psi}: must be comma-separated integers, e.g. --psi=5,1,4.")
-    try:
-        hierarchy = hierarchy_lib.for_dataset(config.dataset)
-        psi = hierarchy_lib.resolve_psi(hierarchy, config.pri, config.aux, psi_override)
-        if config.method in ("human", "prototypical"):
-            human = hierarchy_lib.require_human_psi(hierarchy, config.pri, config.aux, config.method)
-            check(human == psi, f"--psi={config.psi}: --method={config.method} uses the human "
-                                f"hierarchy's psi {','.join(map(str, human))}; drop --psi.")
-    except hierarchy_lib.HierarchyError as e:
-        raise ConfigError(str(e))
-    if config.method == "prototypical" and config.embedder not in (embedder_lib.IMAGENET, embedder_lib.UNTRAINED):
+    if config.method == "prototypical" and config.embedder not in (IMAGENET, UNTRAINED):
         check(config.embedder.endswith(".keras") and os.path.isfile(config.embedder),
               f"--embedder={config.embedder}: no such saved Keras model (.keras file); pass an existing "
               f".keras file, imagenet or untrained.")
-    return psi
+
+
+def validate(config: Config) -> Config:
+    """Checks every flag that can be checked without loading data; returns the resolved run.
+
+    The resolved Config has its psi (the human hierarchy's, uniform, or --psi as given) and its
+    log directory (runs/<name> unless --logdir was given) filled in; the rest of the code takes it.
+
+    Raises:
+      errors.Error: naming the first bad flag and how to fix it.
+    """
+    check_flags(config)
+    labels = hierarchy.for_dataset(config.dataset)
+    psi = hierarchy.resolve_psi(labels, config.pri, config.aux, config.psi or None)
+    if config.method in ("human", "prototypical"):
+        human = hierarchy.require_human_psi(labels, config.pri, config.aux, config.method)
+        if human != psi:
+            raise errors.Error(f"--psi={','.join(map(str, config.psi))}: --method={config.method} uses the "
+                               f"human hierarchy's psi {','.join(map(str, human))}; drop --psi.")
+    return dataclasses.replace(config, psi=psi, logdir=config.logdir or os.path.join("runs", config.name))

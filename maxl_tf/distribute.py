@@ -13,37 +13,59 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ("none", "mirrored", "multi_worker")
+from maxl_tf import config as config_lib
+from maxl_tf import errors
 
 
-class StrategyError(ValueError):
-    """A strategy that cannot start here; the message names --strategy and the fix."""
-
-
-def make_strategy(kind: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy for --strategy=kind.
+def make_strategy(kind: str, batch_size: int) -> tf.distribute.Strategy:
+    """The tf.distribute strategy for --strategy=kind, which must split batch_size evenly.
 
     mirrored uses every visible GPU; on a machine without GPUs it uses every logical CPU device
     (one, unless the CPU was split with tf.config.set_logical_device_configuration, as the tests do).
     multi_worker reads the cluster from the TF_CONFIG environment variable.
+
+    Raises:
+      errors.Error: the strategy cannot start here, or its replicas cannot split the batch.
     """
     if kind == "none":
-        return tf.distribute.get_strategy()
-    if kind == "mirrored":
+        strategy = tf.distribute.get_strategy()
+    elif kind == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if kind == "multi_worker":
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    elif kind == "multi_worker":
         try:
             cluster = json.loads(os.environ.get("TF_CONFIG", ""))["cluster"]["worker"]
         except (ValueError, KeyError, TypeError):
-            raise StrategyError(
+            raise errors.Error(
                 "--strategy=multi_worker needs the TF_CONFIG environment variable, e.g. "
                 "TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", \"host2:12345\"]}, "
-                "\"task\": {\"type\": \"worker\", \"index\": 0}}' (see BUILD.md).")
+                "\"task\": {\"type\": \"worker\", \"index\": 0}}' (see BUILD.md).") from None
         if not cluster:
-            raise StrategyError("TF_CONFIG lists no workers; --strategy=multi_worker needs at least one.")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise StrategyError(f"--strategy={kind}: unknown; use one of {', '.join(STRATEGIES)}.")
+            raise errors.Error("TF_CONFIG lists no workers; --strategy=multi_worker needs at least one.")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        raise errors.Error(f"--strategy={kind}: unknown; use one of {', '.join(config_lib.STRATEGIES)}.")
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise errors.Error(f"--batch_size={batch_size}: must be a multiple of the {replicas} replicas of "
+                           f"--strategy={kind}, so every replica gets an equal slice.")
+    return strategy
+
+
+def distribute_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+    """Splits each global batch into per-replica slices (every worker builds the same batches and
+    keeps its own slices); without a mirrored strategy, the dataset itself."""
+    if not isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        return dataset
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def any_replica(strategy: tf.distribute.Strategy, flag):
+    """Whether `flag` is true on any replica of any worker (a collective: call it on all)."""
+    votes = strategy.run(lambda f: tf.cast(f, tf.int32), args=(flag,))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None) > 0
 
 
 def num_replicas() -> int:

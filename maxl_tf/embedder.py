@@ -21,17 +21,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import loaders
+from maxl_tf import errors
+from maxl_tf.config import IMAGENET
+from maxl_tf.config import UNTRAINED
 
-IMAGENET, UNTRAINED = "imagenet", "untrained"
-FALLBACKS = ("none", UNTRAINED)
 VGG16_MIN_SIZE = 32   # keras.applications.VGG16's smallest input without its top
 VGG16_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 CHUNK = 256           # images per forward pass: bounds memory for any data set size
-
-
-class EmbedderError(loaders.DataError):
-    """An embedder that cannot be loaded; the message names --embedder and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +66,10 @@ def _vgg16(weights, seed: int) -> keras.Model:
                                     pooling="avg")
 
 
-def _first_line(error: Exception) -> str:
-    line = (str(error).strip().splitlines() or [""])[0][:300]
-    return f"{type(error).__name__}: {line}" if line else type(error).__name__
-
-
-def _imagenet_error(reason: str) -> EmbedderError:
+def _imagenet_error(reason: str) -> errors.Error:
     keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     cached = os.path.join(keras_home, "models", VGG16_WEIGHTS_FILE)
-    return EmbedderError(
+    return errors.Error(
         f"--embedder=imagenet: cannot load VGG16's ImageNet weights ({reason}). Fixes: run once with "
         f"internet access, or copy {VGG16_WEIGHTS_FILE} to {cached}; or pass --embedder=<a saved "
         f".keras model>; or ask for random weights explicitly with --embedder_fallback=untrained "
@@ -89,12 +80,12 @@ def _saved_model(path: str) -> Embedder:
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras raises ValueError, OSError, zipfile errors... for bad files
-        raise EmbedderError(f"--embedder={path}: cannot load this saved Keras model ({_first_line(e)}); "
-                            f"pass a .keras file written by model.save(), imagenet or untrained.") from e
+        raise errors.Error(f"--embedder={path}: cannot load this saved Keras model ({errors.first_line(e)}); "
+                           f"pass a .keras file written by model.save(), imagenet or untrained.") from e
     input_shape = model.input_shape
     if not isinstance(input_shape, tuple) or len(input_shape) != 4:
-        raise EmbedderError(f"--embedder={path}: the model's input shape is {input_shape}; it must "
-                            f"take one image batch [batch, height, width, channels].")
+        raise errors.Error(f"--embedder={path}: the model's input shape is {input_shape}; it must "
+                           f"take one image batch [batch, height, width, channels].")
     _, height, width, channels = input_shape
 
     def prepare(images):
@@ -114,7 +105,7 @@ def load(spec: str, fallback: str = "none", seed: int = 0) -> Embedder:
       seed: seeds the untrained network's weights (sets Keras' global seed).
 
     Raises:
-      EmbedderError: the weights or the saved model cannot be loaded.
+      errors.Error: the weights or the saved model cannot be loaded.
     """
     if spec == UNTRAINED:
         return Embedder(_vgg16(None, seed), _prepare_for_vgg16,
@@ -125,18 +116,18 @@ def load(spec: str, fallback: str = "none", seed: int = 0) -> Embedder:
         return Embedder(_vgg16("imagenet", seed), _prepare_for_vgg16, "VGG16 with ImageNet weights")
     except Exception as e:  # keras.utils.get_file raises a bare Exception when the download fails
         if fallback != UNTRAINED:
-            raise _imagenet_error(_first_line(e)) from e
+            raise _imagenet_error(errors.first_line(e)) from e
         return Embedder(_vgg16(None, seed), _prepare_for_vgg16,
                         f"UNTRAINED VGG16 (random weights, seed {seed}): the fallback asked for by "
                         f"--embedder_fallback=untrained, because the ImageNet weights could not be "
-                        f"loaded ({_first_line(e)})")
+                        f"loaded ({errors.first_line(e)})")
 
 
 def embed(embedder: Embedder, images: np.ndarray) -> np.ndarray:
     """Embeddings of uint8 images [N, H, W, C] in [0, 255], in chunks of CHUNK. [N, D] float32
 
     Raises:
-      EmbedderError: the model cannot take these images (a saved model built for other inputs).
+      errors.Error: the model cannot take these images (a saved model built for other inputs).
     """
     chunks = []
     for start in range(0, len(images), CHUNK):
@@ -144,7 +135,7 @@ def embed(embedder: Embedder, images: np.ndarray) -> np.ndarray:
         try:
             outputs = embedder.model(embedder.prepare(pixels), training=False)
         except Exception as e:  # shape and dtype mismatches surface as many error types
-            raise EmbedderError(f"--embedder: {embedder.description} cannot embed images of shape "
-                                f"{images.shape[1:]} ({_first_line(e)}); pass a model for such images.") from e
+            raise errors.Error(f"--embedder: {embedder.description} cannot embed images of shape "
+                               f"{images.shape[1:]} ({errors.first_line(e)}); pass a model for such images.") from e
         chunks.append(np.reshape(keras.ops.convert_to_numpy(outputs), (len(pixels), -1)))  # [B, D]
     return np.concatenate(chunks).astype(np.float32)

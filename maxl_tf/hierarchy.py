@@ -10,6 +10,8 @@ import dataclasses
 
 import numpy as np
 
+from maxl_tf import errors
+
 # The standard CIFAR-100 fine -> coarse (20 superclasses) table, in the data set's own order.
 CIFAR100_FINE_TO_COARSE = (
     4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
@@ -27,10 +29,6 @@ CIFAR100_10_TO_3 = (0, 0, 0, 0, 0, 1, 2, 2, 2, 2)
 
 # A human hierarchy over the ten digits by stroke shape: 0 curved (0,2,3,5,6,8,9), 1 straight (1,4,7).
 DIGITS_TO_2 = (0, 1, 0, 0, 1, 0, 0, 1, 0, 0)
-
-
-class HierarchyError(ValueError):
-    """A --pri/--aux/--psi combination the data set cannot give; the message names the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +70,7 @@ def for_dataset(dataset: str) -> Hierarchy:
         return Hierarchy("CIFAR-10", {10: np.arange(10)})
     if dataset == "digits":
         return Hierarchy("digits", {10: np.arange(10), 2: np.asarray(DIGITS_TO_2)})
-    raise HierarchyError(f"unknown dataset {dataset!r}")
+    raise errors.Error(f"--dataset={dataset}: no label hierarchy is known for it.")
 
 
 def _parents(hierarchy: Hierarchy, pri: int, aux: int) -> np.ndarray:
@@ -93,17 +91,17 @@ def resolve_psi(hierarchy: Hierarchy, pri: int, aux: int, psi: tuple | None = No
     """The psi a run uses: --psi if given, else the human hierarchy's, else uniform aux / pri.
 
     Raises:
-      HierarchyError: pri is not a label level of the data set, or no psi fits (pri, aux).
+      errors.Error: pri is not a label level of the data set, or no psi fits (pri, aux).
     """
     levels = sorted(hierarchy.levels)
     if pri not in hierarchy.levels:
-        raise HierarchyError(
+        raise errors.Error(
             f"--pri={pri}: {hierarchy.name} has principal labels with {levels} classes; pick one of them.")
     if aux < 1:
-        raise HierarchyError(f"--aux={aux}: the number of auxiliary classes must be positive.")
+        raise errors.Error(f"--aux={aux}: the number of auxiliary classes must be positive.")
     if psi is not None:
         if len(psi) != pri or min(psi) < 1 or sum(psi) != aux:
-            raise HierarchyError(
+            raise errors.Error(
                 f"--psi={','.join(map(str, psi))}: needs {pri} positive entries (one per principal class) "
                 f"summing to --aux={aux}; it has {len(psi)} entries summing to {sum(psi)}.")
         return tuple(psi)
@@ -113,7 +111,7 @@ def resolve_psi(hierarchy: Hierarchy, pri: int, aux: int, psi: tuple | None = No
     if aux % pri == 0 and aux >= pri:
         return (aux // pri,) * pri
     finer = [n for n in levels if n > pri]
-    raise HierarchyError(
+    raise errors.Error(
         f"--pri={pri} --aux={aux}: {hierarchy.name} cannot give this pair. Use --aux as a multiple of "
         f"--pri (uniform psi), one of the human levels {finer} finer than --pri, or an explicit --psi.")
 
@@ -138,10 +136,10 @@ def psi_mask(psi) -> np.ndarray:
 
 
 def require_human_psi(hierarchy: Hierarchy, pri: int, aux: int, method: str = "human") -> tuple:
-    """human_psi, or a HierarchyError saying which levels a baseline built on it can use."""
+    """human_psi, or an errors.Error saying which levels a baseline built on it can use."""
     psi = human_psi(hierarchy, pri, aux)
     if psi is None:
-        raise HierarchyError(
+        raise errors.Error(
             f"--method={method} needs a human hierarchy between --pri={pri} and --aux={aux}; "
             f"{hierarchy.name} has label levels {sorted(hierarchy.levels)}. Pick two of them, or another --method.")
     return psi
@@ -154,7 +152,7 @@ def human_aux_labels(hierarchy: Hierarchy, pri: int, aux: int, finest_labels: np
     own label, so class a of level `aux` becomes offset[parent(a)] + (rank of a among its siblings).
 
     Raises:
-      HierarchyError: the data set has no human hierarchy between these levels.
+      errors.Error: the data set has no human hierarchy between these levels.
     """
     psi = require_human_psi(hierarchy, pri, aux)
     pri_of_aux = _parents(hierarchy, pri, aux)

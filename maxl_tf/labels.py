@@ -9,19 +9,14 @@
   single  no auxiliary task
 """
 import numpy as np
-import tensorflow as tf
 from sklearn import metrics
+import tensorflow as tf
 
 from maxl_tf import data
 from maxl_tf import embedder as embedder_lib
+from maxl_tf import errors
 from maxl_tf import hierarchy as hierarchy_lib
-from maxl_tf import loaders
 from maxl_tf import losses
-
-METHODS = ("maxl", "single", "human", "random", "prototypical")
-# Methods that learn from held-out meta data and train the evaluator on the rest; the others
-# train on the full training set (4.1).
-USES_META_SPLIT = ("maxl", "prototypical")
 
 
 def fixed_aux_labels(method: str, hierarchy: hierarchy_lib.Hierarchy, pri: int, aux: int, psi,
@@ -55,7 +50,7 @@ def nearest_prototype_labels(embeddings: np.ndarray, human_slots: np.ndarray, pr
       meta_indices: the examples whose human labels define the prototypes.
 
     Raises:
-      loaders.DataError: a principal class of the examples has no auxiliary class with meta examples.
+      errors.Error: a principal class of the examples has no auxiliary class with meta examples.
     """
     embeddings = np.asarray(embeddings, np.float64)
     aux = sum(psi)
@@ -67,7 +62,7 @@ def nearest_prototype_labels(embeddings: np.ndarray, human_slots: np.ndarray, pr
     candidates = hierarchy_lib.psi_mask(psi)[pri_labels].astype(bool) & (counts > 0)  # [N, aux]
     orphans = np.unique(pri_labels[~candidates.any(axis=1)])
     if len(orphans):
-        raise loaders.DataError(
+        raise errors.Error(
             f"--method=prototypical: principal class(es) {orphans.tolist()} have no meta examples, so "
             f"no prototypes; raise --meta_split or --max_train_examples.")
     distances = metrics.pairwise.euclidean_distances(embeddings, prototypes, squared=True)  # [N, aux]

@@ -2,19 +2,20 @@
 
 CIFAR sets come from the archives their authors publish (when --data_dir holds them), else from a
 tensorflow-datasets directory, downloading into it only when asked. Digits is bundled with
-scikit-learn. Everything returned is checked, so bad data stops the run with a DataError the user
-can act on instead of a traceback deep inside training.
+scikit-learn. Everything returned is checked, so bad data stops the run with an errors.Error the
+user can act on instead of a traceback deep inside training.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from collections.abc import Sequence
 import dataclasses
 import os
 import pickle
 import socket
 import tarfile
 import zlib
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import sklearn.datasets
@@ -22,9 +23,9 @@ import sklearn.model_selection
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from maxl_tf import config as config_lib
+from maxl_tf import errors
 from maxl_tf import hierarchy
-
-DATASETS = ("cifar100", "cifar10", "cifar10_1", "digits")
 
 _NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "cifar10_1": 10, "digits": 10}
 # tensorflow-datasets names of the builders holding the (train, test) splits.
@@ -49,11 +50,6 @@ _IMAGE_SHAPE = {
     "cifar10_1": (32, 32, 3),
     "digits": (8, 8, 1),
 }
-
-
-class DataError(Exception):
-    """Bad or missing data. The message is shown to the user as-is: one or two sentences naming the
-    flag or file and the fix (main.py prints it and exits 2)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +97,9 @@ _CIFAR10_ARCHIVE = _PickleArchive(
 
 def load(dataset: str, data_dir: str | None, download: bool) -> RawData:
     """Loads `dataset` whole; `data_dir` and `download` only matter for the CIFAR sets."""
-    if dataset not in DATASETS:
-        raise DataError(
-            f"Unknown data set {dataset!r}: --dataset must be one of {', '.join(DATASETS)}."
+    if dataset not in config_lib.DATASETS:
+        raise errors.Error(
+            f"Unknown data set {dataset!r}: --dataset must be one of {', '.join(config_lib.DATASETS)}."
         )
     raw = _load_digits() if dataset == "digits" else _load_cifar(dataset, data_dir, download)
     _validate(raw.train, dataset, f"{raw.source} (train split)")
@@ -129,7 +125,7 @@ def _load_cifar(dataset: str, data_dir: str | None, download: bool) -> RawData:
         return _load_tfds(dataset, None, download)
     data_dir = os.path.expanduser(data_dir)
     if not os.path.isdir(data_dir):
-        raise DataError(
+        raise errors.Error(
             f"--data_dir={data_dir} does not exist or is not a folder: create it and put the data "
             "there, or leave --data_dir out to use the tensorflow-datasets default folder."
         )
@@ -169,7 +165,7 @@ def _load_pickle_archive(archive: _PickleArchive, data_dir: str) -> RawData | No
 
 
 def _read_pickle_archive(archive: _PickleArchive, path: str) -> tuple[Split, Split]:
-    """(train, test) from a published CIFAR pickle archive; read or format errors -> DataError."""
+    """(train, test) from a published CIFAR pickle archive; read or format errors -> errors.Error."""
     try:
         all_members = archive.train_members + archive.test_members
         pickles = _unpickle_members(path, archive.folder, all_members)
@@ -178,7 +174,7 @@ def _read_pickle_archive(archive: _PickleArchive, path: str) -> tuple[Split, Spl
             for members in (archive.train_members, archive.test_members)
         )
     except _READ_ERRORS as err:
-        raise DataError(
+        raise errors.Error(
             f"{path} is unreadable or not in the published format ({type(err).__name__}: {err}); "
             f"delete it and download it again from {_CIFAR_URL}."
         ) from err
@@ -228,7 +224,7 @@ def _load_local_cifar10_1(data_dir: str) -> RawData | None:
     if not all(present):
         names = [_CIFAR10_ARCHIVE.describe(), _CIFAR10_1_DATA, _CIFAR10_1_LABELS]
         missing = [name for name, found in zip(names, present) if not found]
-        raise DataError(
+        raise errors.Error(
             f"--data_dir={data_dir} holds only part of cifar10_1: also put {' and '.join(missing)} "
             f"there (from {_CIFAR_URL} and {_CIFAR10_1_URL})."
         )
@@ -251,7 +247,7 @@ def _read_cifar10_1_npy(data_path: str, labels_path: str) -> Split:
                 f"labels are {labels.dtype} {list(labels.shape)}, not integer [{len(images)}]"
             )
     except _READ_ERRORS as err:
-        raise DataError(
+        raise errors.Error(
             f"{data_path} / {labels_path} are unreadable or not in the published format "
             f"({type(err).__name__}: {err}); download them again from {_CIFAR10_1_URL}."
         ) from err
@@ -285,20 +281,18 @@ def _prepared_builder(
     if builder.is_prepared():
         return builder
     if not download:
-        raise DataError(_missing_data_message(dataset, data_dir, str(builder.data_dir_root)))
+        raise errors.Error(_missing_data_message(dataset, data_dir, str(builder.data_dir_root)))
     if _offline():
-        raise DataError(
+        raise errors.Error(
             f"Cannot download {name}: no network (none of {', '.join(_DOWNLOAD_HOSTS)} resolves). "
             f"To work offline put {_local_names(dataset)} in a folder and pass --data_dir=<that folder>."
         )
     try:
         builder.download_and_prepare()
     except Exception as err:  # Whatever tfds raises, the user needs the offline fix, not a trace.
-        first_line = (str(err).strip().splitlines() or [""])[0][:200]
-        reason = f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
-        raise DataError(
-            f"Downloading {name} with tensorflow-datasets failed ({reason}); no internet? To work "
-            f"offline put {_local_names(dataset)} in a folder and pass --data_dir=<that folder>."
+        raise errors.Error(
+            f"Downloading {name} with tensorflow-datasets failed ({errors.first_line(err, 200)}); "
+            f"no internet? To work offline put {_local_names(dataset)} in a folder and pass --data_dir=<that folder>."
         ) from err
     return builder
 
@@ -325,7 +319,7 @@ def _read_tfds_split(builder: tfds.core.DatasetBuilder, split: str) -> Split:
     try:
         arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
     except tf.errors.OpError as err:
-        raise DataError(
+        raise errors.Error(
             f"tensorflow-datasets files in {builder.data_path} are unreadable "
             f"({type(err).__name__}); delete that folder and prepare it again with --download."
         ) from err
@@ -370,14 +364,14 @@ def _missing_data_message(dataset: str, data_dir: str | None, tfds_dir: str) -> 
 def _check_coarse(fine: np.ndarray, coarse: np.ndarray, source: str) -> None:
     """Coarse labels that disagree with the standard table mean a corrupt or non-standard copy."""
     if fine.shape != coarse.shape or fine.min(initial=0) < 0 or fine.max(initial=0) >= 100:
-        raise DataError(
+        raise errors.Error(
             f"{source}: the CIFAR-100 fine/coarse label lists are malformed; "
             "download the data again."
         )
     bad = np.flatnonzero(np.asarray(hierarchy.CIFAR100_FINE_TO_COARSE)[fine] != coarse)
     if bad.size:
         i = bad[0]
-        raise DataError(
+        raise errors.Error(
             f"{source}: {bad.size} coarse labels disagree with the standard CIFAR-100 table "
             f"(example {i}: fine {fine[i]}, coarse {coarse[i]}), so this copy is corrupt or "
             "non-standard; download it again."
@@ -400,6 +394,6 @@ def _validate(split: Split, dataset: str, where: str) -> None:
         last = _NUM_CLASSES[dataset] - 1
         problem = f"labels span {labels.min()}..{labels.max()}, outside 0..{last}"
     if problem:
-        raise DataError(
+        raise errors.Error(
             f"{where}: {problem}; the data is corrupt or not {dataset}, download it again."
         )

@@ -9,12 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# (filters, convolutions) per block. VGG-16 takes 32x32 down to 1x1 in five blocks.
-ARCHITECTURES = {
-    "vgg16": ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),
-    # Three single-conv blocks: 8x8 digits go down to 1x1; fast enough for tests and CPUs.
-    "vgg_small": ((64, 1), (128, 1), (256, 1)),
-}
+from maxl_tf import config as config_lib
+from maxl_tf import errors
+
 TRUNK_PREFIX = "trunk_"
 # Input dtypes TensorFlow's fused batch-norm kernel takes (its statistics are float32).
 _FUSED_DTYPES = ("float16", "bfloat16", "float32")
@@ -92,8 +89,9 @@ def _fused_batch_norm_backward(dy, x, scale, reserve, epsilon):
     dy of the three outputs, given their cotangents (ddx, ddscale, ddoffset), is
     A ddx + xhat * ddscale + ddoffset: one more fused backward call plus one fused forward with
     scale ddscale and offset ddoffset. TensorFlow's registered gradient of the backward op builds
-    it from a dozen elementwise passes over the activations: 4% of the meta step's CPU time. The
-    gradients in x and scale keep TensorFlow's registered composite (the meta step needs neither).
+    it from a dozen elementwise passes over the activations (what it cost: docs/measurements.md).
+    The gradients in x and scale keep TensorFlow's registered composite (the meta step needs
+    neither).
     """
     def backward(dy, x, scale):
         return tf.raw_ops.FusedBatchNormGradV3(
@@ -126,10 +124,9 @@ class Conv2D(keras.layers.Conv2D):
         input pixel through some kernel tap (_small_map_product);
       - 4x4 pixels (block 4), on CPUs, runs on maps laid side by side in rows (_side_by_side);
         GPUs keep their kernels, which the extra arithmetic would only slow down.
-    Measured on the 2-core CPU, batch 64, 512 -> 512 channels, forward plus both backward passes:
-    TensorFlow's kernel 41 ms at 2x2 against 8 ms for the products; 63 ms at 4x4 against 49 ms
-    side by side. Both are compositions of differentiable ops, so they differentiate to any
-    order. Same variables as Keras' layer.
+    Both beat TensorFlow's CPU kernels on these maps, forward and both backward passes
+    (docs/measurements.md). Both are compositions of differentiable ops, so they differentiate to
+    any order. Same variables as Keras' layer.
     """
 
     def convolution_op(self, inputs, kernel):
@@ -168,11 +165,11 @@ _MAPS_PER_ROW = 8
 def _side_by_side(inputs, kernel):
     """3x3 'same' convolution of [batch, 4, 4, cin] maps, computed on rows of 8 maps.
 
-    oneDNN's channels-last kernel does the same arithmetic 1.65x slower on 4x4 maps than on 8x8
-    ones (512 -> 512 against 256 -> 256 channels, batch 64, the 2-core CPU). Each map gets a zero
-    column on its right, 8 of them make one [4, 40] image, and the zero columns keep neighbours
-    from seeing each other; the outputs at those columns are dropped. 25% more arithmetic, 22%
-    less time. The batch is padded with empty maps to a multiple of 8 and cut back after.
+    oneDNN's channels-last kernel is markedly slower per operation on 4x4 maps than on 8x8 ones.
+    Each map gets a zero column on its right, 8 of them make one [4, 40] image, and the zero
+    columns keep neighbours from seeing each other; the outputs at those columns are dropped: 25%
+    more arithmetic in less time. The batch is padded with empty maps to a multiple of 8 and cut
+    back after.
     """
     size, cin, cout = inputs.shape[1], kernel.shape[2], kernel.shape[3]
     batch = tf.shape(inputs)[0]
@@ -192,9 +189,6 @@ def _side_by_side(inputs, kernel):
     return y
 
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-
 def _trunk(images, architecture: str, width: float, precision, synchronized_bn: bool):
     """Shared feature extractor. images: [batch, H, W, C] -> features [batch, hidden].
 
@@ -205,7 +199,7 @@ def _trunk(images, architecture: str, width: float, precision, synchronized_bn: 
     dtype = precision   # None: Keras' global dtype policy (the float64 gradient tests set it)
     pool_dtype = "float32" if precision and precision.startswith("mixed") else dtype
     x = images
-    for block, (filters, convs) in enumerate(ARCHITECTURES[architecture], start=1):
+    for block, (filters, convs) in enumerate(config_lib.ARCHITECTURES[architecture], start=1):
         for conv in range(1, convs + 1):
             name = f"{TRUNK_PREFIX}block{block}_conv{conv}"
             x = Conv2D(max(1, round(filters * width)), 3, padding="same", name=name, dtype=dtype)(x)
@@ -225,10 +219,10 @@ def _head(features, classes: int, name: str, precision):
 
 
 def check_input_size(architecture: str, image_size: int) -> None:
-    """Raises ValueError if the architecture's pooling would shrink the image below 1x1."""
-    blocks = len(ARCHITECTURES[architecture])
+    """Raises errors.Error if the architecture's pooling would shrink the image below 1x1."""
+    blocks = len(config_lib.ARCHITECTURES[architecture])
     if image_size < 2 ** blocks:
-        raise ValueError(
+        raise errors.Error(
             f"--model={architecture} pools {blocks} times and needs images of at least "
             f"{2 ** blocks}x{2 ** blocks}; this data set's are {image_size}x{image_size}. "
             f"Use --model=vgg_small.")
@@ -243,7 +237,7 @@ def build_evaluator(input_shape, pri_classes: int, aux_classes: int, architectur
     returned as a one-element list so callers unpack it the same way.
 
     Args:
-      precision: one of PRECISIONS, or None to follow Keras' global dtype policy.
+      precision: one of config.PRECISIONS, or None to follow Keras' global dtype policy.
       synchronized_bn: batch statistics over all replicas of a distribution strategy.
     """
     check_input_size(architecture, input_shape[0])

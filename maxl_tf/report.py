@@ -1,37 +1,35 @@
-"""Finished runs -> a results table and the paper's figures: python -m maxl_tf.report runs [--out=DIR]
+"""Finished runs -> a results table and the paper's figures: python -m maxl_tf.report RUNS [--out=DIR]
 
 Reads every results.json under the runs directory, groups complete runs that differ only in their
 seed, and writes report.md (mean ± std of the test accuracy over seeds: the mean of the last 5
 epochs, the paper's metric) and PNG figures: learning curves per setting (paper Fig. 3 / Fig. 7),
 MAXL's improvement over single-task against auxiliary classes per principal class (Fig. 4), and the
 generator's label usage per epoch (Section 3.4's collapsing classes). Incomplete runs are listed,
-never averaged.
+never averaged. It reads JSON only: TensorFlow is not imported.
 """
-import argparse
 import collections
 import dataclasses
-import json
 import os
 import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt   # noqa: E402  (after choosing the backend)
-import numpy as np   # noqa: E402
+from absl import flags
+import matplotlib.pyplot as plt
+import numpy as np
 
-from maxl_tf import config as config_lib   # noqa: E402
-from maxl_tf import sweep   # noqa: E402
+from maxl_tf import cli
+from maxl_tf import config as config_lib
+from maxl_tf import errors
+from maxl_tf import rundir
+from maxl_tf import sweep
 
 # The fields a table row and a figure panel are named by; any other field that differs between
 # groups is shown too, so runs of different experiments are never shown as one.
 NAMED_FIELDS = ("dataset", "pri", "aux", "psi", "method", "entropy_weight")
 # Fields that tell lines of one panel apart rather than panels.
 LINE_FIELDS = ("method",) + sweep.GENERATOR_FIELDS + ("meta_split",)
-
-
-class ReportError(Exception):
-    """The runs directory cannot give a report; the message says why and what to pass."""
 
 
 @dataclasses.dataclass
@@ -55,15 +53,11 @@ class Group:
                          for r in self.runs], dtype=np.float64)
 
 
-def _config_of(results: dict) -> config_lib.Config:
-    return config_lib.Config.from_saved(results["config"])
-
-
 def load_runs(runs_dir: str) -> tuple:
     """Every readable results.json under runs_dir: (complete, incomplete, warnings)."""
     if not os.path.isdir(runs_dir):
-        raise ReportError(f"{runs_dir} is not a directory; pass the folder that holds the runs "
-                          f"(main.py's --logdir of a sweep, or runs).")
+        raise errors.Error(f"{runs_dir} is not a directory; pass the folder that holds the runs "
+                           f"(main.py's --logdir of a sweep, or runs).")
     complete, incomplete, warnings = [], [], []
     for folder, subfolders, files in sorted(os.walk(runs_dir)):
         subfolders[:] = sorted(d for d in subfolders if d != "checkpoints")
@@ -71,13 +65,11 @@ def load_runs(runs_dir: str) -> tuple:
             continue
         path = os.path.join(folder, "results.json")
         try:
-            with open(path) as f:
-                results = json.load(f)
-            _config_of(results)
-            if results["complete"] and (results["test_accuracy"] is None or not results["history"]):
-                raise ValueError("complete but without test accuracies")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            warnings.append(f"warning: skipping {path}: unreadable ({type(e).__name__}: {e}).")
+            results = rundir.read_results(path)
+            if results["complete"] and not results.get("history"):
+                raise errors.Error(f"{path}: unreadable (complete but without a history)")
+        except errors.Error as e:
+            warnings.append(f"warning: skipping {e}.")
             continue
         results["path"] = path
         (complete if results["complete"] else incomplete).append(results)
@@ -88,7 +80,7 @@ def group_runs(runs: list) -> list:
     """Complete runs grouped by experiment, seeds pooled; sorted by dataset, pri, aux, method."""
     groups = collections.OrderedDict()
     for results in runs:
-        config = _config_of(results)
+        config = config_lib.Config.from_saved(results["config"])
         setting = {k: v for k, v in sweep.experiment_key(config) if k != "seed"}
         key = tuple(sorted(setting.items()))
         if key not in groups:
@@ -293,7 +285,7 @@ def write_report(runs_dir: str, out: str) -> str:
     """Writes report.md and the figures into out; returns report.md's text.
 
     Raises:
-      ReportError: no directory, no readable runs, or no complete run.
+      errors.Error: no directory, no readable runs, or no complete run.
     """
     complete, incomplete, warnings = load_runs(runs_dir)
     for warning in warnings:
@@ -302,17 +294,18 @@ def write_report(runs_dir: str, out: str) -> str:
                   for r in incomplete]
     if not complete:
         if incomplete:
-            raise ReportError(f"{runs_dir} has only incomplete runs:\n" + "\n".join(unfinished) +
-                              "\nFinish them (rerun their command: it resumes), or pass a finished sweep's folder.")
-        raise ReportError(f"{runs_dir} has no readable results.json; pass the folder that holds the runs "
-                          f"(main.py's --logdir of a sweep, or runs).")
+            raise errors.Error(f"{runs_dir} has only incomplete runs:\n" + "\n".join(unfinished) +
+                               "\nFinish them (rerun their command: it resumes), or pass a finished sweep's folder.")
+        raise errors.Error(f"{runs_dir} has no readable results.json; pass the folder that holds the runs "
+                           f"(main.py's --logdir of a sweep, or runs).")
     groups = group_runs(complete)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise ReportError(f"--out={out} cannot be written ({e.strerror}); pass a writable --out.")
+        raise errors.Error(f"--out={out} cannot be written ({e.strerror}); pass a writable --out.") from None
     figures = plot_learning_curves(groups, out) + plot_improvement(groups, out) + plot_label_usage(groups, out)
-    text = (f"# Results of {runs_dir}\n\nTest accuracy: the mean of the last 5 epochs of each run "
+    text = (f"# Results of {runs_dir}\n\nTest accuracy: the mean of the last {rundir.LAST_EPOCHS_AVERAGED} "
+            f"epochs of each run "
             f"(the paper's metric); mean ± sample standard deviation over seeds.\n\n" + markdown_table(groups))
     if unfinished:
         text += "\n## Incomplete runs (not in the table or figures)\n\n" + "\n".join(unfinished) + "\n"
@@ -322,21 +315,15 @@ def write_report(runs_dir: str, out: str) -> str:
     return text
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", help="folder holding run directories (searched recursively)")
-    parser.add_argument("--out", default="", help="where report.md and the PNGs go (default: <runs_dir>/report)")
-    args = parser.parse_args(argv)
-    out = args.out or os.path.join(args.runs_dir, "report")
-    try:
-        text = write_report(args.runs_dir, out)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(text)
+def main(argv):
+    if len(argv) != 2:
+        raise errors.Error("pass one folder of runs, e.g. python -m maxl_tf.report runs/digits_sweep.")
+    runs_dir = argv[1]
+    out = flags.FLAGS.out or os.path.join(runs_dir, "report")
+    print(write_report(runs_dir, out))
     print(f"Wrote {os.path.join(out, 'report.md')} and its figures.")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    flags.DEFINE_string("out", "", "Where report.md and the PNGs go (default: <runs_dir>/report).")
+    cli.run(main)

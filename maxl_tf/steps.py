@@ -1,14 +1,16 @@
 """One training step of each network and the evaluation step, as plain functions of their inputs.
 
-They run eagerly (tests) or inside tf.function (train.py wraps them). Each returns a dict of
-scalars and tensors for the loop's metrics; none of them reads flags or global state.
+They run eagerly (tests) or inside tf.function (train.py wraps them). Each returns its metrics
+under the names they are logged by (train/..., meta/...); none of them reads flags or global state.
 """
 import dataclasses
 
 import keras
 import tensorflow as tf
 
+from maxl_tf import config as config_lib
 from maxl_tf import distribute
+from maxl_tf import hierarchy
 from maxl_tf import labels as labels_lib
 from maxl_tf import losses
 from maxl_tf import meta
@@ -20,7 +22,7 @@ class Task:
     """What the losses need to know about the run.
 
     Attributes:
-      method: one of labels.METHODS.
+      method: one of config.METHODS.
       num_pri, num_aux: principal classes and sum(psi).
       mask_table: [num_pri, num_aux] float32 psi_mask.
       gamma: focal-loss focusing parameter (0 = cross-entropy).
@@ -32,6 +34,13 @@ class Task:
     mask_table: tf.Tensor
     gamma: float = 2.0
     entropy_weight: float = 0.2
+
+    @classmethod
+    def from_config(cls, config: config_lib.Config) -> "Task":
+        """The task of a validated config (its psi resolved)."""
+        return cls(method=config.method, num_pri=config.pri, num_aux=sum(config.psi),
+                   mask_table=tf.constant(hierarchy.psi_mask(config.psi)), gamma=config.gamma,
+                   entropy_weight=config.entropy_weight)
 
 
 def _global_norm(grads):
@@ -64,9 +73,10 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
     optimiser sums the replicas' gradients of their share of the loss (distribute.py).
 
     Returns:
-      dict: pri_loss, aux_loss, pri_acc, aux_acc, grad_norm (scalars of this replica's slice) and
-      aux_assigned ([batch] argmax of the auxiliary targets, -1 for single-task) for label-usage
-      statistics.
+      (metrics, assigned): metrics, scalars of this replica's slice: train/pri_loss, train/pri_acc,
+      train/grad_norm_evaluator and, with an auxiliary task, train/aux_loss and train/aux_acc;
+      assigned: [batch] argmax of the auxiliary targets, for label-usage statistics (None for
+      single-task).
     """
     targets = labels_lib.auxiliary_targets(task.method, batch, task.num_aux, generator, task.mask_table)
     with tf.GradientTape() as tape:
@@ -77,16 +87,13 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
     grads = tape.gradient(scaled_loss, evaluator.trainable_variables)
     grad_norm = _replica_grad_norm(grads, _loss_scale(optimizer))   # before apply moves a float16 scale
     optimizer.apply(grads, evaluator.trainable_variables)
-    batch_size = tf.shape(batch["labels"])[0]
+    metrics = {"train/pri_loss": pri_loss, "train/pri_acc": losses.accuracy(pri_logits, batch["labels"]),
+               "train/grad_norm_evaluator": grad_norm}
     if targets is None:
-        assigned = tf.fill([batch_size], tf.constant(-1, tf.int64))
-        aux_acc = tf.constant(0.0)
-    else:
-        assigned = tf.argmax(targets, axis=-1, output_type=tf.int64)
-        aux_acc = losses.accuracy(aux_logits, assigned)
-    return {"pri_loss": pri_loss, "aux_loss": tf.cast(aux_loss, tf.float32),
-            "pri_acc": losses.accuracy(pri_logits, batch["labels"]), "aux_acc": aux_acc,
-            "grad_norm": grad_norm, "aux_assigned": assigned}
+        return metrics, None
+    assigned = tf.argmax(targets, axis=-1, output_type=tf.int64)
+    metrics.update({"train/aux_loss": aux_loss, "train/aux_acc": losses.accuracy(aux_logits, assigned)})
+    return metrics, assigned
 
 
 def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
@@ -99,30 +106,36 @@ def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
     lookahead_model: see meta.second_order_meta_gradient (a float32 twin under mixed precision).
 
     Returns:
-      dict: meta_loss, loss_before, loss_after, entropy, grad_norm (of the meta-gradient alone),
-      finite_grads (False when the step was skipped for a non-finite gradient).
+      metrics, scalars of this replica's slice: meta/loss, meta/loss_before and meta/loss_after
+      (the principal loss before and after the lookahead), meta/entropy, meta/grad_norm_generator
+      (of the meta-gradient alone) and, with loss scaling, meta/skipped_steps (1 when the
+      optimiser skipped the step for a non-finite gradient).
     """
     loss_scale = _loss_scale(optimizer)
+    scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     grads, stats = meta.second_order_meta_gradient(
         evaluator, generator, batch["images"], batch["labels"], task.mask_table, inner_lr,
-        task.gamma, task.entropy_weight,
-        loss_scale=loss_scale if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None,
+        task.gamma, task.entropy_weight, loss_scale=loss_scale if scaling else None,
         lookahead_model=lookahead_model)
-    stats["grad_norm"] = _replica_grad_norm(grads, loss_scale)
-    # What LossScaleOptimizer checks element by element, read off the norm without another pass.
-    stats["finite_grads"] = tf.math.is_finite(stats["grad_norm"])
+    grad_norm = _replica_grad_norm(grads, loss_scale)
     if weight_decay:
         decay = tf.sign if weight_decay_type == "l1" else tf.identity
         share = weight_decay * loss_scale / distribute.num_replicas()
         grads = [g + tf.cast(share, v.dtype) * decay(v) for g, v in zip(grads, generator.trainable_variables)]
     optimizer.apply(grads, generator.trainable_variables)
-    return stats
+    metrics = {"meta/loss": stats["meta_loss"], "meta/loss_before": stats["loss_before"],
+               "meta/loss_after": stats["loss_after"], "meta/entropy": stats["entropy"],
+               "meta/grad_norm_generator": grad_norm}
+    if scaling:   # what LossScaleOptimizer checks element by element, read off the norm
+        metrics["meta/skipped_steps"] = 1.0 - tf.cast(tf.math.is_finite(grad_norm), tf.float32)
+    return metrics
 
 
 def evaluation_step(evaluator, batch, task: Task):
     """Principal-task loss and correct count on a test batch, batch norm in inference mode.
 
-    Returns sums (not means) so batches of different sizes add up exactly.
+    Returns sums (not means), loss_sum, correct and count, so batches of different sizes add up
+    exactly.
     """
     pri_logits, _ = models.evaluator_outputs(evaluator(batch["images"], training=False))
     per_example = losses.focal_loss(pri_logits, tf.one_hot(batch["labels"], task.num_pri), task.gamma)

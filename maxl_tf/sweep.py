@@ -4,14 +4,14 @@ main.py hands the list flags (--method, --seeds, --pairs, --entropy_weights) to 
 helpers here and calls expand(). Config itself stays one run's settings with scalar fields; only
 --method was already a comma list. Each run of a sweep gets the log directory
 <--logdir or runs>/<Config.name>, so rerunning the sweep finds, skips or resumes every run.
+No TensorFlow here: a sweep's flags are all checked before it starts.
 """
 import dataclasses
 import itertools
-import json
 import os
 
 from maxl_tf import config as config_lib
-from maxl_tf import labels
+from maxl_tf import errors
 
 GENERATOR_FIELDS = ("entropy_weight", "generator_lr", "generator_weight_decay",
                     "generator_weight_decay_type", "schedule")
@@ -21,7 +21,7 @@ def ignored_fields(method: str) -> frozenset:
     """Config fields that cannot change the results of a run of this method.
 
     Only maxl has a generator; single-task learning has no auxiliary task, so its --aux and --psi
-    only name the run; only the methods in labels.USES_META_SPLIT hold out meta data; only
+    only name the run; only the methods in config.USES_META_SPLIT hold out meta data; only
     prototypical embeds images.
     """
     ignored = set()
@@ -29,7 +29,7 @@ def ignored_fields(method: str) -> frozenset:
         ignored.update(GENERATOR_FIELDS)
     if method == "single":
         ignored.update(("aux", "psi"))
-    if method not in labels.USES_META_SPLIT:
+    if method not in config_lib.USES_META_SPLIT:
         ignored.add("meta_split")
     if method != "prototypical":
         ignored.update(("embedder", "embedder_fallback"))
@@ -46,8 +46,8 @@ def _split(flag: str, text: str, convert) -> tuple:
     try:
         return tuple(convert(item.strip()) for item in text.split(",") if item.strip())
     except ValueError:
-        raise config_lib.ConfigError(f"--{flag}={text}: must be a comma-separated list, e.g. "
-                                     f"{'--seeds=0,1,2' if convert is int else '--entropy_weights=0.2,0'}.")
+        raise errors.Error(f"--{flag}={text}: must be a comma-separated list, e.g. "
+                           f"{'--seeds=0,1,2' if convert is int else '--entropy_weights=0.2,0'}.") from None
 
 
 def parse_seeds(text: str) -> tuple:
@@ -65,9 +65,8 @@ def parse_pairs(text: str) -> tuple:
         return int(pri), int(aux)
     try:
         return _split("pairs", text, pair)
-    except config_lib.ConfigError:
-        raise config_lib.ConfigError(f"--pairs={text}: must be comma-separated pri:aux pairs, "
-                                     f"e.g. --pairs=3:10,3:20.")
+    except errors.Error:
+        raise errors.Error(f"--pairs={text}: must be comma-separated pri:aux pairs, e.g. --pairs=3:10,3:20.") from None
 
 
 def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=()) -> list:
@@ -96,21 +95,3 @@ def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=()) -> l
         configs.append(config)
     return configs
 
-
-def completed_results(config: config_lib.Config) -> dict | None:
-    """The run's results.json if it holds this same experiment, complete; else None.
-
-    Lets a sweep skip finished runs without loading data or building models. Anything else
-    (no file, unfinished, unreadable, another experiment) goes to train.train_and_evaluate, which
-    resumes the run or explains what is wrong.
-    """
-    path = os.path.join(config.resolved_logdir(), "results.json")
-    try:
-        with open(path) as f:
-            results = json.load(f)
-        saved = results["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(saved, dict) or config.differences(saved):
-        return None
-    return results if results.get("complete") is True else None

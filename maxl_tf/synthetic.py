@@ -6,14 +6,16 @@ without the data; the accuracies they give mean nothing.
     python -m maxl_tf.synthetic --dataset=cifar100 --out=/tmp/synthetic_cifar
     python main.py --flagfile=flags/cifar100.cfg --data_dir=/tmp/synthetic_cifar ...
 """
-import argparse
 import io
 import os
 import pickle
 import tarfile
 
+from absl import flags
 import numpy as np
 
+from maxl_tf import cli
+from maxl_tf import errors
 from maxl_tf import hierarchy
 
 
@@ -55,14 +57,26 @@ def write_archive(dataset: str, out: str, train: int = 50000, test: int = 10000,
                 payload[b"labels"] = labels.tolist()
                 _add(tar, f"cifar-10-batches-py/{name}", payload)
         return path
-    raise ValueError(f"no synthetic archive for {dataset!r}; use cifar100 or cifar10")
+    raise errors.Error(f"--dataset={dataset}: no synthetic archive for it; use cifar100 or cifar10.")
+
+
+def main(argv):
+    values = flags.FLAGS
+    if len(argv) > 1:
+        raise errors.Error(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
+    if not values.out:
+        raise errors.Error("--out is required: the folder to write the archive into.")
+    if values.train < 1 or values.test < 1:
+        raise errors.Error("--train and --test must be at least 1.")
+    try:
+        print(write_archive(values.dataset, values.out, values.train, values.test))
+    except OSError as e:
+        raise errors.Error(f"--out={values.out} cannot be written ({e.strerror}); pass a writable folder.") from None
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=("cifar100", "cifar10"), default="cifar100")
-    parser.add_argument("--out", required=True, help="folder to write the archive into")
-    parser.add_argument("--train", type=int, default=50000)
-    parser.add_argument("--test", type=int, default=10000)
-    args = parser.parse_args()
-    print(write_archive(args.dataset, args.out, args.train, args.test))
+    flags.DEFINE_string("dataset", "cifar100", "cifar100 or cifar10.")
+    flags.DEFINE_string("out", "", "Folder to write the archive into.")
+    flags.DEFINE_integer("train", 50000, "Training images.")
+    flags.DEFINE_integer("test", 10000, "Test images.")
+    cli.run(main)

@@ -17,30 +17,31 @@ evaluator's auxiliary head under the same mask; single-task runs have none.
 import dataclasses
 import os
 import re
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # keep TensorFlow's C++ start-up chatter out of the output
+from maxl_tf import cli
 
-from absl import app
+with cli.quiet_start_up():   # this command's first import of TensorFlow
+    import tensorflow as tf
+
 from absl import flags
-from absl import logging
 import keras
 import matplotlib
+from matplotlib.figure import Figure
 import matplotlib.image
 import numpy as np
 import sklearn.manifold
-import tensorflow as tf
-from matplotlib.figure import Figure
 from tensorboard.plugins import projector
 
 from maxl_tf import config as config_lib
 from maxl_tf import data as data_lib
+from maxl_tf import errors
 from maxl_tf import hierarchy as hierarchy_lib
+from maxl_tf import inputs
 from maxl_tf import labels as labels_lib
-from maxl_tf import loaders
 from maxl_tf import losses
 from maxl_tf import models
-from maxl_tf import train
+from maxl_tf import rundir
+from maxl_tf import state as state_lib
 
 MIN_EXAMPLES = 10   # t-SNE needs a perplexity below the number of points
 
@@ -65,11 +66,11 @@ def feature_model(evaluator: keras.Model) -> keras.Model:
     return keras.Model(evaluator.inputs, [features, *evaluator.outputs])
 
 
-def run_on_test_set(config: config_lib.Config, psi, state: train.TrainState, run_data: train.RunData,
+def run_on_test_set(config: config_lib.Config, state: state_lib.TrainState, run_data: inputs.RunData,
                     key: str) -> RunOutputs:
     """Runs the restored networks (inference mode) over the test set."""
     network = feature_model(state.evaluator)
-    mask_table = tf.constant(hierarchy_lib.psi_mask(psi))
+    mask_table = tf.constant(hierarchy_lib.psi_mask(config.psi))
     parts = {"images": [], "labels": [], "predicted": [], "features": [], "aux": []}
     for batch in run_data.test.evaluation_batches(config.batch_size):
         features, *logits = network(batch["images"], training=False)
@@ -94,7 +95,7 @@ def run_on_test_set(config: config_lib.Config, psi, state: train.TrainState, run
         features=np.concatenate(parts["features"]),
         aux_probabilities=np.concatenate(parts["aux"]) if parts["aux"] else None,
         aux_source={"maxl": "generator", "single": ""}.get(config.method, "evaluator's auxiliary head"),
-        pri_of_aux=hierarchy_lib.owners(psi))
+        pri_of_aux=hierarchy_lib.owners(config.psi))
 
 
 def subsample(num_examples: int, max_examples: int) -> np.ndarray:
@@ -245,16 +246,17 @@ def visualise(logdirs, out: str, max_examples: int = 1000, aux_classes: int = 3,
       {"tsne": path, "projector_config": path, "top_k": {run key: path}, "runs": [RunOutputs],
        "indices": {run key: subsample indices}}.
     Raises:
-      train.RunError, config_lib.ConfigError, loaders.DataError: with a message for the user.
+      errors.Error: a directory that is not a finished run, data that cannot be loaded, an --out
+        that cannot be written.
     """
     runs, taken = [], set()
     for logdir in logdirs:
-        config, psi, state, run_data = train.load_run(logdir, data_dir)
-        runs.append(run_on_test_set(config, psi, state, run_data, _key(config.name, taken)))
+        config, state, run_data = rundir.load_run(logdir, data_dir)
+        runs.append(run_on_test_set(config, state, run_data, _key(config.name, taken)))
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise train.RunError(f"--out={out} cannot be written ({e.strerror}); pass a writable directory.")
+        raise errors.Error(f"--out={out} cannot be written ({e.strerror}); pass a writable directory.") from None
     indices = {run.key: subsample(len(run.labels), max_examples) for run in runs}
     num_classes = max(int(run.labels.max()) + 1 for run in runs)
     panels = [(run.title, tsne_embedding(run.features[indices[run.key]], seed), run.labels[indices[run.key]])
@@ -279,47 +281,27 @@ def main(argv):
     logdirs = argv[1:]
     problems = [(not logdirs, "pass one or more run log directories, e.g. runs/<name>."),
                 (not values.out, "--out is required: the directory to write the pictures into."),
-                (values.max_examples < MIN_EXAMPLES, f"--max_examples={values.max_examples}: must be at least {MIN_EXAMPLES}."),
+                (values.max_examples < MIN_EXAMPLES,
+                 f"--max_examples={values.max_examples}: must be at least {MIN_EXAMPLES}."),
                 (values.aux_classes < 1, f"--aux_classes={values.aux_classes}: must be positive."),
                 (values.top_k < 1, f"--top_k={values.top_k}: must be positive.")]
     for bad, message in problems:
         if bad:
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
-    logging.set_verbosity(logging.WARNING)
-    train.configure_runtime(deterministic=False)
-    try:
-        written = visualise(logdirs, values.out, values.max_examples, values.aux_classes, values.top_k,
-                            values.seed, values.data_dir or None)
-    except (train.RunError, config_lib.ConfigError, loaders.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+            raise errors.Error(message)
+    cli.start_tensorflow(deterministic=False)
+    written = visualise(logdirs, values.out, values.max_examples, values.aux_classes, values.top_k,
+                        values.seed, values.data_dir or None)
     print(f"t-SNE: {written['tsne']}")
     for key, path in written["top_k"].items():
         print(f"top-{values.top_k} images per auxiliary class of {key}: {path}")
     print(f"embedding projector: tensorboard --logdir {values.out}")
 
 
-def _define_flags():
-    """The entry point's flags, defined only when run as a program."""
+if __name__ == "__main__":
     flags.DEFINE_string("out", "", "Directory for the figures and the projector files.")
     flags.DEFINE_integer("max_examples", 1000, "Test examples per run for t-SNE and the projector.")
     flags.DEFINE_integer("aux_classes", 3, "Random auxiliary classes per top-k grid (Fig. 6 shows 3).")
     flags.DEFINE_integer("top_k", 5, "Images per auxiliary class.")
     flags.DEFINE_integer("seed", 0, "Seed of t-SNE and of the auxiliary classes drawn.")
     flags.DEFINE_string("data_dir", "", "Where the data sets are, if not where the runs found them.")
-
-
-def _parse(argv):
-    """absl's parser (flags may follow the directories), but a bad flag ends with one line, exit 2."""
-    flags.FLAGS.set_gnu_getopt(True)
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}. See python -m maxl_tf.visualise --help.", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    _define_flags()
-    app.run(main, flags_parser=_parse)
+    cli.run(main)

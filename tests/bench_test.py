@@ -1,4 +1,5 @@
 """The benchmark runs every piece on a tiny model and reports consistent figures."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,8 +10,12 @@ from unittest import mock
 import tensorflow as tf
 
 from maxl_tf import bench
+from maxl_tf import config as config_lib
+from maxl_tf import errors
 
-# A stand-in for ../shared/bench/torch_reference.py: same flags, fixed rates, so CI needs no torch.
+TINY = config_lib.Config(model="vgg_small", pri=2, aux=4, batch_size=4)
+
+# A stand-in for benchmarks/torch_reference.py: same flags, fixed rates, so CI needs no torch.
 FAKE_REFERENCE = textwrap.dedent("""
     import argparse, json, sys
     parser = argparse.ArgumentParser()
@@ -28,8 +33,7 @@ class BenchTest(tf.test.TestCase):
 
     @mock.patch.object(bench, "PIPELINE_EPOCH", 40)   # 10 batches of 4 per repeat, not an epoch
     def test_every_piece_is_timed_and_tabled(self):
-        rows = bench.benchmark(bench.WHATS, batch_size=4, architecture="vgg_small", pri=2, aux=4,
-                               repeats=2, warmup=1)
+        rows = bench.benchmark(TINY, bench.WHATS, repeats=2, warmup=1)
         self.assertEqual([r["what"] for r in rows], list(bench.WHATS))
         for r in rows:
             per_run = 40 if r["what"] == "pipeline" else 4
@@ -41,8 +45,7 @@ class BenchTest(tf.test.TestCase):
         self.assertTrue(table[2].startswith("| single | "))
 
     def test_precision_option_reaches_the_trainer(self):
-        rows = bench.benchmark(["maxl"], batch_size=4, architecture="vgg_small", pri=2, aux=4,
-                               repeats=1, warmup=1, precision="mixed_bfloat16")
+        rows = bench.benchmark(dataclasses.replace(TINY, precision="mixed_bfloat16"), ["maxl"], repeats=1, warmup=1)
         self.assertEqual(rows[0]["what"], "maxl")
         self.assertGreater(rows[0]["images_per_s"], 0)
 
@@ -51,10 +54,8 @@ class BenchTest(tf.test.TestCase):
             script = os.path.join(root, "reference.py")
             with open(script, "w") as f:
                 f.write(FAKE_REFERENCE)
-            pieces, memory = bench.prepare(["single", "maxl"], batch_size=4, architecture="vgg_small",
-                                           pri=2, aux=4, warmup=1)
-            cycle_rows, rows = bench.compare(pieces, memory, script, cycles=2, batch_size=4, repeats=2,
-                                             pri=2, aux=4)
+            pieces, memory = bench.prepare(TINY, ["single", "maxl"], warmup=1)
+            cycle_rows, rows = bench.compare(pieces, memory, script, cycles=2, config=TINY, repeats=2)
             self.assertLen(cycle_rows, 2)
             for r in cycle_rows:
                 self.assertEqual(r["reference"], {"framework": "fake", "single": 10.0, "maxl": 2.5})
@@ -66,8 +67,9 @@ class BenchTest(tf.test.TestCase):
             self.assertLen(table, 2 + 2 + 1)
             self.assertTrue(table[-1].startswith("| median | 10.0 / 2.5 | "))
 
-            with self.assertRaisesRegex(bench.BenchError, "--reference=.*wrong classes"):
-                bench.compare(pieces, memory, script, cycles=1, batch_size=4, repeats=1, pri=3, aux=6)
+            with self.assertRaisesRegex(errors.Error, "--reference=.*wrong classes"):
+                bench.compare(pieces, memory, script, cycles=1, config=dataclasses.replace(TINY, pri=3, aux=6),
+                              repeats=1)
 
     def test_jit_without_nodeterministic_is_refused_before_any_work(self):
         process = subprocess.run([sys.executable, "-m", "maxl_tf.bench", "--model=vgg_small", "--jit"],

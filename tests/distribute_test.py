@@ -13,9 +13,11 @@ import sys
 import tempfile
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from maxl_tf import distribute
+from maxl_tf import errors
 from maxl_tf import train
 from tests import smoke_util
 
@@ -48,7 +50,7 @@ def _checkpoint_weights(directory):
 class StrategyChoiceTest(tf.test.TestCase):
 
     def test_one_device_helpers_are_the_identity(self):
-        self.assertIs(distribute.make_strategy("none"), tf.distribute.get_strategy())
+        self.assertIs(distribute.make_strategy("none", 8), tf.distribute.get_strategy())
         self.assertEqual(distribute.num_replicas(), 1)
         loss = tf.constant(2.5)
         self.assertIs(distribute.replica_share(loss), loss)
@@ -60,14 +62,15 @@ class StrategyChoiceTest(tf.test.TestCase):
             for value in (None, "not json", '{"cluster": {"worker": []}}'):
                 if value is not None:
                     os.environ["TF_CONFIG"] = value
-                with self.assertRaisesRegex(distribute.StrategyError, "TF_CONFIG"):
-                    distribute.make_strategy("multi_worker")
+                with self.assertRaisesRegex(errors.Error, "TF_CONFIG"):
+                    distribute.make_strategy("multi_worker", 8)
         finally:
             os.environ.pop("TF_CONFIG", None)
             if old is not None:
                 os.environ["TF_CONFIG"] = old
 
 
+@pytest.mark.slow
 class TwoReplicaTest(tf.test.TestCase):
 
     def test_meta_gradient_and_updates_equal_one_device(self):
@@ -89,6 +92,7 @@ class TwoReplicaTest(tf.test.TestCase):
             self.assertEqual(record_two["test/acc"], record_one["test/acc"])
 
 
+@pytest.mark.slow
 class MultiWorkerTest(tf.test.TestCase):
 
     def _start_workers(self, logdir, ports):

@@ -4,10 +4,11 @@ Expected values are written out literally from the paper's Appendix A (Table 1) 
 hand against the tables in hierarchy.py; nothing here recomputes them with the library's code.
 """
 
+from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
-from absl.testing import parameterized
 
+from maxl_tf import errors
 from maxl_tf import hierarchy
 
 # psi of every CIFAR-100 (pri, aux) pair of the paper, derived by hand from Appendix A.
@@ -167,9 +168,9 @@ class CifarHierarchyTest(tf.test.TestCase, parameterized.TestCase):
             self.assertLen(np.unique(human[principal == p]), n)
 
     def test_human_labels_error_without_hierarchy(self):
-        with self.assertRaisesRegex(hierarchy.HierarchyError, "--method=human"):
+        with self.assertRaisesRegex(errors.Error, "--method=human"):
             hierarchy.human_aux_labels(self.cifar100, 20, 40, np.arange(10))
-        with self.assertRaisesRegex(hierarchy.HierarchyError, "--aux=10"):
+        with self.assertRaisesRegex(errors.Error, "--aux=10"):
             hierarchy.human_aux_labels(hierarchy.for_dataset("cifar10"), 10, 10, np.arange(10))
 
 
@@ -197,48 +198,48 @@ class ResolvePsiTest(tf.test.TestCase):
         self.assertEqual(hierarchy.resolve_psi(self.cifar100, 3, 10, [4, 3, 3]), (4, 3, 3))
 
     def test_override_wrong_length(self):
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--psi=5,5.*2 entries summing to 10"):
+        with self.assertRaisesRegex(errors.Error, r"--psi=5,5.*2 entries summing to 10"):
             hierarchy.resolve_psi(self.cifar100, 3, 10, (5, 5))
 
     def test_override_wrong_sum(self):
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--psi=5,1,3.*summing to 9"):
+        with self.assertRaisesRegex(errors.Error, r"--psi=5,1,3.*summing to 9"):
             hierarchy.resolve_psi(self.cifar100, 3, 10, (5, 1, 3))
 
     def test_override_zero_entry(self):
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--psi=6,0,4.*positive"):
+        with self.assertRaisesRegex(errors.Error, r"--psi=6,0,4.*positive"):
             hierarchy.resolve_psi(self.cifar100, 3, 10, (6, 0, 4))
-        with self.assertRaisesRegex(hierarchy.HierarchyError, "--psi"):
+        with self.assertRaisesRegex(errors.Error, "--psi"):
             hierarchy.resolve_psi(self.cifar100, 3, 10, (11, -1, 0))
 
     def test_pri_not_a_level(self):
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--pri=5:.*\[3, 10, 20, 100\]"):
+        with self.assertRaisesRegex(errors.Error, r"--pri=5:.*\[3, 10, 20, 100\]"):
             hierarchy.resolve_psi(self.cifar100, 5, 100)
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--pri=20"):
+        with self.assertRaisesRegex(errors.Error, r"--pri=20"):
             hierarchy.resolve_psi(self.cifar10, 20, 100)
         # Even with a valid-looking override.
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--pri=2"):
+        with self.assertRaisesRegex(errors.Error, r"--pri=2"):
             hierarchy.resolve_psi(self.cifar10, 2, 10, (5, 5))
 
     def test_aux_not_multiple_nor_level(self):
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--pri=10 --aux=15"):
+        with self.assertRaisesRegex(errors.Error, r"--pri=10 --aux=15"):
             hierarchy.resolve_psi(self.cifar10, 10, 15)
         # The message lists the human levels finer than --pri.
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--pri=3 --aux=31.*\[10, 20, 100\]"):
+        with self.assertRaisesRegex(errors.Error, r"--pri=3 --aux=31.*\[10, 20, 100\]"):
             hierarchy.resolve_psi(self.cifar100, 3, 31)
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--pri=10 --aux=25"):
+        with self.assertRaisesRegex(errors.Error, r"--pri=10 --aux=25"):
             hierarchy.resolve_psi(self.cifar100, 10, 25)
 
     def test_aux_coarser_than_pri(self):
         # 10 is a level but coarser than 20 and not a multiple: no psi.
-        with self.assertRaisesRegex(hierarchy.HierarchyError, r"--pri=20 --aux=10"):
+        with self.assertRaisesRegex(errors.Error, r"--pri=20 --aux=10"):
             hierarchy.resolve_psi(self.cifar100, 20, 10)
 
     def test_aux_not_positive(self):
-        with self.assertRaisesRegex(hierarchy.HierarchyError, "--aux=0"):
+        with self.assertRaisesRegex(errors.Error, "--aux=0"):
             hierarchy.resolve_psi(self.cifar10, 10, 0)
 
     def test_unknown_dataset(self):
-        with self.assertRaisesRegex(hierarchy.HierarchyError, "imagenet"):
+        with self.assertRaisesRegex(errors.Error, "imagenet"):
             hierarchy.for_dataset("imagenet")
 
 

@@ -1,8 +1,8 @@
 """Tests for maxl_tf.labels: each method's auxiliary targets."""
 
+from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
-from absl.testing import parameterized
 
 from maxl_tf import hierarchy
 from maxl_tf import labels

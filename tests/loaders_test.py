@@ -6,11 +6,12 @@ import socket
 import tarfile
 from unittest import mock
 
+from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl.testing import parameterized
 
+from maxl_tf import errors
 from maxl_tf import hierarchy
 from maxl_tf import loaders
 
@@ -164,7 +165,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
     def test_cifar10_1_without_cifar10_archive_names_it(self):
         data_dir = self._dir("data")
         self._write_cifar10_1(data_dir)
-        with self.assertRaisesRegex(loaders.DataError, r"cifar-10-python\.tar\.gz"):
+        with self.assertRaisesRegex(errors.Error, r"cifar-10-python\.tar\.gz"):
             loaders.load("cifar10_1", data_dir, download=False)
 
     def test_cifar10_1_bad_npy_names_file(self):
@@ -172,14 +173,14 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         self._write_cifar10(data_dir, as_tar=False)
         self._write_cifar10_1(data_dir)
         np.save(os.path.join(data_dir, "cifar10.1_v6_data.npy"), np.zeros((7, 32, 32), np.uint8))
-        with self.assertRaisesRegex(loaders.DataError, r"v6_data\.npy.*download them again"):
+        with self.assertRaisesRegex(errors.Error, r"v6_data\.npy.*download them again"):
             loaders.load("cifar10_1", data_dir, download=False)
 
     def test_coarse_label_disagreeing_with_table(self):
         data_dir = self._dir("data")
         self._write_cifar100(data_dir, as_tar=True, bad_coarse=True)
         expected = r"cifar-100-python\.tar\.gz.*1 coarse labels disagree"
-        with self.assertRaisesRegex(loaders.DataError, expected):
+        with self.assertRaisesRegex(errors.Error, expected):
             loaders.load("cifar100", data_dir, download=False)
 
     def test_truncated_tar_gz_names_file(self):
@@ -190,14 +191,14 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
             content = f.read()
         with open(tar_path, "wb") as f:
             f.write(content[: len(content) // 2])
-        with self.assertRaisesRegex(loaders.DataError, rf"{tar_path}.*download it again"):
+        with self.assertRaisesRegex(errors.Error, rf"{tar_path}.*download it again"):
             loaders.load("cifar100", data_dir, download=False)
 
     def test_missing_member_names_file(self):
         data_dir = self._dir("data")
         self._write_cifar10(data_dir, as_tar=False)
         os.remove(os.path.join(data_dir, "cifar-10-batches-py", "data_batch_3"))
-        with self.assertRaisesRegex(loaders.DataError, r"cifar-10-batches-py.*data_batch_3"):
+        with self.assertRaisesRegex(errors.Error, r"cifar-10-batches-py.*data_batch_3"):
             loaders.load("cifar10", data_dir, download=False)
 
     def test_wrong_image_size_names_file(self):
@@ -205,20 +206,20 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         self._write_cifar10(data_dir, as_tar=False)
         path = os.path.join(data_dir, "cifar-10-batches-py", "test_batch")
         _pickle(path, {b"data": np.zeros((10, 3000), np.uint8), b"labels": [0] * 10})
-        with self.assertRaisesRegex(loaders.DataError, r"cifar-10-batches-py.*uint8 \[N, 3072\]"):
+        with self.assertRaisesRegex(errors.Error, r"cifar-10-batches-py.*uint8 \[N, 3072\]"):
             loaders.load("cifar10", data_dir, download=False)
 
     def test_label_out_of_range(self):
         data_dir = self._dir("data")
         self._write_cifar10(data_dir, as_tar=False, bad_label=True)
-        with self.assertRaisesRegex(loaders.DataError, r"test split.*0\.\.9"):
+        with self.assertRaisesRegex(errors.Error, r"test split.*0\.\.9"):
             loaders.load("cifar10", data_dir, download=False)
 
     # --- missing data / tensorflow-datasets ------------------------------------------------------
 
     def test_missing_data_dir(self):
         data_dir = os.path.join(self.get_temp_dir(), "does_not_exist")
-        with self.assertRaisesRegex(loaders.DataError, rf"--data_dir={data_dir} does not exist"):
+        with self.assertRaisesRegex(errors.Error, rf"--data_dir={data_dir} does not exist"):
             loaders.load("cifar100", data_dir, download=True)
         self.assertFalse(os.path.exists(data_dir))
 
@@ -226,7 +227,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
     def test_empty_data_dir_without_download(self, dataset):
         data_dir = self._dir("empty")
         with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
-            with self.assertRaises(loaders.DataError) as caught:
+            with self.assertRaises(errors.Error) as caught:
                 loaders.load(dataset, data_dir, download=False)
         download.assert_not_called()
         message = str(caught.exception)
@@ -241,7 +242,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         with mock.patch.object(tfds.core.constants, "DATA_DIR", self._dir("tfds_default")):
             with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
                 expected = r"tfds_default.*--data_dir=<that folder>"
-                with self.assertRaisesRegex(loaders.DataError, expected):
+                with self.assertRaisesRegex(errors.Error, expected):
                     loaders.load("cifar10", None, download=False)
         download.assert_not_called()
 
@@ -252,7 +253,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         with mock.patch.object(loaders, "_offline", return_value=False), mock.patch.object(
             tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure
         ):
-            with self.assertRaisesRegex(loaders.DataError, expected):
+            with self.assertRaisesRegex(errors.Error, expected):
                 loaders.load("cifar100", data_dir, download=True)
 
     def test_offline_download_fails_fast_without_trying(self):
@@ -261,7 +262,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         with mock.patch.dict(os.environ, {}, clear=True), mock.patch.object(
             socket, "getaddrinfo", side_effect=lookup_failure
         ) as lookup, mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
-            with self.assertRaisesRegex(loaders.DataError, r"Cannot download cifar100: no network.*--data_dir"):
+            with self.assertRaisesRegex(errors.Error, r"Cannot download cifar100: no network.*--data_dir"):
                 loaders.load("cifar100", data_dir, download=True)
         download.assert_not_called()
         self.assertLen(lookup.call_args_list, len(loaders._DOWNLOAD_HOSTS))
@@ -357,7 +358,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         data_dir = self._prepared_tfds_dir("cifar100")
         as_dataset = self._cifar100_as_dataset(bad_coarse=True)
         with tfds.testing.mock_data(data_dir=data_dir, as_dataset_fn=as_dataset):
-            with self.assertRaisesRegex(loaders.DataError, r"cifar100.*coarse labels disagree"):
+            with self.assertRaisesRegex(errors.Error, r"cifar100.*coarse labels disagree"):
                 loaders.load("cifar100", data_dir, download=False)
 
     # --- digits and arguments ------------------------------------------------------------------
@@ -385,7 +386,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_unknown_dataset(self):
         expected = r"--dataset must be one of cifar100, cifar10, cifar10_1, digits"
-        with self.assertRaisesRegex(loaders.DataError, expected):
+        with self.assertRaisesRegex(errors.Error, expected):
             loaders.load("mnist", None, download=False)
 
 

@@ -1,9 +1,9 @@
 """Tests for maxl_tf.losses against numpy hand computations, including second-order gradients."""
 
+from absl.testing import parameterized
 import keras
 import numpy as np
 import tensorflow as tf
-from absl.testing import parameterized
 
 from maxl_tf import losses
 

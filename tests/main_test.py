@@ -5,10 +5,12 @@ import signal
 import subprocess
 import time
 
-import tensorflow as tf
 from absl.testing import parameterized
+import pytest
+import tensorflow as tf
 
 from maxl_tf import config as config_lib
+from maxl_tf import errors
 from tests import smoke_util
 
 # Long enough epochs (34 steps of 16) that signals land mid-epoch; three epochs.
@@ -47,15 +49,53 @@ class ValidationTest(parameterized.TestCase):
         (dict(jit=True), "--jit: XLA has no deterministic max-pool gradient"),
     )
     def test_bad_flag_is_named(self, overrides, message):
-        with self.assertRaisesRegex(config_lib.ConfigError, message):
+        with self.assertRaisesRegex(errors.Error, message):
+            if "psi" in overrides:   # the flag's text, as main.py parses it
+                overrides = dict(overrides, psi=config_lib.parse_psi(overrides["psi"]))
             config_lib.validate(config_lib.Config(**overrides))
 
     def test_paper_defaults_validate(self):
-        self.assertEqual(config_lib.validate(config_lib.Config()), (5,) * 20)
-        self.assertEqual(config_lib.validate(config_lib.Config(pri=3, aux=10)), (5, 1, 4))
-        self.assertEqual(config_lib.validate(config_lib.Config(jit=True, deterministic=False)), (5,) * 20)
+        self.assertEqual(config_lib.validate(config_lib.Config()).psi, (5,) * 20)
+        self.assertEqual(config_lib.validate(config_lib.Config(pri=3, aux=10)).psi, (5, 1, 4))
+        self.assertEqual(config_lib.validate(config_lib.Config(jit=True, deterministic=False)).psi, (5,) * 20)
 
 
+class StartUpTest(tf.test.TestCase, parameterized.TestCase):
+    """What a user sees first: help, and flag mistakes caught before TensorFlow starts."""
+
+    def _run(self, *args):
+        return smoke_util.run_recording_imports(os.path.join(smoke_util.REPO, "main.py"), *args)
+
+    def test_help_exits_0(self):
+        code, stdout, _, _ = self._run("--help")
+        self.assertEqual(code, 0)
+        self.assertIn("Train MAXL or a baseline", stdout)
+        self.assertIn("--pri", stdout)
+
+    @parameterized.named_parameters(
+        ("typo_in_a_value", ("--batch_size=abc",), r"^error: flag --batch_size=abc: .*See --help\.$"),
+        ("unknown_flag", ("--bach_size=10",), r"^error: Unknown command line flag 'bach_size'"),
+        ("missing_flagfile", ("--flagfile=/nonexistent/preset.cfg",),
+         r"^error: --flagfile=/nonexistent/preset.cfg: cannot open it \(No such file or directory\); pass"),
+        ("bad_choice", ("--method=magic",), r"^error: --method=magic: unknown"),
+    )
+    def test_flag_mistakes_are_one_line_without_tensorflow(self, args, pattern):
+        code, _, stderr, imported = self._run(*args)
+        self.assertEqual(code, 2, stderr)
+        self.assertEqual(len(stderr.strip().splitlines()), 1, stderr)
+        self.assertRegex(stderr.strip(), pattern)
+        self.assertFalse(imported, "TensorFlow was imported before the flags were checked")
+
+    def test_tensorflow_start_up_lines_are_kept_out(self):
+        # Fails after TensorFlow started (the data is missing): the error line and nothing of its C++ start-up.
+        code, _, stderr, imported = self._run("--data_dir=/nonexistent/cifar", "--logdir=/nonexistent/run")
+        self.assertEqual(code, 2, stderr)
+        self.assertTrue(imported)
+        self.assertEqual([line for line in stderr.splitlines() if line.strip()],
+                         [line for line in stderr.splitlines() if line.startswith("error: ")], stderr)
+
+
+@pytest.mark.slow
 class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
 
     def _assert_one_line_error(self, process, exit_code, pattern):

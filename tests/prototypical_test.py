@@ -10,7 +10,9 @@ import tensorflow as tf
 from maxl_tf import config as config_lib
 from maxl_tf import data
 from maxl_tf import embedder
+from maxl_tf import errors
 from maxl_tf import hierarchy
+from maxl_tf import inputs
 from maxl_tf import labels
 from maxl_tf import loaders
 from maxl_tf import train
@@ -51,7 +53,7 @@ class NearestPrototypeTest(tf.test.TestCase):
 
     def test_principal_class_without_meta_examples_is_an_error(self):
         embeddings = np.zeros((3, 2))
-        with self.assertRaisesRegex(loaders.DataError, r"principal class\(es\) \[1\].*--meta_split"):
+        with self.assertRaisesRegex(errors.Error, r"principal class\(es\) \[1\].*--meta_split"):
             labels.nearest_prototype_labels(embeddings, np.asarray([0, 1, 2]), np.asarray([0, 0, 1]),
                                             (2, 1), meta_indices=np.asarray([0, 1]))
 
@@ -95,27 +97,27 @@ class EmbedderTest(tf.test.TestCase):
         inputs = keras.Input((8, 8, 4))
         path = os.path.join(self.get_temp_dir(), "four_channels.keras")
         keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).save(path)
-        with self.assertRaisesRegex(embedder.EmbedderError, "--embedder: saved Keras model .*four_channels"):
+        with self.assertRaisesRegex(errors.Error, "--embedder: saved Keras model .*four_channels"):
             embedder.embed(embedder.load(path), np.zeros((2, 8, 8, 1), np.uint8))
 
     def test_unreadable_saved_model_names_the_flag(self):
         path = os.path.join(self.get_temp_dir(), "broken.keras")
         with open(path, "w") as f:
             f.write("not a zip archive")
-        with self.assertRaisesRegex(embedder.EmbedderError, "--embedder=.*broken.keras: cannot load"):
+        with self.assertRaisesRegex(errors.Error, "--embedder=.*broken.keras: cannot load"):
             embedder.load(path)
 
     def test_missing_path_is_a_config_error(self):
         for path in ("/nonexistent/model.keras", "model.h5"):
             config = config_lib.Config(dataset="digits", pri=2, aux=10, method="prototypical", embedder=path)
-            with self.assertRaisesRegex(config_lib.ConfigError, f"--embedder={path}: no such saved Keras model"):
+            with self.assertRaisesRegex(errors.Error, f"--embedder={path}: no such saved Keras model"):
                 config_lib.validate(config)
         # Other methods ignore --embedder.
         config_lib.validate(config_lib.Config(dataset="digits", pri=2, aux=10, embedder="/nonexistent"))
 
     def test_needs_a_human_hierarchy(self):
-        for overrides in (dict(dataset="cifar10", pri=10, aux=20), dict(dataset="digits", pri=2, aux=10, psi="5,5")):
-            with self.assertRaisesRegex(config_lib.ConfigError, "--method=prototypical"):
+        for overrides in (dict(dataset="cifar10", pri=10, aux=20), dict(dataset="digits", pri=2, aux=10, psi=(5, 5))):
+            with self.assertRaisesRegex(errors.Error, "--method=prototypical"):
                 config_lib.validate(config_lib.Config(method="prototypical", **overrides))
 
     def test_untrained_is_deterministic_per_seed(self):
@@ -142,10 +144,10 @@ class OfflineImagenetTest(tf.test.TestCase):
 
     def test_error_names_the_flag_and_every_fix(self):
         with mock.patch.object(keras.applications, "VGG16", _offline_vgg16(keras.applications.VGG16)):
-            with self.assertRaises(embedder.EmbedderError) as caught:
+            with self.assertRaises(errors.Error) as caught:
                 embedder.load(embedder.IMAGENET)
         message = str(caught.exception)
-        self.assertIsInstance(caught.exception, loaders.DataError)   # main.py: one error line, exit 2
+        self.assertIsInstance(caught.exception, errors.Error)   # main.py: one error line, exit 2
         for part in ("--embedder=imagenet", "Name or service not known", embedder.VGG16_WEIGHTS_FILE,
                      os.path.join(".keras", "models"), "--embedder=<a saved .keras model>",
                      "--embedder_fallback=untrained"):
@@ -170,7 +172,7 @@ class PrototypicalRunTest(tf.test.TestCase):
 
     def test_prepare_data_labels_train_part_in_blocks_deterministically(self):
         config = smoke_util.smoke_config(self.get_temp_dir(), method="prototypical", embedder="untrained")
-        run_data = train.prepare_data(config, (7, 3))
+        run_data = inputs.prepare(config_lib.validate(config))
         # Paper 4.1: prototypes from the 10% meta split, the evaluator trains on the other 90%.
         self.assertLen(run_data.train_indices, 180)
         self.assertLen(run_data.meta_indices, 20)
@@ -180,7 +182,7 @@ class PrototypicalRunTest(tf.test.TestCase):
         self.assertAllEqual(hierarchy.psi_mask((7, 3))[principal, aux], np.ones(200))
         self.assertStartsWith(run_data.aux_label_info["embedder"], "untrained VGG16")
         self.assertBetween(run_data.aux_label_info["human_agreement"], 0.0, 1.0)
-        self.assertAllEqual(self._aux_labels(train.prepare_data(config, (7, 3))), aux)
+        self.assertAllEqual(self._aux_labels(inputs.prepare(config_lib.validate(config))), aux)
 
     def test_tiny_run_records_its_embedder(self):
         logdir = os.path.join(self.get_temp_dir(), "prototypical")
@@ -200,7 +202,7 @@ class PrototypicalRunTest(tf.test.TestCase):
         logdir = os.path.join(self.get_temp_dir(), "offline")
         config = smoke_util.smoke_config(logdir, method="prototypical")
         with mock.patch.object(keras.applications, "VGG16", _offline_vgg16(keras.applications.VGG16)):
-            with self.assertRaisesRegex(loaders.DataError, "--embedder=imagenet"):
+            with self.assertRaisesRegex(errors.Error, "--embedder=imagenet"):
                 train.train_and_evaluate(config, progress=False)
         self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
 

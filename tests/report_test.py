@@ -1,7 +1,5 @@
 """maxl_tf.report on runs directories written by hand: numbers, figures and errors."""
-import contextlib
 import dataclasses
-import io
 import json
 import os
 import re
@@ -12,6 +10,7 @@ import tensorflow as tf
 
 from maxl_tf import config as config_lib
 from maxl_tf import report
+from tests import smoke_util
 
 
 def fake_run(root, method, seed, accuracies, aux=10, entropy_weight=0.2, complete=True, dataset="digits",
@@ -48,10 +47,10 @@ def _rows(text):
 
 
 def _run_main(*args):
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = report.main(list(args))
-    return code, stdout.getvalue(), stderr.getvalue()
+    """python -m maxl_tf.report as a user runs it; it must never import TensorFlow."""
+    code, stdout, stderr, tensorflow_imported = smoke_util.run_recording_imports("maxl_tf.report", *args)
+    assert not tensorflow_imported, f"python -m maxl_tf.report imported TensorFlow: {stderr[-2000:]}"
+    return code, stdout, stderr
 
 
 class TableTest(tf.test.TestCase):
@@ -73,7 +72,8 @@ class TableTest(tf.test.TestCase):
         self.assertEqual(rows[("single", "–", "–")][6], f"{np.mean(single):.4f} ± {np.std(single, ddof=1):.4f}")
         self.assertEqual(rows[("single", "–", "–")][7], "3")
         # The unfinished run is listed, not averaged.
-        self.assertRegex(stdout, r"Incomplete runs[^\n]*\n\n- .*digits_pri2_aux10_random_seed0/results.json: 2/3 epochs")
+        self.assertRegex(stdout,
+                         r"Incomplete runs[^\n]*\n\n- .*digits_pri2_aux10_random_seed0/results.json: 2/3 epochs")
         with open(f"{self.get_temp_dir()}/out/report.md") as f:
             self.assertEqual(f.read().strip(), stdout.split("\nWrote ")[0].strip())
 

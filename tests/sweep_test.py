@@ -4,14 +4,17 @@ import json
 import os
 import time
 
-import matplotlib.image
-import tensorflow as tf
 from absl import flags
+import matplotlib.image
+import pytest
+import tensorflow as tf
 
 import main
+from maxl_tf import cli
 from maxl_tf import config as config_lib
-from maxl_tf import labels
+from maxl_tf import errors
 from maxl_tf import report
+from maxl_tf import rundir
 from maxl_tf import sweep
 from tests import smoke_util
 
@@ -21,7 +24,7 @@ def _preset(name: str, *extra) -> list:
     flag_values = flags.FlagValues()
     main.define_flags(flag_values)
     flag_values(["main.py", f"--flagfile={os.path.join(smoke_util.REPO, 'flags', name)}", *extra])
-    return sweep.expand(main.config_from_flags(flag_values), seeds=sweep.parse_seeds(flag_values.seeds),
+    return sweep.expand(cli.config_from_flags(flag_values), seeds=sweep.parse_seeds(flag_values.seeds),
                         pairs=sweep.parse_pairs(flag_values.pairs),
                         entropy_weights=sweep.parse_entropy_weights(flag_values.entropy_weights))
 
@@ -39,7 +42,7 @@ class ParseTest(tf.test.TestCase):
                                      (sweep.parse_entropy_weights, "0.2,none", "--entropy_weights=0.2,none"),
                                      (sweep.parse_pairs, "3-10", "--pairs=3-10: must be comma-separated pri:aux"),
                                      (sweep.parse_pairs, "3:10:20", "--pairs=3:10:20")):
-            with self.assertRaisesRegex(config_lib.ConfigError, message):
+            with self.assertRaisesRegex(errors.Error, message):
                 parse(text)
 
 
@@ -85,7 +88,7 @@ class PresetTest(tf.test.TestCase):
                     self.assertEqual([c.name for c in configs[:5]], first_seed_names)
                 # prototypical comes from another branch; every other run validates now.
                 for config in configs:
-                    if config.method in labels.METHODS:
+                    if config.method in config_lib.METHODS:
                         config_lib.validate(config)
         fig3 = _preset("fig3_sweep.cfg")
         self.assertEqual(sorted({(c.pri, c.aux) for c in fig3 if c.method == "human"}),
@@ -107,18 +110,19 @@ class CompletedResultsTest(tf.test.TestCase):
             with open(path, "w") as f:
                 f.write(text)
 
-        self.assertIsNone(sweep.completed_results(config))   # no file
-        results = {"config": dataclasses.asdict(config), "complete": True, "test_accuracy": 0.5}
+        self.assertIsNone(rundir.completed_results(config))   # no file
+        results = json.loads(json.dumps({"config": dataclasses.asdict(config), "complete": True, "test_accuracy": 0.5}))
         write(json.dumps(results))
-        self.assertEqual(sweep.completed_results(config), results)
-        self.assertEqual(sweep.completed_results(dataclasses.replace(config, log_every=3)), results)  # bookkeeping
-        self.assertIsNone(sweep.completed_results(dataclasses.replace(config, epochs=3)))
+        self.assertEqual(rundir.completed_results(config), results)
+        self.assertEqual(rundir.completed_results(dataclasses.replace(config, log_every=3)), results)  # bookkeeping
+        self.assertIsNone(rundir.completed_results(dataclasses.replace(config, epochs=3)))
         write(json.dumps(dict(results, complete=False)))
-        self.assertIsNone(sweep.completed_results(config))
+        self.assertIsNone(rundir.completed_results(config))
         write("{not json")
-        self.assertIsNone(sweep.completed_results(config))
+        self.assertIsNone(rundir.completed_results(config))
 
 
+@pytest.mark.slow
 class SweepCommandTest(tf.test.TestCase):
     """2 methods x 2 seeds of the smoke preset through main.py, then a report of it."""
 
@@ -148,7 +152,8 @@ class SweepCommandTest(tf.test.TestCase):
         third = smoke_util.run_main(*args, "--seeds=0,1,2")
         self.assertEqual(third.returncode, 2)
         self.assertNotIn("Traceback", third.stderr)
-        self.assertRegex(third.stderr, r"error: digits_pri2_aux10_single_seed2: --logdir=.* is not a maxl_tf log directory")
+        self.assertRegex(third.stderr,
+                         r"error: digits_pri2_aux10_single_seed2: --logdir=.* is not a maxl_tf log directory")
         self.assertLen([line for line in third.stdout.splitlines() if "skipped (complete)" in line], 4)
         self.assertLess(time.perf_counter() - start, 60)
 

@@ -6,6 +6,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from maxl_tf import config as config_lib
+from maxl_tf import errors
+from maxl_tf import inputs
 from maxl_tf import train
 from tests import smoke_util
 
@@ -65,8 +68,8 @@ class SmokeRunTest(tf.test.TestCase):
                 config = smoke_util.smoke_config(logdir, method=method, epochs=1)
                 record = train.train_and_evaluate(config, progress=False)["history"][0]
                 self.assertNotIn("meta/loss", record)
-                if method == "single":
-                    self.assertEqual(record["train/aux_loss"], 0.0)
+                if method == "single":   # no auxiliary task: no auxiliary metrics, not flat zeros
+                    self.assertNotIn("train/aux_loss", record)
                     self.assertNotIn("labels/aux_used_per_pri", record)
                 else:
                     self.assertGreater(record["train/aux_loss"], 0.0)
@@ -75,11 +78,11 @@ class SmokeRunTest(tf.test.TestCase):
 
     def test_meta_split_only_for_maxl(self):
         config = smoke_util.smoke_config(self.get_temp_dir())
-        maxl = train.prepare_data(config, (7, 3))
+        maxl = inputs.prepare(config_lib.validate(config))
         self.assertLen(maxl.train_indices, 180)
         self.assertLen(maxl.meta_indices, 20)
         self.assertEmpty(np.intersect1d(maxl.train_indices, maxl.meta_indices))
-        single = train.prepare_data(smoke_util.smoke_config(self.get_temp_dir(), method="single"), (7, 3))
+        single = inputs.prepare(config_lib.validate(smoke_util.smoke_config(self.get_temp_dir(), method="single")))
         self.assertLen(single.train_indices, 200)
 
     def test_alternating_schedule_runs_an_epoch_of_each(self):
@@ -104,7 +107,7 @@ class RefusalTest(tf.test.TestCase):
     def test_different_experiment_in_existing_logdir_is_refused(self):
         logdir = self._finished_run()
         before = self._snapshot(logdir)
-        with self.assertRaisesRegex(train.RunError, r"different experiment.*--seed"):
+        with self.assertRaisesRegex(errors.Error, r"different experiment.*--seed"):
             train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1, seed=1), progress=False)
         self.assertEqual(self._snapshot(logdir), before)
 
@@ -113,14 +116,14 @@ class RefusalTest(tf.test.TestCase):
         os.makedirs(logdir)
         with open(os.path.join(logdir, "notes.txt"), "w") as f:
             f.write("mine")
-        with self.assertRaisesRegex(train.RunError, "not a maxl_tf log directory"):
+        with self.assertRaisesRegex(errors.Error, "not a maxl_tf log directory"):
             train.train_and_evaluate(smoke_util.smoke_config(logdir), progress=False)
 
     def test_unwritable_logdir_is_reported(self):
         blocker = os.path.join(self.get_temp_dir(), "a_file")
         with open(blocker, "w") as f:
             f.write("not a directory")
-        with self.assertRaisesRegex(train.RunError, "cannot be written"):
+        with self.assertRaisesRegex(errors.Error, "cannot be written"):
             train.train_and_evaluate(smoke_util.smoke_config(os.path.join(blocker, "run")), progress=False)
 
     def test_corrupt_checkpoint_is_reported_and_kept(self):
@@ -129,7 +132,7 @@ class RefusalTest(tf.test.TestCase):
         with open(data_file, "r+b") as f:
             f.truncate(100)
         before = self._snapshot(logdir)
-        with self.assertRaisesRegex(train.RunError, "checkpoint .* is unreadable"):
+        with self.assertRaisesRegex(errors.Error, "checkpoint .* is unreadable"):
             train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1), progress=False)
         self.assertEqual(self._snapshot(logdir), before)
 
@@ -138,16 +141,31 @@ class RefusalTest(tf.test.TestCase):
         with open(os.path.join(logdir, "checkpoints", "checkpoint"), "w") as f:
             f.write("garbage {{{")
         before = self._snapshot(logdir)
-        with self.assertRaisesRegex(train.RunError, "checkpoint index .* is missing or unreadable"):
+        with self.assertRaisesRegex(errors.Error, "checkpoint index .* is missing or unreadable"):
             train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1), progress=False)
         self.assertEqual(self._snapshot(logdir), before)
         os.remove(os.path.join(logdir, "checkpoints", "checkpoint"))
-        with self.assertRaisesRegex(train.RunError, "checkpoint index .* is missing or unreadable"):
+        with self.assertRaisesRegex(errors.Error, "checkpoint index .* is missing or unreadable"):
             train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1), progress=False)
+
+    def test_a_run_that_saved_nothing_does_not_block_the_next(self):
+        logdir = os.path.join(self.get_temp_dir(), "failed")
+        # Data that cannot serve the run: nothing is written at all.
+        with self.assertRaisesRegex(errors.Error, "--batch_size=500: larger than"):
+            train.train_and_evaluate(smoke_util.smoke_config(logdir, batch_size=500), progress=False)
+        self.assertFalse(os.path.exists(logdir))
+        # A run that diverges in its first epoch leaves flags but no training behind ...
+        with self.assertRaises(errors.NonFiniteLoss):
+            train.train_and_evaluate(smoke_util.smoke_config(logdir, lr=1e30), progress=False)
+        self.assertTrue(os.path.isfile(os.path.join(logdir, "config.json")))
+        # ... so another experiment may start there, and its flags replace the failed run's.
+        results = train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1), progress=False)
+        self.assertTrue(results["complete"])
+        self.assertIn("--lr=0.01", _read(os.path.join(logdir, "flags.cfg")).decode())
 
     def test_non_finite_loss_stops_before_saving(self):
         logdir = os.path.join(self.get_temp_dir(), "nan")
-        with self.assertRaisesRegex(train.NonFiniteLoss, r"non-finite loss at step \d+ \(epoch 1\)") as caught:
+        with self.assertRaisesRegex(errors.NonFiniteLoss, r"non-finite loss at step \d+ \(epoch 1\)") as caught:
             train.train_and_evaluate(smoke_util.smoke_config(logdir, lr=1e30), progress=False)
         self.assertEqual(caught.exception.exit_code, 1)
         self.assertIsNone(tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")))

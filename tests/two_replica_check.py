@@ -110,8 +110,8 @@ def main():
 
 
 def train_both(logdir):
-    from tests import smoke_util
     from maxl_tf import train
+    from tests import smoke_util
     histories = {}
     for strategy in ("none", "mirrored"):
         config = smoke_util.smoke_config(os.path.join(logdir, strategy), strategy=strategy)

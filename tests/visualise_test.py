@@ -6,15 +6,17 @@ import subprocess
 import sys
 import tempfile
 
+from google.protobuf import text_format
 import matplotlib.image
 import numpy as np
-import tensorflow as tf
-from google.protobuf import text_format
 from tensorboard.plugins import projector
+import tensorflow as tf
 
+from maxl_tf import errors
 from maxl_tf import hierarchy as hierarchy_lib
 from maxl_tf import labels as labels_lib
 from maxl_tf import models
+from maxl_tf import rundir
 from maxl_tf import train
 from maxl_tf import visualise
 from tests import smoke_util
@@ -65,7 +67,7 @@ class VisualiseTest(tf.test.TestCase):
         self.assertEqual(features.shape, (MAX_EXAMPLES, 32))   # smoke.cfg: 256 filters * width 0.125
 
         # Independently: a fresh restore, the layers applied by hand, two of the subsample's images.
-        config, psi, state, run_data = train.load_run(self.logdirs[0])
+        config, state, run_data = rundir.load_run(self.logdirs[0])
         batch = next(iter(run_data.test.evaluation_batches(1000)))
         rows = [0, MAX_EXAMPLES - 1]
         expected = _trunk_by_hand(state.evaluator, tf.gather(batch["images"], indices[rows]))
@@ -74,15 +76,15 @@ class VisualiseTest(tf.test.TestCase):
 
         # The generator's masked softmax for the top-k grid, against labels.generated_labels.
         probabilities = labels_lib.generated_labels(
-            state.generator, batch["images"], batch["labels"], tf.constant(hierarchy_lib.psi_mask(psi)),
+            state.generator, batch["images"], batch["labels"], tf.constant(hierarchy_lib.psi_mask(config.psi)),
             training=False)
         self.assertAllClose(maxl.aux_probabilities, probabilities, atol=1e-6)
         self.assertEqual(maxl.aux_source, "generator")
 
         # Human and random runs rank by the evaluator's auxiliary head under the same mask.
-        as_human = visualise.run_on_test_set(dataclasses.replace(config, method="human"), psi, state, run_data, "h")
+        as_human = visualise.run_on_test_set(dataclasses.replace(config, method="human"), state, run_data, "h")
         _, aux_logits = state.evaluator(batch["images"], training=False)
-        probabilities = tf.nn.softmax(aux_logits).numpy() * hierarchy_lib.psi_mask(psi)[batch["labels"]]
+        probabilities = tf.nn.softmax(aux_logits).numpy() * hierarchy_lib.psi_mask(config.psi)[batch["labels"]]
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         self.assertAllClose(as_human.aux_probabilities, probabilities, atol=1e-6)
         self.assertEqual(as_human.aux_source, "evaluator's auxiliary head")
@@ -140,12 +142,12 @@ class VisualiseTest(tf.test.TestCase):
     def test_a_directory_that_is_not_a_run_is_refused(self):
         empty = os.path.join(self.root, "empty")
         os.makedirs(empty)
-        with self.assertRaisesRegex(train.RunError, "not a maxl_tf run directory"):
+        with self.assertRaisesRegex(errors.Error, "not a maxl_tf run directory"):
             visualise.visualise([empty], os.path.join(self.root, "refused"))
         untrained = os.path.join(self.root, "untrained")
         os.makedirs(untrained)
         shutil.copy(os.path.join(self.logdirs[0], "config.json"), untrained)
-        with self.assertRaisesRegex(train.RunError, "no checkpoint yet"):
+        with self.assertRaisesRegex(errors.Error, "no checkpoint yet"):
             visualise.visualise([untrained], os.path.join(self.root, "refused"))
         self.assertFalse(os.path.exists(os.path.join(self.root, "refused")))
 

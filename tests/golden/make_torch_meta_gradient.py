@@ -1,6 +1,6 @@
 """Writes tests/golden/torch_meta_gradient.npz: the MAXL meta-gradient computed by PyTorch.
 
-An independent implementation in the style of the authors' code (and ../shared/bench/
+An independent implementation in the style of the authors' code (and benchmarks/
 torch_reference.py): torch.func.functional_call with create_graph=True for the lookahead, models in
 train mode, float64. tests/torch_crosscheck_test.py loads the same weights and batch into the Keras
 models and checks that maxl_tf's meta-gradient agrees. Needs torch (pip install torch==2.13.0);
@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 import torch
+from torch.func import functional_call
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call
 
 # maxl_tf's vgg_small at width 0.125 on 8x8x1 images: three conv3x3-BN-ReLU-maxpool blocks.
 CHANNELS = (8, 16, 32)
@@ -102,7 +102,7 @@ def main():
     for prefix, model in (("evaluator", evaluator), ("generator", generator)):
         for i, (name, p) in enumerate(model.named_parameters()):
             arrays[f"{prefix}/{i:02d}"] = keras_layout(name, p)
-    for i, (name, p) in enumerate(generator.named_parameters()):
+    for i, (name, _) in enumerate(generator.named_parameters()):
         arrays[f"grad/{i:02d}"] = keras_layout(name, generator_grads[i])
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_meta_gradient.npz")
     np.savez(path, **arrays)

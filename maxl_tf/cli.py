@@ -1,0 +1,139 @@
+"""What every command line of the project shares (main.py and python -m maxl_tf.<command>).
+
+- absl flags, parsed so that a bad value, an unknown flag or a missing --flagfile ends with one
+  `error:` line and exit status 2, and --help prints the help with status 0;
+- an errors.Error raised anywhere below main becomes `error: <message>` (`stopped: ...` for a
+  signal) and exits with its status, without a traceback;
+- TensorFlow is started only by the commands that need it, after their flags were checked, with
+  the C++ start-up lines that TF_CPP_MIN_LOG_LEVEL cannot filter kept out of the output.
+
+This module imports no TensorFlow itself.
+"""
+import contextlib
+import dataclasses
+import os
+import re
+import signal
+import sys
+import tempfile
+
+# C++ INFO and WARNING lines of TensorFlow once its logging is up; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from maxl_tf import config as config_lib
+from maxl_tf import errors
+
+_HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+# Lines TensorFlow's C++ runtime writes to stderr while it loads, before its logging can be
+# configured: notices about oneDNN, CPU instructions, CUDA drivers and GPU libraries, none of
+# which says anything is wrong with a run.
+_START_UP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|"
+    r"Could not find cuda drivers|failed call to cuInit|This TensorFlow binary is optimized|"
+    r"To enable the following instructions|Unable to register cu\w+ factory|"
+    r"computation placer already registered|TF-TRT Warning")
+
+
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           str: flags.DEFINE_string, tuple: flags.DEFINE_string}
+
+
+def define_config_flags(flag_values=flags.FLAGS) -> None:
+    """One flag per Config field, with the field's help and choices. Choices are checked by
+    config.validate (one line, exit 2), not by DEFINE_enum; a tuple is a comma list."""
+    for field in dataclasses.fields(config_lib.Config):
+        help_text = field.metadata["help"]
+        if field.metadata["choices"]:
+            help_text += f" One of: {', '.join(field.metadata['choices'])}."
+        default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+        _DEFINE[type(field.default)](field.name, default, help_text, flag_values=flag_values)
+
+
+def config_from_flags(flag_values=flags.FLAGS) -> config_lib.Config:
+    """The Config the flags of define_config_flags describe (not yet validated)."""
+    values = {field.name: flag_values[field.name].value for field in dataclasses.fields(config_lib.Config)}
+    values["psi"] = config_lib.parse_psi(values["psi"])
+    return config_lib.Config(**values)
+
+
+def fail(error: errors.Error, context: str = ""):
+    """Prints `error: [context: ]message` (`stopped:` for a signal) and exits with its status."""
+    word = "stopped" if isinstance(error, errors.Interrupted) else "error"
+    print(f"{word}: {context + ': ' if context else ''}{error}", file=sys.stderr, flush=True)
+    sys.exit(error.exit_code)
+
+
+def _parse(argv):
+    if any(arg in _HELP for arg in argv[1:]):
+        module = sys.modules["__main__"]
+        print((module.__doc__ or "").strip() + "\n")
+        print(flags.FLAGS.get_help() if "--helpfull" in argv else flags.FLAGS.main_module_help())
+        sys.exit(0)
+    flags.FLAGS.set_gnu_getopt(True)   # flags may follow positional arguments (run folders)
+    try:
+        return flags.FLAGS(argv)
+    except flags.CantOpenFlagFileError as e:   # absl: "ERROR:: Unable to open flagfile: [Errno 2] <why>: '<path>'"
+        why = re.search(r"\] (.*): '(.*)'$", str(e))
+        where = f"={why.group(2)}: cannot open it ({why.group(1)})" if why else f": {e}"
+        fail(errors.Error(f"--flagfile{where}; pass an existing flags file, e.g. --flagfile=flags/quickstart.cfg."))
+    except flags.Error as e:
+        fail(errors.Error(f"{e}. See --help."))
+
+
+def run(main) -> None:
+    """Runs main(argv) as a command: argv holds the program name and the positional arguments."""
+    def guarded(argv):
+        logging.set_verbosity(logging.WARNING)   # absl's INFO lines (checkpoint sharding) are noise here
+        try:
+            return main(argv)
+        except errors.Error as e:
+            fail(e)
+        except KeyboardInterrupt:   # before a training run's own signal handling took over
+            fail(errors.Interrupted("interrupted; rerun the same command to resume.", signal.SIGINT))
+
+    app.run(guarded, flags_parser=_parse)
+
+
+@contextlib.contextmanager
+def quiet_start_up():
+    """Keeps TensorFlow's C++ start-up lines out of the output: file descriptor 2 points at a
+    temporary file meanwhile, and the lines that are not known noise are printed back after.
+
+    Wrap the first `import tensorflow` of a command and its first device query in it; once
+    TensorFlow's logging is up, TF_CPP_MIN_LOG_LEVEL filters the rest.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if line.strip() and not _START_UP_NOISE.search(line):
+                    print(line, file=sys.stderr)
+
+
+def start_tensorflow(deterministic: bool = True):
+    """Imports TensorFlow without its start-up noise and sets the process-wide runtime; returns tf.
+
+    Call it once, in a command's main, before any TensorFlow op runs. On CPUs, intra-op threads =
+    cores and a single inter-op thread run VGG steps much faster than TensorFlow's defaults
+    (GUIDE.md measured it). Determinism makes every op reproducible, so resumes are exact.
+    """
+    with quiet_start_up():
+        import tensorflow as tf
+        gpus = tf.config.list_physical_devices("GPU")   # cuInit speaks here on a machine without a GPU
+    if not gpus:
+        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return tf

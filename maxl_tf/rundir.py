@@ -1,0 +1,231 @@
+"""A run's log directory: what a run keeps there, the checks that protect it, and reading it back.
+
+    <logdir>/flags.cfg        the resolved flags; --flagfile=<logdir>/flags.cfg replays the run
+             config.json      the experiment; another experiment is refused once this one trained
+             checkpoints/     after every epoch, and mid-epoch when stopped by a signal
+             results.json     the history and the paper's metric, rewritten atomically each epoch
+             events.out.*     TensorBoard summaries
+
+The training loop, sweeps, the report and the visualisations all go through here. TensorFlow is
+imported only inside the functions that touch checkpoints, so that reading results (the report,
+a sweep skipping complete runs) never starts it.
+"""
+import dataclasses
+import glob
+import json
+import os
+
+import numpy as np
+
+from maxl_tf import config as config_lib
+from maxl_tf import errors
+
+LAST_EPOCHS_AVERAGED = 5   # the paper's metric: mean test accuracy of the last 5 epochs
+
+
+def write_atomically(path: str, text: str) -> None:
+    """A reader sees the old file or the new one, never half of one, even after a crash."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _checkpoint_dir(logdir: str) -> str:
+    return os.path.join(logdir, "checkpoints")
+
+
+def holds_training(logdir: str) -> bool:
+    """Whether a run in logdir got as far as saving anything it trained."""
+    return (os.path.isfile(os.path.join(logdir, "results.json"))
+            or bool(glob.glob(os.path.join(_checkpoint_dir(logdir), "*"))))
+
+
+def check(config: config_lib.Config, chief: bool = True) -> None:
+    """Refuses a log directory this run must not write into; writes nothing.
+
+    A directory that holds another experiment's training, unreadable config.json, or files of its
+    own is refused. One whose run stopped before saving anything (bad data, a non-finite first
+    epoch) holds nothing to lose, so any experiment may start there. chief=False (multi-worker
+    workers other than the chief, which creates the directory) checks only an existing config.json,
+    so every worker refuses a different experiment, not the chief alone.
+
+    Raises:
+      errors.Error: naming the directory and the way out.
+    """
+    logdir = config.logdir
+    saved_path = os.path.join(logdir, "config.json")
+    if os.path.isfile(saved_path):
+        try:
+            with open(saved_path) as f:
+                saved = json.load(f)
+            differences = [f"--{k}={there!r} there, {now!r} now" for k, there, now in config.differences(saved)]
+        except (OSError, ValueError, TypeError, AttributeError):
+            raise errors.Error(f"{saved_path} is unreadable; restore it, or pass a new --logdir.") from None
+        if differences and holds_training(logdir):
+            raise errors.Error(f"--logdir={logdir} holds a different experiment ({'; '.join(differences)}). "
+                               f"Pass another --logdir, or rerun with that directory's flags: "
+                               f"--flagfile={os.path.join(logdir, 'flags.cfg')}.")
+    elif chief and os.path.isdir(logdir) and os.listdir(logdir):
+        raise errors.Error(f"--logdir={logdir} exists and is not a maxl_tf log directory (no config.json); "
+                           f"pass an empty or new --logdir.")
+    check_checkpoint_index(_checkpoint_dir(logdir))
+
+
+def create(config: config_lib.Config) -> None:
+    """Creates the log directory with the run's flags.cfg and config.json (after check())."""
+    try:
+        os.makedirs(config.logdir, exist_ok=True)
+        write_atomically(os.path.join(config.logdir, "flags.cfg"), config.to_flagfile())
+        write_atomically(os.path.join(config.logdir, "config.json"), config.to_json())
+    except OSError as e:
+        raise errors.Error(f"--logdir={config.logdir} cannot be written ({e.strerror}); "
+                           f"pass a writable --logdir.") from None
+
+
+def check_checkpoint_index(directory: str) -> None:
+    """Refuses a checkpoint directory whose index is damaged or missing.
+
+    tf.train.CheckpointManager treats an unparsable index as "no checkpoint" and would silently
+    restart the run from scratch, overwriting what is there.
+    """
+    index = os.path.join(directory, "checkpoint")
+    if not os.path.exists(index) and not glob.glob(os.path.join(directory, "ckpt-*.index")):
+        return
+    import tensorflow as tf
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception:  # a text-proto parse error
+        state = None
+    if state is None or not state.model_checkpoint_path:
+        raise errors.Error(f"checkpoint index {index} is missing or unreadable; restore it from a backup, "
+                           f"or delete {directory} to start over.")
+
+
+def checkpoint_manager(checkpoint, logdir: str, worker: int | None = None):
+    """A manager saving into logdir/checkpoints, or for worker i of a multi-worker run other than
+    the chief, into logdir/workers/worker<i> (a multi-worker save is collective; only the chief's
+    copy is the run's, and every worker resumes from it)."""
+    import tensorflow as tf
+    directory = _checkpoint_dir(logdir) if worker is None else os.path.join(logdir, "workers", f"worker{worker}")
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
+
+
+def restore(checkpoint, logdir: str) -> bool:
+    """Restores the run's latest checkpoint into `checkpoint`; False when there is none yet.
+
+    Raises:
+      errors.Error: the checkpoint is damaged (nothing is deleted: the message says what to delete).
+    """
+    import tensorflow as tf
+    directory = _checkpoint_dir(logdir)
+    path = tf.train.latest_checkpoint(directory)
+    if path is None:
+        return False
+    try:
+        checkpoint.restore(path).assert_existing_objects_matched()
+    except Exception as e:  # the reader raises OpError, IndexError, ValueError... for damaged files
+        raise errors.Error(f"checkpoint {path} is unreadable ({errors.first_line(e, 200)}). Delete {path}.* to "
+                           f"resume from an earlier checkpoint, or {directory} to start over.") from None
+    return True
+
+
+def results_summary(config: config_lib.Config, history: list, source: str,
+                    aux_label_info: dict | None = None) -> dict:
+    """The content of results.json: the config, the per-epoch history and the paper's metric."""
+    last = [record["test/acc"] for record in history[-LAST_EPOCHS_AVERAGED:]]
+    summary = {"name": config.name, "config": dataclasses.asdict(config), "psi": list(config.psi),
+               "data": source, "epochs_completed": len(history), "complete": len(history) >= config.epochs,
+               "test_accuracy": float(np.mean(last)) if last else None, "history": history}
+    if aux_label_info:
+        summary["aux_labels"] = aux_label_info
+    return summary
+
+
+def write_results(logdir: str, summary: dict) -> None:
+    write_atomically(os.path.join(logdir, "results.json"), json.dumps(summary, indent=1))
+
+
+def metric_name(epochs: int) -> str:
+    """How the paper's metric of a run of this many epochs reads in tables and logs."""
+    if epochs <= 1:
+        return "test accuracy (final epoch)"
+    return f"test accuracy (mean of the last {min(epochs, LAST_EPOCHS_AVERAGED)} epochs)"
+
+
+def read_results(path: str) -> dict:
+    """A results.json, checked to be one: a readable config, and a test accuracy if complete.
+
+    Raises:
+      errors.Error: naming the file and what is wrong with it.
+    """
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+        config_lib.Config.from_saved(summary["config"])
+        if summary["complete"] and summary["test_accuracy"] is None:
+            raise ValueError("complete but without a test accuracy")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise errors.Error(f"{path}: unreadable ({errors.first_line(e)})") from None
+    return summary
+
+
+def completed_results(config: config_lib.Config) -> dict | None:
+    """The run's results.json if it holds this same experiment, complete; else None.
+
+    Lets a sweep skip finished runs without loading data or building models. Anything else
+    (no file, unfinished, unreadable, another experiment) goes to train.train_and_evaluate, which
+    resumes the run or explains what is wrong.
+    """
+    try:
+        summary = read_results(os.path.join(config.logdir, "results.json"))
+    except errors.Error:
+        return None
+    if config.differences(summary["config"]):
+        return None
+    return summary if summary["complete"] is True else None
+
+
+def read_config(logdir: str, data_dir: str | None = None) -> config_lib.Config:
+    """The validated Config of the run in logdir.
+
+    Args:
+      data_dir: where the data set is now, if not where the run found it (its --data_dir).
+    Raises:
+      errors.Error: logdir holds no readable run.
+    """
+    path = os.path.join(logdir, "config.json")
+    if not os.path.isfile(path):
+        raise errors.Error(f"{logdir} is not a maxl_tf run directory (no config.json); pass the --logdir "
+                           f"of a run that main.py trained, e.g. runs/<name>.")
+    try:
+        with open(path) as f:
+            config = config_lib.Config.from_saved(json.load(f))
+    except (OSError, ValueError, TypeError, AttributeError):
+        raise errors.Error(f"{path} is unreadable or not a maxl_tf config; restore it, or pass another run.") from None
+    config = dataclasses.replace(config, logdir=logdir, data_dir=config.data_dir if data_dir is None else data_dir)
+    return config_lib.validate(config)
+
+
+def load_run(logdir: str, data_dir: str | None = None):
+    """Rebuilds a run from its log directory at its latest checkpoint, for looking at what it
+    learned (maxl_tf.visualise). Nothing in logdir is written.
+
+    Returns:
+      (config, state, run_data), as train.train_and_evaluate builds them.
+    Raises:
+      errors.Error: logdir holds no run or no readable checkpoint; its data cannot be loaded.
+    """
+    from maxl_tf import inputs  # TensorFlow and the models: only for this, not for reading results
+    from maxl_tf import state as state_lib
+    config = read_config(logdir, data_dir)
+    check_checkpoint_index(_checkpoint_dir(logdir))
+    if not glob.glob(os.path.join(_checkpoint_dir(logdir), "ckpt-*.index")):
+        raise errors.Error(f"{logdir} has no checkpoint yet; train the run for at least one epoch "
+                           f"(python main.py --flagfile={os.path.join(logdir, 'flags.cfg')}).")
+    run_data = inputs.prepare(config)
+    state = state_lib.TrainState(config, run_data.input_shape)
+    restore(state.checkpoint(), logdir)
+    return config, state, run_data

@@ -1,0 +1,116 @@
+"""What a checkpoint holds: both networks, their optimisers, the position in the run, the running
+sums of the epoch in progress and the history of finished epochs.
+
+Everything the results depend on lives here, so a run restored from its checkpoint at any step
+continues exactly as an uninterrupted one would (the batches themselves are a function of
+(seed, epoch, step): data.py).
+"""
+import json
+
+import keras
+import tensorflow as tf
+
+from maxl_tf import config as config_lib
+from maxl_tf import models
+
+
+class EpochSums(tf.Module):
+    """Running sums of the step metrics over the epoch in progress, each with the number of steps
+    it counts, and the auxiliary labels' argmax counts per class.
+
+    Metrics are added inside the compiled iteration and averaged once per epoch; the sums are
+    variables, saved in the checkpoint, so an epoch resumed mid-way logs the same means.
+    """
+
+    def __init__(self, names, num_aux: int):
+        super().__init__(name="epoch_sums")
+        self.names = tuple(names)
+        self._index = {name: i for i, name in enumerate(self.names)}
+        self.totals = tf.Variable(tf.zeros(len(self.names), tf.float64))
+        self.counts = tf.Variable(tf.zeros(len(self.names), tf.float64))
+        self.label_usage = tf.Variable(tf.zeros(max(num_aux, 1), tf.int64))
+
+    def add(self, values: dict, counted=True) -> None:
+        """Adds one step's metrics; counted=False (a tensor allowed) adds the step to no mean."""
+        indices = tf.constant([[self._index[name]] for name in values])
+        counted = tf.cast(counted, tf.bool)
+        added = tf.stack([tf.where(counted, tf.cast(v, tf.float64), tf.constant(0.0, tf.float64))
+                          for v in values.values()])
+        self.totals.assign_add(tf.scatter_nd(indices, added, [len(self.names)]))
+        self.counts.assign_add(tf.scatter_nd(indices, tf.fill([len(values)], tf.cast(counted, tf.float64)),
+                                             [len(self.names)]))
+
+    def means(self) -> dict:
+        """{name: mean over the steps that counted it}, for every metric counted at least once."""
+        totals, counts = self.totals.numpy(), self.counts.numpy()
+        return {name: totals[i] / counts[i] for i, name in enumerate(self.names) if counts[i]}
+
+    def total(self, name: str) -> float:
+        return float(self.totals.numpy()[self._index[name]])
+
+    def reset(self) -> None:
+        for variable in (self.totals, self.counts, self.label_usage):
+            variable.assign(tf.zeros_like(variable))
+
+
+def _optimizer(learning_rate: float, precision: str, model: keras.Model):
+    """Plain SGD, as in the paper; float16 wraps it in dynamic loss scaling."""
+    optimizer = keras.optimizers.SGD(learning_rate)
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+# The step metrics of an epoch, as the steps name them (steps.py) and results.json logs them.
+EVALUATOR_METRICS = ("train/pri_loss", "train/pri_acc", "train/aux_loss", "train/aux_acc",
+                     "train/grad_norm_evaluator")
+GENERATOR_METRICS = ("meta/loss", "meta/loss_before", "meta/loss_after", "meta/entropy",
+                     "meta/grad_norm_generator", "meta/skipped_steps")
+
+
+class TrainState:
+    """Everything a checkpoint restores."""
+
+    def __init__(self, config: config_lib.Config, input_shape, strategy: tf.distribute.Strategy = None):
+        """Builds the networks of a validated config (its psi resolved). Variables are mirrored on
+        the strategy's replicas (default: this device), and batch norm synchronised across them
+        when there are several."""
+        strategy = strategy or tf.distribute.get_strategy()
+        synchronized_bn = strategy.num_replicas_in_sync > 1
+        aux = sum(config.psi) if config.method != "single" else 0
+        with strategy.scope():
+            self.evaluator = models.build_evaluator(input_shape, config.pri, aux, config.model, config.width,
+                                                    config.precision, synchronized_bn)
+            self.evaluator_optimizer = _optimizer(config.lr, config.precision, self.evaluator)
+            self.generator = self.generator_optimizer = self.lookahead_model = None
+            if config.method == "maxl":
+                self.generator = models.build_generator(input_shape, aux, config.model, config.width,
+                                                        config.precision, synchronized_bn)
+                self.generator_optimizer = _optimizer(config.generator_lr, config.precision, self.generator)
+                # The lookahead runs in float32 (meta.py says why); this twin holds no state of
+                # its own: it is called with the evaluator's weights.
+                self.lookahead_model = self.evaluator
+                if config.precision != "float32":
+                    self.lookahead_model = models.build_evaluator(
+                        input_shape, config.pri, aux, config.model, config.width, "float32", synchronized_bn)
+            self.epoch = tf.Variable(0, dtype=tf.int64)           # completed epochs
+            self.step_in_epoch = tf.Variable(0, dtype=tf.int64)   # completed steps of the current epoch
+            self.global_step = tf.Variable(0, dtype=tf.int64)
+            self.sums = EpochSums(EVALUATOR_METRICS + GENERATOR_METRICS, aux)
+            self.nonfinite_step = tf.Variable(-1, dtype=tf.int64)   # first step with a non-finite loss
+        # Outside the strategy: collectives cannot broadcast strings, and only the host reads it.
+        self.history_json = tf.Variable("[]")
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        parts = dict(evaluator=self.evaluator, evaluator_optimizer=self.evaluator_optimizer,
+                     epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
+                     sums=self.sums, history=self.history_json)
+        if self.generator is not None:
+            parts.update(generator=self.generator, generator_optimizer=self.generator_optimizer)
+        return tf.train.Checkpoint(**parts)
+
+    @property
+    def history(self) -> list:
+        """One record per finished epoch, as results.json holds them."""
+        return json.loads(self.history_json.numpy().decode())
