@@ -14,7 +14,7 @@ from maxl_tf import config as config_lib
 from maxl_tf import errors
 
 GENERATOR_FIELDS = ("entropy_weight", "generator_lr", "generator_weight_decay",
-                    "generator_weight_decay_type", "schedule")
+                    "generator_weight_decay_type", "schedule", "hypergradient", "neumann_terms", "meta_every")
 
 
 def ignored_fields(method: str) -> frozenset:
