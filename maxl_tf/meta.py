@@ -153,13 +153,14 @@ def first_order_meta_gradient(evaluator, generator, images, labels, mask_table, 
                              + w_H * grad_theta2 H,        eps = radius / ||v||,
 
     with an O(eps^2) error where the network is smooth; the ReLU and max-pool kinks the step
-    crosses add an O(eps) one (FINITE_DIFFERENCE_RADIUS says how the radius was chosen). L_in depends on theta2 only through the generated labels, and linearly
-    (the auxiliary focal loss is a sum over targets), so each gradient in brackets is the
-    auxiliary loss's slope in the labels at the shifted weights, an evaluator forward with no
-    evaluator backward, and the generator is differentiated once, through the difference of the
-    slopes plus the entropy term. The entropy term's gradient is kept: the authors'
-    model_vgg_maxl_firstorder.py overwrites the generator's gradient with the finite-difference
-    term alone, so there the entropy regulariser never reaches the generator.
+    crosses add an O(eps) one (FINITE_DIFFERENCE_RADIUS says how the radius was chosen). L_in
+    depends on theta2 only through the generated labels, and linearly (the auxiliary focal loss
+    is a sum over targets), so each gradient in brackets is the auxiliary loss's slope in the
+    labels at the shifted weights, an evaluator forward with no evaluator backward, and the
+    generator is differentiated once, through the difference of the slopes plus the entropy term.
+    The entropy term's gradient is kept: the authors' model_vgg_maxl_firstorder.py overwrites the
+    generator's gradient with the finite-difference term alone, so there the entropy regulariser
+    never reaches the generator.
 
     Cost, in evaluator forwards on the meta batch (a backward counts 2, the generator as much as
     the evaluator): generator forward 1, inner forward and backward 3, lookahead forward and
@@ -339,6 +340,5 @@ def implicit_meta_gradient(evaluator, generator, train_images, train_labels, met
         [*scaled_train_grads, entropy], generator.trainable_variables,
         output_gradients=[-w * tf.cast(1.0 / distribute.num_replicas(), w.dtype) for w in solution]
                          + [tf.cast(entropy_weight * share, entropy.dtype)])
-    del outer
     return grads, {"meta_loss": meta_pri_loss + entropy_weight * entropy, "loss_before": meta_pri_loss,
                    "loss_after": meta_pri_loss, "entropy": entropy}
