@@ -162,13 +162,13 @@ def first_order_meta_gradient(evaluator, generator, images, labels, mask_table, 
     generator's gradient with the finite-difference term alone, so there the entropy regulariser
     never reaches the generator.
 
-    Cost, in evaluator forwards on the meta batch (a backward counts 2, the generator as much as
-    the evaluator): generator forward 1, inner forward and backward 3, lookahead forward and
-    backward 3, two shifted forwards 2, generator backward 2: 11. The second-order gradient
-    costs 13 by the same count (generator forward 1, inner forward and backward 3, lookahead
-    forward 1, its backward 2, the backward through the inner backward 4, generator backward 2)
-    and holds the inner graph and the lookahead's activations for its outer backward; this one
-    holds one network's activations at a time.
+    Cost, in convolutions of VGG-16 as BUILD.md counts the second-order step (a forward 13, a
+    backward 25): generator forward 13, inner forward and backward 38, lookahead forward and
+    backward 38, two shifted forwards 26, generator backward 25: 140. The second-order step
+    counts 139: the same without the shifted forwards, plus its second-order pass, the inner
+    backward's transpose in its incoming gradient (25). So the finite difference saves no
+    arithmetic; it saves memory: the second-order step keeps the inner forward and backward and
+    the lookahead's activations until its outer backward, this one one network's graph at a time.
 
     Args:
       as second_order_meta_gradient's, and
@@ -274,11 +274,12 @@ def implicit_meta_gradient(evaluator, generator, train_images, train_labels, met
     in the other meta steps, and the entropy term is over those labels: they are the ones the
     evaluator learns, whose collapse the regulariser prevents.
 
-    Cost, in evaluator forwards on a batch (a backward counts 2, the generator as much as the
-    evaluator): generator forward 1, meta-batch forward and backward 3, training-batch forward
-    and backward 3, each Hessian-vector product 6 (the backward through the gradient's backward
-    and through its forward), the mixed derivative 4 (the backward through the gradient's
-    backward only), generator backward 2: 13 + 6K.
+    Cost, in convolutions of VGG-16 as BUILD.md counts the second-order step (a forward 13, a
+    backward 25): generator forward 13, meta-batch forward and backward 38, training-batch
+    forward and backward 38, each Hessian-vector product 75 (back through the gradient's
+    backward, 50, and its forward, 25), the mixed derivative 25 (the gradient's backward
+    transposed in its incoming gradient, as in the second-order pass), generator backward 25:
+    139 + 75K, the second-order step's 139 at K = 0.
 
     Batch norm: the Hessian-vector products differentiate batch norm's backward in its input,
     which the lookahead never does. TensorFlow's fused kernel (models.BatchNormalization in
