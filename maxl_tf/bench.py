@@ -5,17 +5,23 @@ train.py's own compiled iteration (its models, optimisers, strategy and bookkeep
 set up as for training), and prints a markdown table and one JSON line:
 
     python -m maxl_tf.bench --batch_size=64 --model=vgg16 --what=single,maxl,evaluator,generator,pipeline
+    python -m maxl_tf.bench --what=single,maxl,maxl_first_order,maxl_implicit --meta_every=10
     python -m maxl_tf.bench --precision=mixed_bfloat16 --jit --nodeterministic --strategy=mirrored   # GPUs
     python -m maxl_tf.bench --what=single,maxl --reference=benchmarks/torch_reference.py --cycles=4
 
   single     steps.evaluator_step of a single-task evaluator (method single)
-  maxl       steps.evaluator_step + steps.generator_step (one iteration of Algorithm 1)
+  maxl       steps.evaluator_step + steps.generator_step (one iteration of Algorithm 1), second order
+  maxl_first_order, maxl_implicit   the same with --hypergradient=first_order, implicit
   evaluator  the MAXL evaluator step alone (generator labels, both heads)
   generator  the second-order generator step alone
+  generator_first_order, generator_implicit   the generator step alone with those hypergradients
   pipeline   data.Pipeline batches with augmentation, nothing else (an epoch's worth per repeat)
 
 Every training flag of main.py applies (--model, --width, --pri, --aux, --precision, --jit,
---strategy, --lr, ...), with --batch_size defaulting to 64. The timed pieces run round-robin (one
+--strategy, --lr, --neumann_terms, ...), with --batch_size defaulting to 64; the pieces' names
+choose their hypergradient, so --hypergradient is refused. With --meta_every=K a repeat of a
+maxl piece is K iterations, as training runs them: K - 1 evaluator steps and one evaluator step
+followed by a generator step. The timed pieces run round-robin (one
 repeat of each, then the next), so a burst of load from other processes on a shared machine hits
 all of them alike and their ratios stay meaningful. --reference runs another implementation's
 benchmark script (benchmarks/torch_reference.py, PyTorch) in its own process before each of
@@ -48,7 +54,8 @@ from maxl_tf import state as state_lib
 from maxl_tf import steps
 from maxl_tf import train
 
-WHATS = ("single", "maxl", "evaluator", "generator", "pipeline")
+WHATS = ("single", "maxl", "maxl_first_order", "maxl_implicit", "evaluator", "generator",
+         "generator_first_order", "generator_implicit", "pipeline")
 IMAGE_SHAPE = (32, 32, 3)
 PIPELINE_EPOCH = 45_000   # images per timed repeat of the input pipeline: a CIFAR-100 training epoch
 
@@ -72,18 +79,31 @@ def synthetic_batch(batch_size: int, pri: int, psi, seed: int) -> dict:
             "indices": tf.range(batch_size, dtype=tf.int64)}
 
 
+def _hypergradient(what: str) -> str:
+    """The hypergradient a piece names: maxl_implicit -> implicit; maxl, generator -> second_order."""
+    suffix = what.partition("_")[2]
+    return suffix if suffix in config_lib.HYPERGRADIENTS else "second_order"
+
+
 def bench_config(config: config_lib.Config, what: str) -> config_lib.Config:
-    """The run a piece times: config's flags, the method `what` needs, uniform psi (any --aux that
-    is a multiple of --pri: the batches are synthetic, no data set's hierarchy applies).
+    """The run a piece times: config's flags, the method and hypergradient `what` needs (its
+    --neumann_terms only for the implicit one), uniform psi (any --aux that is a multiple of
+    --pri: the batches are synthetic, no data set's hierarchy applies).
 
     Raises:
       errors.Error: a bad flag.
     """
+    if config.hypergradient != "second_order":
+        raise errors.Error(f"--hypergradient={config.hypergradient}: the benchmark's pieces name their "
+                           f"hypergradient; drop it and list them in --what (e.g. maxl_{config.hypergradient}).")
+    hypergradient = _hypergradient(what)
+    config = dataclasses.replace(
+        config, method="single" if what == "single" else "maxl", hypergradient=hypergradient,
+        neumann_terms=config.neumann_terms if hypergradient == "implicit" else config_lib.DEFAULT_NEUMANN_TERMS)
     config_lib.check_flags(config)
     if config.pri < 1 or config.aux < config.pri or config.aux % config.pri:
         raise errors.Error(f"--aux={config.aux}: must be a positive multiple of --pri={config.pri}.")
-    return dataclasses.replace(config, method="single" if what == "single" else "maxl",
-                               psi=(config.aux // config.pri,) * config.pri)
+    return dataclasses.replace(config, psi=(config.aux // config.pri,) * config.pri)
 
 
 def build_step(config: config_lib.Config, what: str) -> Timed:
@@ -102,14 +122,20 @@ def build_step(config: config_lib.Config, what: str) -> Timed:
         batch = synthetic_batch(config.batch_size, config.pri, config.psi, seed)
         return next(iter(distribute.distribute_dataset(strategy, tf.data.Dataset.from_tensors(batch))))
 
-    args = {"single": (fixed(1), None), "evaluator": (fixed(1), None),
-            "generator": (None, fixed(2)), "maxl": (fixed(1), fixed(2))}[what]
+    train_batch, meta_batch = fixed(1), fixed(2)
+    if what.startswith("generator"):   # the generator step alone; the implicit one reads the training batch
+        iterations = [(train_batch, meta_batch, False)]
+    elif what.startswith("maxl"):
+        iterations = [(train_batch, None)] * (config.meta_every - 1) + [(train_batch, meta_batch)]
+    else:
+        iterations = [(train_batch, None)]
 
     def run():
-        iteration(*args)
-        state.sums.totals.numpy()   # waits for the step: a tf.function call returns before a GPU finishes
+        for args in iterations:
+            iteration(*args)
+        state.sums.totals.numpy()   # waits for the steps: a tf.function call returns before a GPU finishes
 
-    return Timed(what, run, config.batch_size)
+    return Timed(what, run, config.batch_size * len(iterations))
 
 
 def build_pipeline(batch_size: int, num_examples: int = 5000) -> Timed:
@@ -293,7 +319,9 @@ def main(argv):
         (values.reference and not ({"single", "maxl"} <= set(whats) and config.model == "vgg16"),
          "--reference compares the VGG-16 single and maxl pieces: give --what with both and --model=vgg16."),
         (values.reference and not os.path.isfile(values.reference), f"--reference={values.reference}: no such file."),
-        (values.cycles > 1 and not values.reference, "--cycles needs --reference.")]
+        (values.cycles > 1 and not values.reference, "--cycles needs --reference."),
+        (values.reference and config.meta_every != 1,
+         f"--meta_every={config.meta_every}: --reference compares one iteration of each; drop --meta_every.")]
     for bad, message in problems:
         if bad:
             raise errors.Error(message)

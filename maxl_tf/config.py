@@ -25,6 +25,15 @@ ARCHITECTURES = {
     "vgg16": ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),   # 32x32 down to 1x1
     "vgg_small": ((64, 1), (128, 1), (256, 1)),   # 8x8 digits down to 1x1; fast enough for tests and CPUs
 }
+# How the generator's meta step differentiates through the evaluator (meta.py): the paper's exact
+# one-step lookahead, its finite-difference approximation (DARTS), or the implicit hypergradient
+# at the evaluator's current weights (AuxiLearn).
+HYPERGRADIENTS = ("second_order", "first_order", "implicit")
+# AuxiLearn's number of Neumann terms. Each is a Hessian-vector product (75 convolutions of VGG-16:
+# three make the implicit meta step 364 against the second-order one's 139, meta.py), and with
+# the evaluator's learning rate as the series' step, the terms grow along the Hessian's negative
+# eigenvalues: few terms are cheaper and safer.
+DEFAULT_NEUMANN_TERMS = 3
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 # The Prototypical net's embedder (embedder.py): these two names, or a saved .keras file.
@@ -100,6 +109,17 @@ class Config:
     schedule: str = _field("interleaved", "interleaved: a generator step after every evaluator step "
                                           "(Algorithm 1); alternating: an epoch of each (authors' code).",
                            ("interleaved", "alternating"))
+    hypergradient: str = _field("second_order",
+                                "The generator's meta-gradient: second_order, exact through the one-step "
+                                "lookahead (paper); first_order, its Hessian-vector product by finite "
+                                "differences (DARTS); implicit, at the evaluator's current weights with a "
+                                "Neumann series for the inverse Hessian (AuxiLearn). BUILD.md compares them.",
+                                HYPERGRADIENTS)
+    neumann_terms: int = _field(DEFAULT_NEUMANN_TERMS,
+                                "Hessian-vector products of --hypergradient=implicit's Neumann series "
+                                "(0: the inverse Hessian is the learning rate).")
+    meta_every: int = _field(1, "A generator step after every this many evaluator steps, counted over the "
+                                "run (1: every step, Algorithm 1); --schedule=interleaved only.")
     seed: int = _field(0, "Seed of weights, meta split, shuffling, augmentation and random labels.")
     precision: str = _field("float32", "Compute precision; mixed_* keep float32 weights, losses, softmax "
                                        "and pooling (mixed_float16 adds loss scaling).", PRECISIONS)
@@ -123,10 +143,17 @@ class Config:
         name = f"{datasets.short_name(self.dataset, self.data_dir)}_pri{self.pri}_aux{self.aux}_{self.method}"
         if self.psi and self.psi != _default_psi(self):
             name += "_psi" + "-".join(map(str, self.psi))
-        if self.entropy_weight != 0.2 and self.method == "maxl":
-            name += f"_entropy{self.entropy_weight:g}"
-        if self.generator_labels_bn != "inference" and self.method == "maxl":
-            name += f"_labelsbn{self.generator_labels_bn}"
+        if self.method == "maxl":
+            if self.entropy_weight != 0.2:
+                name += f"_entropy{self.entropy_weight:g}"
+            if self.generator_labels_bn != "inference":
+                name += f"_labelsbn{self.generator_labels_bn}"
+            if self.hypergradient != "second_order":
+                name += "_" + self.hypergradient
+            if self.neumann_terms != DEFAULT_NEUMANN_TERMS:
+                name += f"{self.neumann_terms}"
+            if self.meta_every != 1:
+                name += f"_every{self.meta_every}"
         return name + f"_seed{self.seed}"
 
     def experiment(self) -> dict:
@@ -213,17 +240,27 @@ def check_flags(config: Config) -> None:
     check(config.image_size >= 0, f"--image_size={config.image_size}: must not be negative (0: the default).")
     check(0 < config.test_fraction < 1,
           f"--test_fraction={config.test_fraction}: must be between 0 and 1 (exclusive).")
-    for name in ("batch_size", "epochs", "lr_decay_every", "log_every"):
+    for name in ("batch_size", "epochs", "lr_decay_every", "log_every", "meta_every"):
         value = getattr(config, name)
         check(value > 0, f"--{name}={value}: must be a positive integer.")
     for name in ("lr", "generator_lr", "width", "lr_decay_factor"):
         value = getattr(config, name)
         check(value > 0, f"--{name}={value}: must be positive.")
     for name in ("generator_weight_decay", "entropy_weight", "focal_gamma",
-                 "max_train_examples", "max_test_examples"):
+                 "max_train_examples", "max_test_examples", "neumann_terms"):
         value = getattr(config, name)
         check(value >= 0, f"--{name}={value}: must not be negative.")
     check(not (config.jit and config.deterministic), JIT_NEEDS_NODETERMINISTIC)
+    check(config.hypergradient == "implicit" or config.neumann_terms == DEFAULT_NEUMANN_TERMS,
+          f"--neumann_terms={config.neumann_terms}: only --hypergradient=implicit uses it (this run's is "
+          f"{config.hypergradient}); add --hypergradient=implicit or drop --neumann_terms.")
+    if config.schedule == "alternating":
+        check(config.meta_every == 1,
+              f"--meta_every={config.meta_every}: --schedule=alternating already gives the generator an epoch "
+              f"of its own after each evaluator epoch; use --schedule=interleaved or drop --meta_every.")
+        check(config.hypergradient != "implicit",
+              "--hypergradient=implicit: its Hessian is of the training batch the evaluator just stepped on, "
+              "and --schedule=alternating's generator epoch has none; use --schedule=interleaved.")
     check(0 <= config.meta_split < 1,
           f"--meta_split={config.meta_split}: must be in [0, 1) (0 reuses the training set as meta data).")
     if config.method == "prototypical" and config.embedder not in (IMAGENET, UNTRAINED):

@@ -29,6 +29,8 @@ class Task:
       entropy_weight: weight of the entropy regulariser in the meta objective.
       generator_labels_training: the generator labels the evaluator's batches in training mode
         (--generator_labels_bn=training).
+      hypergradient: one of config.HYPERGRADIENTS, the meta step's gradient (meta.py).
+      neumann_terms: Neumann-series terms of the implicit hypergradient.
     """
     method: str
     num_pri: int
@@ -37,6 +39,8 @@ class Task:
     gamma: float = 2.0
     entropy_weight: float = 0.2
     generator_labels_training: bool = False
+    hypergradient: str = "second_order"
+    neumann_terms: int = config_lib.DEFAULT_NEUMANN_TERMS
 
     @classmethod
     def from_config(cls, config: config_lib.Config) -> "Task":
@@ -44,7 +48,8 @@ class Task:
         return cls(method=config.method, num_pri=config.pri, num_aux=sum(config.psi),
                    mask_table=tf.constant(hierarchy.psi_mask(config.psi)), gamma=config.gamma,
                    entropy_weight=config.entropy_weight,
-                   generator_labels_training=config.generator_labels_bn == "training")
+                   generator_labels_training=config.generator_labels_bn == "training",
+                   hypergradient=config.hypergradient, neumann_terms=config.neumann_terms)
 
 
 def _global_norm(grads):
@@ -102,26 +107,39 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
 
 
 def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
-                   weight_decay: float = 5e-4, weight_decay_type: str = "l1", lookahead_model=None):
-    """One SGD step of the generator on the meta objective (paper Eq. 3), through a lookahead.
+                   weight_decay: float = 5e-4, weight_decay_type: str = "l1", lookahead_model=None,
+                   train_batch=None):
+    """One SGD step of the generator on the meta objective (paper Eq. 3), by task.hypergradient.
 
     Weight decay is added to the gradient: L1 (paper: wd * sign(w)) or L2 (authors' code: wd * w),
     as each replica's share (the optimiser sums replicas) and scaled like the meta gradient.
     A LossScaleOptimizer (float16) skips a step whose scaled gradient overflowed.
     lookahead_model: see meta.second_order_meta_gradient (a float32 twin under mixed precision).
+    train_batch: the batch the evaluator just stepped on; the implicit hypergradient's Hessian is
+    of its training loss (required there, unused by the others).
 
     Returns:
       metrics, scalars of this replica's slice: meta/loss, meta/loss_before and meta/loss_after
-      (the principal loss before and after the lookahead), meta/entropy, meta/grad_norm_generator
-      (of the meta-gradient alone) and, with loss scaling, meta/skipped_steps (1 when the
-      optimiser skipped the step for a non-finite gradient).
+      (the principal loss before and after the lookahead; both the loss at the current weights
+      for the implicit hypergradient, which has no lookahead), meta/entropy,
+      meta/grad_norm_generator (of the meta-gradient alone) and, with loss scaling,
+      meta/skipped_steps (1 when the optimiser skipped the step for a non-finite gradient).
     """
     loss_scale = _loss_scale(optimizer)
     scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    grads, stats = meta.second_order_meta_gradient(
-        evaluator, generator, batch["images"], batch["labels"], task.mask_table, inner_lr,
-        task.gamma, task.entropy_weight, loss_scale=loss_scale if scaling else None,
-        lookahead_model=lookahead_model)
+    options = dict(gamma=task.gamma, entropy_weight=task.entropy_weight,
+                   loss_scale=loss_scale if scaling else None, lookahead_model=lookahead_model)
+    if task.hypergradient == "implicit":
+        if train_batch is None:
+            raise ValueError("the implicit hypergradient needs the training batch the evaluator stepped on")
+        grads, stats = meta.implicit_meta_gradient(
+            evaluator, generator, train_batch["images"], train_batch["labels"], batch["images"], batch["labels"],
+            task.mask_table, inner_lr, neumann_terms=task.neumann_terms, **options)
+    else:
+        hypergradient = {"second_order": meta.second_order_meta_gradient,
+                         "first_order": meta.first_order_meta_gradient}[task.hypergradient]
+        grads, stats = hypergradient(evaluator, generator, batch["images"], batch["labels"], task.mask_table,
+                                     inner_lr, **options)
     grad_norm = _replica_grad_norm(grads, loss_scale)
     if weight_decay:
         decay = tf.sign if weight_decay_type == "l1" else tf.identity

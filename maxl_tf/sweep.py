@@ -17,7 +17,8 @@ from maxl_tf import errors
 from maxl_tf import rundir
 
 GENERATOR_FIELDS = ("entropy_weight", "generator_lr", "generator_weight_decay",
-                    "generator_weight_decay_type", "schedule", "generator_labels_bn")
+                    "generator_weight_decay_type", "schedule", "generator_labels_bn", "hypergradient",
+                    "neumann_terms", "meta_every")
 
 
 def ignored_fields(method: str) -> frozenset:

@@ -1,12 +1,14 @@
 """The training loop.
 
 An epoch is `steps` iterations of Algorithm 1 (an evaluator step on a training batch, then a
-generator step on a meta batch) or, with schedule=alternating, an epoch of evaluator steps
-followed by an epoch of generator steps (the authors' code). Everything the results depend on
+generator step on a meta batch; with meta_every=K the generator steps after every K-th evaluator
+step of the run only) or, with schedule=alternating, an epoch of evaluator steps followed by an
+epoch of generator steps (the authors' code). Everything the results depend on
 lives in the checkpoint (state.py) and every batch is a function of (seed, epoch, step)
 (data.py), so a run stopped at any step and resumed equals an uninterrupted one.
 """
 import dataclasses
+import functools
 import json
 import time
 
@@ -34,11 +36,15 @@ def make_iteration(config: config_lib.Config, state: state_lib.TrainState, task:
                    strategy: tf.distribute.Strategy):
     """The compiled iteration(train_batch, meta_batch): an evaluator step, a generator step, or
     both (either batch may be None: tf.function traces one graph per combination). It adds the
-    steps' metrics to the epoch's sums and records the first step whose loss is not finite."""
+    steps' metrics to the epoch's sums and records the first step whose loss is not finite.
 
-    def replica_iteration(train_batch, meta_batch):
+    The generator step gets the training batch too (the implicit hypergradient's Hessian is of its
+    loss). iteration(train_batch, meta_batch, train_evaluator=False) takes the generator step
+    alone with a training batch at hand, as the benchmark times it."""
+
+    def replica_iteration(train_batch, meta_batch, train_evaluator):
         metrics, usage = {}, tf.zeros([task.num_aux], tf.int64)
-        if train_batch is not None:
+        if train_batch is not None and train_evaluator:
             metrics, assigned = steps.evaluator_step(state.evaluator, state.evaluator_optimizer, state.generator,
                                                      train_batch, task)
             if assigned is not None:   # counts per class: one_hot, as XLA cannot compile bincount
@@ -47,7 +53,7 @@ def make_iteration(config: config_lib.Config, state: state_lib.TrainState, task:
             metrics.update(steps.generator_step(
                 state.generator, state.generator_optimizer, state.evaluator, meta_batch, task,
                 state.evaluator_optimizer.learning_rate, config.generator_weight_decay,
-                config.generator_weight_decay_type, state.lookahead_model))
+                config.generator_weight_decay_type, state.lookahead_model, train_batch))
         return metrics, usage
 
     if config.jit:
@@ -56,12 +62,12 @@ def make_iteration(config: config_lib.Config, state: state_lib.TrainState, task:
         replica_iteration = tf.function(replica_iteration, jit_compile=True)
 
     @tf.function
-    def iteration(train_batch, meta_batch):
-        metrics, usage = strategy.run(replica_iteration, args=(train_batch, meta_batch))
+    def iteration(train_batch, meta_batch, train_evaluator=True):
+        metrics, usage = strategy.run(replica_iteration, args=(train_batch, meta_batch, train_evaluator))
         # Replicas hold equal slices: the mean of their means.
         metrics = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in metrics.items()}
         finite = tf.constant(True)
-        if train_batch is not None:
+        if train_batch is not None and train_evaluator:
             evaluator_metrics = {k: v for k, v in metrics.items() if k.startswith("train/")}
             finite &= tf.math.is_finite(tf.add_n([metrics[k] for k in ("train/pri_loss", "train/aux_loss")
                                                   if k in metrics]))
@@ -128,6 +134,13 @@ class Loop:
         return self.train_steps + (self.meta_steps if alternating else 0)
 
 
+def generator_step_follows(meta_every: int, train_steps: int, epoch: int, step: int) -> bool:
+    """Whether the interleaved schedule's step `step` of `epoch` (of train_steps) ends with a
+    generator step: after every meta_every-th evaluator step, counted over the run, so that no
+    epoch's remainder is lost and a meta_every longer than an epoch still steps the generator."""
+    return (epoch * train_steps + step + 1) % meta_every == 0
+
+
 def learning_rates(config: config_lib.Config, epoch: int) -> tuple:
     """(evaluator, generator) learning rates of an epoch: both decayed together (paper 4.1)."""
     decay = config.lr_decay_factor ** (epoch // config.lr_decay_every)
@@ -138,8 +151,10 @@ def epoch_batches(loop: Loop, epoch: int, first_step: int):
     """Yields (train batch or None, meta batch or None) for steps first_step.. of an epoch."""
     config, batch = loop.config, loop.config.batch_size
 
-    def stream(indices, steps_in_stream, stream_id, first):
+    def stream(indices, steps_in_stream, stream_id, first, kept_steps=None):
         order = data_lib.epoch_order(indices, steps_in_stream * batch, config.seed, epoch, stream_id)
+        if kept_steps is not None:   # only these steps' batches, in order
+            order = order.reshape(steps_in_stream, batch)[kept_steps].reshape(-1)
         augment_seed = (config.seed, epoch, stream_id) if config.augment else None
         return loop.data.train.batches(order, batch, augment_seed=augment_seed, first_step=first)
 
@@ -155,7 +170,16 @@ def epoch_batches(loop: Loop, epoch: int, first_step: int):
     if not loop.uses_generator:
         yield from ((train_batch, None) for train_batch in distributed(train_stream(first_step)))
     elif config.schedule == "interleaved":
-        yield from distributed(tf.data.Dataset.zip(train_stream(first_step), meta_stream(first_step)))
+        # The meta batch of step s is the s-th of the epoch's meta order, drawn only where a
+        # generator step follows: which ones is a function of (seed, epoch, step), so a resumed
+        # epoch draws the same.
+        follows = functools.partial(generator_step_follows, config.meta_every, loop.train_steps, epoch)
+        meta_steps = [s for s in range(loop.train_steps) if follows(s)]
+        meta_batches = iter(distributed(stream(
+            loop.data.meta_indices, loop.meta_steps, data_lib.META_STREAM,
+            first=sum(s < first_step for s in meta_steps), kept_steps=meta_steps)))
+        for step, train_batch in enumerate(distributed(train_stream(first_step)), first_step):
+            yield train_batch, next(meta_batches) if follows(step) else None
     else:  # alternating: the evaluator's epoch, then the generator's
         if first_step < loop.train_steps:
             yield from ((train_batch, None) for train_batch in distributed(train_stream(first_step)))

@@ -49,6 +49,37 @@ class BenchTest(tf.test.TestCase):
         self.assertEqual(rows[0]["what"], "maxl")
         self.assertGreater(rows[0]["images_per_s"], 0)
 
+    def test_pieces_name_their_hypergradient(self):
+        for what, hypergradient in (("maxl", "second_order"), ("generator", "second_order"),
+                                    ("maxl_first_order", "first_order"), ("generator_implicit", "implicit")):
+            self.assertEqual(bench.bench_config(TINY, what).hypergradient, hypergradient)
+        # --neumann_terms reaches the implicit pieces only (the others would refuse it).
+        terms = dataclasses.replace(TINY, neumann_terms=5)
+        self.assertEqual(bench.bench_config(terms, "maxl_implicit").neumann_terms, 5)
+        self.assertEqual(bench.bench_config(terms, "maxl").neumann_terms, config_lib.DEFAULT_NEUMANN_TERMS)
+        with self.assertRaisesRegex(errors.Error, "--hypergradient=implicit: the benchmark's pieces name"):
+            bench.bench_config(dataclasses.replace(TINY, hypergradient="implicit"), "maxl")
+
+    def test_meta_every_reaches_the_trainer(self):
+        calls = []
+        make_iteration = bench.train.make_iteration
+
+        def recording(*args):
+            iteration = make_iteration(*args)
+
+            def record(train_batch, meta_batch, *rest):
+                calls.append((train_batch is not None, meta_batch is not None, *rest))
+                return iteration(train_batch, meta_batch, *rest)
+            return record
+
+        with mock.patch.object(bench.train, "make_iteration", recording):
+            pieces, _ = bench.prepare(dataclasses.replace(TINY, meta_every=3), ["maxl_implicit", "generator_implicit"],
+                                      warmup=1)
+        # A maxl repeat is three iterations, the generator's last; the generator piece is its step
+        # alone, with the training batch at hand.
+        self.assertEqual(calls, [(True, False), (True, False), (True, True), (True, True, False)])
+        self.assertEqual([piece.images_per_run for piece in pieces], [12, 4])
+
     def test_reference_is_alternated_and_ratios_are_per_cycle(self):
         with tempfile.TemporaryDirectory() as root:
             script = os.path.join(root, "reference.py")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from maxl_tf import config as config_lib
 from maxl_tf import distribute
 from maxl_tf import errors
 from maxl_tf import train
@@ -76,9 +77,12 @@ class TwoReplicaTest(tf.test.TestCase):
     def test_meta_gradient_and_updates_equal_one_device(self):
         report = _run_check()
         self.assertEqual(report["replicas"], 2)
-        self.assertGreater(report["meta_gradient_norm"], 1e-3)   # a real gradient, not zeros
-        for key in ("meta_gradient", "meta_loss", "evaluator_update", "generator_update"):
-            self.assertLess(report[key], 1e-10, key)
+        for hypergradient in config_lib.HYPERGRADIENTS:
+            with self.subTest(hypergradient):
+                values = report[hypergradient]
+                self.assertGreater(values["meta_gradient_norm"], 1e-3)   # a real gradient, not zeros
+                for key in ("meta_gradient", "meta_loss", "evaluator_update", "generator_update"):
+                    self.assertLess(values[key], 1e-10, key)
 
     def test_training_loop_matches_one_device(self):
         with tempfile.TemporaryDirectory() as logdir:

@@ -47,6 +47,13 @@ class ValidationTest(parameterized.TestCase):
         (dict(lr=0.0), "--lr=0.0"),
         (dict(entropy_weight=-1.0), "--entropy_weight=-1.0"),
         (dict(jit=True), "--jit: XLA has no deterministic max-pool gradient"),
+        (dict(hypergradient="third_order"), "--hypergradient=third_order: unknown"),
+        (dict(meta_every=0), "--meta_every=0: must be a positive integer"),
+        (dict(hypergradient="implicit", neumann_terms=-1), "--neumann_terms=-1: must not be negative"),
+        (dict(neumann_terms=10), "--neumann_terms=10: only --hypergradient=implicit uses it"),
+        (dict(schedule="alternating", meta_every=10), "--meta_every=10: --schedule=alternating already"),
+        (dict(schedule="alternating", hypergradient="implicit"),
+         "--hypergradient=implicit: .* use --schedule=interleaved"),
     )
     def test_bad_flag_is_named(self, overrides, message):
         with self.assertRaisesRegex(errors.Error, message):
@@ -58,6 +65,16 @@ class ValidationTest(parameterized.TestCase):
         self.assertEqual(config_lib.validate(config_lib.Config()).psi, (5,) * 20)
         self.assertEqual(config_lib.validate(config_lib.Config(pri=3, aux=10)).psi, (5, 1, 4))
         self.assertEqual(config_lib.validate(config_lib.Config(jit=True, deterministic=False)).psi, (5,) * 20)
+
+    def test_hypergradient_settings_name_the_run(self):
+        def name(**fields):
+            return config_lib.Config(dataset="cifar10", pri=10, aux=20, **fields).name
+        self.assertEqual(name(), "cifar10_pri10_aux20_maxl_seed0")
+        self.assertEqual(name(hypergradient="first_order", meta_every=10),
+                         "cifar10_pri10_aux20_maxl_first_order_every10_seed0")
+        self.assertEqual(name(hypergradient="implicit"), "cifar10_pri10_aux20_maxl_implicit_seed0")
+        self.assertEqual(name(hypergradient="implicit", neumann_terms=0), "cifar10_pri10_aux20_maxl_implicit0_seed0")
+        self.assertEqual(name(method="single", meta_every=10), "cifar10_pri10_aux20_single_seed0")
 
 
 class StartUpTest(tf.test.TestCase, parameterized.TestCase):

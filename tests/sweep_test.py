@@ -65,6 +65,18 @@ class ExpandTest(tf.test.TestCase):
         self.assertEqual({c.logdir for c in configs}, {os.path.join("out", c.name) for c in configs})
         self.assertEqual(configs[1].entropy_weight, 0.2)   # the baselines keep the first value
 
+    def test_only_maxl_runs_differ_by_their_hypergradient(self):
+        base = config_lib.Config(dataset="digits", pri=2, aux=10)
+        for fields in (dict(hypergradient="implicit"), dict(hypergradient="implicit", neumann_terms=5),
+                       dict(meta_every=10)):
+            with self.subTest(**fields):
+                for method in ("single", "human", "random", "prototypical"):
+                    baseline = dataclasses.replace(base, method=method)
+                    self.assertEqual(sweep.experiment_key(dataclasses.replace(baseline, **fields)),
+                                     sweep.experiment_key(baseline))
+                self.assertNotEqual(sweep.experiment_key(dataclasses.replace(base, **fields)),
+                                    sweep.experiment_key(base))
+
     def test_a_sweep_defaults_to_runs(self):
         configs = sweep.expand(config_lib.Config(), seeds=(3, 4))
         self.assertEqual([c.logdir for c in configs], ["runs/cifar100_pri20_aux100_maxl_seed3",

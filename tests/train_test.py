@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+from unittest import mock
 
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
@@ -170,6 +171,47 @@ class LabelChangeTest(tf.test.TestCase):
         self.assertBetween(record["labels/changed_since_previous"], 0.0, 1.0)
         # The default keeps the names of existing runs.
         self.assertEqual(smoke_util.smoke_config(logdir).name, "digits_pri2_aux10_maxl_seed0")
+
+
+class MetaEveryTest(tf.test.TestCase):
+    """--meta_every=K and each hypergradient: the generator steps where it should, and a run
+    stopped mid-epoch resumes to the uninterrupted run's results."""
+
+    def test_generator_steps_after_every_kth_evaluator_step_of_the_run(self):
+        # 2 epochs of 11 steps, K = 3: after global steps 3, 6, ..., 21, across the epoch boundary.
+        follows = [(epoch, step) for epoch in range(2) for step in range(11)
+                   if train.generator_step_follows(3, 11, epoch, step)]
+        self.assertEqual(follows, [(0, 2), (0, 5), (0, 8), (1, 0), (1, 3), (1, 6), (1, 9)])
+        self.assertEqual([s for s in range(11) if train.generator_step_follows(1, 11, 0, s)], list(range(11)))
+        # Longer than an epoch: every other epoch's last step.
+        self.assertEqual([e for e in range(4) if train.generator_step_follows(22, 11, e, 10)], [1, 3])
+
+    def test_stopped_mid_epoch_resumes_to_identical_results(self):
+        def numbers(results):
+            return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in results["history"]]
+
+        # 5 steps per epoch, generator steps after global steps 3, 6 and 9; stopped after global
+        # step 7 (epoch 2, step 2): the resumed epoch starts between its two generator steps.
+        for hypergradient in config_lib.HYPERGRADIENTS:
+            with self.subTest(hypergradient):
+                def config(name):
+                    return smoke_util.smoke_config(os.path.join(self.get_temp_dir(), hypergradient, name),
+                                                   hypergradient=hypergradient, meta_every=3)
+
+                reference = train.train_and_evaluate(config("reference"), progress=False)
+                for record in reference["history"]:   # a smoke run: the meta step ran, and is finite
+                    for name in ("meta/loss", "meta/loss_before", "meta/entropy", "meta/grad_norm_generator"):
+                        self.assertTrue(np.isfinite(record[name]), name)
+                    self.assertGreater(record["meta/grad_norm_generator"], 0.0)
+
+                def stop_after_step_7(loop, stop, vote=True):
+                    return int(loop.state.global_step.numpy()) == 7
+
+                with mock.patch.object(train, "stop_agreed", stop_after_step_7):
+                    with self.assertRaisesRegex(errors.Interrupted, "at epoch 2 step 2"):
+                        train.train_and_evaluate(config("stopped"), progress=False)
+                resumed = train.train_and_evaluate(config("stopped"), progress=False)
+                self.assertEqual(numbers(resumed), numbers(reference))
 
 
 class RefusalTest(tf.test.TestCase):

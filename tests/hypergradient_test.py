@@ -1,0 +1,309 @@
+"""The cheaper hypergradients compute what they claim.
+
+first_order against the exact second-order gradient; implicit against the implicit-function
+theorem's hypergradient solved densely; both with the entropy term's share, on the quickstart
+models and under mixed precision.
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from maxl_tf import hierarchy
+from maxl_tf import labels as labels_lib
+from maxl_tf import losses
+from maxl_tf import meta
+from maxl_tf import models
+
+PSI = (2, 3)
+INNER_LR = 0.1
+
+
+def _flat(tensors):
+    return np.concatenate([np.ravel(t) for t in tensors])
+
+
+def _cosine(a, b):
+    a, b = _flat(a), _flat(b)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _entropy_gradient(generator, images, labels, mask):
+    """grad_theta2 H of the generated labels, directly."""
+    with tf.GradientTape() as tape:
+        entropy = losses.entropy_regulariser(labels_lib.generated_labels(generator, images, labels, mask, True))
+    return tape.gradient(entropy, generator.trainable_variables)
+
+
+class Float64TestCase(tf.test.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        # The global dtype policy, not only floatx: an earlier test may already have fixed it.
+        keras.config.set_floatx("float64")
+        keras.config.set_dtype_policy("float64")
+        keras.utils.set_random_seed(0)
+        self.mask = tf.constant(hierarchy.psi_mask(PSI), tf.float64)
+
+    def tearDown(self):
+        keras.config.set_floatx("float32")
+        keras.config.set_dtype_policy("float32")
+        super().tearDown()
+
+
+class FirstOrderTest(Float64TestCase):
+    """meta_test.py's tiny VGG pair, whose second-order gradient is checked against differences."""
+
+    def setUp(self):
+        super().setUp()
+        self.evaluator = models.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.05)
+        self.generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.05)
+        self.images = tf.constant(np.random.default_rng(0).normal(size=(6, 8, 8, 1)))
+        self.labels = tf.constant([0, 1, 0, 1, 1, 0])
+
+    def _gradient(self, function, entropy_weight, **kwargs):
+        return function(self.evaluator, self.generator, self.images, self.labels, self.mask, INNER_LR,
+                        2.0, entropy_weight, **kwargs)
+
+    def test_agrees_with_second_order(self):
+        # entropy_weight 0: the finite difference is the whole gradient; 10: the entropy term dominates.
+        for entropy_weight in (0.0, 0.2, 10.0):
+            with self.subTest(entropy_weight=entropy_weight):
+                exact, exact_stats = self._gradient(meta.second_order_meta_gradient, entropy_weight)
+                approximate, stats = self._gradient(meta.first_order_meta_gradient, entropy_weight)
+                self.assertGreater(float(tf.linalg.global_norm(exact)), 1e-6)
+                self.assertGreater(_cosine(approximate, exact), 0.999)
+                self.assertAllClose(_flat(approximate), _flat(exact), rtol=0, atol=1e-3 * np.abs(_flat(exact)).max())
+                self.assertAllClose(stats, exact_stats, rtol=1e-12)   # the same meta loss, before and after
+
+    def test_error_shrinks_with_the_radius_until_rounding(self):
+        exact, _ = self._gradient(meta.second_order_meta_gradient, 0.0)
+        errors = [np.linalg.norm(_flat(self._gradient(meta.first_order_meta_gradient, 0.0, radius=radius)[0])
+                                 - _flat(exact)) / np.linalg.norm(_flat(exact))
+                  for radius in (1e-2, 1e-3, 1e-4)]
+        self.assertLess(errors[1], errors[0])
+        self.assertLess(errors[2], errors[1])
+        self.assertLess(errors[2], 1e-6)
+
+    def test_entropy_share_is_kept(self):
+        # The authors' first-order script drops this term; a generator gradient without it fails here.
+        with_entropy, _ = self._gradient(meta.first_order_meta_gradient, 0.5)
+        without, _ = self._gradient(meta.first_order_meta_gradient, 0.0)
+        entropy_gradient = _entropy_gradient(self.generator, self.images, self.labels, self.mask)
+        self.assertGreater(float(tf.linalg.global_norm(entropy_gradient)), 1e-4)
+        for a, b, h in zip(with_entropy, without, entropy_gradient):
+            self.assertAllClose(a - b, 0.5 * h, rtol=1e-8, atol=1e-14)
+
+    def test_leaves_the_evaluator_untouched(self):
+        before = [v.numpy().copy() for v in self.evaluator.variables]
+        _, stats = self._gradient(meta.first_order_meta_gradient, 0.2)
+        for old, variable in zip(before, self.evaluator.variables):
+            self.assertAllEqual(old, variable.numpy())   # weights and batch-norm moving statistics
+        self.assertLess(float(stats["loss_after"]), float(stats["loss_before"]))
+
+
+def _linear_trunk(features, pri, aux):
+    """An evaluator whose trainable part is a linear trunk under two fixed random heads: its
+    logits are linear in its weights, so its cross-entropy (gamma = 0) is convex in them, and the
+    shared trunk couples the tasks as the VGG trunk does. Small enough to form its Hessian."""
+    inputs = keras.Input((features,))
+    trunk = keras.layers.Dense(features, name="trunk")(inputs)
+    heads = [keras.layers.Dense(classes, trainable=False, name=name)(trunk)
+             for classes, name in ((pri, "pri_logits"), (aux, "aux_logits"))]
+    return keras.Model(inputs, heads)
+
+
+class ImplicitTest(Float64TestCase):
+
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(0)
+        self.evaluator = _linear_trunk(3, len(PSI), sum(PSI))
+        inputs = keras.Input((3,))
+        self.generator = keras.Model(inputs, keras.layers.Dense(sum(PSI))(keras.layers.Dense(4, "tanh")(inputs)))
+        self.train = (tf.constant(rng.normal(size=(32, 3))), tf.constant(rng.integers(0, len(PSI), 32)))
+        self.meta = (tf.constant(rng.normal(size=(16, 3))), tf.constant(rng.integers(0, len(PSI), 16)))
+
+    def _implicit(self, neumann_terms, inner_lr, entropy_weight=0.0):
+        grads, _ = meta.implicit_meta_gradient(self.evaluator, self.generator, *self.train, *self.meta, self.mask,
+                                               inner_lr, 0.0, entropy_weight, neumann_terms=neumann_terms)
+        return _flat(grads)
+
+    def _dense_problem(self):
+        """(H, M, g): the training loss's Hessian in theta1 [n1, n1], its mixed derivative
+        d grad_theta1 L_T / d theta2 [n1, n2], the meta loss's gradient [n1], all formed densely."""
+        weights = self.evaluator.trainable_variables
+        images, labels = self.train
+        with tf.GradientTape(persistent=True) as outer:
+            with tf.GradientTape() as inner:
+                pri_logits, aux_logits = self.evaluator(images)
+                generated = labels_lib.generated_labels(self.generator, images, labels, self.mask, True)
+                loss = (losses.focal_loss(pri_logits, tf.one_hot(labels, len(PSI), dtype=tf.float64), 0.0)
+                        + losses.focal_loss(aux_logits, generated, 0.0))
+            grad = tf.concat([tf.reshape(g, [-1]) for g in inner.gradient(loss, weights)], 0)
+        hessian = np.concatenate([np.reshape(j, (len(grad), -1)) for j in outer.jacobian(grad, weights)], 1)
+        mixed = np.concatenate([np.reshape(j, (len(grad), -1))
+                                for j in outer.jacobian(grad, self.generator.trainable_variables)], 1)
+        with tf.GradientTape() as tape:
+            pri_logits, _ = self.evaluator(self.meta[0])
+            meta_loss = losses.focal_loss(pri_logits, tf.one_hot(self.meta[1], len(PSI), dtype=tf.float64), 0.0)
+        meta_grad = _flat(tape.gradient(meta_loss, weights))
+        return hessian, mixed, meta_grad
+
+    def test_converges_to_the_exact_implicit_hypergradient(self):
+        hessian, mixed, meta_grad = self._dense_problem()
+        eigenvalues = np.linalg.eigvalsh(hessian)
+        self.assertGreater(eigenvalues.min(), 1e-2)   # positive definite
+        exact = -mixed.T @ np.linalg.solve(hessian, meta_grad)
+        self.assertGreater(np.linalg.norm(exact), 1e-2)
+        # The series converges for alpha < 2 / lambda_max, at the rate 1 - alpha * lambda_min.
+        inner_lr = 1.5 / eigenvalues.max()
+        errors = [np.linalg.norm(self._implicit(terms, inner_lr) - exact) / np.linalg.norm(exact)
+                  for terms in (1, 5, 20, 200)]
+        self.assertAllInRange(errors, 0.0, 1.0)
+        for fewer, more in zip(errors, errors[1:]):
+            self.assertLess(more, fewer)
+        self.assertLess(errors[-1], 1e-6)
+        # No terms: w = alpha * g.
+        self.assertAllClose(self._implicit(0, inner_lr), -inner_lr * mixed.T @ meta_grad, rtol=1e-10)
+
+    def test_entropy_share_is_kept(self):
+        with_entropy = self._implicit(3, 0.5, entropy_weight=0.5)
+        without = self._implicit(3, 0.5)
+        entropy_gradient = _flat(_entropy_gradient(self.generator, self.train[0], self.train[1], self.mask))
+        self.assertGreater(np.linalg.norm(entropy_gradient), 1e-4)
+        self.assertAllClose(with_entropy - without, 0.5 * entropy_gradient, rtol=1e-8, atol=1e-14)
+
+    def test_neumann_series_of_a_matrix(self):
+        matrix = np.array([[2.0, 0.5], [0.5, 1.0]])
+        vector = np.array([1.0, -2.0])
+
+        def product(u):
+            return [tf.linalg.matvec(tf.constant(matrix), u[0])]
+
+        def series(terms):
+            return meta.neumann_inverse_hvp(product, [tf.constant(vector)], 0.4, terms)[0].numpy()
+
+        self.assertAllClose(series(0), 0.4 * vector)
+        step = np.eye(2) - 0.4 * matrix
+        self.assertAllClose(series(3), 0.4 * sum(np.linalg.matrix_power(step, j) @ vector for j in range(4)))
+        self.assertAllClose(series(200), np.linalg.solve(matrix, vector))
+
+
+class QuickstartModelsTest(tf.test.TestCase):
+    """The quickstart preset's networks, float32: digits-shaped inputs, vgg_small at width 0.5."""
+
+    def setUp(self):
+        super().setUp()
+        psi = (7, 3)
+        keras.utils.set_random_seed(0)
+        self.evaluator = models.build_evaluator((8, 8, 1), 2, sum(psi), "vgg_small", 0.5)
+        self.generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.5)
+        self.mask = tf.constant(hierarchy.psi_mask(psi))
+        rng = np.random.default_rng(0)
+        self.batches = [(tf.constant(rng.uniform(size=(16, 8, 8, 1)), tf.float32),
+                         tf.constant(rng.integers(0, 2, 16), tf.int64)) for _ in range(2)]
+
+    def _gradients(self, entropy_weight):
+        (train_images, train_labels), (images, labels) = self.batches
+        args = (self.mask, INNER_LR, 2.0, entropy_weight)
+        return {
+            "second_order": meta.second_order_meta_gradient(self.evaluator, self.generator, images, labels, *args),
+            "first_order": meta.first_order_meta_gradient(self.evaluator, self.generator, images, labels, *args),
+            "implicit": meta.implicit_meta_gradient(self.evaluator, self.generator, train_images, train_labels,
+                                                    images, labels, *args),
+        }
+
+    def test_gradients_are_finite_and_non_zero(self):
+        before = [v.numpy().copy() for v in self.evaluator.variables]
+        # Without the entropy term the hypergradient's own path is all there is.
+        for entropy_weight in (0.0, 0.2):
+            for name, (grads, stats) in self._gradients(entropy_weight).items():
+                with self.subTest(name=name, entropy_weight=entropy_weight):
+                    self.assertLen(grads, len(self.generator.trainable_variables))
+                    for grad, variable in zip(grads, self.generator.trainable_variables):
+                        self.assertEqual(grad.shape, variable.shape)
+                        self.assertTrue(np.all(np.isfinite(grad)))
+                    self.assertGreater(float(tf.linalg.global_norm(grads)), 1e-6)
+                    self.assertAllClose(stats["meta_loss"], stats["loss_after"] + entropy_weight * stats["entropy"])
+        for old, variable in zip(before, self.evaluator.variables):
+            self.assertAllEqual(old, variable.numpy())   # weights and batch-norm moving statistics
+
+    def test_first_order_radius_on_the_quickstart_model(self):
+        # The default radius keeps the float32 first-order gradient within 1e-3 of the exact one's direction.
+        gradients = self._gradients(0.0)
+        self.assertGreater(_cosine(gradients["first_order"][0], gradients["second_order"][0]), 0.999)
+
+
+class BatchNormSecondDerivativeTest(tf.test.TestCase):
+    """The implicit hypergradient differentiates batch norm's backward in its input: the trainer's
+    float32 path (TensorFlow's fused kernel) must give what exact float64 arithmetic gives."""
+
+    def test_fused_float32_matches_exact_float64(self):
+        psi = (3, 2)
+        rng = np.random.default_rng(0)
+        batches = [(rng.normal(size=(8, 8, 8, 1)), rng.integers(0, len(psi), 8)) for _ in range(2)]
+        results = []
+        for dtype in ("float64", "float32"):
+            keras.config.set_dtype_policy(dtype)
+            try:
+                keras.utils.set_random_seed(0)
+                # float64 runs Keras' own batch norm; synchronised, its statistics are
+                # E[x^2] - E[x]^2, exact to second order (see meta.implicit_meta_gradient).
+                synchronized = dtype == "float64"
+                evaluator = models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.125,
+                                                   synchronized_bn=synchronized)
+                generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.125,
+                                                   synchronized_bn=synchronized)
+                if results:
+                    self.assertIsInstance(evaluator.get_layer("trunk_block1_conv1_bn"), models.BatchNormalization)
+                    for model, weights in zip((evaluator, generator), results[0][1]):
+                        model.set_weights(weights)
+                inputs = [tensor for images, labels in batches
+                          for tensor in (tf.constant(images, dtype), tf.constant(labels))]
+                grads, _ = meta.implicit_meta_gradient(evaluator, generator, *inputs,
+                                                       tf.constant(hierarchy.psi_mask(psi), dtype), 0.05, 2.0, 0.0,
+                                                       neumann_terms=2)
+                results.append((_flat(grads).astype(np.float64), (evaluator.get_weights(), generator.get_weights())))
+            finally:
+                keras.config.set_dtype_policy("float32")
+        (exact, _), (fused, _) = results
+        self.assertLess(np.linalg.norm(fused - exact) / np.linalg.norm(exact), 1e-4)
+
+
+class MixedPrecisionTest(tf.test.TestCase):
+    """Like precision_test.py's check of the second-order gradient: a float32 twin runs the
+    evaluator's side, and the half-precision gradient points the float32 way."""
+
+    def _gradient(self, function, precision, loss_scale=None):
+        psi = (3, 2)
+        keras.utils.set_random_seed(0)   # same float32 weights whatever the compute precision
+        evaluator = models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.25, precision)
+        generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.25, precision)
+        twin = (models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.25, "float32")
+                if precision != "float32" else None)
+        rng = np.random.default_rng(0)
+        batches = [(tf.constant(rng.normal(size=(64, 8, 8, 1)), tf.float32),
+                    tf.constant(rng.integers(0, len(psi), 64), tf.int64)) for _ in range(2)]
+        mask = tf.constant(hierarchy.psi_mask(psi))
+        options = dict(loss_scale=loss_scale, lookahead_model=twin)
+        if function is meta.implicit_meta_gradient:
+            grads, stats = function(evaluator, generator, *batches[0], *batches[1], mask, 0.1, **options)
+        else:
+            grads, stats = function(evaluator, generator, *batches[1], mask, 0.1, **options)
+        flat = tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in grads], 0)
+        return flat if loss_scale is None else flat / loss_scale, stats
+
+    def test_half_precision_points_the_float32_way(self):
+        for function in (meta.first_order_meta_gradient, meta.implicit_meta_gradient):
+            reference, reference_stats = self._gradient(function, "float32")
+            self.assertGreater(float(tf.norm(reference)), 1e-3)
+            for precision, loss_scale in (("mixed_bfloat16", None), ("mixed_float16", 2.0 ** 10)):
+                with self.subTest(function=function.__name__, precision=precision):
+                    grads, stats = self._gradient(function, precision, loss_scale)
+                    self.assertEqual(grads.dtype, tf.float32)
+                    self.assertGreaterEqual(_cosine([grads], [reference]), 0.99)
+                    self.assertAllClose(stats["meta_loss"], reference_stats["meta_loss"], rtol=0.01)
+
+
+if __name__ == "__main__":
+    tf.test.main()
