@@ -8,6 +8,7 @@ list), --seeds, --pairs and --entropy_weights one run after another, each in
 sharing the file system, shares the runs: each worker claims a run before training it
 (maxl_tf/claims.py; python -m maxl_tf.launch starts N workers).
 """
+
 import functools
 import sys
 
@@ -26,28 +27,42 @@ def define_flags(flag_values=flags.FLAGS) -> None:
     """Config's flags, the progress bar, and the sweep lists (not fields of Config, which
     describes one run)."""
     cli.define_config_flags(flag_values)
-    flags.DEFINE_bool("progress", True, "Show a progress bar per epoch (on a terminal).",
-                      flag_values=flag_values)
-    flags.DEFINE_string("seeds", "", "Sweep: comma-separated seeds, e.g. 0,1,2,3,4 (replaces --seed).",
-                        flag_values=flag_values)
-    flags.DEFINE_string("pairs", "", "Sweep: comma-separated pri:aux pairs, e.g. 3:10,3:20,10:100 "
-                                     "(replaces --pri and --aux).", flag_values=flag_values)
-    flags.DEFINE_string("entropy_weights", "", "Sweep: comma-separated entropy weights, e.g. 0.2,0 "
-                                               "(replaces --entropy_weight; maxl only).",
-                        flag_values=flag_values)
-    flags.DEFINE_float("heartbeat_timeout", 300, "Workers sharing a sweep: seconds without a heartbeat "
-                                                 "after which a worker's run is taken over by another "
-                                                 "(the same for every worker; BUILD.md says why 300).",
-                       flag_values=flag_values)
+    flags.DEFINE_bool("progress", True, "Show a progress bar per epoch (on a terminal).", flag_values=flag_values)
+    flags.DEFINE_string(
+        "seeds", "", "Sweep: comma-separated seeds, e.g. 0,1,2,3,4 (replaces --seed).", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "pairs",
+        "",
+        "Sweep: comma-separated pri:aux pairs, e.g. 3:10,3:20,10:100 (replaces --pri and --aux).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "entropy_weights",
+        "",
+        "Sweep: comma-separated entropy weights, e.g. 0.2,0 (replaces --entropy_weight; maxl only).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "heartbeat_timeout",
+        300,
+        "Workers sharing a sweep: seconds without a heartbeat "
+        "after which a worker's run is taken over by another "
+        "(the same for every worker; BUILD.md says why 300).",
+        flag_values=flag_values,
+    )
 
 
 def configs_from_flags(flag_values=flags.FLAGS) -> list:
     """The validated runs the flags ask for: one, or a sweep's product (several share --logdir
     as their parent)."""
     base = cli.config_from_flags(flag_values)
-    configs = sweep.expand(base, seeds=sweep.parse_seeds(flag_values.seeds),
-                           pairs=sweep.parse_pairs(flag_values.pairs),
-                           entropy_weights=sweep.parse_entropy_weights(flag_values.entropy_weights))
+    configs = sweep.expand(
+        base,
+        seeds=sweep.parse_seeds(flag_values.seeds),
+        pairs=sweep.parse_pairs(flag_values.pairs),
+        entropy_weights=sweep.parse_entropy_weights(flag_values.entropy_weights),
+    )
     return [config_lib.validate(config) for config in configs]
 
 
@@ -56,29 +71,33 @@ def _print_table(all_results) -> None:
     print(f"\n| method | {rundir.metric_name(epochs)} | final epoch | epochs |")
     print("|---|---|---|---|")
     for r in all_results:
-        print(f"| {r['config']['method']} | {r['test_accuracy']:.4f} | "
-              f"{r['history'][-1]['test/acc']:.4f} | {r['epochs_completed']} |")
+        print(
+            f"| {r['config']['method']} | {r['test_accuracy']:.4f} | "
+            f"{r['history'][-1]['test/acc']:.4f} | {r['epochs_completed']} |"
+        )
 
 
 def main(argv):
     if len(argv) > 1:
         raise errors.Error(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
-    configs = configs_from_flags()   # every run's flags, checked before anything starts
+    configs = configs_from_flags()  # every run's flags, checked before anything starts
     if not flags.FLAGS.heartbeat_timeout > 0:
-        raise errors.Error(f"--heartbeat_timeout={flags.FLAGS.heartbeat_timeout}: must be a positive "
-                           f"number of seconds.")
+        raise errors.Error(
+            f"--heartbeat_timeout={flags.FLAGS.heartbeat_timeout}: must be a positive number of seconds."
+        )
     cli.start_tensorflow(configs[0].deterministic)
     # TensorFlow and the models: only once the flags are known to be good.
     from maxl_tf import inputs
     from maxl_tf import train
-    inputs.check_available(configs)   # every run's data and embedder, before the first one trains
+
+    inputs.check_available(configs)  # every run's data and embedder, before the first one trains
 
     # Workers of one sweep share its runs through claims; the processes of a multi-worker
     # strategy train each run together, so there the claims are off.
     worker = claims.Worker(flags.FLAGS.heartbeat_timeout) if configs[0].strategy != "multi_worker" else None
     progress = flags.FLAGS.progress and sys.stdout.isatty()
     all_results = sweep.run(configs, functools.partial(train.train_and_evaluate, progress=progress), worker)
-    if len({(c.seed, c.pri, c.aux, c.entropy_weight) for c in configs}) > 1:   # more than methods
+    if len({(c.seed, c.pri, c.aux, c.entropy_weight) for c in configs}) > 1:  # more than methods
         groups = report.group_runs(all_results)
         print("\n" + report.markdown_table(groups))
         paired = report.paired_tables(groups)

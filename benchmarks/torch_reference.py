@@ -14,6 +14,7 @@ Prints one JSON line: images per second for a single-task step and for a full
 MAXL iteration (one evaluator step + one generator meta step).
 Needs torch (pip install torch==2.13.0 on this machine kind picks the local CPU build).
 """
+
 import argparse
 import json
 import time

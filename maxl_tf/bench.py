@@ -27,6 +27,7 @@ all of them alike and their ratios stay meaningful. --reference runs another imp
 benchmark script (benchmarks/torch_reference.py, PyTorch) in its own process before each of
 --cycles rounds of ours, and tables the ratios cycle by cycle.
 """
+
 import dataclasses
 import json
 import os
@@ -38,7 +39,7 @@ import time
 
 from maxl_tf import cli
 
-with cli.quiet_start_up():   # this command's first import of TensorFlow
+with cli.quiet_start_up():  # this command's first import of TensorFlow
     import tensorflow as tf
 
 from absl import flags
@@ -54,15 +55,25 @@ from maxl_tf import state as state_lib
 from maxl_tf import steps
 from maxl_tf import train
 
-WHATS = ("single", "maxl", "maxl_first_order", "maxl_implicit", "evaluator", "generator",
-         "generator_first_order", "generator_implicit", "pipeline")
+WHATS = (
+    "single",
+    "maxl",
+    "maxl_first_order",
+    "maxl_implicit",
+    "evaluator",
+    "generator",
+    "generator_first_order",
+    "generator_implicit",
+    "pipeline",
+)
 IMAGE_SHAPE = (32, 32, 3)
-PIPELINE_EPOCH = 45_000   # images per timed repeat of the input pipeline: a CIFAR-100 training epoch
+PIPELINE_EPOCH = 45_000  # images per timed repeat of the input pipeline: a CIFAR-100 training epoch
 
 
 @dataclasses.dataclass
 class Timed:
     """One timed piece: `run()` does one repeat and blocks until its results exist."""
+
     name: str
     run: object
     images_per_run: int
@@ -74,9 +85,12 @@ def synthetic_batch(batch_size: int, pri: int, psi, seed: int) -> dict:
     labels = rng.integers(0, pri, batch_size)
     offsets = hierarchy.block_offsets(psi)
     aux_labels = offsets[labels] + rng.integers(0, np.asarray(psi)[labels])
-    return {"images": data_lib.normalise(rng.integers(0, 256, (batch_size, *IMAGE_SHAPE), np.uint8)),
-            "labels": tf.constant(labels, tf.int64), "aux_labels": tf.constant(aux_labels, tf.int64),
-            "indices": tf.range(batch_size, dtype=tf.int64)}
+    return {
+        "images": data_lib.normalise(rng.integers(0, 256, (batch_size, *IMAGE_SHAPE), np.uint8)),
+        "labels": tf.constant(labels, tf.int64),
+        "aux_labels": tf.constant(aux_labels, tf.int64),
+        "indices": tf.range(batch_size, dtype=tf.int64),
+    }
 
 
 def _hypergradient(what: str) -> str:
@@ -94,12 +108,17 @@ def bench_config(config: config_lib.Config, what: str) -> config_lib.Config:
       errors.Error: a bad flag.
     """
     if config.hypergradient != "second_order":
-        raise errors.Error(f"--hypergradient={config.hypergradient}: the benchmark's pieces name their "
-                           f"hypergradient; drop it and list them in --what (e.g. maxl_{config.hypergradient}).")
+        raise errors.Error(
+            f"--hypergradient={config.hypergradient}: the benchmark's pieces name their "
+            f"hypergradient; drop it and list them in --what (e.g. maxl_{config.hypergradient})."
+        )
     hypergradient = _hypergradient(what)
     config = dataclasses.replace(
-        config, method="single" if what == "single" else "maxl", hypergradient=hypergradient,
-        neumann_terms=config.neumann_terms if hypergradient == "implicit" else config_lib.DEFAULT_NEUMANN_TERMS)
+        config,
+        method="single" if what == "single" else "maxl",
+        hypergradient=hypergradient,
+        neumann_terms=config.neumann_terms if hypergradient == "implicit" else config_lib.DEFAULT_NEUMANN_TERMS,
+    )
     config_lib.check_flags(config)
     if config.pri < 1 or config.aux < config.pri or config.aux % config.pri:
         raise errors.Error(f"--aux={config.aux}: must be a positive multiple of --pri={config.pri}.")
@@ -118,12 +137,12 @@ def build_step(config: config_lib.Config, what: str) -> Timed:
     state = state_lib.TrainState(config, IMAGE_SHAPE, strategy)
     iteration = train.make_iteration(config, state, steps.Task.from_config(config), strategy)
 
-    def fixed(seed):   # one global batch, split over the replicas as training splits it
+    def fixed(seed):  # one global batch, split over the replicas as training splits it
         batch = synthetic_batch(config.batch_size, config.pri, config.psi, seed)
         return next(iter(distribute.distribute_dataset(strategy, tf.data.Dataset.from_tensors(batch))))
 
     train_batch, meta_batch = fixed(1), fixed(2)
-    if what.startswith("generator"):   # the generator step alone; the implicit one reads the training batch
+    if what.startswith("generator"):  # the generator step alone; the implicit one reads the training batch
         iterations = [(train_batch, meta_batch, False)]
     elif what.startswith("maxl"):
         iterations = [(train_batch, None)] * (config.meta_every - 1) + [(train_batch, meta_batch)]
@@ -133,7 +152,7 @@ def build_step(config: config_lib.Config, what: str) -> Timed:
     def run():
         for args in iterations:
             iteration(*args)
-        state.sums.totals.numpy()   # waits for the steps: a tf.function call returns before a GPU finishes
+        state.sums.totals.numpy()  # waits for the steps: a tf.function call returns before a GPU finishes
 
     return Timed(what, run, config.batch_size * len(iterations))
 
@@ -147,8 +166,11 @@ def build_pipeline(batch_size: int, num_examples: int = 5000) -> Timed:
     """
     steps = max(1, PIPELINE_EPOCH // batch_size)
     rng = np.random.default_rng(0)
-    examples = data_lib.Examples(rng.integers(0, 256, (num_examples, *IMAGE_SHAPE), np.uint8),
-                                 rng.integers(0, 10, num_examples), np.zeros(num_examples, np.int64))
+    examples = data_lib.Examples(
+        rng.integers(0, 256, (num_examples, *IMAGE_SHAPE), np.uint8),
+        rng.integers(0, 10, num_examples),
+        np.zeros(num_examples, np.int64),
+    )
     pipeline = data_lib.Pipeline(examples)
     repeats = [0]
 
@@ -187,8 +209,10 @@ def prepare(config: config_lib.Config, whats, warmup: int = 2):
         for _ in range(warmup):
             piece.run()
         peak = _gpu_peak_bytes()
-        memory[what] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,   # KiB on Linux
-                        None if peak is None else peak / 2**20)
+        memory[what] = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+            None if peak is None else peak / 2**20,
+        )
         pieces.append(piece)
     return pieces, memory
 
@@ -215,10 +239,17 @@ def summarise(pieces, memory, times) -> list:
         seconds, cpu_seconds = times[piece.name]
         median = statistics.median(seconds)
         rss, gpu = memory[piece.name]
-        rows.append({"what": piece.name, "images_per_s": round(piece.images_per_run / median, 2),
-                     "seconds": round(median, 6), "cpu_seconds": round(statistics.median(cpu_seconds), 6),
-                     "spread": round(max(seconds) / min(seconds), 2), "peak_rss_mib": round(rss),
-                     "peak_gpu_mib": None if gpu is None else round(gpu)})
+        rows.append(
+            {
+                "what": piece.name,
+                "images_per_s": round(piece.images_per_run / median, 2),
+                "seconds": round(median, 6),
+                "cpu_seconds": round(statistics.median(cpu_seconds), 6),
+                "spread": round(max(seconds) / min(seconds), 2),
+                "peak_rss_mib": round(rss),
+                "peak_gpu_mib": None if gpu is None else round(gpu),
+            }
+        )
     return rows
 
 
@@ -243,13 +274,18 @@ def reference_rates(script: str, batch_size: int, steps: int, pri: int, aux: int
     lines = result.stdout.strip().splitlines()
     try:
         values = json.loads(lines[-1])
-        return {"framework": values.get("framework", script), "single": float(values["single_step_images_per_s"]),
-                "maxl": float(values["maxl_iteration_images_per_s"])}
+        return {
+            "framework": values.get("framework", script),
+            "single": float(values["single_step_images_per_s"]),
+            "maxl": float(values["maxl_iteration_images_per_s"]),
+        }
     except (IndexError, ValueError, KeyError, TypeError):
         why = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise errors.Error(f"--reference={script} exited with {result.returncode} and printed no "
-                           f"JSON line with single_step_images_per_s and maxl_iteration_images_per_s "
-                           f"({why})") from None
+        raise errors.Error(
+            f"--reference={script} exited with {result.returncode} and printed no "
+            f"JSON line with single_step_images_per_s and maxl_iteration_images_per_s "
+            f"({why})"
+        ) from None
 
 
 def compare(pieces, memory, script: str, cycles: int, config: config_lib.Config, repeats: int):
@@ -267,10 +303,17 @@ def compare(pieces, memory, script: str, cycles: int, config: config_lib.Config,
         reference = reference_rates(script, config.batch_size, repeats, config.pri, config.aux)
         times = time_pieces(pieces, repeats)
         ours = {row["what"]: row["images_per_s"] for row in summarise(pieces, memory, times)}
-        cycle_rows.append({"cycle": cycle, "reference": reference, "single": ours["single"], "maxl": ours["maxl"],
-                           "single_vs_reference": ours["single"] / reference["single"],
-                           "maxl_vs_reference": ours["maxl"] / reference["maxl"],
-                           "maxl_time_vs_single": ours["single"] / ours["maxl"]})
+        cycle_rows.append(
+            {
+                "cycle": cycle,
+                "reference": reference,
+                "single": ours["single"],
+                "maxl": ours["maxl"],
+                "single_vs_reference": ours["single"] / reference["single"],
+                "maxl_vs_reference": ours["maxl"] / reference["maxl"],
+                "maxl_time_vs_single": ours["single"] / ours["maxl"],
+            }
+        )
         for name, (wall, cpu) in times.items():
             pooled[name][0].extend(wall)
             pooled[name][1].extend(cpu)
@@ -278,31 +321,43 @@ def compare(pieces, memory, script: str, cycles: int, config: config_lib.Config,
 
 
 def comparison_table(cycle_rows) -> str:
-    lines = ["| cycle | reference single / MAXL, images/s | ours single / MAXL, images/s "
-             "| single-task, ours / reference "
-             "| MAXL, ours / reference | our MAXL time / single time |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| cycle | reference single / MAXL, images/s | ours single / MAXL, images/s "
+        "| single-task, ours / reference "
+        "| MAXL, ours / reference | our MAXL time / single time |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in cycle_rows:
-        lines.append(f"| {r['cycle']} | {r['reference']['single']:.1f} / {r['reference']['maxl']:.1f} | "
-                     f"{r['single']:.1f} / {r['maxl']:.1f} | {r['single_vs_reference']:.2f}x | "
-                     f"{r['maxl_vs_reference']:.2f}x | {r['maxl_time_vs_single']:.2f}x |")
-    median = {key: statistics.median(r[key] for r in cycle_rows)
-              for key in ("single", "maxl", "single_vs_reference", "maxl_vs_reference", "maxl_time_vs_single")}
+        lines.append(
+            f"| {r['cycle']} | {r['reference']['single']:.1f} / {r['reference']['maxl']:.1f} | "
+            f"{r['single']:.1f} / {r['maxl']:.1f} | {r['single_vs_reference']:.2f}x | "
+            f"{r['maxl_vs_reference']:.2f}x | {r['maxl_time_vs_single']:.2f}x |"
+        )
+    median = {
+        key: statistics.median(r[key] for r in cycle_rows)
+        for key in ("single", "maxl", "single_vs_reference", "maxl_vs_reference", "maxl_time_vs_single")
+    }
     ref_single = statistics.median(r["reference"]["single"] for r in cycle_rows)
     ref_maxl = statistics.median(r["reference"]["maxl"] for r in cycle_rows)
-    lines.append(f"| median | {ref_single:.1f} / {ref_maxl:.1f} | {median['single']:.1f} / {median['maxl']:.1f} | "
-                 f"{median['single_vs_reference']:.2f}x | {median['maxl_vs_reference']:.2f}x | "
-                 f"{median['maxl_time_vs_single']:.2f}x |")
+    lines.append(
+        f"| median | {ref_single:.1f} / {ref_maxl:.1f} | {median['single']:.1f} / {median['maxl']:.1f} | "
+        f"{median['single_vs_reference']:.2f}x | {median['maxl_vs_reference']:.2f}x | "
+        f"{median['maxl_time_vs_single']:.2f}x |"
+    )
     return "\n".join(lines)
 
 
 def markdown_table(rows) -> str:
-    lines = ["| what | images/s | s per repeat | CPU s per repeat | max/min over repeats | peak RSS MiB "
-             "| peak GPU MiB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| what | images/s | s per repeat | CPU s per repeat | max/min over repeats | peak RSS MiB | peak GPU MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         gpu = "-" if r["peak_gpu_mib"] is None else r["peak_gpu_mib"]
-        lines.append(f"| {r['what']} | {r['images_per_s']} | {r['seconds']} | {r['cpu_seconds']} | {r['spread']} | "
-                     f"{r['peak_rss_mib']} | {gpu} |")
+        lines.append(
+            f"| {r['what']} | {r['images_per_s']} | {r['seconds']} | {r['cpu_seconds']} | {r['spread']} | "
+            f"{r['peak_rss_mib']} | {gpu} |"
+        )
     return "\n".join(lines)
 
 
@@ -316,16 +371,21 @@ def main(argv):
     problems = [
         (unknown, f"--what: unknown {', '.join(unknown)}; choose from {', '.join(WHATS)}."),
         (min(values.repeats, values.warmup, values.cycles) < 1, "--repeats, --warmup and --cycles must be at least 1."),
-        (values.reference and not ({"single", "maxl"} <= set(whats) and config.model == "vgg16"),
-         "--reference compares the VGG-16 single and maxl pieces: give --what with both and --model=vgg16."),
+        (
+            values.reference and not ({"single", "maxl"} <= set(whats) and config.model == "vgg16"),
+            "--reference compares the VGG-16 single and maxl pieces: give --what with both and --model=vgg16.",
+        ),
         (values.reference and not os.path.isfile(values.reference), f"--reference={values.reference}: no such file."),
         (values.cycles > 1 and not values.reference, "--cycles needs --reference."),
-        (values.reference and config.meta_every != 1,
-         f"--meta_every={config.meta_every}: --reference compares one iteration of each; drop --meta_every.")]
+        (
+            values.reference and config.meta_every != 1,
+            f"--meta_every={config.meta_every}: --reference compares one iteration of each; drop --meta_every.",
+        ),
+    ]
     for bad, message in problems:
         if bad:
             raise errors.Error(message)
-    bench_config(config, "maxl")   # the flags, before TensorFlow starts
+    bench_config(config, "maxl")  # the flags, before TensorFlow starts
     cli.start_tensorflow(config.deterministic)
     cycle_rows = None
     pieces, memory = prepare(config, whats, values.warmup)
@@ -337,13 +397,25 @@ def main(argv):
         print(f"reference: {cycle_rows[0]['reference']['framework']} ({values.reference})")
         print(comparison_table(cycle_rows) + "\n")
     print(markdown_table(rows))
-    print(json.dumps({"framework": f"tensorflow {tf.__version__}",
-                      "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
-                      "cpus": os.cpu_count(), "batch_size": config.batch_size, "model": config.model,
-                      "width": config.width, "deterministic": config.deterministic, "precision": config.precision,
-                      "jit": config.jit, "strategy": config.strategy,
-                      **{r["what"] + "_images_per_s": r["images_per_s"] for r in rows}, "rows": rows,
-                      **({"cycles": cycle_rows} if cycle_rows else {})}))
+    print(
+        json.dumps(
+            {
+                "framework": f"tensorflow {tf.__version__}",
+                "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
+                "cpus": os.cpu_count(),
+                "batch_size": config.batch_size,
+                "model": config.model,
+                "width": config.width,
+                "deterministic": config.deterministic,
+                "precision": config.precision,
+                "jit": config.jit,
+                "strategy": config.strategy,
+                **{r["what"] + "_images_per_s": r["images_per_s"] for r in rows},
+                "rows": rows,
+                **({"cycles": cycle_rows} if cycle_rows else {}),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
@@ -352,8 +424,12 @@ if __name__ == "__main__":
     flags.DEFINE_integer("repeats", 5, "Timed repeats of each piece; the median counts.")
     flags.DEFINE_integer("warmup", 2, "Untimed runs of each piece first (tracing).")
     flags.DEFINE_string("what", "single,maxl,evaluator,generator,pipeline", f"Comma list of: {', '.join(WHATS)}.")
-    flags.DEFINE_string("reference", "", "A reference benchmark script to alternate with, e.g. "
-                                         "benchmarks/torch_reference.py; needs --what with single and maxl, "
-                                         "--model=vgg16.")
+    flags.DEFINE_string(
+        "reference",
+        "",
+        "A reference benchmark script to alternate with, e.g. "
+        "benchmarks/torch_reference.py; needs --what with single and maxl, "
+        "--model=vgg16.",
+    )
     flags.DEFINE_integer("cycles", 1, "Rounds of reference, then ours (with --reference).")
     cli.run(main)

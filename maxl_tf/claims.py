@@ -40,6 +40,7 @@ after waking it may write once between its last check and its next. No clock-fre
 a paused worker from a dead one: choose heartbeat_timeout well above the longest pause expected
 and above the file system's cache times.
 """
+
 import json
 import os
 import secrets
@@ -50,21 +51,21 @@ import typing
 
 from maxl_tf import errors
 
-CLAIMS_DIR = "claims"         # inside a run directory
-BEATS_PER_TIMEOUT = 4         # heartbeats (and a waiting worker's polls) per heartbeat_timeout
-MAX_POLL_SECONDS = 10         # a waiting worker sees other workers' runs complete at least this often
+CLAIMS_DIR = "claims"  # inside a run directory
+BEATS_PER_TIMEOUT = 4  # heartbeats (and a waiting worker's polls) per heartbeat_timeout
+MAX_POLL_SECONDS = 10  # a waiting worker sees other workers' runs complete at least this often
 
 # A run's state, as a worker sees it.
-COMPLETE = "complete"         # the caller says so (its results are final)
-HELD = "held"                 # claimed by a live worker (or one this worker has not watched long enough)
-FREE = "free"                 # never claimed, or released
-STALE = "stale"               # its holder's heartbeat stopped
+COMPLETE = "complete"  # the caller says so (its results are final)
+HELD = "held"  # claimed by a live worker (or one this worker has not watched long enough)
+FREE = "free"  # never claimed, or released
+STALE = "stale"  # its holder's heartbeat stopped
 
 
 class Observation(typing.NamedTuple):
-    state: str                # HELD, FREE or STALE
-    generation: int           # the highest generation; -1 when never claimed
-    record: dict | None       # that generation's content; {} if unreadable
+    state: str  # HELD, FREE or STALE
+    generation: int  # the highest generation; -1 when never claimed
+    record: dict | None  # that generation's content; {} if unreadable
 
 
 def machine_id() -> str | None:
@@ -89,7 +90,7 @@ def _process_exists(pid) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # another user's process
+    except PermissionError:  # another user's process
         return True
     return True
 
@@ -116,8 +117,7 @@ def _top_generation(directory: str) -> int:
 
 def _create_exclusively(path: str, content: bytes) -> bool:
     """Creates path holding content; False if it already exists. See the module docstring."""
-    temporary = os.path.join(os.path.dirname(path),
-                             f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
     with open(temporary, "xb") as f:
         f.write(content)
         f.flush()
@@ -126,7 +126,7 @@ def _create_exclusively(path: str, content: bytes) -> bool:
         os.link(temporary, path)
         return True
     except FileExistsError:
-        return os.stat(temporary).st_nlink == 2   # our link landed; only its reply was lost
+        return os.stat(temporary).st_nlink == 2  # our link landed; only its reply was lost
     finally:
         os.unlink(temporary)
 
@@ -145,20 +145,30 @@ def _rewrite(path: str, content: bytes) -> None:
 def _parse(content: bytes) -> dict:
     try:
         record = json.loads(content)
-    except ValueError:   # torn by a concurrent heartbeat, or not ours
+    except ValueError:  # torn by a concurrent heartbeat, or not ours
         return {}
     return record if isinstance(record, dict) else {}
 
 
 def _record(state: str, worker_id: str, machine: str | None, generation: int, beat: int = 0) -> bytes:
-    return json.dumps({"state": state, "worker": worker_id, "machine": machine, "pid": os.getpid(),
-                       "generation": generation, "beat": beat}).encode()
+    return json.dumps(
+        {
+            "state": state,
+            "worker": worker_id,
+            "machine": machine,
+            "pid": os.getpid(),
+            "generation": generation,
+            "beat": beat,
+        }
+    ).encode()
 
 
 def _cannot(run_dir: str, error: OSError) -> errors.Error:
     reason = error.strerror or errors.first_line(error)
-    return errors.Error(f"cannot claim {run_dir} ({reason}); a sweep's --logdir must be a writable "
-                        f"directory on a file system with hard links (a local disk, NFS, Lustre).")
+    return errors.Error(
+        f"cannot claim {run_dir} ({reason}); a sweep's --logdir must be a writable "
+        f"directory on a file system with hard links (a local disk, NFS, Lustre)."
+    )
 
 
 class Claim:
@@ -168,11 +178,18 @@ class Claim:
     stopped by a signal, failed), so that another worker may claim the run at once.
     """
 
-    def __init__(self, run_dir: str, generation: int, worker_id: str, machine: str | None,
-                 heartbeat_timeout: float, previous: dict | None):
+    def __init__(
+        self,
+        run_dir: str,
+        generation: int,
+        worker_id: str,
+        machine: str | None,
+        heartbeat_timeout: float,
+        previous: dict | None,
+    ):
         self.run_dir = run_dir
         self.generation = generation
-        self.previous = previous            # the stale claim this one took over, else None
+        self.previous = previous  # the stale claim this one took over, else None
         self._directory = claims_dir(run_dir)
         self._path = os.path.join(self._directory, str(generation))
         self._worker_id, self._machine = worker_id, machine
@@ -180,8 +197,7 @@ class Claim:
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._released = False
-        self._thread = threading.Thread(target=self._heartbeat, daemon=True,
-                                        name=f"claim heartbeat {run_dir}")
+        self._thread = threading.Thread(target=self._heartbeat, daemon=True, name=f"claim heartbeat {run_dir}")
         self._thread.start()
 
     @property
@@ -231,8 +247,7 @@ class Claim:
         try:
             if self.verify():
                 next_path = os.path.join(self._directory, str(self.generation + 1))
-                _create_exclusively(next_path, _record("released", self._worker_id, self._machine,
-                                                       self.generation + 1))
+                _create_exclusively(next_path, _record("released", self._worker_id, self._machine, self.generation + 1))
         except OSError:
             pass
 
@@ -258,7 +273,7 @@ class Worker:
         self.heartbeat_timeout = heartbeat_timeout
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self._machine = machine_id()
-        self._seen = {}   # run_dir -> (generation, content, this worker's clock when first seen)
+        self._seen = {}  # run_dir -> (generation, content, this worker's clock when first seen)
 
     def observe(self, run_dir: str) -> Observation:
         """Reads run_dir's current claim and judges it. Raises errors.Error if unreadable."""
@@ -270,15 +285,18 @@ class Worker:
             try:
                 with open(os.path.join(directory, str(generation)), "rb") as f:
                     content = f.read()
-            except FileNotFoundError:   # deleted under us: judged like any unreadable claim
+            except FileNotFoundError:  # deleted under us: judged like any unreadable claim
                 content = b""
         except OSError as e:
             raise _cannot(run_dir, e) from e
         record = _parse(content)
         if record.get("state") == "released":
             return Observation(FREE, generation, record)
-        if (self._machine is not None and record.get("machine") == self._machine
-                and not _process_exists(record.get("pid"))):
+        if (
+            self._machine is not None
+            and record.get("machine") == self._machine
+            and not _process_exists(record.get("pid"))
+        ):
             return Observation(STALE, generation, record)
         now = time.monotonic()
         seen = self._seen.get(run_dir)
@@ -302,19 +320,26 @@ class Worker:
         generation = seen.generation + 1
         try:
             os.makedirs(claims_dir(run_dir), exist_ok=True)
-            created = _create_exclusively(os.path.join(claims_dir(run_dir), str(generation)),
-                                          _record(HELD, self.worker_id, self._machine, generation))
+            created = _create_exclusively(
+                os.path.join(claims_dir(run_dir), str(generation)),
+                _record(HELD, self.worker_id, self._machine, generation),
+            )
         except OSError as e:
             raise _cannot(run_dir, e) from e
         if not created:
             return None
-        return Claim(run_dir, generation, self.worker_id, self._machine, self.heartbeat_timeout,
-                     previous=seen.record if seen.state == STALE else None)
+        return Claim(
+            run_dir,
+            generation,
+            self.worker_id,
+            self._machine,
+            self.heartbeat_timeout,
+            previous=seen.record if seen.state == STALE else None,
+        )
 
     def survey(self, run_dirs: list, is_complete: typing.Callable[[str], bool]) -> dict:
         """{run_dir: COMPLETE, HELD, FREE or STALE}, in the order given."""
-        return {run_dir: COMPLETE if is_complete(run_dir) else self.observe(run_dir).state
-                for run_dir in run_dirs}
+        return {run_dir: COMPLETE if is_complete(run_dir) else self.observe(run_dir).state for run_dir in run_dirs}
 
     def next_run(self, run_dirs: list, is_complete: typing.Callable[[str], bool]) -> Claim | None:
         """Claims the first run, in the sweep's order, that is neither complete nor held by a
@@ -330,7 +355,7 @@ class Worker:
             claim = self.claim(run_dir)
             if claim is None:
                 continue
-            if is_complete(run_dir):   # its holder finished it between the survey and the claim
+            if is_complete(run_dir):  # its holder finished it between the survey and the claim
                 claim.release()
                 continue
             return claim

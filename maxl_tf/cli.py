@@ -9,6 +9,7 @@
 
 This module imports no TensorFlow itself.
 """
+
 import contextlib
 import dataclasses
 import os
@@ -35,11 +36,17 @@ _START_UP_NOISE = re.compile(
     r"All log messages before absl::InitializeLog|oneDNN custom operations are on|"
     r"Could not find cuda drivers|failed call to cuInit|This TensorFlow binary is optimized|"
     r"To enable the following instructions|Unable to register cu\w+ factory|"
-    r"computation placer already registered|TF-TRT Warning")
+    r"computation placer already registered|TF-TRT Warning"
+)
 
 
-_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-           str: flags.DEFINE_string, tuple: flags.DEFINE_string}
+_DEFINE = {
+    bool: flags.DEFINE_bool,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    str: flags.DEFINE_string,
+    tuple: flags.DEFINE_string,
+}
 
 
 def define_config_flags(flag_values=flags.FLAGS) -> None:
@@ -73,10 +80,10 @@ def _parse(argv):
         print((module.__doc__ or "").strip() + "\n")
         print(flags.FLAGS.get_help() if "--helpfull" in argv else flags.FLAGS.main_module_help())
         sys.exit(0)
-    flags.FLAGS.set_gnu_getopt(True)   # flags may follow positional arguments (run folders)
+    flags.FLAGS.set_gnu_getopt(True)  # flags may follow positional arguments (run folders)
     try:
         return flags.FLAGS(argv)
-    except flags.CantOpenFlagFileError as e:   # absl: "ERROR:: Unable to open flagfile: [Errno 2] <why>: '<path>'"
+    except flags.CantOpenFlagFileError as e:  # absl: "ERROR:: Unable to open flagfile: [Errno 2] <why>: '<path>'"
         why = re.search(r"\] (.*): '(.*)'$", str(e))
         where = f"={why.group(2)}: cannot open it ({why.group(1)})" if why else f": {e}"
         fail(errors.Error(f"--flagfile{where}; pass an existing flags file, e.g. --flagfile=flags/quickstart.cfg."))
@@ -86,13 +93,14 @@ def _parse(argv):
 
 def run(main) -> None:
     """Runs main(argv) as a command: argv holds the program name and the positional arguments."""
+
     def guarded(argv):
-        logging.set_verbosity(logging.WARNING)   # absl's INFO lines (checkpoint sharding) are noise here
+        logging.set_verbosity(logging.WARNING)  # absl's INFO lines (checkpoint sharding) are noise here
         try:
             return main(argv)
         except errors.Error as e:
             fail(e)
-        except KeyboardInterrupt:   # before a training run's own signal handling took over
+        except KeyboardInterrupt:  # before a training run's own signal handling took over
             fail(errors.Interrupted("interrupted; rerun the same command to resume.", signal.SIGINT))
 
     app.run(guarded, flags_parser=_parse)
@@ -132,7 +140,8 @@ def start_tensorflow(deterministic: bool = True):
     """
     with quiet_start_up():
         import tensorflow as tf
-        gpus = tf.config.list_physical_devices("GPU")   # cuInit speaks here on a machine without a GPU
+
+        gpus = tf.config.list_physical_devices("GPU")  # cuInit speaks here on a machine without a GPU
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     if not gpus:

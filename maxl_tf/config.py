@@ -6,6 +6,7 @@ choices each flag takes. It imports nothing heavy (no TensorFlow): commands that
 such as `python -m maxl_tf.report`, start in a fraction of a second. Library code takes a
 Config, never flags.
 """
+
 import dataclasses
 import json
 import os
@@ -22,8 +23,8 @@ METHODS = ("maxl", "single", "human", "random", "prototypical")
 USES_META_SPLIT = ("maxl", "prototypical")
 # Trunks of both networks (models.py): (filters, convolutions) per block, a 2x2 max-pool after each.
 ARCHITECTURES = {
-    "vgg16": ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),   # 32x32 down to 1x1
-    "vgg_small": ((64, 1), (128, 1), (256, 1)),   # 8x8 digits down to 1x1; fast enough for tests and CPUs
+    "vgg16": ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),  # 32x32 down to 1x1
+    "vgg_small": ((64, 1), (128, 1), (256, 1)),  # 8x8 digits down to 1x1; fast enough for tests and CPUs
 }
 # How the generator's meta step differentiates through the evaluator (meta.py): the paper's exact
 # one-step lookahead, its finite-difference approximation (DARTS), or the implicit hypergradient
@@ -48,44 +49,74 @@ def _field(default, help_text, choices=None):
 @dataclasses.dataclass(frozen=True)
 class Config:
     # What to learn.
-    dataset: str = _field("cifar100", "Data set: cifar100, cifar10, cifar10_1, digits, fashion_mnist, mnist; "
-                                      "folder (your images: --data_dir holds one subfolder per class); or "
-                                      "tfds:NAME (any tensorflow-datasets image-classification set).")
-    data_dir: str = _field("", "--dataset=folder: the folder of class folders. Otherwise local CIFAR "
-                               "archives, the four MNIST / Fashion-MNIST IDX files, or a tensorflow-datasets "
-                               "data directory (empty: tfds' default; for fashion_mnist first Debian's "
-                               "dataset-fashion-mnist folder).")
+    dataset: str = _field(
+        "cifar100",
+        "Data set: cifar100, cifar10, cifar10_1, digits, fashion_mnist, mnist; "
+        "folder (your images: --data_dir holds one subfolder per class); or "
+        "tfds:NAME (any tensorflow-datasets image-classification set).",
+    )
+    data_dir: str = _field(
+        "",
+        "--dataset=folder: the folder of class folders. Otherwise local CIFAR "
+        "archives, the four MNIST / Fashion-MNIST IDX files, or a tensorflow-datasets "
+        "data directory (empty: tfds' default; for fashion_mnist first Debian's "
+        "dataset-fashion-mnist folder).",
+    )
     download: bool = _field(True, "Let tensorflow-datasets download a data set that is not prepared.")
-    hierarchy: str = _field("", "Your data's class hierarchy: a .json {principal class: [class, ...]} or a "
-                                ".csv of class,principal class rows (folder and tfds:NAME only; empty: the "
-                                "data's classes are the principal task).")
-    image_size: int = _field(0, "folder and tfds:NAME: resize images to this many pixels square (0: images "
-                                "of one square size up to 32 stay as they are, others become 32x32).")
-    test_fraction: float = _field(0.2, "folder and tfds:NAME without a test split: the share of each class "
-                                       "held out as the test set (the same images for every seed).")
-    pri: int = _field(20, "Principal classes: a label level of the data set (cifar100: 3, 10, 20, 100; "
-                          "cifar10: 10; digits: 2, 10; fashion_mnist: 2, 6, 10; mnist: 10; folder and "
-                          "tfds:NAME: the number of classes, or of principal classes in --hierarchy).")
+    hierarchy: str = _field(
+        "",
+        "Your data's class hierarchy: a .json {principal class: [class, ...]} or a "
+        ".csv of class,principal class rows (folder and tfds:NAME only; empty: the "
+        "data's classes are the principal task).",
+    )
+    image_size: int = _field(
+        0,
+        "folder and tfds:NAME: resize images to this many pixels square (0: images "
+        "of one square size up to 32 stay as they are, others become 32x32).",
+    )
+    test_fraction: float = _field(
+        0.2,
+        "folder and tfds:NAME without a test split: the share of each class "
+        "held out as the test set (the same images for every seed).",
+    )
+    pri: int = _field(
+        20,
+        "Principal classes: a label level of the data set (cifar100: 3, 10, 20, 100; "
+        "cifar10: 10; digits: 2, 10; fashion_mnist: 2, 6, 10; mnist: 10; folder and "
+        "tfds:NAME: the number of classes, or of principal classes in --hierarchy).",
+    )
     aux: int = _field(100, "Auxiliary classes, sum(psi).")
-    psi: tuple = _field((), "Auxiliary classes per principal class, e.g. 5,1,4 (empty: the human "
-                            "hierarchy's when --aux is a human level, else uniform aux/pri).")
+    psi: tuple = _field(
+        (),
+        "Auxiliary classes per principal class, e.g. 5,1,4 (empty: the human "
+        "hierarchy's when --aux is a human level, else uniform aux/pri).",
+    )
     method: str = _field("maxl", "Where auxiliary labels come from.", METHODS)
-    embedder: str = _field(IMAGENET,
-                           "Image embedder of --method=prototypical: imagenet (keras.applications VGG16 "
-                           "with ImageNet weights), untrained (the same network with random weights), or "
-                           "a saved Keras model file (.keras) whose output is the embedding.")
-    embedder_fallback: str = _field("none", "What --embedder=imagenet does when its weights cannot be "
-                                            "loaded (offline): none stops with an error; untrained uses "
-                                            "random weights and says so in the log and results.json.",
-                                    EMBEDDER_FALLBACKS)
+    embedder: str = _field(
+        IMAGENET,
+        "Image embedder of --method=prototypical: imagenet (keras.applications VGG16 "
+        "with ImageNet weights), untrained (the same network with random weights), or "
+        "a saved Keras model file (.keras) whose output is the embedding.",
+    )
+    embedder_fallback: str = _field(
+        "none",
+        "What --embedder=imagenet does when its weights cannot be "
+        "loaded (offline): none stops with an error; untrained uses "
+        "random weights and says so in the log and results.json.",
+        EMBEDDER_FALLBACKS,
+    )
     # Networks and data.
     model: str = _field("vgg16", "Trunk of both networks.", tuple(ARCHITECTURES))
     width: float = _field(1.0, "Channel width multiplier of both networks.")
-    meta_split: float = _field(0.1, "Fraction of the training set held out as MAXL's meta data; "
-                                    "0 reuses the training set (the authors' code).")
-    augment: bool = _field(True, "Random crop and horizontal flip as the data set allows (data.AUGMENTATION): "
-                                 "CIFAR pad 4 + flip; Fashion-MNIST pad 2 + flip; MNIST pad 2, digits pad 1, "
-                                 "no flip.")
+    meta_split: float = _field(
+        0.1, "Fraction of the training set held out as MAXL's meta data; 0 reuses the training set (the authors' code)."
+    )
+    augment: bool = _field(
+        True,
+        "Random crop and horizontal flip as the data set allows (data.AUGMENTATION): "
+        "CIFAR pad 4 + flip; Fashion-MNIST pad 2 + flip; MNIST pad 2, digits pad 1, "
+        "no flip.",
+    )
     max_train_examples: int = _field(0, "Use only this many training examples (0: all).")
     max_test_examples: int = _field(0, "Use only this many test examples (0: all).")
     # Optimisation.
@@ -94,38 +125,57 @@ class Config:
     lr: float = _field(0.01, "Evaluator SGD learning rate; also the lookahead's step size.")
     generator_lr: float = _field(1e-5, "Generator SGD learning rate (authors' code: 1e-3).")
     generator_weight_decay: float = _field(5e-4, "Generator weight decay (0 disables).")
-    generator_weight_decay_type: str = _field("l1", "l1 as in the paper, l2 as in the authors' code.",
-                                              ("l1", "l2"))
+    generator_weight_decay_type: str = _field("l1", "l1 as in the paper, l2 as in the authors' code.", ("l1", "l2"))
     lr_decay_every: int = _field(50, "Multiply both learning rates by --lr_decay_factor every this many epochs.")
     lr_decay_factor: float = _field(0.5, "Learning-rate decay factor.")
     loss: str = _field("focal", "focal (gamma=--focal_gamma) or ce (cross-entropy).", ("focal", "ce"))
     focal_gamma: float = _field(2.0, "Focal-loss focusing parameter.")
     entropy_weight: float = _field(0.2, "Weight of the entropy regulariser in the meta objective (0 disables).")
     generator_labels_bn: str = _field(
-        "inference", "Batch norm of the generator when it labels the evaluator's training batches: inference "
-                     "(moving statistics; this code's default so far) or training (batch statistics, as the "
-                     "meta step's outputs and the authors' code; the labelling pass then also updates the "
-                     "moving statistics, as PyTorch's train mode does).", ("inference", "training"))
-    schedule: str = _field("interleaved", "interleaved: a generator step after every evaluator step "
-                                          "(Algorithm 1); alternating: an epoch of each (authors' code).",
-                           ("interleaved", "alternating"))
-    hypergradient: str = _field("second_order",
-                                "The generator's meta-gradient: second_order, exact through the one-step "
-                                "lookahead (paper); first_order, its Hessian-vector product by finite "
-                                "differences (DARTS); implicit, at the evaluator's current weights with a "
-                                "Neumann series for the inverse Hessian (AuxiLearn). BUILD.md compares them.",
-                                HYPERGRADIENTS)
-    neumann_terms: int = _field(DEFAULT_NEUMANN_TERMS,
-                                "Hessian-vector products of --hypergradient=implicit's Neumann series "
-                                "(0: the inverse Hessian is the learning rate).")
-    meta_every: int = _field(1, "A generator step after every this many evaluator steps, counted over the "
-                                "run (1: every step, Algorithm 1); --schedule=interleaved only.")
+        "inference",
+        "Batch norm of the generator when it labels the evaluator's training batches: inference "
+        "(moving statistics; this code's default so far) or training (batch statistics, as the "
+        "meta step's outputs and the authors' code; the labelling pass then also updates the "
+        "moving statistics, as PyTorch's train mode does).",
+        ("inference", "training"),
+    )
+    schedule: str = _field(
+        "interleaved",
+        "interleaved: a generator step after every evaluator step "
+        "(Algorithm 1); alternating: an epoch of each (authors' code).",
+        ("interleaved", "alternating"),
+    )
+    hypergradient: str = _field(
+        "second_order",
+        "The generator's meta-gradient: second_order, exact through the one-step "
+        "lookahead (paper); first_order, its Hessian-vector product by finite "
+        "differences (DARTS); implicit, at the evaluator's current weights with a "
+        "Neumann series for the inverse Hessian (AuxiLearn). BUILD.md compares them.",
+        HYPERGRADIENTS,
+    )
+    neumann_terms: int = _field(
+        DEFAULT_NEUMANN_TERMS,
+        "Hessian-vector products of --hypergradient=implicit's Neumann series "
+        "(0: the inverse Hessian is the learning rate).",
+    )
+    meta_every: int = _field(
+        1,
+        "A generator step after every this many evaluator steps, counted over the "
+        "run (1: every step, Algorithm 1); --schedule=interleaved only.",
+    )
     seed: int = _field(0, "Seed of weights, meta split, shuffling, augmentation and random labels.")
-    precision: str = _field("float32", "Compute precision; mixed_* keep float32 weights, losses, softmax "
-                                       "and pooling (mixed_float16 adds loss scaling).", PRECISIONS)
+    precision: str = _field(
+        "float32",
+        "Compute precision; mixed_* keep float32 weights, losses, softmax "
+        "and pooling (mixed_float16 adds loss scaling).",
+        PRECISIONS,
+    )
     # Where and how fast it runs: not part of the experiment's identity.
-    strategy: str = _field("none", "none: one device; mirrored: every local GPU (BUILD.md); "
-                                   "multi_worker: the machines listed in TF_CONFIG.", STRATEGIES)
+    strategy: str = _field(
+        "none",
+        "none: one device; mirrored: every local GPU (BUILD.md); multi_worker: the machines listed in TF_CONFIG.",
+        STRATEGIES,
+    )
     jit: bool = _field(False, "Compile the training steps with XLA (faster on GPUs; slower on CPUs).")
     # Bookkeeping: not part of the experiment's identity either.
     logdir: str = _field("", "Log directory (empty: runs/<name derived from the experiment>).")
@@ -214,7 +264,8 @@ def _default_psi(config: Config):
 JIT_NEEDS_NODETERMINISTIC = (
     "--jit: XLA has no deterministic max-pool gradient, so it cannot run with --deterministic (the "
     "default); add --nodeterministic (a resumed run then no longer repeats an uninterrupted one "
-    "exactly) or drop --jit.")
+    "exactly) or drop --jit."
+)
 
 
 def check_flags(config: Config) -> None:
@@ -223,6 +274,7 @@ def check_flags(config: Config) -> None:
     Raises:
       errors.Error: naming the first bad flag and how to fix it.
     """
+
     def check(ok, message):
         if not ok:
             raise errors.Error(message)
@@ -232,41 +284,60 @@ def check_flags(config: Config) -> None:
         if choices:
             check(value in choices, f"--{field.name}={value}: unknown; use one of {', '.join(choices)}.")
     datasets.check_name(config.dataset)
-    check(config.dataset != datasets.FOLDER or config.data_dir,
-          "--dataset=folder needs --data_dir=<the folder that holds one subfolder of images per class>.")
-    check(not config.hierarchy or datasets.is_user_data(config.dataset),
-          f"--hierarchy={config.hierarchy}: only for --dataset=folder or tfds:NAME; {config.dataset} has its "
-          "own levels (see --pri).")
+    check(
+        config.dataset != datasets.FOLDER or config.data_dir,
+        "--dataset=folder needs --data_dir=<the folder that holds one subfolder of images per class>.",
+    )
+    check(
+        not config.hierarchy or datasets.is_user_data(config.dataset),
+        f"--hierarchy={config.hierarchy}: only for --dataset=folder or tfds:NAME; {config.dataset} has its "
+        "own levels (see --pri).",
+    )
     check(config.image_size >= 0, f"--image_size={config.image_size}: must not be negative (0: the default).")
-    check(0 < config.test_fraction < 1,
-          f"--test_fraction={config.test_fraction}: must be between 0 and 1 (exclusive).")
+    check(0 < config.test_fraction < 1, f"--test_fraction={config.test_fraction}: must be between 0 and 1 (exclusive).")
     for name in ("batch_size", "epochs", "lr_decay_every", "log_every", "meta_every"):
         value = getattr(config, name)
         check(value > 0, f"--{name}={value}: must be a positive integer.")
     for name in ("lr", "generator_lr", "width", "lr_decay_factor"):
         value = getattr(config, name)
         check(value > 0, f"--{name}={value}: must be positive.")
-    for name in ("generator_weight_decay", "entropy_weight", "focal_gamma",
-                 "max_train_examples", "max_test_examples", "neumann_terms"):
+    for name in (
+        "generator_weight_decay",
+        "entropy_weight",
+        "focal_gamma",
+        "max_train_examples",
+        "max_test_examples",
+        "neumann_terms",
+    ):
         value = getattr(config, name)
         check(value >= 0, f"--{name}={value}: must not be negative.")
     check(not (config.jit and config.deterministic), JIT_NEEDS_NODETERMINISTIC)
-    check(config.hypergradient == "implicit" or config.neumann_terms == DEFAULT_NEUMANN_TERMS,
-          f"--neumann_terms={config.neumann_terms}: only --hypergradient=implicit uses it (this run's is "
-          f"{config.hypergradient}); add --hypergradient=implicit or drop --neumann_terms.")
+    check(
+        config.hypergradient == "implicit" or config.neumann_terms == DEFAULT_NEUMANN_TERMS,
+        f"--neumann_terms={config.neumann_terms}: only --hypergradient=implicit uses it (this run's is "
+        f"{config.hypergradient}); add --hypergradient=implicit or drop --neumann_terms.",
+    )
     if config.schedule == "alternating":
-        check(config.meta_every == 1,
-              f"--meta_every={config.meta_every}: --schedule=alternating already gives the generator an epoch "
-              f"of its own after each evaluator epoch; use --schedule=interleaved or drop --meta_every.")
-        check(config.hypergradient != "implicit",
-              "--hypergradient=implicit: its Hessian is of the training batch the evaluator just stepped on, "
-              "and --schedule=alternating's generator epoch has none; use --schedule=interleaved.")
-    check(0 <= config.meta_split < 1,
-          f"--meta_split={config.meta_split}: must be in [0, 1) (0 reuses the training set as meta data).")
+        check(
+            config.meta_every == 1,
+            f"--meta_every={config.meta_every}: --schedule=alternating already gives the generator an epoch "
+            f"of its own after each evaluator epoch; use --schedule=interleaved or drop --meta_every.",
+        )
+        check(
+            config.hypergradient != "implicit",
+            "--hypergradient=implicit: its Hessian is of the training batch the evaluator just stepped on, "
+            "and --schedule=alternating's generator epoch has none; use --schedule=interleaved.",
+        )
+    check(
+        0 <= config.meta_split < 1,
+        f"--meta_split={config.meta_split}: must be in [0, 1) (0 reuses the training set as meta data).",
+    )
     if config.method == "prototypical" and config.embedder not in (IMAGENET, UNTRAINED):
-        check(config.embedder.endswith(".keras") and os.path.isfile(config.embedder),
-              f"--embedder={config.embedder}: no such saved Keras model (.keras file); pass an existing "
-              f".keras file, imagenet or untrained.")
+        check(
+            config.embedder.endswith(".keras") and os.path.isfile(config.embedder),
+            f"--embedder={config.embedder}: no such saved Keras model (.keras file); pass an existing "
+            f".keras file, imagenet or untrained.",
+        )
 
 
 def validate(config: Config) -> Config:
@@ -284,6 +355,8 @@ def validate(config: Config) -> Config:
     if config.method in ("human", "prototypical"):
         human = hierarchy.require_human_psi(labels, config.pri, config.aux, config.method)
         if human != psi:
-            raise errors.Error(f"--psi={','.join(map(str, config.psi))}: --method={config.method} uses the "
-                               f"human hierarchy's psi {','.join(map(str, human))}; drop --psi.")
+            raise errors.Error(
+                f"--psi={','.join(map(str, config.psi))}: --method={config.method} uses the "
+                f"human hierarchy's psi {','.join(map(str, human))}; drop --psi."
+            )
     return dataclasses.replace(config, psi=psi, logdir=config.logdir or os.path.join("runs", config.name))

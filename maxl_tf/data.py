@@ -5,6 +5,7 @@ drawn from (seed, epoch) and "cache" is the array itself. Batches are gathered b
 augmented with stateless random ops seeded by (seed, epoch, step): a run resumed at any step
 of any epoch sees exactly the batches an uninterrupted run would have seen.
 """
+
 import dataclasses
 
 import numpy as np
@@ -24,6 +25,7 @@ class Augmentation:
         i.e. random shifts of up to this many pixels.
       horizontal_flip: mirror half of the images left to right.
     """
+
     crop_padding: int
     horizontal_flip: bool
 
@@ -58,6 +60,7 @@ class Examples:
       labels: [N] int64 principal labels.
       aux_labels: [N] int64 fixed auxiliary labels (human or random methods), else zeros.
     """
+
     images: np.ndarray
     labels: np.ndarray
     aux_labels: np.ndarray
@@ -116,12 +119,14 @@ def augment(images, seed, augmentation: Augmentation = AUGMENTATION["cifar100"])
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     black = -PIXEL_MEAN / PIXEL_STD
     p = augmentation.crop_padding
-    padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=black)  # [B, H+2p, W+2p, C]
+    # fmt: off
+    padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=black)    # [B, H+2p, W+2p, C]
     offsets = tf.random.stateless_uniform([batch, 2], crop_seed, 0, 2 * p + 1, tf.int32)
-    rows = offsets[:, :1] + tf.range(height)[None, :]                     # [B, H]
-    cols = offsets[:, 1:] + tf.range(width)[None, :]                      # [B, W]
-    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)               # [B, H, W+2p, C]
-    cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)              # [B, H, W, C]
+    rows = offsets[:, :1] + tf.range(height)[None, :]                                   # [B, H]
+    cols = offsets[:, 1:] + tf.range(width)[None, :]                                    # [B, W]
+    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)                             # [B, H, W+2p, C]
+    cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)                            # [B, H, W, C]
+    # fmt: on
     if not augmentation.horizontal_flip:
         return cropped
     flip = tf.random.stateless_uniform([batch], flip_seed) < 0.5
@@ -168,8 +173,9 @@ class Pipeline:
                 batch["images"] = augment(batch["images"], step_seed, self._augmentation)
             return batch
 
-        return dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
-                           deterministic=True).prefetch(tf.data.AUTOTUNE)
+        return dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
+            tf.data.AUTOTUNE
+        )
 
     def evaluation_batches(self, batch_size: int):
         """Every example once, in order, the last batch possibly smaller."""

@@ -11,6 +11,7 @@ under principal classes (hierarchy_file.py). Flags are checked against this befo
 so a wrong --pri or a bad hierarchy file stops a run in a second. Only tfds sets import
 TensorFlow here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +24,7 @@ from maxl_tf import hierarchy_file
 BUILT_IN = ("cifar100", "cifar10", "cifar10_1", "digits", "fashion_mnist", "mnist")
 FOLDER = "folder"
 TFDS_PREFIX = "tfds:"
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")   # as image_dataset_from_directory
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # as image_dataset_from_directory
 
 
 def is_user_data(dataset: str) -> bool:
@@ -32,11 +33,13 @@ def is_user_data(dataset: str) -> bool:
 
 def check_name(dataset: str) -> None:
     """Raises errors.Error unless --dataset names a data set this module knows how to read."""
-    if dataset in BUILT_IN or dataset == FOLDER or (dataset.startswith(TFDS_PREFIX) and dataset[len(TFDS_PREFIX):]):
+    if dataset in BUILT_IN or dataset == FOLDER or (dataset.startswith(TFDS_PREFIX) and dataset[len(TFDS_PREFIX) :]):
         return
-    raise errors.Error(f"--dataset={dataset}: unknown; use one of {', '.join(BUILT_IN)}, {FOLDER} (with "
-                       f"--data_dir=<a folder with one subfolder of images per class>) or "
-                       f"{TFDS_PREFIX}NAME (a tensorflow-datasets image-classification set).")
+    raise errors.Error(
+        f"--dataset={dataset}: unknown; use one of {', '.join(BUILT_IN)}, {FOLDER} (with "
+        f"--data_dir=<a folder with one subfolder of images per class>) or "
+        f"{TFDS_PREFIX}NAME (a tensorflow-datasets image-classification set)."
+    )
 
 
 def short_name(dataset: str, data_dir: str) -> str:
@@ -44,7 +47,7 @@ def short_name(dataset: str, data_dir: str) -> str:
     if dataset == FOLDER:
         return f"{FOLDER}_{os.path.basename(os.path.normpath(data_dir)) or 'data'}"
     if dataset.startswith(TFDS_PREFIX):
-        return "tfds_" + dataset[len(TFDS_PREFIX):].replace("/", "-").replace(":", "-")
+        return "tfds_" + dataset[len(TFDS_PREFIX) :].replace("/", "-").replace(":", "-")
     return dataset
 
 
@@ -60,9 +63,10 @@ def label_levels(dataset: str, data_dir: str, hierarchy_path: str = "") -> hiera
         names = folder_listing(data_dir).class_names
     else:
         from maxl_tf import cli
-        with cli.quiet_start_up():   # tensorflow-datasets, and with it TensorFlow, starts here
+
+        with cli.quiet_start_up():  # tensorflow-datasets, and with it TensorFlow, starts here
             from maxl_tf import image_folder
-        names = image_folder.tfds_class_names(dataset[len(TFDS_PREFIX):], data_dir or None)
+        names = image_folder.tfds_class_names(dataset[len(TFDS_PREFIX) :], data_dir or None)
     label = short_name(dataset, data_dir)
     if hierarchy_path:
         return hierarchy_file.load(hierarchy_path, label, names)
@@ -76,10 +80,11 @@ def label_levels(dataset: str, data_dir: str, hierarchy_path: str = "") -> hiera
 @dataclasses.dataclass(frozen=True)
 class FolderListing:
     """Attributes:
-      roots: {"all": folder}, or {"train": folder/train, "test": folder/test}.
-      files: per root, class name -> its image files (sorted).
-      class_names: sorted class folder names, the labels' order.
+    roots: {"all": folder}, or {"train": folder/train, "test": folder/test}.
+    files: per root, class name -> its image files (sorted).
+    class_names: sorted class folder names, the labels' order.
     """
+
     roots: dict
     files: dict
     class_names: tuple
@@ -94,16 +99,20 @@ def folder_listing(folder: str) -> FolderListing:
     """
     folder = os.path.expanduser(folder)
     if not folder or not os.path.isdir(folder):
-        raise errors.Error(f"--data_dir={folder} does not exist or is not a folder: pass the folder "
-                           "that holds one subfolder of images per class.")
+        raise errors.Error(
+            f"--data_dir={folder} does not exist or is not a folder: pass the folder "
+            "that holds one subfolder of images per class."
+        )
     roots = _split_roots(folder)
     files = {split: _class_files(root) for split, root in roots.items()}
     if "test" in files:
         for one, other in (("test", "train"), ("train", "test")):
             missing = sorted(set(files[other]) - set(files[one]))
             if missing:
-                raise errors.Error(f"{roots[one]} has no class folder {', '.join(missing[:5])} that "
-                                   f"{roots[other]} has: train/ and test/ need the same class folders.")
+                raise errors.Error(
+                    f"{roots[one]} has no class folder {', '.join(missing[:5])} that "
+                    f"{roots[other]} has: train/ and test/ need the same class folders."
+                )
     return FolderListing(roots, files, tuple(files["all" if "all" in files else "train"]))
 
 
@@ -124,13 +133,17 @@ def _split_roots(folder: str) -> dict:
         return {"all": folder}
     if not all(has.values()):
         present, absent = ("train", "test") if has["train"] else ("test", "train")
-        raise errors.Error(f"--data_dir={folder} has {present}/ but no {absent}/: add {absent}/ with the "
-                           f"same class folders, or move the class folders up out of {present}/ to hold "
-                           "out a test fraction instead.")
+        raise errors.Error(
+            f"--data_dir={folder} has {present}/ but no {absent}/: add {absent}/ with the "
+            f"same class folders, or move the class folders up out of {present}/ to hold "
+            "out a test fraction instead."
+        )
     others = [e for e in subfolders if e not in ("train", "test")]
     if others:
-        raise errors.Error(f"--data_dir={folder} has {others[0]}/ beside train/ and test/: move it into "
-                           "one of them, or out of the folder.")
+        raise errors.Error(
+            f"--data_dir={folder} has {others[0]}/ beside train/ and test/: move it into "
+            "one of them, or out of the folder."
+        )
     return {"train": os.path.join(folder, "train"), "test": os.path.join(folder, "test")}
 
 
@@ -139,15 +152,20 @@ def _class_files(root: str) -> dict:
     entries = _visible(os.listdir(root))
     loose = [e for e in entries if _is_image(e) and os.path.isfile(os.path.join(root, e))]
     if loose:
-        raise errors.Error(f"{os.path.join(root, loose[0])} is not in a class folder: move the images "
-                           f"of each class into a subfolder of {root} named after the class.")
+        raise errors.Error(
+            f"{os.path.join(root, loose[0])} is not in a class folder: move the images "
+            f"of each class into a subfolder of {root} named after the class."
+        )
     class_dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
     if not class_dirs:
-        raise errors.Error(f"{root} holds no class folders: put the images of each class in a "
-                           "subfolder named after the class.")
+        raise errors.Error(
+            f"{root} holds no class folders: put the images of each class in a subfolder named after the class."
+        )
     if len(class_dirs) == 1:
-        raise errors.Error(f"{root} holds one class folder ({class_dirs[0]}/): classification needs "
-                           "at least two; add a folder per class.")
+        raise errors.Error(
+            f"{root} holds one class folder ({class_dirs[0]}/): classification needs "
+            "at least two; add a folder per class."
+        )
     classes = {}
     for name in class_dirs:
         class_dir = os.path.join(root, name)
@@ -156,7 +174,8 @@ def _class_files(root: str) -> dict:
             dirs[:] = _visible(dirs)
             files += [os.path.join(parent, n) for n in _visible(names) if _is_image(n)]
         if not files:
-            raise errors.Error(f"{class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}): add some, "
-                               "or remove the folder.")
+            raise errors.Error(
+                f"{class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}): add some, or remove the folder."
+            )
         classes[name] = sorted(files)
     return classes

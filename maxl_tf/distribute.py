@@ -8,6 +8,7 @@ the same lookahead that one device would take on the whole batch (meta.py). Batc
 synchronised statistics across replicas (models.py). With one replica every helper here is the
 identity and costs nothing.
 """
+
 import json
 import os
 
@@ -38,8 +39,9 @@ def make_strategy(kind: str, batch_size: int) -> tf.distribute.Strategy:
         except (ValueError, KeyError, TypeError):
             raise errors.Error(
                 "--strategy=multi_worker needs the TF_CONFIG environment variable, e.g. "
-                "TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", \"host2:12345\"]}, "
-                "\"task\": {\"type\": \"worker\", \"index\": 0}}' (see BUILD.md).") from None
+                'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}\' (see BUILD.md).'
+            ) from None
         if not cluster:
             raise errors.Error("TF_CONFIG lists no workers; --strategy=multi_worker needs at least one.")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -47,8 +49,10 @@ def make_strategy(kind: str, batch_size: int) -> tf.distribute.Strategy:
         raise errors.Error(f"--strategy={kind}: unknown; use one of {', '.join(config_lib.STRATEGIES)}.")
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
-        raise errors.Error(f"--batch_size={batch_size}: must be a multiple of the {replicas} replicas of "
-                           f"--strategy={kind}, so every replica gets an equal slice.")
+        raise errors.Error(
+            f"--batch_size={batch_size}: must be a multiple of the {replicas} replicas of "
+            f"--strategy={kind}, so every replica gets an equal slice."
+        )
     return strategy
 
 
@@ -98,5 +102,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if resolver is None or not resolver.cluster_spec().as_dict():
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type == "chief" or (task_type == "worker" and task_id == 0
-                                    and "chief" not in resolver.cluster_spec().as_dict())
+    return task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    )

@@ -13,6 +13,7 @@ average-pooled to a 512-d embedding. --embedder picks what is used:
 Offline, imagenet fails with one message naming the fixes; --embedder_fallback=untrained asks
 for the untrained network instead, and the description says so.
 """
+
 import dataclasses
 import os
 from typing import Callable
@@ -25,9 +26,9 @@ from maxl_tf import errors
 from maxl_tf.config import IMAGENET
 from maxl_tf.config import UNTRAINED
 
-VGG16_MIN_SIZE = 32   # keras.applications.VGG16's smallest input without its top
+VGG16_MIN_SIZE = 32  # keras.applications.VGG16's smallest input without its top
 VGG16_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-CHUNK = 256           # images per forward pass: bounds memory for any data set size
+CHUNK = 256  # images per forward pass: bounds memory for any data set size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Embedder:
       prepare: [B, H, W, C] float32 pixels in [0, 255] -> the model's input.
       description: what was actually used, for the log and results.json.
     """
+
     model: keras.Model
     prepare: Callable
     description: str
@@ -61,9 +63,8 @@ def _prepare_for_vgg16(images):
 
 def _vgg16(weights, seed: int) -> keras.Model:
     if weights is None:
-        keras.utils.set_random_seed(seed)   # the untrained network's weights; train.py reseeds after
-    return keras.applications.VGG16(weights=weights, include_top=False, input_shape=(None, None, 3),
-                                    pooling="avg")
+        keras.utils.set_random_seed(seed)  # the untrained network's weights; train.py reseeds after
+    return keras.applications.VGG16(weights=weights, include_top=False, input_shape=(None, None, 3), pooling="avg")
 
 
 def _imagenet_error(reason: str) -> errors.Error:
@@ -73,19 +74,24 @@ def _imagenet_error(reason: str) -> errors.Error:
         f"--embedder=imagenet: cannot load VGG16's ImageNet weights ({reason}). Fixes: run once with "
         f"internet access, or copy {VGG16_WEIGHTS_FILE} to {cached}; or pass --embedder=<a saved "
         f".keras model>; or ask for random weights explicitly with --embedder_fallback=untrained "
-        f"(or --embedder=untrained), which is not the paper's baseline.")
+        f"(or --embedder=untrained), which is not the paper's baseline."
+    )
 
 
 def _saved_model(path: str) -> Embedder:
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras raises ValueError, OSError, zipfile errors... for bad files
-        raise errors.Error(f"--embedder={path}: cannot load this saved Keras model ({errors.first_line(e)}); "
-                           f"pass a .keras file written by model.save(), imagenet or untrained.") from e
+        raise errors.Error(
+            f"--embedder={path}: cannot load this saved Keras model ({errors.first_line(e)}); "
+            f"pass a .keras file written by model.save(), imagenet or untrained."
+        ) from e
     input_shape = model.input_shape
     if not isinstance(input_shape, tuple) or len(input_shape) != 4:
-        raise errors.Error(f"--embedder={path}: the model's input shape is {input_shape}; it must "
-                           f"take one image batch [batch, height, width, channels].")
+        raise errors.Error(
+            f"--embedder={path}: the model's input shape is {input_shape}; it must "
+            f"take one image batch [batch, height, width, channels]."
+        )
     _, height, width, channels = input_shape
 
     def prepare(images):
@@ -108,8 +114,11 @@ def load(spec: str, fallback: str = "none", seed: int = 0) -> Embedder:
       errors.Error: the weights or the saved model cannot be loaded.
     """
     if spec == UNTRAINED:
-        return Embedder(_vgg16(None, seed), _prepare_for_vgg16,
-                        f"untrained VGG16 (random weights, seed {seed}; --embedder=untrained)")
+        return Embedder(
+            _vgg16(None, seed),
+            _prepare_for_vgg16,
+            f"untrained VGG16 (random weights, seed {seed}; --embedder=untrained)",
+        )
     if spec != IMAGENET:
         return _saved_model(spec)
     try:
@@ -117,10 +126,13 @@ def load(spec: str, fallback: str = "none", seed: int = 0) -> Embedder:
     except Exception as e:  # keras.utils.get_file raises a bare Exception when the download fails
         if fallback != UNTRAINED:
             raise _imagenet_error(errors.first_line(e)) from e
-        return Embedder(_vgg16(None, seed), _prepare_for_vgg16,
-                        f"UNTRAINED VGG16 (random weights, seed {seed}): the fallback asked for by "
-                        f"--embedder_fallback=untrained, because the ImageNet weights could not be "
-                        f"loaded ({errors.first_line(e)})")
+        return Embedder(
+            _vgg16(None, seed),
+            _prepare_for_vgg16,
+            f"UNTRAINED VGG16 (random weights, seed {seed}): the fallback asked for by "
+            f"--embedder_fallback=untrained, because the ImageNet weights could not be "
+            f"loaded ({errors.first_line(e)})",
+        )
 
 
 def embed(embedder: Embedder, images: np.ndarray) -> np.ndarray:
@@ -131,11 +143,13 @@ def embed(embedder: Embedder, images: np.ndarray) -> np.ndarray:
     """
     chunks = []
     for start in range(0, len(images), CHUNK):
-        pixels = tf.cast(images[start:start + CHUNK], tf.float32)           # [B, H, W, C]
+        pixels = tf.cast(images[start : start + CHUNK], tf.float32)  # [B, H, W, C]
         try:
             outputs = embedder.model(embedder.prepare(pixels), training=False)
         except Exception as e:  # shape and dtype mismatches surface as many error types
-            raise errors.Error(f"--embedder: {embedder.description} cannot embed images of shape "
-                               f"{images.shape[1:]} ({errors.first_line(e)}); pass a model for such images.") from e
+            raise errors.Error(
+                f"--embedder: {embedder.description} cannot embed images of shape "
+                f"{images.shape[1:]} ({errors.first_line(e)}); pass a model for such images."
+            ) from e
         chunks.append(np.reshape(keras.ops.convert_to_numpy(outputs), (len(pixels), -1)))  # [B, D]
     return np.concatenate(chunks).astype(np.float32)

@@ -11,12 +11,14 @@ which moves on to the next run.
 
 class Error(Exception):
     """Bad input or a run that cannot go on; str(error) is the message shown to the user."""
+
     exit_code = 2
-    context = ""   # what it happened to, shown before the message: the run of a sweep that failed
+    context = ""  # what it happened to, shown before the message: the run of a sweep that failed
 
 
 class NonFiniteLoss(Error):
     """A loss became NaN or infinite; nothing after the last checkpoint was saved."""
+
     exit_code = 1
 
 
@@ -31,7 +33,8 @@ class Interrupted(Error):
 class ClaimLost(Error):
     """Another worker of the sweep took the run over (this one was paused or cut off for longer
     than --heartbeat_timeout); nothing was written after that was seen (maxl_tf/claims.py)."""
-    exit_code = 75   # EX_TEMPFAIL: the run goes on elsewhere
+
+    exit_code = 75  # EX_TEMPFAIL: the run goes on elsewhere
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

@@ -17,6 +17,7 @@ human, random and prototypical baselines. They are written once, after the last 
 results.json says the run is complete (the checkpoints already keep every epoch; an export takes
 seconds), so a complete run always has them.
 """
+
 import json
 import os
 
@@ -47,15 +48,16 @@ def serving_function(evaluator: keras.Model, generator: keras.Model | None, psi)
         if generator is not None:
             aux_logits = generator(normalised, training=False)
         if aux_logits is not None:
-            mask = tf.gather(mask_table, tf.argmax(principal, axis=-1))          # [N, aux]
+            mask = tf.gather(mask_table, tf.argmax(principal, axis=-1))  # [N, aux]
             outputs["auxiliary"] = losses.masked_softmax(tf.cast(aux_logits, tf.float32), mask)
         return outputs
 
     return serve
 
 
-def write(logdir: str, evaluator: keras.Model, generator: keras.Model | None, psi, input_shape,
-          class_names: dict) -> None:
+def write(
+    logdir: str, evaluator: keras.Model, generator: keras.Model | None, psi, input_shape, class_names: dict
+) -> None:
     """Writes the .keras files, the serving SavedModel and classes.json into logdir.
 
     Args:
@@ -71,7 +73,10 @@ def write(logdir: str, evaluator: keras.Model, generator: keras.Model | None, ps
     archive.track(evaluator)
     if generator is not None:
         archive.track(generator)
-    archive.add_endpoint("serve", serving_function(evaluator, generator, psi),
-                         input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name="images")])
+    archive.add_endpoint(
+        "serve",
+        serving_function(evaluator, generator, psi),
+        input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name="images")],
+    )
     archive.write_out(os.path.join(logdir, SERVING), verbose=False)
     rundir.write_atomically(os.path.join(logdir, CLASSES), json.dumps(class_names, indent=1))

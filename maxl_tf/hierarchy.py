@@ -6,6 +6,7 @@ and the human auxiliary labels; for any other (pri, aux) with aux a multiple of 
 uniform. Auxiliary classes are laid out in contiguous blocks, block i owning psi[i] classes,
 which is the layout of the generator's masked softmax (paper Section 3.3).
 """
+
 import dataclasses
 
 import numpy as np
@@ -14,11 +15,107 @@ from maxl_tf import errors
 
 # The standard CIFAR-100 fine -> coarse (20 superclasses) table, in the data set's own order.
 CIFAR100_FINE_TO_COARSE = (
-    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
-    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
-    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
-    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
-    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
+    4,
+    1,
+    14,
+    8,
+    0,
+    6,
+    7,
+    7,
+    18,
+    3,
+    3,
+    14,
+    9,
+    18,
+    7,
+    11,
+    3,
+    9,
+    7,
+    11,
+    6,
+    11,
+    5,
+    10,
+    7,
+    6,
+    13,
+    15,
+    3,
+    15,
+    0,
+    11,
+    1,
+    10,
+    12,
+    14,
+    16,
+    9,
+    11,
+    5,
+    5,
+    19,
+    8,
+    8,
+    15,
+    13,
+    14,
+    17,
+    18,
+    10,
+    16,
+    4,
+    17,
+    4,
+    2,
+    0,
+    17,
+    4,
+    18,
+    17,
+    10,
+    3,
+    2,
+    12,
+    12,
+    16,
+    12,
+    1,
+    9,
+    19,
+    2,
+    10,
+    0,
+    1,
+    16,
+    12,
+    9,
+    13,
+    15,
+    13,
+    16,
+    19,
+    2,
+    4,
+    6,
+    19,
+    5,
+    5,
+    8,
+    19,
+    18,
+    1,
+    2,
+    15,
+    6,
+    0,
+    17,
+    8,
+    14,
+    13,
+)
 
 # Appendix A, 20 -> 10 classes: 0 large animals, 1 medium animals, 2 small animals,
 # 3 invertebrates, 4 people, 5 vegetations, 6 household objects, 7 construction,
@@ -40,33 +137,157 @@ FASHION_MNIST_6_TO_2 = (0, 0, 0, 0, 1, 1)
 # Class names per level, in label order, for figures and predictions. CIFAR's are the names its
 # archives publish, with spaces for underscores; the 10 and 3 classes are Appendix A's.
 CIFAR100_FINE_NAMES = (
-    "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
-    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
-    "kangaroo", "keyboard", "lamp", "lawn mower", "leopard", "lion", "lizard", "lobster", "man",
-    "maple tree", "motorcycle", "mountain", "mouse", "mushroom", "oak tree", "orange", "orchid",
-    "otter", "palm tree", "pear", "pickup truck", "pine tree", "plain", "plate", "poppy",
-    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
-    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
-    "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf", "woman", "worm")
+    "apple",
+    "aquarium fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm tree",
+    "pear",
+    "pickup truck",
+    "pine tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow tree",
+    "wolf",
+    "woman",
+    "worm",
+)
 CIFAR100_COARSE_NAMES = (
-    "aquatic mammals", "fish", "flowers", "food containers", "fruit and vegetables",
-    "household electrical devices", "household furniture", "insects", "large carnivores",
-    "large man-made outdoor things", "large natural outdoor scenes",
-    "large omnivores and herbivores", "medium mammals", "non-insect invertebrates", "people",
-    "reptiles", "small mammals", "trees", "vehicles 1", "vehicles 2")
+    "aquatic mammals",
+    "fish",
+    "flowers",
+    "food containers",
+    "fruit and vegetables",
+    "household electrical devices",
+    "household furniture",
+    "insects",
+    "large carnivores",
+    "large man-made outdoor things",
+    "large natural outdoor scenes",
+    "large omnivores and herbivores",
+    "medium mammals",
+    "non-insect invertebrates",
+    "people",
+    "reptiles",
+    "small mammals",
+    "trees",
+    "vehicles 1",
+    "vehicles 2",
+)
 CIFAR100_10_NAMES = (
-    "large animals", "medium animals", "small animals", "invertebrates", "people", "vegetations",
-    "household objects", "construction", "natural scenes", "vehicles")
+    "large animals",
+    "medium animals",
+    "small animals",
+    "invertebrates",
+    "people",
+    "vegetations",
+    "household objects",
+    "construction",
+    "natural scenes",
+    "vehicles",
+)
 CIFAR100_3_NAMES = ("animals", "vegetations", "objects and scenes")
-CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck")
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 DIGITS_2_NAMES = ("curved", "straight")
-FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                       "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 FASHION_MNIST_6_NAMES = ("tops", "bottoms", "dresses", "outers", "accessories", "shoes")
 FASHION_MNIST_2_NAMES = ("clothes", "goods")
 
@@ -82,6 +303,7 @@ class Hierarchy:
       names: number of classes at a level -> its class names in label order; a level without
         names is shown by label number.
     """
+
     name: str
     levels: dict
     names: dict = dataclasses.field(default_factory=dict)
@@ -112,19 +334,24 @@ def for_dataset(dataset: str) -> Hierarchy:
         fine_to_20 = np.asarray(CIFAR100_FINE_TO_COARSE)
         fine_to_10 = _compose(fine_to_20, CIFAR100_COARSE_TO_10)
         fine_to_3 = _compose(fine_to_10, CIFAR100_10_TO_3)
-        return Hierarchy("CIFAR-100", {100: np.arange(100), 20: fine_to_20, 10: fine_to_10, 3: fine_to_3},
-                         {100: CIFAR100_FINE_NAMES, 20: CIFAR100_COARSE_NAMES, 10: CIFAR100_10_NAMES,
-                          3: CIFAR100_3_NAMES})
+        return Hierarchy(
+            "CIFAR-100",
+            {100: np.arange(100), 20: fine_to_20, 10: fine_to_10, 3: fine_to_3},
+            {100: CIFAR100_FINE_NAMES, 20: CIFAR100_COARSE_NAMES, 10: CIFAR100_10_NAMES, 3: CIFAR100_3_NAMES},
+        )
     if dataset in ("cifar10", "cifar10_1"):
         return Hierarchy("CIFAR-10", {10: np.arange(10)}, {10: CIFAR10_NAMES})
     if dataset == "digits":
-        return Hierarchy("digits", {10: np.arange(10), 2: np.asarray(DIGITS_TO_2)},
-                         {10: DIGIT_NAMES, 2: DIGITS_2_NAMES})
+        return Hierarchy(
+            "digits", {10: np.arange(10), 2: np.asarray(DIGITS_TO_2)}, {10: DIGIT_NAMES, 2: DIGITS_2_NAMES}
+        )
     if dataset == "fashion_mnist":
         fine_to_6 = np.asarray(FASHION_MNIST_TO_6)
-        return Hierarchy("Fashion-MNIST",
-                         {10: np.arange(10), 6: fine_to_6, 2: _compose(fine_to_6, FASHION_MNIST_6_TO_2)},
-                         {10: FASHION_MNIST_NAMES, 6: FASHION_MNIST_6_NAMES, 2: FASHION_MNIST_2_NAMES})
+        return Hierarchy(
+            "Fashion-MNIST",
+            {10: np.arange(10), 6: fine_to_6, 2: _compose(fine_to_6, FASHION_MNIST_6_TO_2)},
+            {10: FASHION_MNIST_NAMES, 6: FASHION_MNIST_6_NAMES, 2: FASHION_MNIST_2_NAMES},
+        )
     if dataset == "mnist":
         return Hierarchy("MNIST", {10: np.arange(10)}, {10: DIGIT_NAMES})
     raise errors.Error(f"--dataset={dataset}: no label hierarchy is known for it.")
@@ -153,14 +380,16 @@ def resolve_psi(hierarchy: Hierarchy, pri: int, aux: int, psi: tuple | None = No
     levels = sorted(hierarchy.levels)
     if pri not in hierarchy.levels:
         raise errors.Error(
-            f"--pri={pri}: {hierarchy.name} has principal labels with {levels} classes; pick one of them.")
+            f"--pri={pri}: {hierarchy.name} has principal labels with {levels} classes; pick one of them."
+        )
     if aux < 1:
         raise errors.Error(f"--aux={aux}: the number of auxiliary classes must be positive.")
     if psi is not None:
         if len(psi) != pri or min(psi) < 1 or sum(psi) != aux:
             raise errors.Error(
                 f"--psi={','.join(map(str, psi))}: needs {pri} positive entries (one per principal class) "
-                f"summing to --aux={aux}; it has {len(psi)} entries summing to {sum(psi)}.")
+                f"summing to --aux={aux}; it has {len(psi)} entries summing to {sum(psi)}."
+            )
         return tuple(psi)
     from_human = human_psi(hierarchy, pri, aux)
     if from_human is not None:
@@ -170,7 +399,8 @@ def resolve_psi(hierarchy: Hierarchy, pri: int, aux: int, psi: tuple | None = No
     finer = [n for n in levels if n > pri]
     raise errors.Error(
         f"--pri={pri} --aux={aux}: {hierarchy.name} cannot give this pair. Use --aux as a multiple of "
-        f"--pri (uniform psi), one of the human levels {finer} finer than --pri, or an explicit --psi.")
+        f"--pri (uniform psi), one of the human levels {finer} finer than --pri, or an explicit --psi."
+    )
 
 
 def block_offsets(psi) -> np.ndarray:
@@ -198,7 +428,8 @@ def require_human_psi(hierarchy: Hierarchy, pri: int, aux: int, method: str = "h
     if psi is None:
         raise errors.Error(
             f"--method={method} needs a human hierarchy between --pri={pri} and --aux={aux}; "
-            f"{hierarchy.name} has label levels {sorted(hierarchy.levels)}. Pick two of them, or another --method.")
+            f"{hierarchy.name} has label levels {sorted(hierarchy.levels)}. Pick two of them, or another --method."
+        )
     return psi
 
 
@@ -217,5 +448,5 @@ def human_aux_labels(hierarchy: Hierarchy, pri: int, aux: int, finest_labels: np
     for parent in range(pri):
         children = np.flatnonzero(pri_of_aux == parent)
         rank[children] = np.arange(len(children))
-    slot_of_aux = block_offsets(psi)[pri_of_aux] + rank                # [aux]
+    slot_of_aux = block_offsets(psi)[pri_of_aux] + rank  # [aux]
     return slot_of_aux[hierarchy.levels[aux][finest_labels]]

@@ -29,8 +29,10 @@ import numpy as np
 from maxl_tf import errors
 from maxl_tf import hierarchy as hierarchy_lib
 
-_FORMAT = ('JSON {"principal class": ["fine class", ...], ...} in a .json file, or rows '
-           '"fine class,principal class" in a .csv file')
+_FORMAT = (
+    'JSON {"principal class": ["fine class", ...], ...} in a .json file, or rows '
+    '"fine class,principal class" in a .csv file'
+)
 
 
 def flat(dataset_name: str, class_names: Sequence[str]) -> hierarchy_lib.Hierarchy:
@@ -55,15 +57,17 @@ def load(path: str, dataset_name: str, class_names: Sequence[str]) -> hierarchy_
         leaves one out, puts one under two principal classes, or has one principal class only or
         one per fine class (then it adds nothing).
     """
-    principal_of = _read(path)                         # fine name -> principal name
+    principal_of = _read(path)  # fine name -> principal name
     _check_classes(path, principal_of, class_names)
     principal_names = tuple(sorted(set(principal_of.values())))
     fine, pri = len(class_names), len(principal_names)
     if pri < 2 or pri == fine:
-        raise errors.Error(f"--hierarchy={path}: puts the {fine} classes under {pri} principal "
-                           f"class{'es' if pri > 1 else ''}; a hierarchy needs at least 2, and fewer "
-                           "than there are classes (without --hierarchy the classes are the "
-                           "principal task).")
+        raise errors.Error(
+            f"--hierarchy={path}: puts the {fine} classes under {pri} principal "
+            f"class{'es' if pri > 1 else ''}; a hierarchy needs at least 2, and fewer "
+            "than there are classes (without --hierarchy the classes are the "
+            "principal task)."
+        )
     index = {name: i for i, name in enumerate(principal_names)}
     fine_to_principal = np.asarray([index[principal_of[name]] for name in class_names], np.int64)
     levels = {fine: np.arange(fine), pri: fine_to_principal}
@@ -81,8 +85,9 @@ def _read(path: str) -> dict:
     except FileNotFoundError:
         raise errors.Error(f"--hierarchy={path}: no such file; pass an existing {_FORMAT}.") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise errors.Error(f"--hierarchy={path}: unreadable ({errors.first_line(err)}); pass a UTF-8 "
-                           "text file.") from err
+        raise errors.Error(
+            f"--hierarchy={path}: unreadable ({errors.first_line(err)}); pass a UTF-8 text file."
+        ) from err
     return _parse_json(path, text) if extension == ".json" else _parse_csv(path, text)
 
 
@@ -91,28 +96,33 @@ def _parse_json(path: str, text: str) -> dict:
         keys = [key for key, _ in pairs]
         for key in keys:
             if keys.count(key) > 1:
-                raise errors.Error(f"--hierarchy={path}: principal class {key!r} is a key twice; "
-                                   "merge its lists.")
+                raise errors.Error(f"--hierarchy={path}: principal class {key!r} is a key twice; merge its lists.")
         return dict(pairs)
 
     try:
         tree = json.loads(text, object_pairs_hook=no_duplicate_keys)
     except json.JSONDecodeError as err:
-        raise errors.Error(f"--hierarchy={path}: not valid JSON ({err.msg} at line {err.lineno} column "
-                           f"{err.colno}); the format is {_FORMAT}.") from err
+        raise errors.Error(
+            f"--hierarchy={path}: not valid JSON ({err.msg} at line {err.lineno} column "
+            f"{err.colno}); the format is {_FORMAT}."
+        ) from err
     if not isinstance(tree, dict) or not tree:
         raise errors.Error(f"--hierarchy={path}: the JSON must be a non-empty object: {_FORMAT}.")
     principal_of = {}
     for principal, children in tree.items():
         if not (isinstance(children, list) and children and all(isinstance(c, str) for c in children)):
-            raise errors.Error(f"--hierarchy={path}: principal class {principal!r} must map to a "
-                               f"non-empty list of class names, not {json.dumps(children)[:60]}.")
+            raise errors.Error(
+                f"--hierarchy={path}: principal class {principal!r} must map to a "
+                f"non-empty list of class names, not {json.dumps(children)[:60]}."
+            )
         for child in children:
             if child in principal_of:
-                where = ("twice under " + repr(principal) if principal_of[child] == principal else
-                         f"under both {principal_of[child]!r} and {principal!r}")
-                raise errors.Error(f"--hierarchy={path}: class {child!r} is listed {where}; "
-                                   "list each class once.")
+                where = (
+                    "twice under " + repr(principal)
+                    if principal_of[child] == principal
+                    else f"under both {principal_of[child]!r} and {principal!r}"
+                )
+                raise errors.Error(f"--hierarchy={path}: class {child!r} is listed {where}; list each class once.")
             principal_of[child] = principal
     return principal_of
 
@@ -124,16 +134,21 @@ def _parse_csv(path: str, text: str) -> dict:
         if not any(row):
             continue
         if len(row) != 2 or not all(row):
-            raise errors.Error(f"--hierarchy={path} line {line}: {','.join(row)!r} is not "
-                               "'fine class,principal class'; give each row two non-empty names.")
+            raise errors.Error(
+                f"--hierarchy={path} line {line}: {','.join(row)!r} is not "
+                "'fine class,principal class'; give each row two non-empty names."
+            )
         child, principal = row
         if not principal_of and [child.lower(), principal.lower()] == ["fine", "principal"]:
-            continue   # the optional header
+            continue  # the optional header
         if child in principal_of:
-            where = ("twice" if principal_of[child] == principal else
-                     f"under both {principal_of[child]!r} and {principal!r}")
-            raise errors.Error(f"--hierarchy={path} line {line}: class {child!r} is listed {where} "
-                               f"(first on line {line_of[child]}); list each class once.")
+            where = (
+                "twice" if principal_of[child] == principal else f"under both {principal_of[child]!r} and {principal!r}"
+            )
+            raise errors.Error(
+                f"--hierarchy={path} line {line}: class {child!r} is listed {where} "
+                f"(first on line {line_of[child]}); list each class once."
+            )
         principal_of[child], line_of[child] = principal, line
     if not principal_of:
         raise errors.Error(f"--hierarchy={path}: holds no rows; the format is {_FORMAT}.")
@@ -147,13 +162,17 @@ def _check_classes(path: str, principal_of: dict, class_names: Sequence[str]) ->
     if unknown:
         close = difflib.get_close_matches(unknown[0], class_names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise errors.Error(f"--hierarchy={path}: names {len(unknown)} class(es) the data does not have, "
-                           f"e.g. {unknown[0]!r}{hint}; use the data's class names "
-                           f"({_first(class_names)}).")
+        raise errors.Error(
+            f"--hierarchy={path}: names {len(unknown)} class(es) the data does not have, "
+            f"e.g. {unknown[0]!r}{hint}; use the data's class names "
+            f"({_first(class_names)})."
+        )
     missing = [name for name in class_names if name not in principal_of]
     if missing:
-        raise errors.Error(f"--hierarchy={path}: leaves out {len(missing)} class(es) of the data "
-                           f"({_first(missing)}); put every class under a principal class.")
+        raise errors.Error(
+            f"--hierarchy={path}: leaves out {len(missing)} class(es) of the data "
+            f"({_first(missing)}); put every class under a principal class."
+        )
 
 
 def _first(names: Sequence[str], count: int = 5) -> str:

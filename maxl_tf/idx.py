@@ -11,6 +11,7 @@ file and where to get the data, so a damaged copy never trains.
 
 The images are 28x28; `pad_for_vgg` makes them 32x32 (see there why padding, not resizing).
 """
+
 import gzip
 import os
 import zlib
@@ -28,7 +29,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-_UNSIGNED_BYTE = 0x08   # the IDX data-type code; the only one these data sets use
+_UNSIGNED_BYTE = 0x08  # the IDX data-type code; the only one these data sets use
 _GZIP_MAGIC = b"\x1f\x8b"
 # Where the four files are published (tensorflow-datasets downloads MNIST's from the mirror).
 SOURCES = {
@@ -39,10 +40,12 @@ HOW_TO_GET = {
     "fashion_mnist": (
         "install Debian's package (apt-get install dataset-fashion-mnist) and leave --data_dir out, "
         "let tensorflow-datasets prepare its fashion_mnist builder (internet access and --download), "
-        f"or download the four files from {SOURCES['fashion_mnist']}"),
+        f"or download the four files from {SOURCES['fashion_mnist']}"
+    ),
     "mnist": (
         "let tensorflow-datasets prepare its mnist builder (internet access and --download), "
-        f"or download the four files from {SOURCES['mnist']}"),
+        f"or download the four files from {SOURCES['mnist']}"
+    ),
 }
 # What a damaged file raises while being read or decompressed (gzip.BadGzipFile is an OSError).
 _READ_ERRORS = (OSError, EOFError, zlib.error)
@@ -99,7 +102,8 @@ def load(dataset: str, data_dir: str) -> dict | None:
     if missing:
         raise errors.Error(
             f"{data_dir} holds only some of {dataset}'s IDX files: {', '.join(missing)} (or .gz) "
-            f"missing; {HOW_TO_GET[dataset]}.")
+            f"missing; {HOW_TO_GET[dataset]}."
+        )
     splits = {}
     for split, (images_name, labels_name) in FILES.items():
         images_path, labels_path = found[images_name], found[labels_name]
@@ -108,7 +112,8 @@ def load(dataset: str, data_dir: str) -> dict | None:
         if len(images) != len(labels):
             raise errors.Error(
                 f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
-                f"labels: they are not one split of {dataset}; {HOW_TO_GET[dataset]}.")
+                f"labels: they are not one split of {dataset}; {HOW_TO_GET[dataset]}."
+            )
         splits[split] = (images, labels.astype(np.int64))
     return splits
 
@@ -123,8 +128,9 @@ def read(path: str, ndim: int, dataset: str) -> np.ndarray:
     try:
         values = _parse(path, ndim)
     except _READ_ERRORS as err:
-        raise errors.Error(f"{path} is unreadable or truncated ({errors.first_line(err)}); "
-                           f"{HOW_TO_GET[dataset]}.") from err
+        raise errors.Error(
+            f"{path} is unreadable or truncated ({errors.first_line(err)}); {HOW_TO_GET[dataset]}."
+        ) from err
     except ValueError as err:
         raise errors.Error(f"{path}: {err}; {HOW_TO_GET[dataset]}.") from err
     return values
@@ -134,31 +140,37 @@ def _parse(path: str, ndim: int) -> np.ndarray:
     """The checked contents of one IDX file; ValueError says what does not fit."""
     with open(path, "rb") as f:
         content = f.read()
-    if content[:2] == _GZIP_MAGIC:   # by content, not name: a renamed file still reads
+    if content[:2] == _GZIP_MAGIC:  # by content, not name: a renamed file still reads
         content = gzip.decompress(content)
     header = 4 + 4 * ndim
     what = "an image file" if ndim == 3 else "a label file"
     if len(content) < 4:
         raise ValueError(f"it is truncated: {len(content)} bytes, shorter than an IDX magic number")
     if content[:2] != b"\0\0":
-        raise ValueError(f"not an IDX file: it starts with bytes {content[:4].hex()}, where an "
-                         "IDX magic number starts with two zero bytes")
+        raise ValueError(
+            f"not an IDX file: it starts with bytes {content[:4].hex()}, where an "
+            "IDX magic number starts with two zero bytes"
+        )
     if content[2] != _UNSIGNED_BYTE:
         raise ValueError(f"its IDX data type code is 0x{content[2]:02x}, not 0x08 (unsigned bytes)")
     if content[3] != ndim:
-        raise ValueError(f"it has {content[3]} dimension(s) where {what} has {ndim}: "
-                         f"images and labels swapped, or not this data set")
+        raise ValueError(
+            f"it has {content[3]} dimension(s) where {what} has {ndim}: images and labels swapped, or not this data set"
+        )
     if len(content) < header:
-        raise ValueError(f"it is truncated: {len(content)} bytes, shorter than its "
-                         f"{header}-byte header")
+        raise ValueError(f"it is truncated: {len(content)} bytes, shorter than its {header}-byte header")
     shape = tuple(int(d) for d in np.frombuffer(content, ">u4", count=ndim, offset=4))
     expected, actual = int(np.prod(shape)), len(content) - header
     if actual < expected:
-        raise ValueError(f"it is truncated: its header promises {expected} bytes of values for "
-                         f"shape {list(shape)}, it holds {actual}")
+        raise ValueError(
+            f"it is truncated: its header promises {expected} bytes of values for "
+            f"shape {list(shape)}, it holds {actual}"
+        )
     if actual > expected:
-        raise ValueError(f"it holds {actual - expected} bytes more than its header's shape "
-                         f"{list(shape)} allows, so it is not the published file")
+        raise ValueError(
+            f"it holds {actual - expected} bytes more than its header's shape "
+            f"{list(shape)} allows, so it is not the published file"
+        )
     if shape[0] == 0:
         raise ValueError("it holds no examples")
     if ndim == 3 and shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):

@@ -49,16 +49,17 @@ from maxl_tf import loaders
 
 DEFAULT_SIZE = 32
 TEST_FRACTION = 0.2
-_CACHE_VERSION = 1   # bump when the decoding policy changes, so old caches are not read
+_CACHE_VERSION = 1  # bump when the decoding policy changes, so old caches are not read
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageSet:
     """A labelled image set: RawData plus the class names its labels index."""
+
     train: loaders.Split
     test: loaders.Split
     class_names: tuple[str, ...]
-    source: str   # one line saying where the data came from
+    source: str  # one line saying where the data came from
 
 
 def default_cache_dir() -> str:
@@ -67,8 +68,13 @@ def default_cache_dir() -> str:
     return os.path.join(base, "maxl_tf", "image_folder")
 
 
-def load_folder(folder: str, image_size: int | None = None, test_fraction: float = TEST_FRACTION,
-                split_seed: int = 0, cache_dir: str | None = None) -> ImageSet:
+def load_folder(
+    folder: str,
+    image_size: int | None = None,
+    test_fraction: float = TEST_FRACTION,
+    split_seed: int = 0,
+    cache_dir: str | None = None,
+) -> ImageSet:
     """Loads a folder of class folders whole.
 
     Args:
@@ -98,7 +104,7 @@ def load_folder(folder: str, image_size: int | None = None, test_fraction: float
             labels += [label] * len(classes[name])
             in_test += [split == "test"] * len(classes[name])
     labels, in_test = np.asarray(labels, np.int64), np.asarray(in_test)
-    if "all" in roots:   # Split before decoding: a bad --test_fraction fails fast.
+    if "all" in roots:  # Split before decoding: a bad --test_fraction fails fast.
         train_idx, test_idx = _hold_out(labels, test_fraction, split_seed, class_names, folder)
         how = f"{test_fraction:g} of each class held out as test (split seed {split_seed})"
     else:
@@ -107,13 +113,22 @@ def load_folder(folder: str, image_size: int | None = None, test_fraction: float
 
     images, cache_note = _decode_cached(folder, paths, image_size, cache_dir)
     size = "x".join(map(str, images.shape[1:]))
-    return ImageSet(loaders.Split(images[train_idx], labels[train_idx]),
-                    loaders.Split(images[test_idx], labels[test_idx]), class_names,
-                    f"image folder {folder} ({len(class_names)} classes, {how}, {size}{cache_note})")
+    return ImageSet(
+        loaders.Split(images[train_idx], labels[train_idx]),
+        loaders.Split(images[test_idx], labels[test_idx]),
+        class_names,
+        f"image folder {folder} ({len(class_names)} classes, {how}, {size}{cache_note})",
+    )
 
 
-def load_tfds(name: str, data_dir: str | None, download: bool, image_size: int | None = None,
-              test_fraction: float = TEST_FRACTION, split_seed: int = 0) -> ImageSet:
+def load_tfds(
+    name: str,
+    data_dir: str | None,
+    download: bool,
+    image_size: int | None = None,
+    test_fraction: float = TEST_FRACTION,
+    split_seed: int = 0,
+) -> ImageSet:
     """Loads a tensorflow-datasets image-classification set (`image` and `label` features) whole.
 
     Its `test` split is the test set; a set without one gets a held-out fraction of `train`, as a
@@ -135,8 +150,9 @@ def load_tfds(name: str, data_dir: str | None, download: bool, image_size: int |
     class_names = tuple(builder.info.features["label"].names)
     splits = list(builder.info.splits)
     if "train" not in splits:
-        raise errors.Error(f"--dataset=tfds:{name}: has no train split (only {', '.join(splits) or 'none'}); "
-                           "pick another set.")
+        raise errors.Error(
+            f"--dataset=tfds:{name}: has no train split (only {', '.join(splits) or 'none'}); pick another set."
+        )
     decoder = _Decoder(image_size)
     labels, in_test = [], []
     for split in ("train", "test") if "test" in splits else ("train",):
@@ -156,9 +172,12 @@ def load_tfds(name: str, data_dir: str | None, download: bool, image_size: int |
         if not len(idx):
             raise errors.Error(f"{where}: its {split_name} split is empty; pick another set.")
     size = "x".join(map(str, images.shape[1:]))
-    return ImageSet(loaders.Split(images[train_idx], labels[train_idx]),
-                    loaders.Split(images[test_idx], labels[test_idx]), class_names,
-                    f"tfds {builder.info.full_name} in {builder.data_dir_root} ({how}, {size})")
+    return ImageSet(
+        loaders.Split(images[train_idx], labels[train_idx]),
+        loaders.Split(images[test_idx], labels[test_idx]),
+        class_names,
+        f"tfds {builder.info.full_name} in {builder.data_dir_root} ({how}, {size})",
+    )
 
 
 def load_images(paths: Sequence[str], size: int, channels: int) -> np.ndarray:
@@ -175,10 +194,10 @@ def load_images(paths: Sequence[str], size: int, channels: int) -> np.ndarray:
         if not os.path.isfile(path):
             raise errors.Error(f"{path}: no such image file.")
         image = _decode(path)
-        image = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]   # drop alpha
+        image = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]  # drop alpha
         if channels == 1 and image.shape[-1] == 3:
             image = tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8).numpy()
-        images[i] = _resize(image, size)   # grey broadcasts to RGB
+        images[i] = _resize(image, size)  # grey broadcasts to RGB
     return images
 
 
@@ -186,34 +205,41 @@ def load_images(paths: Sequence[str], size: int, channels: int) -> np.ndarray:
 # Splits.
 
 
-def _hold_out(labels: np.ndarray, fraction: float, seed: int, class_names: Sequence[str],
-              where: str) -> tuple:
+def _hold_out(labels: np.ndarray, fraction: float, seed: int, class_names: Sequence[str], where: str) -> tuple:
     """Stratified (train indices, test indices), both sorted; `where` names the data in messages."""
     if not 0 < fraction < 1:
-        raise errors.Error(f"--test_fraction={fraction}: must be between 0 and 1 (exclusive); it is "
-                           f"the share of each class of {where} held out as the test set.")
+        raise errors.Error(
+            f"--test_fraction={fraction}: must be between 0 and 1 (exclusive); it is "
+            f"the share of each class of {where} held out as the test set."
+        )
     counts = np.bincount(labels, minlength=len(class_names))
     if counts.min() < 2:
         name = class_names[int(np.argmin(counts))]
-        raise errors.Error(f"{where}: class {name} has {counts.min()} image(s); holding out a test "
-                           "set needs at least 2 per class: add images, or give the data its own "
-                           "train/ and test/ split.")
+        raise errors.Error(
+            f"{where}: class {name} has {counts.min()} image(s); holding out a test "
+            "set needs at least 2 per class: add images, or give the data its own "
+            "train/ and test/ split."
+        )
     # The rule of sklearn's StratifiedShuffleSplit, checked here to say which flag to change.
     num_test = math.ceil(fraction * len(labels))
     if min(num_test, len(labels) - num_test) < len(class_names):
-        raise errors.Error(f"--test_fraction={fraction}: gives {num_test} test and "
-                           f"{len(labels) - num_test} training images of {where}, and each needs at "
-                           f"least one per class ({len(class_names)}): pick a fraction nearer 0.5, "
-                           "or add images.")
+        raise errors.Error(
+            f"--test_fraction={fraction}: gives {num_test} test and "
+            f"{len(labels) - num_test} training images of {where}, and each needs at "
+            f"least one per class ({len(class_names)}): pick a fraction nearer 0.5, "
+            "or add images."
+        )
     train_idx, test_idx = sklearn.model_selection.train_test_split(
-        np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
+        np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed
+    )
     return np.sort(train_idx), np.sort(test_idx)
 
 
 def _check_image_size(image_size: int | None) -> None:
     if image_size is not None and image_size < 1:
-        raise errors.Error(f"--image_size={image_size}: must be a positive number of pixels "
-                           "(or left out for the default policy).")
+        raise errors.Error(
+            f"--image_size={image_size}: must be a positive number of pixels (or left out for the default policy)."
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,14 +254,14 @@ class _Decoder:
 
     def __init__(self, image_size: int | None):
         self._image_size = image_size
-        self._images = []        # [h, w, 1 or 3] uint8 each
-        self._shapes = set()     # (h, w) of the images as given
+        self._images = []  # [h, w, 1 or 3] uint8 each
+        self._shapes = set()  # (h, w) of the images as given
         self._colour = False
 
     def add(self, image: np.ndarray) -> None:
         """image: [h, w, 1..4] uint8: grey, grey + alpha, RGB or RGBA."""
         self._shapes.add(image.shape[:2])
-        image = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]   # drop alpha
+        image = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]  # drop alpha
         self._colour |= image.shape[-1] == 3
         target = self._image_size
         if target is None and max(image.shape[:2]) > DEFAULT_SIZE:
@@ -254,7 +280,7 @@ class _Decoder:
         channels = 3 if self._colour else 1
         out = np.empty((len(self._images), size, size, channels), np.uint8)
         for i, image in enumerate(self._images):
-            out[i] = _resize(image, size)    # grey broadcasts to RGB
+            out[i] = _resize(image, size)  # grey broadcasts to RGB
         return out
 
 
@@ -273,18 +299,24 @@ def _decode(path: str) -> np.ndarray:
     except tf.errors.OpError as err:
         # TensorFlow wraps the reason in "{{function_node ...}} <reason> [Op:DecodeImage] ...".
         reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", err.message, flags=re.S).strip()
-        raise errors.Error(f"{path} cannot be decoded as an image ({reason or type(err).__name__}): "
-                           "replace it with a PNG or JPEG, or delete it.") from err
+        raise errors.Error(
+            f"{path} cannot be decoded as an image ({reason or type(err).__name__}): "
+            "replace it with a PNG or JPEG, or delete it."
+        ) from err
 
 
-def _decode_cached(folder: str, paths: Sequence[str], image_size: int | None,
-                   cache_dir: str | None) -> tuple:
+def _decode_cached(folder: str, paths: Sequence[str], image_size: int | None, cache_dir: str | None) -> tuple:
     """(images [N, S, S, C] uint8, a note for the source line): from the cache, else decoded."""
     if cache_dir is None:
         return _decode_all(paths, image_size), ""
     stats = [os.stat(p) for p in paths]
-    key = json.dumps([_CACHE_VERSION, image_size,
-                      [[os.path.relpath(p, folder), s.st_size, s.st_mtime_ns] for p, s in zip(paths, stats)]])
+    key = json.dumps(
+        [
+            _CACHE_VERSION,
+            image_size,
+            [[os.path.relpath(p, folder), s.st_size, s.st_mtime_ns] for p, s in zip(paths, stats)],
+        ]
+    )
     # One cache file per folder: the prefix names the folder, the rest its contents.
     prefix = hashlib.sha256(os.path.realpath(folder).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{prefix}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz")
@@ -301,7 +333,7 @@ def _decode_cached(folder: str, paths: Sequence[str], image_size: int | None,
         for name in os.listdir(cache_dir):
             if name.startswith(prefix + "-") and name.endswith(".npz") and name != os.path.basename(path):
                 os.remove(os.path.join(cache_dir, name))
-    except OSError as err:   # A cache that cannot be written only costs decoding next time.
+    except OSError as err:  # A cache that cannot be written only costs decoding next time.
         return images, f", not cached: {errors.first_line(err)}"
     return images, f", cached in {path}"
 
@@ -346,18 +378,28 @@ def _classification_builder(name: str, data_dir: str | None) -> tfds.core.Datase
         base = name.split("/")[0]
         close = difflib.get_close_matches(base, tfds.list_builders(), n=3)
         hint = f" (close: {', '.join(close)})" if close else ""
-        raise errors.Error(f"--dataset=tfds:{name}: tensorflow-datasets has no such data set{hint}; "
-                           "tfds.list_builders() lists the names.") from err
+        raise errors.Error(
+            f"--dataset=tfds:{name}: tensorflow-datasets has no such data set{hint}; "
+            "tfds.list_builders() lists the names."
+        ) from err
     except Exception as err:  # Whatever else a builder raises (a bad config or version), one line.
-        raise errors.Error(f"--dataset=tfds:{name}: tensorflow-datasets cannot build it "
-                           f"({errors.first_line(err)}); check the name, config and version.") from err
+        raise errors.Error(
+            f"--dataset=tfds:{name}: tensorflow-datasets cannot build it "
+            f"({errors.first_line(err)}); check the name, config and version."
+        ) from err
     features = builder.info.features
     names = list(features.keys()) if isinstance(features, tfds.features.FeaturesDict) else []
-    if not ("image" in names and isinstance(features["image"], tfds.features.Image)
-            and "label" in names and isinstance(features["label"], tfds.features.ClassLabel)):
+    if not (
+        "image" in names
+        and isinstance(features["image"], tfds.features.Image)
+        and "label" in names
+        and isinstance(features["label"], tfds.features.ClassLabel)
+    ):
         found = ", ".join(names) or type(features).__name__
-        raise errors.Error(f"--dataset=tfds:{name}: not an image-classification set (its features are "
-                           f"{found}; an `image` and a class `label` are needed): pick another set.")
+        raise errors.Error(
+            f"--dataset=tfds:{name}: not an image-classification set (its features are "
+            f"{found}; an `image` and a class `label` are needed): pick another set."
+        )
     return builder
 
 
@@ -365,37 +407,45 @@ def _prepared(builder: tfds.core.DatasetBuilder, name: str, download: bool) -> t
     """The builder once its data is on disk, downloading it only if `download` (as loaders does)."""
     if builder.is_prepared():
         return builder
-    offline_fix = ("prepare it where there is internet access and pass --data_dir=<that "
-                   "tensorflow-datasets folder>")
+    offline_fix = "prepare it where there is internet access and pass --data_dir=<that tensorflow-datasets folder>"
     if not download:
-        raise errors.Error(f"--dataset=tfds:{name}: not prepared in {builder.data_dir_root}: run with "
-                           f"internet access and --download, or {offline_fix}.")
+        raise errors.Error(
+            f"--dataset=tfds:{name}: not prepared in {builder.data_dir_root}: run with "
+            f"internet access and --download, or {offline_fix}."
+        )
     if loaders._offline():
-        raise errors.Error(f"Cannot download tfds:{name}: no network (none of "
-                           f"{', '.join(loaders._DOWNLOAD_HOSTS)} resolves); {offline_fix}.")
+        raise errors.Error(
+            f"Cannot download tfds:{name}: no network (none of "
+            f"{', '.join(loaders._DOWNLOAD_HOSTS)} resolves); {offline_fix}."
+        )
     try:
         builder.download_and_prepare()
     except Exception as err:  # Whatever tfds raises, the user needs the offline fix, not a trace.
-        raise errors.Error(f"Downloading tfds:{name} failed ({errors.first_line(err, 200)}); no "
-                           f"internet? Or {offline_fix}.") from err
+        raise errors.Error(
+            f"Downloading tfds:{name} failed ({errors.first_line(err, 200)}); no internet? Or {offline_fix}."
+        ) from err
     return builder
 
 
-def _read_tfds_split(builder: tfds.core.DatasetBuilder, split: str, decoder: _Decoder,
-                     num_classes: int):
+def _read_tfds_split(builder: tfds.core.DatasetBuilder, split: str, decoder: _Decoder, num_classes: int):
     """Adds each image of `split` to `decoder` and yields its label."""
     where = f"tfds {builder.info.full_name} ({split} split) in {builder.data_path}"
     try:
         for example in tfds.as_numpy(builder.as_dataset(split=split)):
             image, label = np.asarray(example["image"]), int(example["label"])
             if image.dtype != np.uint8 or image.ndim != 3 or not 1 <= image.shape[-1] <= 4:
-                raise errors.Error(f"{where}: an image is {image.dtype} {list(image.shape)}, not uint8 "
-                                   "[H, W, 1 to 4]; pick another set.")
+                raise errors.Error(
+                    f"{where}: an image is {image.dtype} {list(image.shape)}, not uint8 "
+                    "[H, W, 1 to 4]; pick another set."
+                )
             if not 0 <= label < num_classes:
-                raise errors.Error(f"{where}: label {label} is outside 0..{num_classes - 1}; the copy "
-                                   "is corrupt: delete that folder and prepare it again.")
+                raise errors.Error(
+                    f"{where}: label {label} is outside 0..{num_classes - 1}; the copy "
+                    "is corrupt: delete that folder and prepare it again."
+                )
             decoder.add(image)
             yield label
     except tf.errors.OpError as err:
-        raise errors.Error(f"{where}: unreadable ({type(err).__name__}); delete that folder and "
-                           "prepare it again with --download.") from err
+        raise errors.Error(
+            f"{where}: unreadable ({type(err).__name__}); delete that folder and prepare it again with --download."
+        ) from err

@@ -1,5 +1,6 @@
 """A run's inputs: the data set loaded, cut to its subsets, split into the evaluator's training
 examples and the meta examples, and labelled for the run's principal and auxiliary tasks."""
+
 import dataclasses
 
 import numpy as np
@@ -20,8 +21,8 @@ from maxl_tf import models
 class RunData:
     train: data_lib.Pipeline
     test: data_lib.Pipeline
-    train_indices: np.ndarray   # examples the evaluator trains on
-    meta_indices: np.ndarray    # maxl: the meta objective's examples; prototypical: the prototypes'
+    train_indices: np.ndarray  # examples the evaluator trains on
+    meta_indices: np.ndarray  # maxl: the meta objective's examples; prototypical: the prototypes'
     input_shape: tuple
     source: str
     aux_label_info: dict = dataclasses.field(default_factory=dict)  # prototypical: what made the labels
@@ -42,11 +43,17 @@ def _subset(split: loaders.Split, limit: int) -> loaders.Split:
 def _load(config: config_lib.Config):
     """The data set whole: loaders.RawData, or image_folder.ImageSet for the user's data."""
     if config.dataset == datasets.FOLDER:
-        return image_folder.load_folder(config.data_dir, config.image_size or None, config.test_fraction,
-                                        cache_dir=image_folder.default_cache_dir())
+        return image_folder.load_folder(
+            config.data_dir, config.image_size or None, config.test_fraction, cache_dir=image_folder.default_cache_dir()
+        )
     if config.dataset.startswith(datasets.TFDS_PREFIX):
-        return image_folder.load_tfds(config.dataset[len(datasets.TFDS_PREFIX):], config.data_dir or None,
-                                      config.download, config.image_size or None, config.test_fraction)
+        return image_folder.load_tfds(
+            config.dataset[len(datasets.TFDS_PREFIX) :],
+            config.data_dir or None,
+            config.download,
+            config.image_size or None,
+            config.test_fraction,
+        )
     return loaders.load(config.dataset, config.data_dir or None, config.download)
 
 
@@ -74,11 +81,11 @@ def check_available(configs: list) -> None:
       errors.Error: as prepare() would, naming the flag and the fix.
     """
     for dataset, data_dir, download in dict.fromkeys((c.dataset, c.data_dir or None, c.download) for c in configs):
-        if not datasets.is_user_data(dataset):   # a folder or tfds set: validation listed its classes
+        if not datasets.is_user_data(dataset):  # a folder or tfds set: validation listed its classes
             loaders.find(dataset, data_dir, download)
     embedders = dict.fromkeys((c.embedder, c.embedder_fallback) for c in configs if c.method == "prototypical")
     for spec, fallback in embedders:
-        if spec != config_lib.UNTRAINED:   # random weights: nothing to find
+        if spec != config_lib.UNTRAINED:  # random weights: nothing to find
             embedder_lib.load(spec, fallback)
 
 
@@ -91,8 +98,7 @@ def prepare(config: config_lib.Config) -> RunData:
     hierarchy = datasets.label_levels(config.dataset, config.data_dir, config.hierarchy)
     raw = _load(config)
     if datasets.is_user_data(config.dataset) and raw.class_names != hierarchy.names[hierarchy.finest]:
-        raise errors.Error(f"--dataset={config.dataset}: its classes changed while the run started; "
-                           "run again.")
+        raise errors.Error(f"--dataset={config.dataset}: its classes changed while the run started; run again.")
     train, test = _subset(raw.train, config.max_train_examples), _subset(raw.test, config.max_test_examples)
     models.check_input_size(config.model, train.images.shape[1])
 
@@ -105,22 +111,32 @@ def prepare(config: config_lib.Config) -> RunData:
     else:
         train_indices = meta_indices = np.arange(num_train)
     if len(train_indices) < config.batch_size:
-        raise errors.Error(f"--batch_size={config.batch_size}: larger than the {len(train_indices)} "
-                           f"training examples; lower it or raise --max_train_examples.")
+        raise errors.Error(
+            f"--batch_size={config.batch_size}: larger than the {len(train_indices)} "
+            f"training examples; lower it or raise --max_train_examples."
+        )
     aux_label_info = {}
     if config.method == "prototypical":
         embedder = embedder_lib.load(config.embedder, config.embedder_fallback, config.seed)
-        aux_train = labels_lib.prototypical_aux_labels(embedder, hierarchy, config.pri, config.aux, config.psi,
-                                                       train.images, train.labels, meta_indices)
+        aux_train = labels_lib.prototypical_aux_labels(
+            embedder, hierarchy, config.pri, config.aux, config.psi, train.images, train.labels, meta_indices
+        )
         human = hierarchy_lib.human_aux_labels(hierarchy, config.pri, config.aux, train.labels)
-        aux_label_info = {"embedder": embedder.description,
-                          "human_agreement": float(np.mean(aux_train[train_indices] == human[train_indices]))}
+        aux_label_info = {
+            "embedder": embedder.description,
+            "human_agreement": float(np.mean(aux_train[train_indices] == human[train_indices])),
+        }
     else:
-        aux_train = labels_lib.fixed_aux_labels(config.method, hierarchy, config.pri, config.aux, config.psi,
-                                                train.labels, config.seed)
+        aux_train = labels_lib.fixed_aux_labels(
+            config.method, hierarchy, config.pri, config.aux, config.psi, train.labels, config.seed
+        )
     return RunData(
         train=data_lib.Pipeline(examples(train, aux_train), data_lib.augmentation_for(config.dataset)),
         test=data_lib.Pipeline(examples(test, np.zeros(len(test.labels), np.int64))),
-        train_indices=train_indices, meta_indices=meta_indices,
-        input_shape=tuple(train.images.shape[1:]), source=raw.source, aux_label_info=aux_label_info,
-        class_names=class_names(hierarchy, config))
+        train_indices=train_indices,
+        meta_indices=meta_indices,
+        input_shape=tuple(train.images.shape[1:]),
+        source=raw.source,
+        aux_label_info=aux_label_info,
+        class_names=class_names(hierarchy, config),
+    )

@@ -1,13 +1,14 @@
 """Where the evaluator's auxiliary targets come from, for each method of the paper.
 
-  maxl    the generator's masked softmax, soft labels learned through the meta objective
-  human   the human hierarchy's sub-class, one-hot
-  random  a sub-class within psi drawn once per image and kept for the whole run (paper's
-          "Random assignment")
-  prototypical  the nearest prototype of a human sub-class, prototypes embedded from the meta
-          split by a pre-trained network (paper's "Prototypical Net"), one-hot, fixed for the run
-  single  no auxiliary task
+maxl    the generator's masked softmax, soft labels learned through the meta objective
+human   the human hierarchy's sub-class, one-hot
+random  a sub-class within psi drawn once per image and kept for the whole run (paper's
+        "Random assignment")
+prototypical  the nearest prototype of a human sub-class, prototypes embedded from the meta
+        split by a pre-trained network (paper's "Prototypical Net"), one-hot, fixed for the run
+single  no auxiliary task
 """
+
 import numpy as np
 from sklearn import metrics
 import tensorflow as tf
@@ -19,8 +20,9 @@ from maxl_tf import hierarchy as hierarchy_lib
 from maxl_tf import losses
 
 
-def fixed_aux_labels(method: str, hierarchy: hierarchy_lib.Hierarchy, pri: int, aux: int, psi,
-                     finest_labels: np.ndarray, seed: int) -> np.ndarray:
+def fixed_aux_labels(
+    method: str, hierarchy: hierarchy_lib.Hierarchy, pri: int, aux: int, psi, finest_labels: np.ndarray, seed: int
+) -> np.ndarray:
     """Auxiliary labels that do not change during training, in psi's block layout. [N] int64.
 
     maxl and single get zeros (unused); prototypical needs images: prototypical_aux_labels.
@@ -35,8 +37,9 @@ def fixed_aux_labels(method: str, hierarchy: hierarchy_lib.Hierarchy, pri: int, 
     return np.zeros(len(finest_labels), np.int64)
 
 
-def nearest_prototype_labels(embeddings: np.ndarray, human_slots: np.ndarray, pri_labels: np.ndarray,
-                             psi, meta_indices: np.ndarray) -> np.ndarray:
+def nearest_prototype_labels(
+    embeddings: np.ndarray, human_slots: np.ndarray, pri_labels: np.ndarray, psi, meta_indices: np.ndarray
+) -> np.ndarray:
     """Each example's nearest prototype within its principal class's block. [N] int64
 
     A prototype is the mean embedding of one human auxiliary class over the meta examples (Snell
@@ -55,31 +58,40 @@ def nearest_prototype_labels(embeddings: np.ndarray, human_slots: np.ndarray, pr
     embeddings = np.asarray(embeddings, np.float64)
     aux = sum(psi)
     meta_slots = human_slots[meta_indices]
-    counts = np.bincount(meta_slots, minlength=aux)                                   # [aux]
+    counts = np.bincount(meta_slots, minlength=aux)  # [aux]
     sums = np.zeros((aux, embeddings.shape[1]))
     np.add.at(sums, meta_slots, embeddings[meta_indices])
-    prototypes = sums / np.maximum(counts, 1)[:, None]                                # [aux, D]
+    prototypes = sums / np.maximum(counts, 1)[:, None]  # [aux, D]
     candidates = hierarchy_lib.psi_mask(psi)[pri_labels].astype(bool) & (counts > 0)  # [N, aux]
     orphans = np.unique(pri_labels[~candidates.any(axis=1)])
     if len(orphans):
         raise errors.Error(
             f"--method=prototypical: principal class(es) {orphans.tolist()} have no meta examples, so "
-            f"no prototypes; raise --meta_split or --max_train_examples.")
+            f"no prototypes; raise --meta_split or --max_train_examples."
+        )
     distances = metrics.pairwise.euclidean_distances(embeddings, prototypes, squared=True)  # [N, aux]
     return np.argmin(np.where(candidates, distances, np.inf), axis=1).astype(np.int64)
 
 
-def prototypical_aux_labels(embedder: embedder_lib.Embedder, hierarchy: hierarchy_lib.Hierarchy,
-                            pri: int, aux: int, psi, images: np.ndarray, finest_labels: np.ndarray,
-                            meta_indices: np.ndarray) -> np.ndarray:
+def prototypical_aux_labels(
+    embedder: embedder_lib.Embedder,
+    hierarchy: hierarchy_lib.Hierarchy,
+    pri: int,
+    aux: int,
+    psi,
+    images: np.ndarray,
+    finest_labels: np.ndarray,
+    meta_indices: np.ndarray,
+) -> np.ndarray:
     """The Prototypical-net baseline's labels for every training example, in psi's block layout.
 
     psi is the human hierarchy's (config.validate), so block i holds principal class i's human
     sub-classes and each prototype sits at its human class's slot. [N] int64
     """
     human_slots = hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)
-    return nearest_prototype_labels(embedder_lib.embed(embedder, images), human_slots,
-                                    hierarchy.labels_at(pri, finest_labels), psi, meta_indices)
+    return nearest_prototype_labels(
+        embedder_lib.embed(embedder, images), human_slots, hierarchy.labels_at(pri, finest_labels), psi, meta_indices
+    )
 
 
 def generated_labels(generator, images, labels, mask_table, training: bool, update_statistics: bool = True):
@@ -92,17 +104,27 @@ def generated_labels(generator, images, labels, mask_table, training: bool, upda
         stateless call, for diagnostics).
     """
     if training and not update_statistics:
-        logits, _ = generator.stateless_call([v.value for v in generator.trainable_variables],
-                                             [v.value for v in generator.non_trainable_variables],
-                                             images, training=True)
+        logits, _ = generator.stateless_call(
+            [v.value for v in generator.trainable_variables],
+            [v.value for v in generator.non_trainable_variables],
+            images,
+            training=True,
+        )
     else:
         logits = generator(images, training=training)
-    mask = tf.gather(mask_table, labels)                                   # [batch, aux]
+    mask = tf.gather(mask_table, labels)  # [batch, aux]
     return losses.masked_softmax(logits, mask)
 
 
-def auxiliary_targets(method: str, batch: dict, aux: int, generator=None, mask_table=None,
-                      generator_training: bool = False, update_statistics: bool = True):
+def auxiliary_targets(
+    method: str,
+    batch: dict,
+    aux: int,
+    generator=None,
+    mask_table=None,
+    generator_training: bool = False,
+    update_statistics: bool = True,
+):
     """The evaluator's auxiliary targets for one batch, [batch, aux], or None for single-task.
 
     generator_training (--generator_labels_bn): False labels with the generator's moving
@@ -114,8 +136,11 @@ def auxiliary_targets(method: str, batch: dict, aux: int, generator=None, mask_t
     if method == "single":
         return None
     if method == "maxl":
-        return tf.stop_gradient(generated_labels(generator, batch["images"], batch["labels"], mask_table,
-                                                 generator_training, update_statistics))
+        return tf.stop_gradient(
+            generated_labels(
+                generator, batch["images"], batch["labels"], mask_table, generator_training, update_statistics
+            )
+        )
     return tf.one_hot(batch["aux_labels"], aux)
 
 
@@ -144,5 +169,9 @@ def usage_summary(counts: np.ndarray, psi) -> dict:
             continue
         p = block[block > 0] / total
         entropy.append(float(-(p * np.log(p)).sum() / np.log(len(block))))
-    return {"labels/aux_used_per_pri": used, "labels/aux_used_mean": float(np.mean(used)),
-            "labels/aux_entropy_per_pri": entropy, "labels/aux_entropy_mean": float(np.mean(entropy))}
+    return {
+        "labels/aux_used_per_pri": used,
+        "labels/aux_used_mean": float(np.mean(used)),
+        "labels/aux_entropy_per_pri": entropy,
+        "labels/aux_entropy_mean": float(np.mean(entropy)),
+    }

@@ -12,6 +12,7 @@ A launcher rather than a --workers flag of main.py: one main.py process stays on
 unit a cluster scheduler starts on other hosts (srun, a job array), and the launcher neither
 imports TensorFlow nor touches a GPU, so it cannot take memory the workers need.
 """
+
 import os
 import signal
 import subprocess
@@ -24,9 +25,13 @@ from maxl_tf import cli
 from maxl_tf import errors
 
 _WORKERS = flags.DEFINE_integer("workers", 2, "How many copies of the command to start.")
-_GPUS = flags.DEFINE_string("gpus", "", "Comma-separated GPU ids, e.g. 0,1: worker i sees only the "
-                                        "(i mod G)-th (CUDA_VISIBLE_DEVICES). Empty: every worker sees "
-                                        "the GPUs this process sees.")
+_GPUS = flags.DEFINE_string(
+    "gpus",
+    "",
+    "Comma-separated GPU ids, e.g. 0,1: worker i sees only the "
+    "(i mod G)-th (CUDA_VISIBLE_DEVICES). Empty: every worker sees "
+    "the GPUs this process sees.",
+)
 
 
 def _copy_lines(source, destination, prefix: str, lock: threading.Lock) -> None:
@@ -37,14 +42,16 @@ def _copy_lines(source, destination, prefix: str, lock: threading.Lock) -> None:
 
 
 def _exit_status(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode   # -N: killed by signal N
+    return 128 - returncode if returncode < 0 else returncode  # -N: killed by signal N
 
 
 def main(argv):
     command = argv[1:]
     if not command:
-        raise errors.Error("no command to start; put it after --, e.g. python -m maxl_tf.launch "
-                           "--workers=2 -- python main.py --flagfile=flags/digits_sweep.cfg")
+        raise errors.Error(
+            "no command to start; put it after --, e.g. python -m maxl_tf.launch "
+            "--workers=2 -- python main.py --flagfile=flags/digits_sweep.cfg"
+        )
     if _WORKERS.value < 1:
         raise errors.Error(f"--workers={_WORKERS.value}: must be at least 1.")
     gpus = [gpu.strip() for gpu in _GPUS.value.split(",") if gpu.strip()]
@@ -56,18 +63,25 @@ def main(argv):
             if worker.poll() is None:
                 worker.send_signal(signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):   # before the first worker starts: none is missed
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before the first worker starts: none is missed
         signal.signal(signum, pass_on)
     for i in range(_WORKERS.value):
-        if received:   # stopped while starting: start no more
+        if received:  # stopped while starting: start no more
             break
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         try:
             # A session of its own: a terminal's Ctrl-C reaches the launcher only, which passes it on once.
-            worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, bufsize=1, start_new_session=True)
+            worker = subprocess.Popen(
+                command,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
         except OSError as e:
             for started in workers:
                 started.terminate()

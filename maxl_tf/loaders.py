@@ -40,15 +40,28 @@ _TFDS_NAMES = {
     "fashion_mnist": ("fashion_mnist", "fashion_mnist"),
 }
 # tfds fetches from its Google Cloud Storage mirror, else from the publishers' hosts.
-_DOWNLOAD_HOSTS = ("storage.googleapis.com", "www.cs.toronto.edu", "github.com",
-                   "fashion-mnist.s3-website.eu-central-1.amazonaws.com")
+_DOWNLOAD_HOSTS = (
+    "storage.googleapis.com",
+    "www.cs.toronto.edu",
+    "github.com",
+    "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+)
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _CIFAR10_1_URL = "https://github.com/modestyachts/CIFAR-10.1 (datasets/)"
 _CIFAR10_1_DATA = "cifar10.1_v6_data.npy"
 _CIFAR10_1_LABELS = "cifar10.1_v6_labels.npy"
 # What a truncated, corrupt or foreign archive raises while being read.
-_READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, pickle.UnpicklingError,
-                KeyError, ValueError, TypeError, IndexError)
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    tarfile.TarError,
+    zlib.error,
+    pickle.UnpicklingError,
+    KeyError,
+    ValueError,
+    TypeError,
+    IndexError,
+)
 
 _IMAGE_SHAPE = {
     "cifar100": (32, 32, 3),
@@ -106,9 +119,7 @@ _CIFAR10_ARCHIVE = _PickleArchive(
 def load(dataset: str, data_dir: str | None, download: bool) -> RawData:
     """Loads `dataset` whole; `data_dir` and `download` do not matter for digits."""
     if dataset not in config_lib.DATASETS:
-        raise errors.Error(
-            f"Unknown data set {dataset!r}: --dataset must be one of {', '.join(config_lib.DATASETS)}."
-        )
+        raise errors.Error(f"Unknown data set {dataset!r}: --dataset must be one of {', '.join(config_lib.DATASETS)}.")
     if dataset == "digits":
         raw = _load_digits()
     elif dataset in idx.DATASETS:
@@ -144,11 +155,11 @@ def find(dataset: str, data_dir: str | None, download: bool) -> None:
       errors.Error: as load() would for data that is missing or cannot be downloaded.
     """
     if dataset == "digits":
-        return   # bundled with scikit-learn
+        return  # bundled with scikit-learn
     if dataset in idx.DATASETS:
         folder = _existing_dir(data_dir) if data_dir is not None else idx.default_dir(dataset)
         if folder is not None and idx.find_files(folder):
-            return   # load() reads the four files, or names those missing
+            return  # load() reads the four files, or names those missing
         data_dir = folder if data_dir is not None else None
     elif data_dir is not None:
         data_dir = _existing_dir(data_dir)
@@ -177,8 +188,11 @@ def _load_idx_set(dataset: str, data_dir: str | None, download: bool) -> RawData
         train, test, source = (raw.train.images, raw.train.labels), (raw.test.images, raw.test.labels), raw.source
     else:
         train, test, source = splits["train"], splits["test"], f"IDX files in {folder}"
-    return RawData(Split(idx.pad_for_vgg(train[0]), train[1]), Split(idx.pad_for_vgg(test[0]), test[1]),
-                   f"{source}, padded to 32x32")
+    return RawData(
+        Split(idx.pad_for_vgg(train[0]), train[1]),
+        Split(idx.pad_for_vgg(test[0]), test[1]),
+        f"{source}, padded to 32x32",
+    )
 
 
 def _existing_dir(data_dir: str) -> str:
@@ -302,13 +316,9 @@ def _read_cifar10_1_npy(data_path: str, labels_path: str) -> Split:
         images = np.load(data_path, allow_pickle=False)
         labels = np.load(labels_path, allow_pickle=False)
         if images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3):
-            raise ValueError(
-                f"images are {images.dtype} {list(images.shape)}, not uint8 [N, 32, 32, 3]"
-            )
+            raise ValueError(f"images are {images.dtype} {list(images.shape)}, not uint8 [N, 32, 32, 3]")
         if labels.dtype.kind not in "iu" or labels.shape != images.shape[:1]:
-            raise ValueError(
-                f"labels are {labels.dtype} {list(labels.shape)}, not integer [{len(images)}]"
-            )
+            raise ValueError(f"labels are {labels.dtype} {list(labels.shape)}, not integer [{len(images)}]")
     except _READ_ERRORS as err:
         raise errors.Error(
             f"{data_path} / {labels_path} are unreadable or not in the published format "
@@ -336,9 +346,7 @@ def _load_tfds(dataset: str, data_dir: str | None, download: bool) -> RawData:
     return RawData(train, test, f"tfds {names} in {train_builder.data_dir_root}")
 
 
-def _prepared_builder(
-    name: str, dataset: str, data_dir: str | None, download: bool
-) -> tfds.core.DatasetBuilder:
+def _prepared_builder(name: str, dataset: str, data_dir: str | None, download: bool) -> tfds.core.DatasetBuilder:
     """A tfds builder whose data is on disk, downloading it only if `download`."""
     builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():
@@ -348,18 +356,20 @@ def _prepared_builder(
     if _offline():
         reason = f"no network (none of {', '.join(_DOWNLOAD_HOSTS)} resolves)"
         if data_dir is not None:
-            raise errors.Error(f"{_nothing_in(dataset, data_dir)}, and downloading {name} there is impossible: "
-                               f"{reason}. Put the files there.")
-        raise errors.Error(
-            f"Cannot download {name}: {reason}. To work offline {_offline_fix(dataset)}."
-        )
+            raise errors.Error(
+                f"{_nothing_in(dataset, data_dir)}, and downloading {name} there is impossible: "
+                f"{reason}. Put the files there."
+            )
+        raise errors.Error(f"Cannot download {name}: {reason}. To work offline {_offline_fix(dataset)}.")
     try:
         builder.download_and_prepare()
     except Exception as err:  # Whatever tfds raises, the user needs the offline fix, not a trace.
         reason = errors.first_line(err, 200)
         if data_dir is not None:
-            raise errors.Error(f"{_nothing_in(dataset, data_dir)}, and downloading {name} there with "
-                               f"tensorflow-datasets failed ({reason}). Put the files there.") from err
+            raise errors.Error(
+                f"{_nothing_in(dataset, data_dir)}, and downloading {name} there with "
+                f"tensorflow-datasets failed ({reason}). Put the files there."
+            ) from err
         raise errors.Error(
             f"Downloading {name} with tensorflow-datasets failed ({reason}); "
             f"no internet? To work offline {_offline_fix(dataset)}."
@@ -424,8 +434,10 @@ def _offline_fix(dataset: str) -> str:
 
 def _nothing_in(dataset: str, data_dir: str) -> str:
     """What a --data_dir without usable data lacked."""
-    return (f"No {dataset} data in --data_dir={data_dir} (looked for {_local_names(dataset)}, and for "
-            "a prepared tensorflow-datasets copy)")
+    return (
+        f"No {dataset} data in --data_dir={data_dir} (looked for {_local_names(dataset)}, and for "
+        "a prepared tensorflow-datasets copy)"
+    )
 
 
 def _missing_data_message(dataset: str, data_dir: str | None, tfds_dir: str) -> str:
@@ -446,10 +458,7 @@ def _missing_data_message(dataset: str, data_dir: str | None, tfds_dir: str) -> 
 def _check_coarse(fine: np.ndarray, coarse: np.ndarray, source: str) -> None:
     """Coarse labels that disagree with the standard table mean a corrupt or non-standard copy."""
     if fine.shape != coarse.shape or fine.min(initial=0) < 0 or fine.max(initial=0) >= 100:
-        raise errors.Error(
-            f"{source}: the CIFAR-100 fine/coarse label lists are malformed; "
-            "download the data again."
-        )
+        raise errors.Error(f"{source}: the CIFAR-100 fine/coarse label lists are malformed; download the data again.")
     bad = np.flatnonzero(np.asarray(hierarchy.CIFAR100_FINE_TO_COARSE)[fine] != coarse)
     if bad.size:
         i = bad[0]
@@ -476,6 +485,4 @@ def _validate(split: Split, dataset: str, where: str) -> None:
         last = _NUM_CLASSES[dataset] - 1
         problem = f"labels span {labels.min()}..{labels.max()}, outside 0..{last}"
     if problem:
-        raise errors.Error(
-            f"{where}: {problem}; the data is corrupt or not {dataset}, download it again."
-        )
+        raise errors.Error(f"{where}: {problem}; the data is corrupt or not {dataset}, download it again.")

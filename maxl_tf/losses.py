@@ -5,6 +5,7 @@ categorical cross-entropy from logits) have no gradient of their gradient with r
 labels: the generator's meta-gradient would come out exactly zero, silently. Everything here is
 built from elementwise ops and (log-)softmax, which differentiate twice.
 """
+
 import numpy as np
 import tensorflow as tf
 

@@ -31,6 +31,7 @@ Every evaluator forward here runs in training mode through stateless_call (_fast
 norm uses the batch's statistics and the evaluator's variables, moving statistics included, are
 left untouched.
 """
+
 import numpy as np
 import tensorflow as tf
 
@@ -98,8 +99,18 @@ def _share(loss_scale):
     return 1.0 / replicas if loss_scale is None else loss_scale / replicas
 
 
-def second_order_meta_gradient(evaluator, generator, images, labels, mask_table, inner_lr,
-                               gamma=2.0, entropy_weight=0.2, loss_scale=None, lookahead_model=None):
+def second_order_meta_gradient(
+    evaluator,
+    generator,
+    images,
+    labels,
+    mask_table,
+    inner_lr,
+    gamma=2.0,
+    entropy_weight=0.2,
+    loss_scale=None,
+    lookahead_model=None,
+):
     """Meta loss and its exact gradient with respect to the generator's weights.
 
     Args:
@@ -129,21 +140,31 @@ def second_order_meta_gradient(evaluator, generator, images, labels, mask_table,
     # including the inner gradient, so it can differentiate through the lookahead.
     with tf.GradientTape() as outer:
         generated = labels_lib.generated_labels(generator, images, labels, mask_table, training=True)
-        loss_before, fast_weights = _inner_step(lookahead_model, weights, non_trainable, images, pri_targets,
-                                                generated, inner_lr, gamma, loss_scale)
+        loss_before, fast_weights = _inner_step(
+            lookahead_model, weights, non_trainable, images, pri_targets, generated, inner_lr, gamma, loss_scale
+        )
         pri_logits_after, _ = _fast_forward(lookahead_model, fast_weights, non_trainable, images)
         loss_after = losses.focal_loss(pri_logits_after, pri_targets, gamma)
-        entropy = losses.entropy_regulariser(generated)   # pbar over the global batch
+        entropy = losses.entropy_regulariser(generated)  # pbar over the global batch
         meta_loss = loss_after + entropy_weight * entropy
         objective = _scaled(distribute.replica_share(meta_loss), loss_scale)
     grads = outer.gradient(objective, generator.trainable_variables)
-    return grads, {"meta_loss": meta_loss, "loss_before": loss_before, "loss_after": loss_after,
-                   "entropy": entropy}
+    return grads, {"meta_loss": meta_loss, "loss_before": loss_before, "loss_after": loss_after, "entropy": entropy}
 
 
-def first_order_meta_gradient(evaluator, generator, images, labels, mask_table, inner_lr,
-                              gamma=2.0, entropy_weight=0.2, loss_scale=None, lookahead_model=None,
-                              radius=FINITE_DIFFERENCE_RADIUS):
+def first_order_meta_gradient(
+    evaluator,
+    generator,
+    images,
+    labels,
+    mask_table,
+    inner_lr,
+    gamma=2.0,
+    entropy_weight=0.2,
+    loss_scale=None,
+    lookahead_model=None,
+    radius=FINITE_DIFFERENCE_RADIUS,
+):
     """Meta loss and its gradient with the mixed second derivative by a central finite difference.
 
     Approximates second_order_meta_gradient's gradient as DARTS does (Liu et al., 2019), with
@@ -182,20 +203,24 @@ def first_order_meta_gradient(evaluator, generator, images, labels, mask_table, 
     weights, non_trainable = _evaluator_values(evaluator)
     with tf.GradientTape() as tape:
         generated = labels_lib.generated_labels(generator, images, labels, mask_table, training=True)
-        entropy = losses.entropy_regulariser(generated)   # pbar over the global batch
+        entropy = losses.entropy_regulariser(generated)  # pbar over the global batch
     # Nothing below is recorded: the evaluator's side reaches the generator only as the
     # coefficient of the generated labels in the final backward.
-    loss_before, fast_weights = _inner_step(lookahead_model, weights, non_trainable, images, pri_targets,
-                                            generated, inner_lr, gamma, loss_scale)
+    loss_before, fast_weights = _inner_step(
+        lookahead_model, weights, non_trainable, images, pri_targets, generated, inner_lr, gamma, loss_scale
+    )
     with tf.GradientTape() as lookahead:
         lookahead.watch(fast_weights)
         pri_logits_after, _ = _fast_forward(lookahead_model, fast_weights, non_trainable, images)
         loss_after = losses.focal_loss(pri_logits_after, pri_targets, gamma)
         scaled_loss_after = _scaled(loss_after, loss_scale)
     # The auxiliary head does not reach the principal loss: its part of v is 0.
-    direction = distribute.all_reduce_mean(_unscaled(
-        lookahead.gradient(scaled_loss_after, fast_weights, unconnected_gradients=tf.UnconnectedGradients.ZERO),
-        loss_scale))   # v
+    direction = distribute.all_reduce_mean(
+        _unscaled(
+            lookahead.gradient(scaled_loss_after, fast_weights, unconnected_gradients=tf.UnconnectedGradients.ZERO),
+            loss_scale,
+        )
+    )  # v
     norm = tf.linalg.global_norm(direction)
     eps = tf.cast(radius, norm.dtype) / tf.maximum(norm, np.finfo(norm.dtype.as_numpy_dtype).tiny)
 
@@ -212,11 +237,19 @@ def first_order_meta_gradient(evaluator, generator, images, labels, mask_table, 
     coefficient = -tf.cast(inner_lr, difference.dtype) * difference / (2 * tf.cast(eps, difference.dtype))
     share = _share(loss_scale)
     grads = tape.gradient(
-        [generated, entropy], generator.trainable_variables,
-        output_gradients=[coefficient * tf.cast(share, coefficient.dtype),
-                          tf.cast(entropy_weight * share, entropy.dtype)])
-    return grads, {"meta_loss": loss_after + entropy_weight * entropy, "loss_before": loss_before,
-                   "loss_after": loss_after, "entropy": entropy}
+        [generated, entropy],
+        generator.trainable_variables,
+        output_gradients=[
+            coefficient * tf.cast(share, coefficient.dtype),
+            tf.cast(entropy_weight * share, entropy.dtype),
+        ],
+    )
+    return grads, {
+        "meta_loss": loss_after + entropy_weight * entropy,
+        "loss_before": loss_before,
+        "loss_after": loss_after,
+        "entropy": entropy,
+    }
 
 
 def neumann_inverse_hvp(hessian_product, vector, step_size, terms):
@@ -242,9 +275,21 @@ def neumann_inverse_hvp(hessian_product, vector, step_size, terms):
     return [tf.cast(step_size, s.dtype) * s for s in total]
 
 
-def implicit_meta_gradient(evaluator, generator, train_images, train_labels, meta_images, meta_labels,
-                           mask_table, inner_lr, gamma=2.0, entropy_weight=0.2, loss_scale=None,
-                           lookahead_model=None, neumann_terms=3):
+def implicit_meta_gradient(
+    evaluator,
+    generator,
+    train_images,
+    train_labels,
+    meta_images,
+    meta_labels,
+    mask_table,
+    inner_lr,
+    gamma=2.0,
+    entropy_weight=0.2,
+    loss_scale=None,
+    lookahead_model=None,
+    neumann_terms=3,
+):
     """Meta loss and its implicit hypergradient at the evaluator's current weights (AuxiLearn).
 
     Navon et al. (ICLR 2021): if the evaluator's weights theta1 minimise its training loss L_T
@@ -309,24 +354,26 @@ def implicit_meta_gradient(evaluator, generator, train_images, train_labels, met
     with tf.GradientTape() as meta_tape:
         meta_tape.watch(weights)
         pri_logits, _ = _fast_forward(model, weights, non_trainable, meta_images)
-        meta_pri_loss = losses.focal_loss(pri_logits, tf.one_hot(meta_labels, num_pri, dtype=meta_images.dtype),
-                                          gamma)
+        meta_pri_loss = losses.focal_loss(pri_logits, tf.one_hot(meta_labels, num_pri, dtype=meta_images.dtype), gamma)
         scaled_meta_loss = _scaled(meta_pri_loss, loss_scale)
-    meta_grads = distribute.all_reduce_mean(_unscaled(   # grad_theta1 L_M, 0 on the auxiliary head
-        meta_tape.gradient(scaled_meta_loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO),
-        loss_scale))
+    meta_grads = distribute.all_reduce_mean(
+        _unscaled(  # grad_theta1 L_M, 0 on the auxiliary head
+            meta_tape.gradient(scaled_meta_loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO),
+            loss_scale,
+        )
+    )
     # The outer tape records the training loss's gradient as a function of theta1 (for the
     # Hessian-vector products) and of theta2 through the generated labels (for the mixed one).
     with tf.GradientTape(persistent=True) as outer:
         outer.watch(weights)
         generated = labels_lib.generated_labels(generator, train_images, train_labels, mask_table, training=True)
-        entropy = losses.entropy_regulariser(generated)   # pbar over the global batch
+        entropy = losses.entropy_regulariser(generated)  # pbar over the global batch
         with tf.GradientTape() as inner:
             inner.watch(weights)
             pri_logits, aux_logits = _fast_forward(model, weights, non_trainable, train_images)
-            train_loss = (losses.focal_loss(pri_logits, tf.one_hot(train_labels, num_pri, dtype=train_images.dtype),
-                                            gamma)
-                          + losses.focal_loss(aux_logits, generated, gamma))
+            train_loss = losses.focal_loss(
+                pri_logits, tf.one_hot(train_labels, num_pri, dtype=train_images.dtype), gamma
+            ) + losses.focal_loss(aux_logits, generated, gamma)
             scaled_train_loss = _scaled(train_loss, loss_scale)
         scaled_train_grads = inner.gradient(scaled_train_loss, weights)
 
@@ -334,12 +381,18 @@ def implicit_meta_gradient(evaluator, generator, train_images, train_labels, met
         products = outer.gradient(scaled_train_grads, weights, output_gradients=vector)
         return distribute.all_reduce_mean(_unscaled(products, loss_scale))
 
-    solution = neumann_inverse_hvp(hessian_product, meta_grads, inner_lr, neumann_terms)   # w
+    solution = neumann_inverse_hvp(hessian_product, meta_grads, inner_lr, neumann_terms)  # w
     share = _share(loss_scale)
     # One generator backward for both terms; scaled_train_grads already carry the loss scale.
     grads = outer.gradient(
-        [*scaled_train_grads, entropy], generator.trainable_variables,
+        [*scaled_train_grads, entropy],
+        generator.trainable_variables,
         output_gradients=[-w * tf.cast(1.0 / distribute.num_replicas(), w.dtype) for w in solution]
-                         + [tf.cast(entropy_weight * share, entropy.dtype)])
-    return grads, {"meta_loss": meta_pri_loss + entropy_weight * entropy, "loss_before": meta_pri_loss,
-                   "loss_after": meta_pri_loss, "entropy": entropy}
+        + [tf.cast(entropy_weight * share, entropy.dtype)],
+    )
+    return grads, {
+        "meta_loss": meta_pri_loss + entropy_weight * entropy,
+        "loss_before": meta_pri_loss,
+        "loss_after": meta_pri_loss,
+        "entropy": entropy,
+    }

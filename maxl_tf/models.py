@@ -5,6 +5,7 @@ each block, flatten, and per task a head Dense(hidden) - ReLU - Dense(classes). 
 PyTorch's constants (epsilon 1e-5, momentum 0.1, i.e. Keras momentum 0.9): Keras' defaults
 (1e-3, 0.99) make the moving statistics lag badly in short runs.
 """
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -32,9 +33,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
     """
 
     def _fusable(self, inputs, mask) -> bool:
-        return (keras.backend.backend() == "tensorflow" and mask is None and not self.synchronized
-                and not self.renorm and len(inputs.shape) == 4 and self.axis in (-1, 3)
-                and inputs.dtype in _FUSED_DTYPES)
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not self.synchronized
+            and not self.renorm
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and inputs.dtype in _FUSED_DTYPES
+        )
 
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, mask):
@@ -44,14 +51,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
         offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
         if not (training and self.trainable):
             outputs, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=inputs, scale=scale, offset=offset, mean=tf.cast(self.moving_mean, tf.float32),
-                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
-                data_format="NHWC", is_training=False)
+                x=inputs,
+                scale=scale,
+                offset=offset,
+                mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32),
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=False,
+            )
             return tf.cast(outputs, self.compute_dtype)
         outputs, mean, unbiased_variance = _fused_batch_norm_training(inputs, scale, offset, self.epsilon)
         # The kernel normalises with the biased batch variance but returns the unbiased one;
         # Keras' moving variance follows the biased one.
-        count = tf.cast(tf.size(inputs, out_type=tf.int64) // channels, tf.float32)   # N * H * W
+        count = tf.cast(tf.size(inputs, out_type=tf.int64) // channels, tf.float32)  # N * H * W
         variance = unbiased_variance * tf.maximum(count - 1.0, 1.0) / count
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             moving.assign(moving * self.momentum + tf.cast(batch, moving.dtype) * (1.0 - self.momentum))
@@ -68,14 +81,21 @@ def _fused_batch_norm_training(x, scale, offset, epsilon):
     from fusing the kernel with the ReLU that follows it.
     """
     empty = tf.zeros([0])
-    statistics = []   # (mean, variance), passed around custom_gradient so it wraps y alone
+    statistics = []  # (mean, variance), passed around custom_gradient so it wraps y alone
 
     @tf.custom_gradient
     def normalise(x, scale, offset):
         # Not tf.compat.v1.nn.fused_batch_norm: it raises epsilon to cuDNN's old minimum 1.001e-5.
         y, mean, variance, *reserve = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=epsilon,
-            data_format="NHWC", is_training=True)
+            x=x,
+            scale=scale,
+            offset=offset,
+            mean=empty,
+            variance=empty,
+            epsilon=epsilon,
+            data_format="NHWC",
+            is_training=True,
+        )
         statistics.extend([mean, variance])
         return y, lambda dy: _fused_batch_norm_backward(dy, x, scale, reserve, epsilon)
 
@@ -95,10 +115,19 @@ def _fused_batch_norm_backward(dy, x, scale, reserve, epsilon):
     The gradients in x and scale keep TensorFlow's registered composite (the meta step needs
     neither).
     """
+
     def backward(dy, x, scale):
         return tf.raw_ops.FusedBatchNormGradV3(
-            y_backprop=dy, x=x, scale=scale, reserve_space_1=reserve[0], reserve_space_2=reserve[1],
-            reserve_space_3=reserve[2], epsilon=epsilon, data_format="NHWC", is_training=True)[:3]
+            y_backprop=dy,
+            x=x,
+            scale=scale,
+            reserve_space_1=reserve[0],
+            reserve_space_2=reserve[1],
+            reserve_space_3=reserve[2],
+            epsilon=epsilon,
+            data_format="NHWC",
+            is_training=True,
+        )[:3]
 
     @tf.custom_gradient
     def fused_backward(dy, x, scale):
@@ -108,8 +137,15 @@ def _fused_batch_norm_backward(dy, x, scale, reserve, epsilon):
                 outputs = backward(dy, x, scale)
             dx, dscale = tape.gradient(outputs, [x, scale], output_gradients=[ddx, ddscale, ddoffset])
             xhat_term, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=ddscale, offset=ddoffset, mean=tf.zeros([0]), variance=tf.zeros([0]),
-                epsilon=epsilon, data_format="NHWC", is_training=True)   # xhat * ddscale + ddoffset
+                x=x,
+                scale=ddscale,
+                offset=ddoffset,
+                mean=tf.zeros([0]),
+                variance=tf.zeros([0]),
+                epsilon=epsilon,
+                data_format="NHWC",
+                is_training=True,
+            )  # xhat * ddscale + ddoffset
             ddy = backward(ddx, x, scale)[0] + xhat_term
             return ddy, dx, dscale
 
@@ -134,9 +170,15 @@ class Conv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         size = inputs.shape[1]
-        if not (size is not None and inputs.shape[2] == size and self.kernel_size == (3, 3)
-                and self.padding == "same" and self.strides == (1, 1) and self.dilation_rate == (1, 1)
-                and self.data_format == "channels_last"):
+        if not (
+            size is not None
+            and inputs.shape[2] == size
+            and self.kernel_size == (3, 3)
+            and self.padding == "same"
+            and self.strides == (1, 1)
+            and self.dilation_rate == (1, 1)
+            and self.data_format == "channels_last"
+        ):
             return super().convolution_op(inputs, kernel)
         if size <= 2:
             return _small_map_product(inputs, kernel)
@@ -154,11 +196,11 @@ def _small_map_product(inputs, kernel):
     """
     size, cin, cout = inputs.shape[1], kernel.shape[2], kernel.shape[3]
     pixels = [(row, col) for row in range(size) for col in range(size)]
-    tap = [(qr - pr + 1) * 3 + (qc - pc + 1) for pr, pc in pixels for qr, qc in pixels]   # [p * q]
-    select = tf.constant(np.eye(9)[tap], kernel.dtype)                                    # [p * q, 9]
+    tap = [(qr - pr + 1) * 3 + (qc - pc + 1) for pr, pc in pixels for qr, qc in pixels]  # [p * q]
+    select = tf.constant(np.eye(9)[tap], kernel.dtype)  # [p * q, 9]
     weights = tf.matmul(select, tf.reshape(kernel, [9, cin * cout]))
-    weights = tf.reshape(weights, [size * size, size * size * cin, cout])                 # [p, q * cin, cout]
-    outputs = tf.matmul(tf.reshape(inputs, [1, -1, size * size * cin]), weights)          # [p, batch, cout]
+    weights = tf.reshape(weights, [size * size, size * size * cin, cout])  # [p, q * cin, cout]
+    outputs = tf.matmul(tf.reshape(inputs, [1, -1, size * size * cin]), weights)  # [p, batch, cout]
     return tf.reshape(tf.transpose(outputs, [1, 0, 2]), [-1, size, size, cout])
 
 
@@ -177,6 +219,7 @@ def _side_by_side(inputs, kernel):
     size, cin, cout = inputs.shape[1], kernel.shape[2], kernel.shape[3]
     batch = tf.shape(inputs)[0]
     padding = -batch % _MAPS_PER_ROW
+    # fmt: off
     x = tf.pad(inputs, [[0, padding], [0, 0], [0, 1], [0, 0]])                # [batch', 4, 5, cin]
     x = tf.reshape(x, [-1, _MAPS_PER_ROW, size, size + 1, cin])               # [rows, 8, 4, 5, cin]
     x = tf.transpose(x, [0, 2, 1, 3, 4])                                      # [rows, 4, 8, 5, cin]
@@ -185,6 +228,7 @@ def _side_by_side(inputs, kernel):
     y = tf.reshape(y, [-1, size, _MAPS_PER_ROW, size + 1, cout])              # [rows, 4, 8, 5, cout]
     y = tf.transpose(y, [0, 2, 1, 3, 4])                                      # [rows, 8, 4, 5, cout]
     y = tf.reshape(y, [-1, size, size + 1, cout])                             # [batch', 4, 5, cout]
+    # fmt: on
     # Cut back with splits: their gradient is a concatenation, fast and differentiable under XLA
     # (a strided slice's is slow on CPUs, a slice's has no gradient under XLA).
     y, _ = tf.split(y, tf.stack([batch, padding]), axis=0)
@@ -199,23 +243,23 @@ def _trunk(images, architecture: str, width: float, precision, synchronized_bn: 
     weights; batch norm keeps its statistics in float32, and max-pooling computes in float32:
     its second-order gradient (MaxPoolGradGrad) exists only for float32 under XLA.
     """
-    dtype = precision   # None: Keras' global dtype policy (the float64 gradient tests set it)
+    dtype = precision  # None: Keras' global dtype policy (the float64 gradient tests set it)
     pool_dtype = "float32" if precision and precision.startswith("mixed") else dtype
     x = images
     for block, (filters, convs) in enumerate(config_lib.ARCHITECTURES[architecture], start=1):
         for conv in range(1, convs + 1):
             name = f"{TRUNK_PREFIX}block{block}_conv{conv}"
             x = Conv2D(max(1, round(filters * width)), 3, padding="same", name=name, dtype=dtype)(x)
-            x = BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn,
-                                   name=name + "_bn", dtype=dtype)(x)
+            x = BatchNormalization(
+                momentum=0.9, epsilon=1e-5, synchronized=synchronized_bn, name=name + "_bn", dtype=dtype
+            )(x)
             x = keras.layers.ReLU(dtype=dtype)(x)
         x = keras.layers.MaxPooling2D(2, name=f"{TRUNK_PREFIX}block{block}_pool", dtype=pool_dtype)(x)
-    return keras.layers.Flatten(name=TRUNK_PREFIX + "flatten", dtype=dtype)(x)   # [batch, 1 * 1 * filters]
+    return keras.layers.Flatten(name=TRUNK_PREFIX + "flatten", dtype=dtype)(x)  # [batch, 1 * 1 * filters]
 
 
 def _head(features, classes: int, name: str, precision):
-    hidden = keras.layers.Dense(features.shape[-1], activation="relu", name=name + "_hidden",
-                                dtype=precision)(features)
+    hidden = keras.layers.Dense(features.shape[-1], activation="relu", name=name + "_hidden", dtype=precision)(features)
     # Logits in float32 under mixed precision: the losses' softmax and its second derivatives.
     logits_dtype = "float32" if precision and precision.startswith("mixed") else precision
     return keras.layers.Dense(classes, name=name + "_logits", dtype=logits_dtype)(hidden)
@@ -224,16 +268,23 @@ def _head(features, classes: int, name: str, precision):
 def check_input_size(architecture: str, image_size: int) -> None:
     """Raises errors.Error if the architecture's pooling would shrink the image below 1x1."""
     blocks = len(config_lib.ARCHITECTURES[architecture])
-    if image_size < 2 ** blocks:
+    if image_size < 2**blocks:
         raise errors.Error(
             f"--model={architecture} pools {blocks} times and needs images of at least "
-            f"{2 ** blocks}x{2 ** blocks}; this data set's are {image_size}x{image_size}. "
-            f"Use --model=vgg_small.")
+            f"{2**blocks}x{2**blocks}; this data set's are {image_size}x{image_size}. "
+            f"Use --model=vgg_small."
+        )
 
 
-def build_evaluator(input_shape, pri_classes: int, aux_classes: int, architecture: str = "vgg16",
-                    width: float = 1.0, precision: str | None = None,
-                    synchronized_bn: bool = False) -> keras.Model:
+def build_evaluator(
+    input_shape,
+    pri_classes: int,
+    aux_classes: int,
+    architecture: str = "vgg16",
+    width: float = 1.0,
+    precision: str | None = None,
+    synchronized_bn: bool = False,
+) -> keras.Model:
     """Multi-task evaluator f(x) -> [principal logits, auxiliary logits] (paper Section 3.1).
 
     aux_classes=0 builds a single-task network whose only output is the principal logits, still
@@ -252,8 +303,14 @@ def build_evaluator(input_shape, pri_classes: int, aux_classes: int, architectur
     return keras.Model(images, outputs, name="evaluator")
 
 
-def build_generator(input_shape, aux_classes: int, architecture: str = "vgg16", width: float = 1.0,
-                    precision: str | None = None, synchronized_bn: bool = False) -> keras.Model:
+def build_generator(
+    input_shape,
+    aux_classes: int,
+    architecture: str = "vgg16",
+    width: float = 1.0,
+    precision: str | None = None,
+    synchronized_bn: bool = False,
+) -> keras.Model:
     """Label generator g(x) -> auxiliary logits [batch, sum(psi)]; the masked softmax over the
     principal label's block is applied by losses.masked_softmax. Args as build_evaluator."""
     check_input_size(architecture, input_shape[0])

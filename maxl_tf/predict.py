@@ -9,6 +9,7 @@ data names its classes); single-task runs have no auxiliary task. Images are siz
 channels as the run's training images were. Everything comes from the run's exports
 (maxl_tf/exports.py); the data set is not needed.
 """
+
 import json
 import os
 
@@ -49,15 +50,19 @@ def predict(logdir: str, paths) -> tuple:
 
     serving_path = os.path.join(logdir, exports.SERVING)
     if not os.path.isfile(os.path.join(logdir, "config.json")):
-        raise errors.Error(f"--logdir={logdir} is not a maxl_tf run directory (no config.json); pass the "
-                           "--logdir of a run that main.py trained, e.g. runs/<name>.")
+        raise errors.Error(
+            f"--logdir={logdir} is not a maxl_tf run directory (no config.json); pass the "
+            "--logdir of a run that main.py trained, e.g. runs/<name>."
+        )
     if not os.path.isdir(serving_path):
-        raise errors.Error(f"--logdir={logdir} has no exported networks ({exports.SERVING}/): they are written "
-                           f"when the last epoch ends; finish the run with python main.py "
-                           f"--flagfile={os.path.join(logdir, 'flags.cfg')}.")
+        raise errors.Error(
+            f"--logdir={logdir} has no exported networks ({exports.SERVING}/): they are written "
+            f"when the last epoch ends; finish the run with python main.py "
+            f"--flagfile={os.path.join(logdir, 'flags.cfg')}."
+        )
     config = config_lib.Config.from_saved(_read_json(os.path.join(logdir, "config.json")))
     names = _read_json(os.path.join(logdir, exports.CLASSES))
-    serving = tf.saved_model.load(serving_path)   # kept: its functions need its variables alive
+    serving = tf.saved_model.load(serving_path)  # kept: its functions need its variables alive
     serve = serving.signatures["serve"]
     _, height, _, channels = serve.structured_input_signature[1]["images"].shape
     outputs = serve(images=tf.constant(image_folder.load_images(paths, height, channels)))
@@ -66,14 +71,21 @@ def predict(logdir: str, paths) -> tuple:
     results = []
     for i, path in enumerate(paths):
         label = int(np.argmax(principal[i]))
-        result = {"path": path, "principal": label, "principal_probability": float(principal[i, label]),
-                  "principal_name": names["principal"][label] if names["principal"] else None}
+        result = {
+            "path": path,
+            "principal": label,
+            "principal_probability": float(principal[i, label]),
+            "principal_name": names["principal"][label] if names["principal"] else None,
+        }
         if "auxiliary" in outputs:
             auxiliary = outputs["auxiliary"][i].numpy()
             aux = int(np.argmax(auxiliary))
-            result.update(auxiliary=aux, auxiliary_in_block=aux - int(offsets[label]),
-                          auxiliary_probability=float(auxiliary[aux]),
-                          auxiliary_name=names["auxiliary"][aux] if names["auxiliary"] else None)
+            result.update(
+                auxiliary=aux,
+                auxiliary_in_block=aux - int(offsets[label]),
+                auxiliary_probability=float(auxiliary[aux]),
+                auxiliary_name=names["auxiliary"][aux] if names["auxiliary"] else None,
+            )
         results.append(result)
     return config, results
 
@@ -88,8 +100,7 @@ def describe(result: dict, psi, method: str) -> str:
     block = f"{result['auxiliary_in_block'] + 1} of {principal}'s {psi[label]}"
     source = "generator" if method == "maxl" else "evaluator's auxiliary head"
     name = f"{result['auxiliary_name']}, " if result["auxiliary_name"] else ""
-    return (f"{line}; auxiliary {result['auxiliary']} ({name}{block}; {source}) "
-            f"({result['auxiliary_probability']:.1%})")
+    return f"{line}; auxiliary {result['auxiliary']} ({name}{block}; {source}) ({result['auxiliary_probability']:.1%})"
 
 
 def main(argv):

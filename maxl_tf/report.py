@@ -9,6 +9,7 @@ classes per principal class (Fig. 4), and the generator's label usage per epoch 
 collapsing classes). Incomplete runs are listed, never averaged; a seed found twice in one
 experiment (a copied run) counts once, and the report says so. It reads JSON only: TensorFlow is not imported.
 """
+
 import collections
 import dataclasses
 import os
@@ -39,10 +40,11 @@ LINE_FIELDS = ("method",) + sweep.GENERATOR_FIELDS + ("meta_split",)
 @dataclasses.dataclass
 class Group:
     """Complete runs of one experiment that differ only in their seed."""
-    config: config_lib.Config   # the first run's; fields its method ignores are not in `setting`
-    setting: dict               # experiment fields that decide the results, without the seed
-    runs: list                  # results.json contents, one per seed, by seed
-    duplicates: list = dataclasses.field(default_factory=list)   # stats.Duplicate: runs not counted
+
+    config: config_lib.Config  # the first run's; fields its method ignores are not in `setting`
+    setting: dict  # experiment fields that decide the results, without the seed
+    runs: list  # results.json contents, one per seed, by seed
+    duplicates: list = dataclasses.field(default_factory=list)  # stats.Duplicate: runs not counted
 
     @property
     def method(self) -> str:
@@ -58,15 +60,22 @@ class Group:
 
     def curve(self, key: str, per_run=None) -> np.ndarray:
         """[seeds, epochs] of a history key, or of per_run(record, results) when given."""
-        return np.array([[per_run(record, r) if per_run else record.get(key, np.nan) for record in r["history"]]
-                         for r in self.runs], dtype=np.float64)
+        return np.array(
+            [
+                [per_run(record, r) if per_run else record.get(key, np.nan) for record in r["history"]]
+                for r in self.runs
+            ],
+            dtype=np.float64,
+        )
 
 
 def load_runs(runs_dir: str) -> tuple:
     """Every readable results.json under runs_dir: (complete, incomplete, warnings)."""
     if not os.path.isdir(runs_dir):
-        raise errors.Error(f"{runs_dir} is not a directory; pass the folder that holds the runs "
-                           f"(main.py's --logdir of a sweep, or runs).")
+        raise errors.Error(
+            f"{runs_dir} is not a directory; pass the folder that holds the runs "
+            f"(main.py's --logdir of a sweep, or runs)."
+        )
     complete, incomplete, warnings = [], [], []
     for folder, subfolders, files in sorted(os.walk(runs_dir)):
         subfolders[:] = sorted(d for d in subfolders if d != "checkpoints")
@@ -98,11 +107,15 @@ def group_runs(runs: list) -> list:
         groups[key].runs.append(results)
     for group in groups.values():
         keep, group.duplicates = stats.unique_by_seed(
-            [r["config"]["seed"] for r in group.runs], [r.get("path", r.get("name", "?")) for r in group.runs],
-            [r["test_accuracy"] for r in group.runs])
+            [r["config"]["seed"] for r in group.runs],
+            [r.get("path", r.get("name", "?")) for r in group.runs],
+            [r["test_accuracy"] for r in group.runs],
+        )
         group.runs = sorted((group.runs[i] for i in keep), key=lambda r: r["config"]["seed"])
-    return sorted(groups.values(), key=lambda g: (g.config.dataset, g.config.pri, g.setting.get("aux", 0),
-                                                  g.method, -g.config.entropy_weight))
+    return sorted(
+        groups.values(),
+        key=lambda g: (g.config.dataset, g.config.pri, g.setting.get("aux", 0), g.method, -g.config.entropy_weight),
+    )
 
 
 def _varying(groups, exclude) -> list:
@@ -127,7 +140,7 @@ def _psi_text(group) -> str:
 
 def _label(group, line_fields) -> str:
     label = group.method
-    if group.setting.get("embedder") == config_lib.UNTRAINED:   # not the paper's ImageNet baseline
+    if group.setting.get("embedder") == config_lib.UNTRAINED:  # not the paper's ImageNet baseline
         label += " (untrained embedder)"
     if "entropy_weight" in group.setting:
         label += f" (entropy {group.setting['entropy_weight']:g})"
@@ -138,15 +151,32 @@ def _label(group, line_fields) -> str:
 def markdown_table(groups: list) -> str:
     """One row per experiment: mean ± sample std (ddof 1) of test_accuracy over its seeds."""
     others = _varying(groups, NAMED_FIELDS)
-    header = ["dataset", "pri", "aux", "psi[i]", "method", "entropy", "test accuracy (mean ± std)",
-              "seeds", "epochs"] + (["other"] if others else [])
+    header = [
+        "dataset",
+        "pri",
+        "aux",
+        "psi[i]",
+        "method",
+        "entropy",
+        "test accuracy (mean ± std)",
+        "seeds",
+        "epochs",
+    ] + (["other"] if others else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g in groups:
         acc = g.accuracies
         spread = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
-        row = [g.config.dataset, str(g.config.pri), str(g.setting.get("aux", "–")), _psi_text(g), g.method,
-               f"{g.setting['entropy_weight']:g}" if "entropy_weight" in g.setting else "–",
-               f"{acc.mean():.4f}{spread}", str(len(acc)), str(g.config.epochs)]
+        row = [
+            g.config.dataset,
+            str(g.config.pri),
+            str(g.setting.get("aux", "–")),
+            _psi_text(g),
+            g.method,
+            f"{g.setting['entropy_weight']:g}" if "entropy_weight" in g.setting else "–",
+            f"{acc.mean():.4f}{spread}",
+            str(len(acc)),
+            str(g.config.epochs),
+        ]
         lines.append("| " + " | ".join(row + ([_others(g, others)] if others else [])) + " |")
     return "\n".join(lines) + "\n"
 
@@ -158,7 +188,7 @@ def _setting_title(setting: dict) -> str:
     if pri <= 6:
         try:
             names = f" ({', '.join(hierarchy.for_dataset(dataset).names_at(pri))})"
-        except errors.Error:   # a data set this version does not know
+        except errors.Error:  # a data set this version does not know
             pass
     return f"{dataset}: pri {pri}{names}, aux {setting.get('aux', '–')}"
 
@@ -181,15 +211,20 @@ def paired_tables(groups: list) -> str:
     blocks = []
     for panel, rows in by_setting.values():
         title = f"{_setting_title(panel)} {' '.join(f'{k}={panel[k]}' for k in others if k in panel)}".strip()
-        lines = [f"### {title}", "",
-                 "| comparison | mean difference | 95% interval | wins / ties / losses | seeds |",
-                 "|---|---|---|---|---|"]
+        lines = [
+            f"### {title}",
+            "",
+            "| comparison | mean difference | 95% interval | wins / ties / losses | seeds |",
+            "|---|---|---|---|---|",
+        ]
         for row in rows:
             c = row.comparison
             interval = f"[{_signed(c.interval[0])}, {_signed(c.interval[1])}]" if c.interval else "– (one seed)"
-            lines.append(f"| {_label(group_of[id(row.arm)], line_fields)} − "
-                         f"{_label(group_of[id(row.baseline)], line_fields)} | {_signed(c.mean)} | {interval} | "
-                         f"{c.wins} / {c.ties} / {c.losses} | {c.pairs} |")
+            lines.append(
+                f"| {_label(group_of[id(row.arm)], line_fields)} − "
+                f"{_label(group_of[id(row.baseline)], line_fields)} | {_signed(c.mean)} | {interval} | "
+                f"{c.wins} / {c.ties} / {c.losses} | {c.pairs} |"
+            )
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
 
@@ -199,10 +234,14 @@ def duplicates_note(groups: list) -> str:
     lines = []
     for group in groups:
         for d in group.duplicates:
-            same = ("same test accuracy" if d.same_accuracy else
-                    "DIFFERENT test accuracy: not deterministic, or not run by the same code")
-            lines.append(f"- {group.method}, seed {d.seed}: counted {d.kept}; not counted "
-                         f"{', '.join(d.dropped)} ({same})")
+            same = (
+                "same test accuracy"
+                if d.same_accuracy
+                else "DIFFERENT test accuracy: not deterministic, or not run by the same code"
+            )
+            lines.append(
+                f"- {group.method}, seed {d.seed}: counted {d.kept}; not counted {', '.join(d.dropped)} ({same})"
+            )
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -223,7 +262,7 @@ def _panels(groups) -> list:
 def _band(ax, x, values, label, **style):
     """Mean over seeds with a ±1 std band (none for one seed)."""
     mean = np.nanmean(values, axis=0)
-    line, = ax.plot(x, mean, label=label, **style)
+    (line,) = ax.plot(x, mean, label=label, **style)
     if len(values) > 1:
         std = np.nanstd(values, axis=0, ddof=1)
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -259,14 +298,19 @@ def plot_learning_curves(groups, out) -> list:
             for group in (g for g in in_dataset if _matches(g, panel)):
                 accuracy = group.curve("test/acc")
                 style = {"linestyle": "--"} if group.setting.get("entropy_weight") == 0 else {}
-                _band(ax, np.arange(1, accuracy.shape[1] + 1), accuracy,
-                      f"{_label(group, line_fields)}, n={len(group.runs)}", **style)
+                _band(
+                    ax,
+                    np.arange(1, accuracy.shape[1] + 1),
+                    accuracy,
+                    f"{_label(group, line_fields)}, n={len(group.runs)}",
+                    **style,
+                )
             title = _setting_title(panel)
             others = " ".join(f"{k}={panel[k]}" for k in title_fields if k in panel)
             ax.set_title(f"{title} {others}".strip(), fontsize=10)
             ax.set_xlabel("epoch")
             ax.set_ylabel("test accuracy")
-            ax.yaxis.set_tick_params(labelleft=True)   # sharey hides them on all but the first column
+            ax.yaxis.set_tick_params(labelleft=True)  # sharey hides them on all but the first column
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         paths.append(_save(fig, os.path.join(out, f"learning_curves_{dataset}.png")))
@@ -288,7 +332,8 @@ def improvement_points(groups) -> dict:
             continue
         base = single.accuracies.mean()
         series[(group.config.dataset, group.setting["entropy_weight"])].append(
-            (group.config.aux / group.config.pri, 100 * (group.accuracies.mean() - base) / base))
+            (group.config.aux / group.config.pri, 100 * (group.accuracies.mean() - base) / base)
+        )
     return {k: sorted(v) for k, v in series.items()}
 
 
@@ -301,8 +346,14 @@ def plot_improvement(groups, out) -> list:
     colors = {dataset: f"C{i}" for i, dataset in enumerate(sorted({d for d, _ in series}))}
     for (dataset, entropy_weight), points in sorted(series.items()):
         x, y = zip(*points)
-        ax.plot(x, y, marker="o", color=colors[dataset], linestyle="-" if entropy_weight else "--",
-                label=f"{dataset} {'w/' if entropy_weight else 'w/o'} entropy ({entropy_weight:g})")
+        ax.plot(
+            x,
+            y,
+            marker="o",
+            color=colors[dataset],
+            linestyle="-" if entropy_weight else "--",
+            label=f"{dataset} {'w/' if entropy_weight else 'w/o'} entropy ({entropy_weight:g})",
+        )
     ax.axhline(0, color="gray", linewidth=0.8)
     ax.set_xscale("log")
     ticks = sorted({x for points in series.values() for x, _ in points})
@@ -333,15 +384,19 @@ def plot_label_usage(groups, out) -> list:
     fig, axes = plt.subplots(len(datasets), 3, figsize=(16, 3.8 * len(datasets)), squeeze=False)
     for (used_ax, entropy_ax, changed_ax), dataset in zip(axes, datasets):
         for group in (g for g in maxl if g.config.dataset == dataset):
-            style = {"color": colors[group.config.pri, group.config.aux],
-                     "linestyle": "--" if group.setting["entropy_weight"] == 0 else "-"}
-            label = (f"pri {group.config.pri}, aux {group.config.aux}, entropy {group.setting['entropy_weight']:g} "
-                     f"{_others(group, others)}").strip()
+            style = {
+                "color": colors[group.config.pri, group.config.aux],
+                "linestyle": "--" if group.setting["entropy_weight"] == 0 else "-",
+            }
+            label = (
+                f"pri {group.config.pri}, aux {group.config.aux}, entropy {group.setting['entropy_weight']:g} "
+                f"{_others(group, others)}"
+            ).strip()
             used = group.curve(None, _fraction_used)
             epochs = np.arange(1, used.shape[1] + 1)
             _band(used_ax, epochs, used, label, **style)
             entropy = group.curve("labels/aux_entropy_mean")
-            if not np.isnan(entropy).all():   # runs from before this diagnostic existed lack it
+            if not np.isnan(entropy).all():  # runs from before this diagnostic existed lack it
                 _band(entropy_ax, epochs, entropy, label, **style)
             changed = group.curve("labels/changed_since_previous")
             if not np.isnan(changed).all():
@@ -368,32 +423,42 @@ def write_report(runs_dir: str, out: str) -> str:
     complete, incomplete, warnings = load_runs(runs_dir)
     for warning in warnings:
         print(warning, file=sys.stderr)
-    unfinished = [f"- {r['path']}: {r['epochs_completed']}/{r['config'].get('epochs')} epochs"
-                  for r in incomplete]
+    unfinished = [f"- {r['path']}: {r['epochs_completed']}/{r['config'].get('epochs')} epochs" for r in incomplete]
     if not complete:
         if incomplete:
-            raise errors.Error(f"{runs_dir} has only incomplete runs:\n" + "\n".join(unfinished) +
-                               "\nFinish them (rerun their command: it resumes), or pass a finished sweep's folder.")
-        raise errors.Error(f"{runs_dir} has no readable results.json; pass the folder that holds the runs "
-                           f"(main.py's --logdir of a sweep, or runs).")
+            raise errors.Error(
+                f"{runs_dir} has only incomplete runs:\n"
+                + "\n".join(unfinished)
+                + "\nFinish them (rerun their command: it resumes), or pass a finished sweep's folder."
+            )
+        raise errors.Error(
+            f"{runs_dir} has no readable results.json; pass the folder that holds the runs "
+            f"(main.py's --logdir of a sweep, or runs)."
+        )
     groups = group_runs(complete)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise errors.Error(f"--out={out} cannot be written ({e.strerror}); pass a writable --out.") from None
     figures = plot_learning_curves(groups, out) + plot_improvement(groups, out) + plot_label_usage(groups, out)
-    text = (f"# Results of {runs_dir}\n\nTest accuracy: the mean of the last {rundir.LAST_EPOCHS_AVERAGED} "
-            f"epochs of each run "
-            f"(the paper's metric); mean ± sample standard deviation over seeds.\n\n" + markdown_table(groups))
+    text = (
+        f"# Results of {runs_dir}\n\nTest accuracy: the mean of the last {rundir.LAST_EPOCHS_AVERAGED} "
+        f"epochs of each run "
+        f"(the paper's metric); mean ± sample standard deviation over seeds.\n\n" + markdown_table(groups)
+    )
     paired = paired_tables(groups)
     if paired:
-        text += ("\n## Paired differences\n\nTest accuracy of the first method minus the second's, paired by "
-                 "seed (same seed: same meta split, example order and augmentation); the interval is Student "
-                 "t's 95% over seeds; wins / ties / losses count seeds.\n\n" + paired)
+        text += (
+            "\n## Paired differences\n\nTest accuracy of the first method minus the second's, paired by "
+            "seed (same seed: same meta split, example order and augmentation); the interval is Student "
+            "t's 95% over seeds; wins / ties / losses count seeds.\n\n" + paired
+        )
     duplicates = duplicates_note(groups)
     if duplicates:
-        text += ("\n## Duplicate runs (counted once)\n\nThese runs repeat an experiment and seed already "
-                 "found; only the first is in the tables and figures.\n\n" + duplicates)
+        text += (
+            "\n## Duplicate runs (counted once)\n\nThese runs repeat an experiment and seed already "
+            "found; only the first is in the tables and figures.\n\n" + duplicates
+        )
     if unfinished:
         text += "\n## Incomplete runs (not in the table or figures)\n\n" + "\n".join(unfinished) + "\n"
     text += "\n" + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in figures)

@@ -13,6 +13,7 @@ The training loop, sweeps, the report and the visualisations all go through here
 imported only inside the functions that touch checkpoints, so that reading results (the report,
 a sweep skipping complete runs) never starts it.
 """
+
 import dataclasses
 import glob
 import json
@@ -24,7 +25,7 @@ from maxl_tf import claims
 from maxl_tf import config as config_lib
 from maxl_tf import errors
 
-LAST_EPOCHS_AVERAGED = 5   # the paper's metric: mean test accuracy of the last 5 epochs
+LAST_EPOCHS_AVERAGED = 5  # the paper's metric: mean test accuracy of the last 5 epochs
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -43,8 +44,9 @@ def _checkpoint_dir(logdir: str) -> str:
 
 def holds_training(logdir: str) -> bool:
     """Whether a run in logdir got as far as saving anything it trained."""
-    return (os.path.isfile(os.path.join(logdir, "results.json"))
-            or bool(glob.glob(os.path.join(_checkpoint_dir(logdir), "*"))))
+    return os.path.isfile(os.path.join(logdir, "results.json")) or bool(
+        glob.glob(os.path.join(_checkpoint_dir(logdir), "*"))
+    )
 
 
 def check(config: config_lib.Config, chief: bool = True) -> None:
@@ -70,12 +72,16 @@ def check(config: config_lib.Config, chief: bool = True) -> None:
         except (OSError, ValueError, TypeError, AttributeError):
             raise errors.Error(f"{saved_path} is unreadable; restore it, or pass a new --logdir.") from None
         if differences and holds_training(logdir):
-            raise errors.Error(f"--logdir={logdir} holds a different experiment ({'; '.join(differences)}). "
-                               f"Pass another --logdir, or rerun with that directory's flags: "
-                               f"--flagfile={os.path.join(logdir, 'flags.cfg')}.")
+            raise errors.Error(
+                f"--logdir={logdir} holds a different experiment ({'; '.join(differences)}). "
+                f"Pass another --logdir, or rerun with that directory's flags: "
+                f"--flagfile={os.path.join(logdir, 'flags.cfg')}."
+            )
     elif chief and os.path.isdir(logdir) and set(os.listdir(logdir)) - {claims.CLAIMS_DIR}:
-        raise errors.Error(f"--logdir={logdir} exists and is not a maxl_tf log directory (no config.json); "
-                           f"pass an empty or new --logdir.")
+        raise errors.Error(
+            f"--logdir={logdir} exists and is not a maxl_tf log directory (no config.json); "
+            f"pass an empty or new --logdir."
+        )
     check_checkpoint_index(_checkpoint_dir(logdir))
 
 
@@ -86,8 +92,9 @@ def create(config: config_lib.Config) -> None:
         write_atomically(os.path.join(config.logdir, "flags.cfg"), config.to_flagfile())
         write_atomically(os.path.join(config.logdir, "config.json"), config.to_json())
     except OSError as e:
-        raise errors.Error(f"--logdir={config.logdir} cannot be written ({e.strerror}); "
-                           f"pass a writable --logdir.") from None
+        raise errors.Error(
+            f"--logdir={config.logdir} cannot be written ({e.strerror}); pass a writable --logdir."
+        ) from None
 
 
 def check_checkpoint_index(directory: str) -> None:
@@ -100,13 +107,16 @@ def check_checkpoint_index(directory: str) -> None:
     if not os.path.exists(index) and not glob.glob(os.path.join(directory, "ckpt-*.index")):
         return
     import tensorflow as tf
+
     try:
         state = tf.train.get_checkpoint_state(directory)
     except Exception:  # a text-proto parse error
         state = None
     if state is None or not state.model_checkpoint_path:
-        raise errors.Error(f"checkpoint index {index} is missing or unreadable; restore it from a backup, "
-                           f"or delete {directory} to start over.")
+        raise errors.Error(
+            f"checkpoint index {index} is missing or unreadable; restore it from a backup, "
+            f"or delete {directory} to start over."
+        )
 
 
 def checkpoint_manager(checkpoint, logdir: str, worker: int | None = None):
@@ -114,6 +124,7 @@ def checkpoint_manager(checkpoint, logdir: str, worker: int | None = None):
     the chief, into logdir/workers/worker<i> (a multi-worker save is collective; only the chief's
     copy is the run's, and every worker resumes from it)."""
     import tensorflow as tf
+
     directory = _checkpoint_dir(logdir) if worker is None else os.path.join(logdir, "workers", f"worker{worker}")
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
 
@@ -125,6 +136,7 @@ def restore(checkpoint, logdir: str) -> bool:
       errors.Error: the checkpoint is damaged (nothing is deleted: the message says what to delete).
     """
     import tensorflow as tf
+
     directory = _checkpoint_dir(logdir)
     path = tf.train.latest_checkpoint(directory)
     if path is None:
@@ -132,18 +144,26 @@ def restore(checkpoint, logdir: str) -> bool:
     try:
         checkpoint.restore(path).assert_existing_objects_matched()
     except Exception as e:  # the reader raises OpError, IndexError, ValueError... for damaged files
-        raise errors.Error(f"checkpoint {path} is unreadable ({errors.first_line(e, 200)}). Delete {path}.* to "
-                           f"resume from an earlier checkpoint, or {directory} to start over.") from None
+        raise errors.Error(
+            f"checkpoint {path} is unreadable ({errors.first_line(e, 200)}). Delete {path}.* to "
+            f"resume from an earlier checkpoint, or {directory} to start over."
+        ) from None
     return True
 
 
-def results_summary(config: config_lib.Config, history: list, source: str,
-                    aux_label_info: dict | None = None) -> dict:
+def results_summary(config: config_lib.Config, history: list, source: str, aux_label_info: dict | None = None) -> dict:
     """The content of results.json: the config, the per-epoch history and the paper's metric."""
     last = [record["test/acc"] for record in history[-LAST_EPOCHS_AVERAGED:]]
-    summary = {"name": config.name, "config": dataclasses.asdict(config), "psi": list(config.psi),
-               "data": source, "epochs_completed": len(history), "complete": len(history) >= config.epochs,
-               "test_accuracy": float(np.mean(last)) if last else None, "history": history}
+    summary = {
+        "name": config.name,
+        "config": dataclasses.asdict(config),
+        "psi": list(config.psi),
+        "data": source,
+        "epochs_completed": len(history),
+        "complete": len(history) >= config.epochs,
+        "test_accuracy": float(np.mean(last)) if last else None,
+        "history": history,
+    }
     if aux_label_info:
         summary["aux_labels"] = aux_label_info
     return summary
@@ -203,8 +223,10 @@ def read_config(logdir: str, data_dir: str | None = None) -> config_lib.Config:
     """
     path = os.path.join(logdir, "config.json")
     if not os.path.isfile(path):
-        raise errors.Error(f"{logdir} is not a maxl_tf run directory (no config.json); pass the --logdir "
-                           f"of a run that main.py trained, e.g. runs/<name>.")
+        raise errors.Error(
+            f"{logdir} is not a maxl_tf run directory (no config.json); pass the --logdir "
+            f"of a run that main.py trained, e.g. runs/<name>."
+        )
     try:
         with open(path) as f:
             config = config_lib.Config.from_saved(json.load(f))
@@ -225,11 +247,14 @@ def load_run(logdir: str, data_dir: str | None = None):
     """
     from maxl_tf import inputs  # TensorFlow and the models: only for this, not for reading results
     from maxl_tf import state as state_lib
+
     config = read_config(logdir, data_dir)
     check_checkpoint_index(_checkpoint_dir(logdir))
     if not glob.glob(os.path.join(_checkpoint_dir(logdir), "ckpt-*.index")):
-        raise errors.Error(f"{logdir} has no checkpoint yet; train the run for at least one epoch "
-                           f"(python main.py --flagfile={os.path.join(logdir, 'flags.cfg')}).")
+        raise errors.Error(
+            f"{logdir} has no checkpoint yet; train the run for at least one epoch "
+            f"(python main.py --flagfile={os.path.join(logdir, 'flags.cfg')})."
+        )
     run_data = inputs.prepare(config)
     state = state_lib.TrainState(config, run_data.input_shape)
     restore(state.checkpoint(), logdir)

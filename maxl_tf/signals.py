@@ -1,4 +1,5 @@
 """Ctrl-C and SIGTERM as requests to stop at the next step boundary, after a checkpoint."""
+
 import signal
 
 

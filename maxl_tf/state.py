@@ -5,6 +5,7 @@ Everything the results depend on lives here, so a run restored from its checkpoi
 continues exactly as an uninterrupted one would (the batches themselves are a function of
 (seed, epoch, step): data.py).
 """
+
 import json
 
 import keras
@@ -34,11 +35,13 @@ class EpochSums(tf.Module):
         """Adds one step's metrics; counted=False (a tensor allowed) adds the step to no mean."""
         indices = tf.constant([[self._index[name]] for name in values])
         counted = tf.cast(counted, tf.bool)
-        added = tf.stack([tf.where(counted, tf.cast(v, tf.float64), tf.constant(0.0, tf.float64))
-                          for v in values.values()])
+        added = tf.stack(
+            [tf.where(counted, tf.cast(v, tf.float64), tf.constant(0.0, tf.float64)) for v in values.values()]
+        )
         self.totals.assign_add(tf.scatter_nd(indices, added, [len(self.names)]))
-        self.counts.assign_add(tf.scatter_nd(indices, tf.fill([len(values)], tf.cast(counted, tf.float64)),
-                                             [len(self.names)]))
+        self.counts.assign_add(
+            tf.scatter_nd(indices, tf.fill([len(values)], tf.cast(counted, tf.float64)), [len(self.names)])
+        )
 
     def means(self) -> dict:
         """{name: mean over the steps that counted it}, for every metric counted at least once."""
@@ -63,17 +66,23 @@ def _optimizer(learning_rate: float, precision: str, model: keras.Model):
 
 
 # The step metrics of an epoch, as the steps name them (steps.py) and results.json logs them.
-EVALUATOR_METRICS = ("train/pri_loss", "train/pri_acc", "train/aux_loss", "train/aux_acc",
-                     "train/grad_norm_evaluator")
-GENERATOR_METRICS = ("meta/loss", "meta/loss_before", "meta/loss_after", "meta/entropy",
-                     "meta/grad_norm_generator", "meta/skipped_steps")
+EVALUATOR_METRICS = ("train/pri_loss", "train/pri_acc", "train/aux_loss", "train/aux_acc", "train/grad_norm_evaluator")
+GENERATOR_METRICS = (
+    "meta/loss",
+    "meta/loss_before",
+    "meta/loss_after",
+    "meta/entropy",
+    "meta/grad_norm_generator",
+    "meta/skipped_steps",
+)
 
 
 class TrainState:
     """Everything a checkpoint restores."""
 
-    def __init__(self, config: config_lib.Config, input_shape, strategy: tf.distribute.Strategy = None,
-                 num_labelled: int = 0):
+    def __init__(
+        self, config: config_lib.Config, input_shape, strategy: tf.distribute.Strategy = None, num_labelled: int = 0
+    ):
         """Builds the networks of a validated config (its psi resolved). Variables are mirrored on
         the strategy's replicas (default: this device), and batch norm synchronised across them
         when there are several. With a generator and num_labelled > 0 it also holds the generator's
@@ -83,25 +92,28 @@ class TrainState:
         synchronized_bn = strategy.num_replicas_in_sync > 1
         aux = sum(config.psi) if config.method != "single" else 0
         with strategy.scope():
-            self.evaluator = models.build_evaluator(input_shape, config.pri, aux, config.model, config.width,
-                                                    config.precision, synchronized_bn)
+            self.evaluator = models.build_evaluator(
+                input_shape, config.pri, aux, config.model, config.width, config.precision, synchronized_bn
+            )
             self.evaluator_optimizer = _optimizer(config.lr, config.precision, self.evaluator)
             self.generator = self.generator_optimizer = self.lookahead_model = None
             if config.method == "maxl":
-                self.generator = models.build_generator(input_shape, aux, config.model, config.width,
-                                                        config.precision, synchronized_bn)
+                self.generator = models.build_generator(
+                    input_shape, aux, config.model, config.width, config.precision, synchronized_bn
+                )
                 self.generator_optimizer = _optimizer(config.generator_lr, config.precision, self.generator)
                 # The lookahead runs in float32 (meta.py says why); this twin holds no state of
                 # its own: it is called with the evaluator's weights.
                 self.lookahead_model = self.evaluator
                 if config.precision != "float32":
                     self.lookahead_model = models.build_evaluator(
-                        input_shape, config.pri, aux, config.model, config.width, "float32", synchronized_bn)
-            self.epoch = tf.Variable(0, dtype=tf.int64)           # completed epochs
-            self.step_in_epoch = tf.Variable(0, dtype=tf.int64)   # completed steps of the current epoch
+                        input_shape, config.pri, aux, config.model, config.width, "float32", synchronized_bn
+                    )
+            self.epoch = tf.Variable(0, dtype=tf.int64)  # completed epochs
+            self.step_in_epoch = tf.Variable(0, dtype=tf.int64)  # completed steps of the current epoch
             self.global_step = tf.Variable(0, dtype=tf.int64)
             self.sums = EpochSums(EVALUATOR_METRICS + GENERATOR_METRICS, aux)
-            self.nonfinite_step = tf.Variable(-1, dtype=tf.int64)   # first step with a non-finite loss
+            self.nonfinite_step = tf.Variable(-1, dtype=tf.int64)  # first step with a non-finite loss
             self.first_labels = self.previous_labels = None
             if self.generator is not None and num_labelled:
                 # -1: no labelling pass yet.
@@ -111,9 +123,15 @@ class TrainState:
         self.history_json = tf.Variable("[]")
 
     def checkpoint(self) -> tf.train.Checkpoint:
-        parts = dict(evaluator=self.evaluator, evaluator_optimizer=self.evaluator_optimizer,
-                     epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
-                     sums=self.sums, history=self.history_json)
+        parts = dict(
+            evaluator=self.evaluator,
+            evaluator_optimizer=self.evaluator_optimizer,
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            global_step=self.global_step,
+            sums=self.sums,
+            history=self.history_json,
+        )
         if self.generator is not None:
             parts.update(generator=self.generator, generator_optimizer=self.generator_optimizer)
         if self.first_labels is not None:

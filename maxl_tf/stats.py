@@ -8,6 +8,7 @@ found twice (copied, or rerun in another folder) would otherwise add a pair with
 
 numpy and scipy only, so the report can use it without TensorFlow.
 """
+
 from collections.abc import Mapping
 from collections.abc import Sequence
 import dataclasses
@@ -33,6 +34,7 @@ class Comparison:
         len(seeds) - 1 degrees of freedom); None for a single pair, which has no spread.
       wins: seeds where A is more accurate; ties: seeds where they are equal (TIE_TOLERANCE).
     """
+
     seeds: tuple
     differences: tuple
     mean: float
@@ -71,8 +73,14 @@ def paired(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Comparison
         half_width = quantile * differences.std(ddof=1) / np.sqrt(n)
         interval = (mean - half_width, mean + half_width)
     tied = np.abs(differences) <= TIE_TOLERANCE
-    return Comparison(seeds=seeds, differences=tuple(differences.tolist()), mean=mean, interval=interval,
-                      wins=int(np.sum(~tied & (differences > 0))), ties=int(np.sum(tied)))
+    return Comparison(
+        seeds=seeds,
+        differences=tuple(differences.tolist()),
+        mean=mean,
+        interval=interval,
+        wins=int(np.sum(~tied & (differences > 0))),
+        ties=int(np.sum(tied)),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,7 @@ class Arm:
         (single-task's --aux, a baseline's generator settings) are absent.
       accuracies: seed -> test accuracy, one run per seed (see unique_by_seed).
     """
+
     method: str
     setting: Mapping
     accuracies: Mapping
@@ -93,6 +102,7 @@ class Arm:
 @dataclasses.dataclass(frozen=True)
 class Row:
     """`arm` against `baseline` in the same setting."""
+
     arm: Arm
     baseline: Arm
     comparison: Comparison
@@ -142,6 +152,7 @@ class Duplicate:
       same_accuracy: whether all of them have the same test accuracy (a deterministic rerun); if
         not, the runs were not deterministic or not run by the same code.
     """
+
     seed: int
     kept: str
     dropped: tuple
@@ -164,6 +175,7 @@ def unique_by_seed(seeds: Sequence[int], names: Sequence[str], accuracies: Seque
     for seed, runs in sorted(by_seed.items()):
         if len(runs) > 1:
             spread = np.ptp([accuracies[i] for i in runs])
-            duplicates.append(Duplicate(seed, names[runs[0]], tuple(names[i] for i in runs[1:]),
-                                        bool(spread <= TIE_TOLERANCE)))
+            duplicates.append(
+                Duplicate(seed, names[runs[0]], tuple(names[i] for i in runs[1:]), bool(spread <= TIE_TOLERANCE))
+            )
     return sorted(runs[0] for runs in by_seed.values()), duplicates

@@ -3,6 +3,7 @@
 They run eagerly (tests) or inside tf.function (train.py wraps them). Each returns its metrics
 under the names they are logged by (train/..., meta/...); none of them reads flags or global state.
 """
+
 import dataclasses
 
 import keras
@@ -32,6 +33,7 @@ class Task:
       hypergradient: one of config.HYPERGRADIENTS, the meta step's gradient (meta.py).
       neumann_terms: Neumann-series terms of the implicit hypergradient.
     """
+
     method: str
     num_pri: int
     num_aux: int
@@ -45,11 +47,17 @@ class Task:
     @classmethod
     def from_config(cls, config: config_lib.Config) -> "Task":
         """The task of a validated config (its psi resolved)."""
-        return cls(method=config.method, num_pri=config.pri, num_aux=sum(config.psi),
-                   mask_table=tf.constant(hierarchy.psi_mask(config.psi)), gamma=config.gamma,
-                   entropy_weight=config.entropy_weight,
-                   generator_labels_training=config.generator_labels_bn == "training",
-                   hypergradient=config.hypergradient, neumann_terms=config.neumann_terms)
+        return cls(
+            method=config.method,
+            num_pri=config.pri,
+            num_aux=sum(config.psi),
+            mask_table=tf.constant(hierarchy.psi_mask(config.psi)),
+            gamma=config.gamma,
+            entropy_weight=config.entropy_weight,
+            generator_labels_training=config.generator_labels_bn == "training",
+            hypergradient=config.hypergradient,
+            neumann_terms=config.neumann_terms,
+        )
 
 
 def _global_norm(grads):
@@ -87,18 +95,23 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
       assigned: [batch] argmax of the auxiliary targets, for label-usage statistics (None for
       single-task).
     """
-    targets = labels_lib.auxiliary_targets(task.method, batch, task.num_aux, generator, task.mask_table,
-                                           task.generator_labels_training)
+    targets = labels_lib.auxiliary_targets(
+        task.method, batch, task.num_aux, generator, task.mask_table, task.generator_labels_training
+    )
     with tf.GradientTape() as tape:
         pri_loss, aux_loss, pri_logits, aux_logits = _multitask_losses(
-            evaluator(batch["images"], training=True), batch["labels"], targets, task)
+            evaluator(batch["images"], training=True), batch["labels"], targets, task
+        )
         loss = pri_loss + aux_loss
         scaled_loss = optimizer.scale_loss(distribute.replica_share(loss))
     grads = tape.gradient(scaled_loss, evaluator.trainable_variables)
-    grad_norm = _replica_grad_norm(grads, _loss_scale(optimizer))   # before apply moves a float16 scale
+    grad_norm = _replica_grad_norm(grads, _loss_scale(optimizer))  # before apply moves a float16 scale
     optimizer.apply(grads, evaluator.trainable_variables)
-    metrics = {"train/pri_loss": pri_loss, "train/pri_acc": losses.accuracy(pri_logits, batch["labels"]),
-               "train/grad_norm_evaluator": grad_norm}
+    metrics = {
+        "train/pri_loss": pri_loss,
+        "train/pri_acc": losses.accuracy(pri_logits, batch["labels"]),
+        "train/grad_norm_evaluator": grad_norm,
+    }
     if targets is None:
         return metrics, None
     assigned = tf.argmax(targets, axis=-1, output_type=tf.int64)
@@ -106,9 +119,18 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
     return metrics, assigned
 
 
-def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
-                   weight_decay: float = 5e-4, weight_decay_type: str = "l1", lookahead_model=None,
-                   train_batch=None):
+def generator_step(
+    generator,
+    optimizer,
+    evaluator,
+    batch,
+    task: Task,
+    inner_lr,
+    weight_decay: float = 5e-4,
+    weight_decay_type: str = "l1",
+    lookahead_model=None,
+    train_batch=None,
+):
     """One SGD step of the generator on the meta objective (paper Eq. 3), by task.hypergradient.
 
     Weight decay is added to the gradient: L1 (paper: wd * sign(w)) or L2 (authors' code: wd * w),
@@ -127,29 +149,49 @@ def generator_step(generator, optimizer, evaluator, batch, task: Task, inner_lr,
     """
     loss_scale = _loss_scale(optimizer)
     scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    options = dict(gamma=task.gamma, entropy_weight=task.entropy_weight,
-                   loss_scale=loss_scale if scaling else None, lookahead_model=lookahead_model)
+    options = dict(
+        gamma=task.gamma,
+        entropy_weight=task.entropy_weight,
+        loss_scale=loss_scale if scaling else None,
+        lookahead_model=lookahead_model,
+    )
     if task.hypergradient == "implicit":
         if train_batch is None:
             raise ValueError("the implicit hypergradient needs the training batch the evaluator stepped on")
         grads, stats = meta.implicit_meta_gradient(
-            evaluator, generator, train_batch["images"], train_batch["labels"], batch["images"], batch["labels"],
-            task.mask_table, inner_lr, neumann_terms=task.neumann_terms, **options)
+            evaluator,
+            generator,
+            train_batch["images"],
+            train_batch["labels"],
+            batch["images"],
+            batch["labels"],
+            task.mask_table,
+            inner_lr,
+            neumann_terms=task.neumann_terms,
+            **options,
+        )
     else:
-        hypergradient = {"second_order": meta.second_order_meta_gradient,
-                         "first_order": meta.first_order_meta_gradient}[task.hypergradient]
-        grads, stats = hypergradient(evaluator, generator, batch["images"], batch["labels"], task.mask_table,
-                                     inner_lr, **options)
+        hypergradient = {
+            "second_order": meta.second_order_meta_gradient,
+            "first_order": meta.first_order_meta_gradient,
+        }[task.hypergradient]
+        grads, stats = hypergradient(
+            evaluator, generator, batch["images"], batch["labels"], task.mask_table, inner_lr, **options
+        )
     grad_norm = _replica_grad_norm(grads, loss_scale)
     if weight_decay:
         decay = tf.sign if weight_decay_type == "l1" else tf.identity
         share = weight_decay * loss_scale / distribute.num_replicas()
         grads = [g + tf.cast(share, v.dtype) * decay(v) for g, v in zip(grads, generator.trainable_variables)]
     optimizer.apply(grads, generator.trainable_variables)
-    metrics = {"meta/loss": stats["meta_loss"], "meta/loss_before": stats["loss_before"],
-               "meta/loss_after": stats["loss_after"], "meta/entropy": stats["entropy"],
-               "meta/grad_norm_generator": grad_norm}
-    if scaling:   # what LossScaleOptimizer checks element by element, read off the norm
+    metrics = {
+        "meta/loss": stats["meta_loss"],
+        "meta/loss_before": stats["loss_before"],
+        "meta/loss_after": stats["loss_after"],
+        "meta/entropy": stats["entropy"],
+        "meta/grad_norm_generator": grad_norm,
+    }
+    if scaling:  # what LossScaleOptimizer checks element by element, read off the norm
         metrics["meta/skipped_steps"] = 1.0 - tf.cast(tf.math.is_finite(grad_norm), tf.float32)
     return metrics
 
@@ -163,8 +205,11 @@ def evaluation_step(evaluator, batch, task: Task):
     pri_logits, _ = models.evaluator_outputs(evaluator(batch["images"], training=False))
     per_example = losses.focal_loss(pri_logits, tf.one_hot(batch["labels"], task.num_pri), task.gamma)
     count = tf.cast(tf.shape(batch["labels"])[0], tf.float32)
-    return {"loss_sum": per_example * count,
-            "correct": losses.accuracy(pri_logits, batch["labels"]) * count, "count": count}
+    return {
+        "loss_sum": per_example * count,
+        "correct": losses.accuracy(pri_logits, batch["labels"]) * count,
+        "count": count,
+    }
 
 
 def trunk_gradient_cosine(evaluator, generator, batch, task: Task):
@@ -175,8 +220,15 @@ def trunk_gradient_cosine(evaluator, generator, batch, task: Task):
     stateless_call, so the evaluator's moving statistics are untouched; the generator's labels are
     those of --generator_labels_bn, and its statistics are untouched too.
     """
-    targets = labels_lib.auxiliary_targets(task.method, batch, task.num_aux, generator, task.mask_table,
-                                           task.generator_labels_training, update_statistics=False)
+    targets = labels_lib.auxiliary_targets(
+        task.method,
+        batch,
+        task.num_aux,
+        generator,
+        task.mask_table,
+        task.generator_labels_training,
+        update_statistics=False,
+    )
     if targets is None:
         return tf.constant(0.0)
     weights = [v.value for v in evaluator.trainable_variables]

@@ -7,6 +7,7 @@ fields; only --method was already a comma list. Each run of a sweep gets the log
 several workers started with the same command share its runs (claims.py). No TensorFlow here: a
 sweep's flags are all checked before it starts.
 """
+
 import dataclasses
 import itertools
 import os
@@ -16,9 +17,17 @@ from maxl_tf import config as config_lib
 from maxl_tf import errors
 from maxl_tf import rundir
 
-GENERATOR_FIELDS = ("entropy_weight", "generator_lr", "generator_weight_decay",
-                    "generator_weight_decay_type", "schedule", "generator_labels_bn", "hypergradient",
-                    "neumann_terms", "meta_every")
+GENERATOR_FIELDS = (
+    "entropy_weight",
+    "generator_lr",
+    "generator_weight_decay",
+    "generator_weight_decay_type",
+    "schedule",
+    "generator_labels_bn",
+    "hypergradient",
+    "neumann_terms",
+    "meta_every",
+)
 
 
 def ignored_fields(method: str) -> frozenset:
@@ -50,8 +59,10 @@ def _split(flag: str, text: str, convert) -> tuple:
     try:
         return tuple(convert(item.strip()) for item in text.split(",") if item.strip())
     except ValueError:
-        raise errors.Error(f"--{flag}={text}: must be a comma-separated list, e.g. "
-                           f"{'--seeds=0,1,2' if convert is int else '--entropy_weights=0.2,0'}.") from None
+        raise errors.Error(
+            f"--{flag}={text}: must be a comma-separated list, e.g. "
+            f"{'--seeds=0,1,2' if convert is int else '--entropy_weights=0.2,0'}."
+        ) from None
 
 
 def parse_seeds(text: str) -> tuple:
@@ -64,9 +75,11 @@ def parse_entropy_weights(text: str) -> tuple:
 
 def parse_pairs(text: str) -> tuple:
     """'3:10,3:20' -> ((3, 10), (3, 20)): principal and auxiliary class numbers."""
+
     def pair(item):
         pri, aux = item.split(":")
         return int(pri), int(aux)
+
     try:
         return _split("pairs", text, pair)
     except errors.Error:
@@ -88,8 +101,7 @@ def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=()) -> l
     points = list(itertools.product(seeds, pairs, entropy_weights, methods))
     configs, seen = [], set()
     for seed, (pri, aux), entropy_weight, method in points:
-        config = dataclasses.replace(base, seed=seed, pri=pri, aux=aux, entropy_weight=entropy_weight,
-                                     method=method)
+        config = dataclasses.replace(base, seed=seed, pri=pri, aux=aux, entropy_weight=entropy_weight, method=method)
         key = experiment_key(config)
         if key in seen:
             continue
@@ -98,7 +110,6 @@ def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=()) -> l
             config = dataclasses.replace(config, logdir=os.path.join(base.logdir or "runs", config.name))
         configs.append(config)
     return configs
-
 
 
 def run(configs: list, train_and_evaluate, worker=None) -> list:
@@ -139,8 +150,10 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
         start = time.perf_counter()
         outcome = "done (resumed)" if rundir.holds_training(config.logdir) else "done"
         if claim is not None and claim.previous is not None:
-            print(f"{config.name}: taking over from worker {claim.previous.get('worker', '?')}, whose "
-                  f"heartbeat stopped", flush=True)
+            print(
+                f"{config.name}: taking over from worker {claim.previous.get('worker', '?')}, whose heartbeat stopped",
+                flush=True,
+            )
         try:
             results_of[config.logdir] = train_and_evaluate(config, claim=claim)
         except errors.ClaimLost as e:
@@ -154,7 +167,7 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
         report(config, outcome, results_of[config.logdir], start)
         return True
 
-    waiting = []   # runs another worker held at their turn
+    waiting = []  # runs another worker held at their turn
     for config in configs:
         start = time.perf_counter()
         try:
@@ -163,7 +176,7 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
                 results_of[config.logdir] = results
                 report(config, "skipped (complete)", results, start)
                 continue
-            rundir.check(config)   # before claiming: nothing is written into a directory it refuses
+            rundir.check(config)  # before claiming: nothing is written into a directory it refuses
             claim = worker.claim(config.logdir) if worker else None
         except errors.Error as e:
             raise failed(config, e) from None
@@ -179,8 +192,11 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
     # Until the other workers finish their runs, or one of them stops and its run is taken over.
     unfinished = [logdir for logdir in waiting if not complete(logdir)]
     if unfinished:
-        print(f"waiting for {len(unfinished)} runs held by other workers; a run whose worker sends no "
-              f"heartbeat for {worker.heartbeat_timeout:g} s is taken over", flush=True)
+        print(
+            f"waiting for {len(unfinished)} runs held by other workers; a run whose worker sends no "
+            f"heartbeat for {worker.heartbeat_timeout:g} s is taken over",
+            flush=True,
+        )
         while (claim := worker.wait_for_run(unfinished, complete)) is not None:
             attempt(by_logdir[claim.run_dir], claim)
     for logdir in waiting:

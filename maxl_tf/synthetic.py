@@ -6,6 +6,7 @@ without the data; the accuracies they give mean nothing.
     python -m maxl_tf.synthetic --dataset=cifar100 --out=/tmp/synthetic_cifar
     python main.py --flagfile=flags/cifar100.cfg --data_dir=/tmp/synthetic_cifar ...
 """
+
 import io
 import os
 import pickle

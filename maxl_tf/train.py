@@ -7,6 +7,7 @@ epoch of generator steps (the authors' code). Everything the results depend on
 lives in the checkpoint (state.py) and every batch is a function of (seed, epoch, step)
 (data.py), so a run stopped at any step and resumed equals an uninterrupted one.
 """
+
 import dataclasses
 import functools
 import json
@@ -32,8 +33,10 @@ from maxl_tf import steps
 # Written once a run is complete: its rundir.metric_name, which the HParams dashboard compares.
 FINAL_METRIC = "results/test_accuracy"
 
-def make_iteration(config: config_lib.Config, state: state_lib.TrainState, task: steps.Task,
-                   strategy: tf.distribute.Strategy):
+
+def make_iteration(
+    config: config_lib.Config, state: state_lib.TrainState, task: steps.Task, strategy: tf.distribute.Strategy
+):
     """The compiled iteration(train_batch, meta_batch): an evaluator step, a generator step, or
     both (either batch may be None: tf.function traces one graph per combination). It adds the
     steps' metrics to the epoch's sums and records the first step whose loss is not finite.
@@ -45,15 +48,26 @@ def make_iteration(config: config_lib.Config, state: state_lib.TrainState, task:
     def replica_iteration(train_batch, meta_batch, train_evaluator):
         metrics, usage = {}, tf.zeros([task.num_aux], tf.int64)
         if train_batch is not None and train_evaluator:
-            metrics, assigned = steps.evaluator_step(state.evaluator, state.evaluator_optimizer, state.generator,
-                                                     train_batch, task)
-            if assigned is not None:   # counts per class: one_hot, as XLA cannot compile bincount
+            metrics, assigned = steps.evaluator_step(
+                state.evaluator, state.evaluator_optimizer, state.generator, train_batch, task
+            )
+            if assigned is not None:  # counts per class: one_hot, as XLA cannot compile bincount
                 usage = tf.reduce_sum(tf.one_hot(assigned, task.num_aux, dtype=tf.int64), axis=0)
         if meta_batch is not None:
-            metrics.update(steps.generator_step(
-                state.generator, state.generator_optimizer, state.evaluator, meta_batch, task,
-                state.evaluator_optimizer.learning_rate, config.generator_weight_decay,
-                config.generator_weight_decay_type, state.lookahead_model, train_batch))
+            metrics.update(
+                steps.generator_step(
+                    state.generator,
+                    state.generator_optimizer,
+                    state.evaluator,
+                    meta_batch,
+                    task,
+                    state.evaluator_optimizer.learning_rate,
+                    config.generator_weight_decay,
+                    config.generator_weight_decay_type,
+                    state.lookahead_model,
+                    train_batch,
+                )
+            )
         return metrics, usage
 
     if config.jit:
@@ -69,8 +83,9 @@ def make_iteration(config: config_lib.Config, state: state_lib.TrainState, task:
         finite = tf.constant(True)
         if train_batch is not None and train_evaluator:
             evaluator_metrics = {k: v for k, v in metrics.items() if k.startswith("train/")}
-            finite &= tf.math.is_finite(tf.add_n([metrics[k] for k in ("train/pri_loss", "train/aux_loss")
-                                                  if k in metrics]))
+            finite &= tf.math.is_finite(
+                tf.add_n([metrics[k] for k in ("train/pri_loss", "train/aux_loss") if k in metrics])
+            )
             state.sums.add(evaluator_metrics)
             if task.method != "single":
                 state.sums.label_usage.assign_add(strategy.reduce(tf.distribute.ReduceOp.SUM, usage, axis=None))
@@ -88,9 +103,13 @@ def make_iteration(config: config_lib.Config, state: state_lib.TrainState, task:
                 finite &= tf.math.is_finite(metrics["meta/loss"])
             state.sums.add(generator_metrics, counted)
         state.global_step.assign_add(1)
-        state.nonfinite_step.assign(tf.where(
-            tf.logical_and(tf.logical_not(finite), state.nonfinite_step < 0),
-            state.global_step, state.nonfinite_step))
+        state.nonfinite_step.assign(
+            tf.where(
+                tf.logical_and(tf.logical_not(finite), state.nonfinite_step < 0),
+                state.global_step,
+                state.nonfinite_step,
+            )
+        )
 
     return iteration
 
@@ -98,21 +117,22 @@ def make_iteration(config: config_lib.Config, state: state_lib.TrainState, task:
 @dataclasses.dataclass
 class Loop:
     """What every epoch of one run shares: its inputs, state, compiled functions and outputs."""
+
     config: config_lib.Config
     data: inputs.RunData
     state: state_lib.TrainState
     strategy: tf.distribute.Strategy
     task: steps.Task
-    iteration: object        # make_iteration's compiled function
-    evaluate_batch: object   # compiled steps.evaluation_step
-    trunk_cosine: object     # compiled steps.trunk_gradient_cosine on probe_batch
-    any_worker: object       # compiled vote: whether any worker's flag is set
-    label_batch: object      # compiled labels.hard_generated_labels of a batch (maxl)
-    probe_batch: dict        # the first training examples, unaugmented: the diagnostics' fixed batch
+    iteration: object  # make_iteration's compiled function
+    evaluate_batch: object  # compiled steps.evaluation_step
+    trunk_cosine: object  # compiled steps.trunk_gradient_cosine on probe_batch
+    any_worker: object  # compiled vote: whether any worker's flag is set
+    label_batch: object  # compiled labels.hard_generated_labels of a batch (maxl)
+    probe_batch: dict  # the first training examples, unaugmented: the diagnostics' fixed batch
     checkpoints: tf.train.CheckpointManager
-    writer: object           # TensorBoard summary writer (a no-op writer on non-chief workers)
+    writer: object  # TensorBoard summary writer (a no-op writer on non-chief workers)
     chief: bool
-    claim: object = None     # claims.Claim of a sweep's worker: it stops without writing once lost
+    claim: object = None  # claims.Claim of a sweep's worker: it stops without writing once lost
 
     @property
     def uses_generator(self) -> bool:
@@ -153,7 +173,7 @@ def epoch_batches(loop: Loop, epoch: int, first_step: int):
 
     def stream(indices, steps_in_stream, stream_id, first, kept_steps=None):
         order = data_lib.epoch_order(indices, steps_in_stream * batch, config.seed, epoch, stream_id)
-        if kept_steps is not None:   # only these steps' batches, in order
+        if kept_steps is not None:  # only these steps' batches, in order
             order = order.reshape(steps_in_stream, batch)[kept_steps].reshape(-1)
         augment_seed = (config.seed, epoch, stream_id) if config.augment else None
         return loop.data.train.batches(order, batch, augment_seed=augment_seed, first_step=first)
@@ -175,9 +195,17 @@ def epoch_batches(loop: Loop, epoch: int, first_step: int):
         # epoch draws the same.
         follows = functools.partial(generator_step_follows, config.meta_every, loop.train_steps, epoch)
         meta_steps = [s for s in range(loop.train_steps) if follows(s)]
-        meta_batches = iter(distributed(stream(
-            loop.data.meta_indices, loop.meta_steps, data_lib.META_STREAM,
-            first=sum(s < first_step for s in meta_steps), kept_steps=meta_steps)))
+        meta_batches = iter(
+            distributed(
+                stream(
+                    loop.data.meta_indices,
+                    loop.meta_steps,
+                    data_lib.META_STREAM,
+                    first=sum(s < first_step for s in meta_steps),
+                    kept_steps=meta_steps,
+                )
+            )
+        )
         for step, train_batch in enumerate(distributed(train_stream(first_step)), first_step):
             yield train_batch, next(meta_batches) if follows(step) else None
     else:  # alternating: the evaluator's epoch, then the generator's
@@ -211,8 +239,10 @@ def check_claim(loop: Loop, verify: bool = False) -> None:
     if loop.claim is None:
         return
     if loop.claim.lost or (verify and not loop.claim.verify()):
-        raise errors.ClaimLost(f"{loop.config.logdir}: another worker took this run over (no heartbeat from "
-                               f"this one for --heartbeat_timeout); it goes on there, nothing more is written here.")
+        raise errors.ClaimLost(
+            f"{loop.config.logdir}: another worker took this run over (no heartbeat from "
+            f"this one for --heartbeat_timeout); it goes on there, nothing more is written here."
+        )
 
 
 def check_finite(loop: Loop, epoch: int) -> None:
@@ -220,7 +250,8 @@ def check_finite(loop: Loop, epoch: int) -> None:
     if step >= 0:
         raise errors.NonFiniteLoss(
             f"non-finite loss at step {step} (epoch {epoch + 1}); nothing was saved after it, the "
-            f"last checkpoint is intact. Lower --lr or --generator_lr, or use --loss=ce.")
+            f"last checkpoint is intact. Lower --lr or --generator_lr, or use --loss=ce."
+        )
 
 
 def generator_hard_labels(loop: Loop) -> np.ndarray:
@@ -238,8 +269,10 @@ def label_changes(loop: Loop) -> dict:
     labels = generator_hard_labels(loop)
     if int(state.first_labels[0].numpy()) < 0:
         state.first_labels.assign(labels)
-    changes = {"labels/changed_since_previous": float(np.mean(labels != state.previous_labels.numpy())),
-               "labels/changed_since_first": float(np.mean(labels != state.first_labels.numpy()))}
+    changes = {
+        "labels/changed_since_previous": float(np.mean(labels != state.previous_labels.numpy())),
+        "labels/changed_since_first": float(np.mean(labels != state.first_labels.numpy())),
+    }
     state.previous_labels.assign(labels)
     return changes
 
@@ -266,8 +299,9 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
     if loop.uses_generator:
         state.generator_optimizer.learning_rate.assign(generator_lr)
     first_step = int(state.step_in_epoch.numpy())
-    bar = keras.utils.Progbar(loop.steps_per_epoch, verbose=1 if progress else 0,
-                              stateful_metrics=["pri_loss", "pri_acc", "meta_loss"])
+    bar = keras.utils.Progbar(
+        loop.steps_per_epoch, verbose=1 if progress else 0, stateful_metrics=["pri_loss", "pri_acc", "meta_loss"]
+    )
     start, images = time.perf_counter(), 0
     for step, (train_batch, meta_batch) in enumerate(epoch_batches(loop, epoch, first_step), first_step):
         loop.iteration(train_batch, meta_batch)
@@ -277,14 +311,23 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
         if (step + 1) % config.log_every == 0 or step + 1 == loop.steps_per_epoch:
             check_finite(loop, epoch)
             means = state.sums.means()
-            bar.update(step + 1, [(name.split("/")[1], means[name]) for name in
-                                  ("train/pri_loss", "train/pri_acc", "meta/loss") if name in means])
+            bar.update(
+                step + 1,
+                [
+                    (name.split("/")[1], means[name])
+                    for name in ("train/pri_loss", "train/pri_acc", "meta/loss")
+                    if name in means
+                ],
+            )
         if stop_agreed(loop, stop, vote=(step + 1) % config.log_every == 0):
             check_finite(loop, epoch)
             check_claim(loop, verify=True)
             loop.checkpoints.save(checkpoint_number=int(state.global_step.numpy()))
-            raise errors.Interrupted(f"{stop.reason} at epoch {epoch + 1} step {step + 1}; checkpoint saved in "
-                                     f"{config.logdir}. Rerun the same command to resume.", stop.exit_signal)
+            raise errors.Interrupted(
+                f"{stop.reason} at epoch {epoch + 1} step {step + 1}; checkpoint saved in "
+                f"{config.logdir}. Rerun the same command to resume.",
+                stop.exit_signal,
+            )
     check_finite(loop, epoch)
     seconds = time.perf_counter() - start
 
@@ -310,12 +353,18 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
     check_claim(loop, verify=True)
     loop.checkpoints.save(checkpoint_number=int(state.global_step.numpy()))
     write_summaries(loop.writer, record)
-    if loop.chief and epoch + 1 == config.epochs:   # before results.json says the run is complete
-        exports.write(config.logdir, state.evaluator, state.generator, config.psi if config.method != "single" else (),
-                      loop.data.input_shape, loop.data.class_names)
+    if loop.chief and epoch + 1 == config.epochs:  # before results.json says the run is complete
+        exports.write(
+            config.logdir,
+            state.evaluator,
+            state.generator,
+            config.psi if config.method != "single" else (),
+            loop.data.input_shape,
+            loop.data.class_names,
+        )
     if loop.chief:
         summary = rundir.results_summary(config, history, loop.data.source, loop.data.aux_label_info)
-        if summary["complete"]:   # the paper's metric, beside the hyperparameters in TensorBoard's HParams
+        if summary["complete"]:  # the paper's metric, beside the hyperparameters in TensorBoard's HParams
             with loop.writer.as_default(step=epoch + 1):
                 tf.summary.scalar(FINAL_METRIC, summary["test_accuracy"])
             loop.writer.flush()
@@ -325,8 +374,10 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
 
 def hparam_values(config: config_lib.Config) -> dict:
     """The experiment's fields as TensorBoard hyperparameters (bool, number or string)."""
-    return {key: ",".join(map(str, value)) if isinstance(value, tuple) else value
-            for key, value in config.experiment().items()}
+    return {
+        key: ",".join(map(str, value)) if isinstance(value, tuple) else value
+        for key, value in config.experiment().items()
+    }
 
 
 def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=None) -> dict:
@@ -354,16 +405,26 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
     task = steps.Task.from_config(config)
     batch = config.batch_size
     loop = Loop(
-        config=config, data=run_data, state=state, strategy=strategy, task=task,
+        config=config,
+        data=run_data,
+        state=state,
+        strategy=strategy,
+        task=task,
         iteration=make_iteration(config, state, task, strategy),
         evaluate_batch=tf.function(lambda b: steps.evaluation_step(state.evaluator, b, task)),
         trunk_cosine=tf.function(lambda b: steps.trunk_gradient_cosine(state.evaluator, state.generator, b, task)),
         any_worker=tf.function(lambda flag: distribute.any_replica(strategy, flag)),
-        label_batch=tf.function(lambda b: labels_lib.hard_generated_labels(
-            state.generator, b["images"], b["labels"], task.mask_table, task.generator_labels_training)),
+        label_batch=tf.function(
+            lambda b: labels_lib.hard_generated_labels(
+                state.generator, b["images"], b["labels"], task.mask_table, task.generator_labels_training
+            )
+        ),
         probe_batch=next(iter(run_data.train.batches(run_data.train_indices[:batch], batch))),
-        checkpoints=manager, chief=chief, claim=claim,
-        writer=tf.summary.create_file_writer(config.logdir) if chief else tf.summary.create_noop_writer())
+        checkpoints=manager,
+        chief=chief,
+        claim=claim,
+        writer=tf.summary.create_file_writer(config.logdir) if chief else tf.summary.create_noop_writer(),
+    )
 
     start_epoch = int(state.epoch.numpy())
     if start_epoch >= config.epochs:
@@ -375,30 +436,42 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
     examples = f"{len(run_data.train_indices)} train"
     if config.method in config_lib.USES_META_SPLIT:
         examples += f" / {len(run_data.meta_indices)} meta"
-    with signals.StopRequests() as stop:   # before the first line: a test (or a scheduler) may signal on it
-        print(f"{config.name}: psi={list(config.psi)}, {examples} examples from {run_data.source}; "
-              f"logdir {config.logdir}; {position}", flush=True)
+    with signals.StopRequests() as stop:  # before the first line: a test (or a scheduler) may signal on it
+        print(
+            f"{config.name}: psi={list(config.psi)}, {examples} examples from {run_data.source}; "
+            f"logdir {config.logdir}; {position}",
+            flush=True,
+        )
         if run_data.aux_label_info:
-            print(f"prototypical labels from {run_data.aux_label_info['embedder']}; "
-                  f"{run_data.aux_label_info['human_agreement']:.1%} of the training labels equal the "
-                  f"human hierarchy's", flush=True)
+            print(
+                f"prototypical labels from {run_data.aux_label_info['embedder']}; "
+                f"{run_data.aux_label_info['human_agreement']:.1%} of the training labels equal the "
+                f"human hierarchy's",
+                flush=True,
+            )
         with loop.writer.as_default(step=start_epoch):
             tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
-            if not resuming:   # once per run: the HParams dashboard's row of this run
+            if not resuming:  # once per run: the HParams dashboard's row of this run
                 hparams_api.hparams(hparam_values(config), trial_id=config.name)
-        if loop.uses_generator and not resuming:   # the untrained generator's labels: epoch 1's "previous"
+        if loop.uses_generator and not resuming:  # the untrained generator's labels: epoch 1's "previous"
             state.previous_labels.assign(generator_hard_labels(loop))
         history = state.history
-        if history:   # re-emit the last record, in case the previous process died before writing it
+        if history:  # re-emit the last record, in case the previous process died before writing it
             write_summaries(loop.writer, history[-1])
         for epoch in range(start_epoch, config.epochs):
             record = train_epoch(loop, epoch, stop, progress)
-            print(f"epoch {epoch + 1}/{config.epochs}: test/acc {record['test/acc']:.4f} "
-                  f"test/loss {record['test/loss']:.4f} train/pri_acc {record['train/pri_acc']:.4f} "
-                  f"{record['perf/images_per_s']:.0f} images/s", flush=True)
+            print(
+                f"epoch {epoch + 1}/{config.epochs}: test/acc {record['test/acc']:.4f} "
+                f"test/loss {record['test/loss']:.4f} train/pri_acc {record['train/pri_acc']:.4f} "
+                f"{record['perf/images_per_s']:.0f} images/s",
+                flush=True,
+            )
             if stop_agreed(loop, stop):
-                raise errors.Interrupted(f"{stop.reason} after epoch {epoch + 1}; checkpoint saved in "
-                                         f"{config.logdir}. Rerun the same command to resume.", stop.exit_signal)
+                raise errors.Interrupted(
+                    f"{stop.reason} after epoch {epoch + 1}; checkpoint saved in "
+                    f"{config.logdir}. Rerun the same command to resume.",
+                    stop.exit_signal,
+                )
     summary = rundir.results_summary(config, state.history, run_data.source, run_data.aux_label_info)
     if chief:
         check_claim(loop, verify=True)

@@ -16,13 +16,14 @@ For MAXL the auxiliary labeller is the generator (its masked softmax, the labels
 was trained on); for human and random runs, whose labels are fixed per training image, it is the
 evaluator's auxiliary head under the same mask; single-task runs have none.
 """
+
 import dataclasses
 import os
 import re
 
 from maxl_tf import cli
 
-with cli.quiet_start_up():   # this command's first import of TensorFlow
+with cli.quiet_start_up():  # this command's first import of TensorFlow
     import tensorflow as tf
 
 from absl import flags
@@ -45,22 +46,23 @@ from maxl_tf import models
 from maxl_tf import rundir
 from maxl_tf import state as state_lib
 
-MIN_EXAMPLES = 10   # t-SNE needs a perplexity below the number of points
+MIN_EXAMPLES = 10  # t-SNE needs a perplexity below the number of points
 
 
 @dataclasses.dataclass
 class RunOutputs:
     """One restored run's outputs on its whole test set, in test-set order (N examples)."""
-    key: str                 # the run's name, usable as a file name and checkpoint key
+
+    key: str  # the run's name, usable as a file name and checkpoint key
     title: str
-    images: np.ndarray       # [N, H, W, C] float in [0, 1], for display
-    labels: np.ndarray       # [N] principal labels
-    predicted: np.ndarray    # [N] the evaluator's principal prediction
-    features: np.ndarray     # [N, D] the trunk's flattened output, the input of both heads
-    aux_probabilities: np.ndarray | None   # [N, aux], zero outside each image's principal block
-    aux_source: str          # what gave aux_probabilities ("" for single-task runs)
-    pri_of_aux: np.ndarray   # [aux] the principal class owning each auxiliary class
-    class_names: tuple       # [pri] the principal classes' names
+    images: np.ndarray  # [N, H, W, C] float in [0, 1], for display
+    labels: np.ndarray  # [N] principal labels
+    predicted: np.ndarray  # [N] the evaluator's principal prediction
+    features: np.ndarray  # [N, D] the trunk's flattened output, the input of both heads
+    aux_probabilities: np.ndarray | None  # [N, aux], zero outside each image's principal block
+    aux_source: str  # what gave aux_probabilities ("" for single-task runs)
+    pri_of_aux: np.ndarray  # [aux] the principal class owning each auxiliary class
+    class_names: tuple  # [pri] the principal classes' names
 
 
 def feature_model(evaluator: keras.Model) -> keras.Model:
@@ -69,8 +71,9 @@ def feature_model(evaluator: keras.Model) -> keras.Model:
     return keras.Model(evaluator.inputs, [features, *evaluator.outputs])
 
 
-def run_on_test_set(config: config_lib.Config, state: state_lib.TrainState, run_data: inputs.RunData,
-                    key: str) -> RunOutputs:
+def run_on_test_set(
+    config: config_lib.Config, state: state_lib.TrainState, run_data: inputs.RunData, key: str
+) -> RunOutputs:
     """Runs the restored networks (inference mode) over the test set."""
     network = feature_model(state.evaluator)
     mask_table = tf.constant(hierarchy_lib.psi_mask(config.psi))
@@ -79,8 +82,11 @@ def run_on_test_set(config: config_lib.Config, state: state_lib.TrainState, run_
         features, *logits = network(batch["images"], training=False)
         pri_logits, aux_logits = models.evaluator_outputs(logits)
         if config.method == "maxl":
-            parts["aux"].append(labels_lib.generated_labels(
-                state.generator, batch["images"], batch["labels"], mask_table, training=False).numpy())
+            parts["aux"].append(
+                labels_lib.generated_labels(
+                    state.generator, batch["images"], batch["labels"], mask_table, training=False
+                ).numpy()
+            )
         elif aux_logits is not None:
             parts["aux"].append(losses.masked_softmax(aux_logits, tf.gather(mask_table, batch["labels"])).numpy())
         parts["images"].append(batch["images"].numpy() * data_lib.PIXEL_STD + data_lib.PIXEL_MEAN)
@@ -99,7 +105,8 @@ def run_on_test_set(config: config_lib.Config, state: state_lib.TrainState, run_
         aux_probabilities=np.concatenate(parts["aux"]) if parts["aux"] else None,
         aux_source={"maxl": "generator", "single": ""}.get(config.method, "evaluator's auxiliary head"),
         pri_of_aux=hierarchy_lib.owners(config.psi),
-        class_names=run_data.class_names["principal"] or tuple(str(label) for label in range(config.pri)))
+        class_names=run_data.class_names["principal"] or tuple(str(label) for label in range(config.pri)),
+    )
 
 
 def subsample(num_examples: int, max_examples: int) -> np.ndarray:
@@ -113,8 +120,9 @@ def subsample(num_examples: int, max_examples: int) -> np.ndarray:
 def tsne_embedding(features: np.ndarray, seed: int) -> np.ndarray:
     """2-D t-SNE of [n, D] features -> [n, 2]."""
     perplexity = min(30.0, (len(features) - 1) / 3)
-    return sklearn.manifold.TSNE(n_components=2, perplexity=perplexity, init="pca",
-                                 random_state=seed).fit_transform(features.astype(np.float64))
+    return sklearn.manifold.TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        features.astype(np.float64)
+    )
 
 
 def _class_colours(num_classes: int):
@@ -158,7 +166,7 @@ def _sprite(images: np.ndarray) -> np.ndarray:
     rgb = np.broadcast_to(images, (n, height, width, 3)) if images.shape[-1] == 1 else images
     grid = np.ones((side * side, height, width, 3), np.float32)
     grid[:n] = rgb
-    grid = grid.reshape(side, side, height, width, 3).transpose(0, 2, 1, 3, 4)   # [row, H, col, W, 3]
+    grid = grid.reshape(side, side, height, width, 3).transpose(0, 2, 1, 3, 4)  # [row, H, col, W, 3]
     return grid.reshape(side * height, side * width, 3)
 
 
@@ -175,8 +183,11 @@ def write_projector(out: str, runs, indices: dict) -> str:
         keep = indices[run.key]
         variables[run.key] = tf.Variable(run.features[keep], name=run.key)
         os.makedirs(os.path.join(out, run.key), exist_ok=True)
-        aux = (run.aux_probabilities[keep].argmax(axis=1).astype(str) if run.aux_probabilities is not None
-               else np.full(len(keep), "-"))
+        aux = (
+            run.aux_probabilities[keep].argmax(axis=1).astype(str)
+            if run.aux_probabilities is not None
+            else np.full(len(keep), "-")
+        )
         rows = ["test_index\tprincipal\tprincipal_predicted\tauxiliary"]
         rows += [f"{i}\t{run.labels[i]}\t{run.predicted[i]}\t{a}" for i, a in zip(keep, aux)]
         with open(os.path.join(out, run.key, "metadata.tsv"), "w") as f:
@@ -185,11 +196,12 @@ def write_projector(out: str, runs, indices: dict) -> str:
         matplotlib.image.imsave(sprite_path, _sprite(run.images[keep]))
         embedding = config.embeddings.add()
         embedding.tensor_name = f"{run.key}/.ATTRIBUTES/VARIABLE_VALUE"
-        embedding.metadata_path = f"{run.key}/metadata.tsv"   # relative to the config file
+        embedding.metadata_path = f"{run.key}/metadata.tsv"  # relative to the config file
         embedding.sprite.image_path = f"{run.key}/sprite.png"
         embedding.sprite.single_image_dim.extend(run.images.shape[1:3])
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(**variables), out, max_to_keep=1,
-                                         checkpoint_name="embeddings")
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(**variables), out, max_to_keep=1, checkpoint_name="embeddings"
+    )
     manager.save()
     projector.visualize_embeddings(out, config)
     # TensorBoard's projector reads projector_config.pbtxt from the directories it lists as runs,
@@ -200,8 +212,9 @@ def write_projector(out: str, runs, indices: dict) -> str:
     return os.path.join(out, "projector_config.pbtxt")
 
 
-def top_k_per_aux_class(probabilities: np.ndarray, labels: np.ndarray, pri_of_aux: np.ndarray,
-                        aux_classes, k: int) -> np.ndarray:
+def top_k_per_aux_class(
+    probabilities: np.ndarray, labels: np.ndarray, pri_of_aux: np.ndarray, aux_classes, k: int
+) -> np.ndarray:
     """For each auxiliary class, the k examples of its principal class with the highest
     probability for it, best first (ties: lower index first).
 
@@ -217,7 +230,7 @@ def top_k_per_aux_class(probabilities: np.ndarray, labels: np.ndarray, pri_of_au
         candidates = np.flatnonzero(labels == pri_of_aux[aux_class])
         order = np.argsort(-probabilities[candidates, aux_class], kind="stable")
         best = candidates[order[:k]]
-        selection[row, :len(best)] = best
+        selection[row, : len(best)] = best
     return selection
 
 
@@ -259,15 +272,27 @@ def plot_top_k(run: RunOutputs, aux_classes, selection: np.ndarray, path: str) -
                 ax.set_frame_on(False)
                 continue
             image = run.images[index]
-            ax.imshow(image[..., 0] if grayscale else image, cmap="gray" if grayscale else None,
-                      vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.imshow(
+                image[..., 0] if grayscale else image,
+                cmap="gray" if grayscale else None,
+                vmin=0.0,
+                vmax=1.0,
+                interpolation="nearest",
+            )
             probability = f"p={run.aux_probabilities[index, aux_class]:.2f}"
             ax.set_title(f"aux {aux_class}: {probability}" if col == 0 else probability, fontsize=7)
     fig.savefig(path, dpi=100)
 
 
-def visualise(logdirs, out: str, max_examples: int = 1000, aux_classes: int = 3, top_k: int = 5,
-              seed: int = 0, data_dir: str | None = None) -> dict:
+def visualise(
+    logdirs,
+    out: str,
+    max_examples: int = 1000,
+    aux_classes: int = 3,
+    top_k: int = 5,
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> dict:
     """Restores each run and writes the t-SNE figure, the projector files and the top-k grids.
 
     Args:
@@ -291,8 +316,9 @@ def visualise(logdirs, out: str, max_examples: int = 1000, aux_classes: int = 3,
         raise errors.Error(f"--out={out} cannot be written ({e.strerror}); pass a writable directory.") from None
     indices = {run.key: subsample(len(run.labels), max_examples) for run in runs}
     class_names = max((run.class_names for run in runs), key=len)
-    panels = [(run.title, tsne_embedding(run.features[indices[run.key]], seed), run.labels[indices[run.key]])
-              for run in runs]
+    panels = [
+        (run.title, tsne_embedding(run.features[indices[run.key]], seed), run.labels[indices[run.key]]) for run in runs
+    ]
     written = {"tsne": os.path.join(out, "tsne.png"), "top_k": {}, "runs": runs, "indices": indices}
     plot_tsne(panels, class_names, written["tsne"])
     written["projector_config"] = write_projector(out, runs, indices)
@@ -302,8 +328,9 @@ def visualise(logdirs, out: str, max_examples: int = 1000, aux_classes: int = 3,
         num_aux = run.aux_probabilities.shape[1]
         chosen = np.sort(np.random.default_rng(seed).choice(num_aux, min(aux_classes, num_aux), replace=False))
         path = os.path.join(out, f"top{top_k}_{run.key}.png")
-        plot_top_k(run, chosen, top_k_per_aux_class(run.aux_probabilities, run.labels, run.pri_of_aux,
-                                                     chosen, top_k), path)
+        plot_top_k(
+            run, chosen, top_k_per_aux_class(run.aux_probabilities, run.labels, run.pri_of_aux, chosen, top_k), path
+        )
         written["top_k"][run.key] = path
     return written
 
@@ -311,18 +338,20 @@ def visualise(logdirs, out: str, max_examples: int = 1000, aux_classes: int = 3,
 def main(argv):
     values = flags.FLAGS
     logdirs = argv[1:]
-    problems = [(not logdirs, "pass one or more run log directories, e.g. runs/<name>."),
-                (not values.out, "--out is required: the directory to write the pictures into."),
-                (values.max_examples < MIN_EXAMPLES,
-                 f"--max_examples={values.max_examples}: must be at least {MIN_EXAMPLES}."),
-                (values.aux_classes < 1, f"--aux_classes={values.aux_classes}: must be positive."),
-                (values.top_k < 1, f"--top_k={values.top_k}: must be positive.")]
+    problems = [
+        (not logdirs, "pass one or more run log directories, e.g. runs/<name>."),
+        (not values.out, "--out is required: the directory to write the pictures into."),
+        (values.max_examples < MIN_EXAMPLES, f"--max_examples={values.max_examples}: must be at least {MIN_EXAMPLES}."),
+        (values.aux_classes < 1, f"--aux_classes={values.aux_classes}: must be positive."),
+        (values.top_k < 1, f"--top_k={values.top_k}: must be positive."),
+    ]
     for bad, message in problems:
         if bad:
             raise errors.Error(message)
     cli.start_tensorflow(deterministic=False)
-    written = visualise(logdirs, values.out, values.max_examples, values.aux_classes, values.top_k,
-                        values.seed, values.data_dir or None)
+    written = visualise(
+        logdirs, values.out, values.max_examples, values.aux_classes, values.top_k, values.seed, values.data_dir or None
+    )
     print(f"t-SNE: {written['tsne']}")
     for key, path in written["top_k"].items():
         print(f"top-{values.top_k} images per auxiliary class of {key}: {path}")
@@ -332,8 +361,11 @@ def main(argv):
 if __name__ == "__main__":
     flags.DEFINE_string("out", "", "Directory for the figures and the projector files.")
     flags.DEFINE_integer("max_examples", 1000, "Test examples per run for t-SNE and the projector.")
-    flags.DEFINE_integer("aux_classes", 3, "Random auxiliary classes per top-k grid (Fig. 6 shows 3; "
-                                            "as many as the run has: all of them).")
+    flags.DEFINE_integer(
+        "aux_classes",
+        3,
+        "Random auxiliary classes per top-k grid (Fig. 6 shows 3; as many as the run has: all of them).",
+    )
     flags.DEFINE_integer("top_k", 5, "Images per auxiliary class.")
     flags.DEFINE_integer("seed", 0, "Seed of t-SNE and of the auxiliary classes drawn.")
     flags.DEFINE_string("data_dir", "", "Where the data sets are, if not where the runs found them.")

@@ -1,4 +1,5 @@
 """The benchmark runs every piece on a tiny model and reports consistent figures."""
+
 import dataclasses
 import os
 import subprocess
@@ -30,8 +31,7 @@ FAKE_REFERENCE = textwrap.dedent("""
 
 
 class BenchTest(tf.test.TestCase):
-
-    @mock.patch.object(bench, "PIPELINE_EPOCH", 40)   # 10 batches of 4 per repeat, not an epoch
+    @mock.patch.object(bench, "PIPELINE_EPOCH", 40)  # 10 batches of 4 per repeat, not an epoch
     def test_every_piece_is_timed_and_tabled(self):
         rows = bench.benchmark(TINY, bench.WHATS, repeats=2, warmup=1)
         self.assertEqual([r["what"] for r in rows], list(bench.WHATS))
@@ -50,8 +50,12 @@ class BenchTest(tf.test.TestCase):
         self.assertGreater(rows[0]["images_per_s"], 0)
 
     def test_pieces_name_their_hypergradient(self):
-        for what, hypergradient in (("maxl", "second_order"), ("generator", "second_order"),
-                                    ("maxl_first_order", "first_order"), ("generator_implicit", "implicit")):
+        for what, hypergradient in (
+            ("maxl", "second_order"),
+            ("generator", "second_order"),
+            ("maxl_first_order", "first_order"),
+            ("generator_implicit", "implicit"),
+        ):
             self.assertEqual(bench.bench_config(TINY, what).hypergradient, hypergradient)
         # --neumann_terms reaches the implicit pieces only (the others would refuse it).
         terms = dataclasses.replace(TINY, neumann_terms=5)
@@ -70,11 +74,13 @@ class BenchTest(tf.test.TestCase):
             def record(train_batch, meta_batch, *rest):
                 calls.append((train_batch is not None, meta_batch is not None, *rest))
                 return iteration(train_batch, meta_batch, *rest)
+
             return record
 
         with mock.patch.object(bench.train, "make_iteration", recording):
-            pieces, _ = bench.prepare(dataclasses.replace(TINY, meta_every=3), ["maxl_implicit", "generator_implicit"],
-                                      warmup=1)
+            pieces, _ = bench.prepare(
+                dataclasses.replace(TINY, meta_every=3), ["maxl_implicit", "generator_implicit"], warmup=1
+            )
         # A maxl repeat is three iterations, the generator's last; the generator piece is its step
         # alone, with the training batch at hand.
         self.assertEqual(calls, [(True, False), (True, False), (True, True), (True, True, False)])
@@ -93,18 +99,23 @@ class BenchTest(tf.test.TestCase):
                 self.assertAllClose(r["single_vs_reference"], r["single"] / 10.0)
                 self.assertAllClose(r["maxl_vs_reference"], r["maxl"] / 2.5)
                 self.assertAllClose(r["maxl_time_vs_single"], r["single"] / r["maxl"])
-            self.assertEqual([r["what"] for r in rows], ["single", "maxl"])   # over both cycles' repeats
+            self.assertEqual([r["what"] for r in rows], ["single", "maxl"])  # over both cycles' repeats
             table = bench.comparison_table(cycle_rows).splitlines()
             self.assertLen(table, 2 + 2 + 1)
             self.assertTrue(table[-1].startswith("| median | 10.0 / 2.5 | "))
 
             with self.assertRaisesRegex(errors.Error, "--reference=.*wrong classes"):
-                bench.compare(pieces, memory, script, cycles=1, config=dataclasses.replace(TINY, pri=3, aux=6),
-                              repeats=1)
+                bench.compare(
+                    pieces, memory, script, cycles=1, config=dataclasses.replace(TINY, pri=3, aux=6), repeats=1
+                )
 
     def test_jit_without_nodeterministic_is_refused_before_any_work(self):
-        process = subprocess.run([sys.executable, "-m", "maxl_tf.bench", "--model=vgg_small", "--jit"],
-                                 capture_output=True, text=True, timeout=120)
+        process = subprocess.run(
+            [sys.executable, "-m", "maxl_tf.bench", "--model=vgg_small", "--jit"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         self.assertEqual(process.returncode, 2, process.stderr[-2000:])
         self.assertNotIn("Traceback", process.stderr)
         self.assertIn("--jit: XLA has no deterministic max-pool gradient", process.stderr)

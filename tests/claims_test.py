@@ -6,6 +6,7 @@ threads. Timeouts are a fraction of a second. A holder killed with SIGKILL and n
 a zombie whose PID still exists, so observers must judge it by its heartbeat, as a worker on
 another host would; once reaped, a worker on this machine sees its process gone.
 """
+
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from maxl_tf import claims
 from maxl_tf import errors
 from tests import smoke_util
 
-TIMEOUT = 0.5   # seconds; heartbeats every TIMEOUT / 4
+TIMEOUT = 0.5  # seconds; heartbeats every TIMEOUT / 4
 
 # A worker in a child process. "hold": claims argv[1], says so, then reports "lost" when its
 # claim is taken over. "race": claims each of argv[1:] as soon as the file `go` appears, says
@@ -48,8 +49,13 @@ else:
 
 
 def _child(mode: str, *run_dirs, timeout=TIMEOUT) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(timeout), *run_dirs],
-                            cwd=smoke_util.REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, mode, str(timeout), *run_dirs],
+        cwd=smoke_util.REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _kill(process: subprocess.Popen) -> None:
@@ -88,8 +94,9 @@ def _write_foreign_claim(run_dir: str, content: bytes) -> None:
 
 
 def _dead_claim() -> bytes:
-    return json.dumps({"state": "held", "worker": "elsewhere:1", "machine": "another host", "pid": 1,
-                       "generation": 0, "beat": 3}).encode()
+    return json.dumps(
+        {"state": "held", "worker": "elsewhere:1", "machine": "another host", "pid": 1, "generation": 0, "beat": 3}
+    ).encode()
 
 
 def _race(claim_fns) -> list:
@@ -109,7 +116,6 @@ def _race(claim_fns) -> list:
 
 
 class ClaimTest(tf.test.TestCase):
-
     def setUp(self):
         super().setUp()
         self.parent = self.get_temp_dir()
@@ -126,16 +132,16 @@ class ClaimTest(tf.test.TestCase):
         return claim
 
     def test_claim_is_exclusive(self):
-        run = os.path.join(self.parent, "run")   # need not exist yet
+        run = os.path.join(self.parent, "run")  # need not exist yet
         first = self._hold(claims.Worker(TIMEOUT, worker_id="a").claim(run))
         self.assertEqual(first.generation, 0)
         self.assertIsNone(first.previous)
         self.assertEqual(_read(run, 0)["worker"], "a")
         self.assertEqual(_read(run, 0)["state"], "held")
         self.assertIsNone(claims.Worker(TIMEOUT, worker_id="b").claim(run))
-        self.assertIsNone(claims.Worker(TIMEOUT, worker_id="a").claim(run))   # held is held, by anyone
+        self.assertIsNone(claims.Worker(TIMEOUT, worker_id="a").claim(run))  # held is held, by anyone
         self.assertEqual(_generations(run), [0])
-        self.assertEqual(os.listdir(claims.claims_dir(run)), ["0"])   # no temporary file left behind
+        self.assertEqual(os.listdir(claims.claims_dir(run)), ["0"])  # no temporary file left behind
 
     def test_concurrent_claimers_one_wins(self):
         for round_number in range(100):
@@ -157,7 +163,7 @@ class ClaimTest(tf.test.TestCase):
         finally:
             for child in children:
                 _kill(child)
-        self.assertCountEqual(sum(won, []), runs)   # every run won, by exactly one process
+        self.assertCountEqual(sum(won, []), runs)  # every run won, by exactly one process
         for run in runs:
             self.assertEqual(_generations(run), [0])
 
@@ -171,7 +177,7 @@ class ClaimTest(tf.test.TestCase):
             while time.monotonic() < end:
                 self.assertIsNone(observer.claim(run))
                 time.sleep(0.02)
-            self.assertGreaterEqual(_read(run, 0)["beat"], 8)   # every TIMEOUT / 4, over 2 s
+            self.assertGreaterEqual(_read(run, 0)["beat"], 8)  # every TIMEOUT / 4, over 2 s
             self.assertEqual(_generations(run), [0])
         finally:
             _kill(holder)
@@ -201,7 +207,7 @@ class ClaimTest(tf.test.TestCase):
         holder = _child("hold", run, timeout=3600)
         self.assertEqual(holder.stdout.readline().split(), ["claimed", "0"])
         observer = claims.Worker(3600)
-        self.assertIsNone(observer.claim(run))   # alive
+        self.assertIsNone(observer.claim(run))  # alive
         holder.send_signal(signal.SIGKILL)
         _kill(holder)
         claim = self._hold(observer.claim(run))
@@ -215,7 +221,7 @@ class ClaimTest(tf.test.TestCase):
         observers = [claims.Worker(TIMEOUT, worker_id=f"o{i}") for i in range(2)]
         for observer in observers:
             for run in runs:
-                self.assertEqual(observer.observe(run).state, claims.HELD)   # first sight
+                self.assertEqual(observer.observe(run).state, claims.HELD)  # first sight
         time.sleep(TIMEOUT)
         for run in runs:
             self.assertEqual(observers[0].observe(run).state, claims.STALE)
@@ -237,7 +243,7 @@ class ClaimTest(tf.test.TestCase):
         holder = _child("hold", run)
         try:
             self.assertEqual(holder.stdout.readline().split(), ["claimed", "0"])
-            holder.send_signal(signal.SIGSTOP)   # paused, not dead: looks dead from outside
+            holder.send_signal(signal.SIGSTOP)  # paused, not dead: looks dead from outside
             observer = claims.Worker(TIMEOUT)
             claim = None
             while claim is None:
@@ -246,9 +252,9 @@ class ClaimTest(tf.test.TestCase):
             holder.send_signal(signal.SIGCONT)
             resumed = time.monotonic()
             self.assertEqual(holder.stdout.readline().strip(), "lost")
-            self.assertLess(time.monotonic() - resumed, TIMEOUT)   # at its next heartbeat
+            self.assertLess(time.monotonic() - resumed, TIMEOUT)  # at its next heartbeat
             self.assertEqual(holder.wait(timeout=5), 0)
-            self.assertEqual(_generations(run), [0, 1])   # the old holder wrote no release over it
+            self.assertEqual(_generations(run), [0, 1])  # the old holder wrote no release over it
             self.assertTrue(claim.verify())
         finally:
             _kill(holder)
@@ -258,18 +264,18 @@ class ClaimTest(tf.test.TestCase):
         claim = self._hold(claims.Worker(3600).claim(run))
         self.assertTrue(claim.verify())
         self.assertFalse(claim.lost)
-        with open(os.path.join(claims.claims_dir(run), "1"), "wb") as f:   # another worker's takeover
+        with open(os.path.join(claims.claims_dir(run), "1"), "wb") as f:  # another worker's takeover
             f.write(_dead_claim())
         self.assertFalse(claim.verify())
         self.assertTrue(claim.lost)
         claim.release()
-        self.assertEqual(_generations(run), [0, 1])   # a lost claim releases nothing
+        self.assertEqual(_generations(run), [0, 1])  # a lost claim releases nothing
 
     def test_release_frees_the_run_at_once(self):
         run = os.path.join(self.parent, "run")
         with claims.Worker(3600, worker_id="a").claim(run) as claim:
             self.assertEqual(claim.generation, 0)
-        claim.release()   # a second release does nothing
+        claim.release()  # a second release does nothing
         self.assertEqual(_generations(run), [0, 1])
         self.assertEqual(_read(run, 1)["state"], "released")
         other = claims.Worker(3600, worker_id="b")
@@ -282,13 +288,13 @@ class ClaimTest(tf.test.TestCase):
         not_a_directory = os.path.join(self.parent, "file")
         open(not_a_directory, "w").close()
         run = os.path.join(not_a_directory, "run")
-        with self.assertRaisesRegex(errors.Error, f"cannot claim {run} \\(Not a directory\\); "
-                                                  "a sweep's --logdir must be a writable directory"):
+        with self.assertRaisesRegex(
+            errors.Error, f"cannot claim {run} \\(Not a directory\\); a sweep's --logdir must be a writable directory"
+        ):
             claims.Worker(TIMEOUT).claim(run)
 
 
 class PickerTest(tf.test.TestCase):
-
     def setUp(self):
         super().setUp()
         self.runs = [os.path.join(self.get_temp_dir(), f"r{i}") for i in range(5)]
@@ -312,18 +318,19 @@ class PickerTest(tf.test.TestCase):
         worker = claims.Worker(TIMEOUT)
         first = worker.next_run(self.runs, self._is_complete)
         self.assertEqual(first.run_dir, r0)
-        self.assertEqual(worker.survey(self.runs, self._is_complete),
-                         {r0: claims.HELD, r1: claims.COMPLETE, r2: claims.HELD, r3: claims.FREE,
-                          r4: claims.FREE})
+        self.assertEqual(
+            worker.survey(self.runs, self._is_complete),
+            {r0: claims.HELD, r1: claims.COMPLETE, r2: claims.HELD, r3: claims.FREE, r4: claims.FREE},
+        )
         second = worker.next_run(self.runs, self._is_complete)
         self.assertEqual(second.run_dir, r3)
-        self.assertFalse(os.path.exists(claims.claims_dir(r1)))   # complete: never claimed
+        self.assertFalse(os.path.exists(claims.claims_dir(r1)))  # complete: never claimed
         for claim in (first, second):
             self.complete.add(claim.run_dir)
             claim.release()
         self.assertEqual(worker.next_run(self.runs, self._is_complete).run_dir, r4)
         self.complete.add(r4)
-        self.assertIsNone(worker.next_run(self.runs, self._is_complete))   # r2 held, the rest complete
+        self.assertIsNone(worker.next_run(self.runs, self._is_complete))  # r2 held, the rest complete
 
         def finish_r2():
             time.sleep(TIMEOUT)
@@ -332,7 +339,7 @@ class PickerTest(tf.test.TestCase):
 
         threading.Thread(target=finish_r2).start()
         start = time.monotonic()
-        self.assertIsNone(worker.wait_for_run(self.runs, self._is_complete))   # all complete
+        self.assertIsNone(worker.wait_for_run(self.runs, self._is_complete))  # all complete
         self.assertGreaterEqual(time.monotonic() - start, TIMEOUT)
 
     def test_a_run_completed_before_the_claim_landed_is_let_go(self):
@@ -340,7 +347,7 @@ class PickerTest(tf.test.TestCase):
 
         def complete_first_on_claim(run_dir):
             if run_dir == self.runs[0] and os.path.exists(claims.claims_dir(run_dir)):
-                self.complete.add(run_dir)   # its holder finished it just now
+                self.complete.add(run_dir)  # its holder finished it just now
             return run_dir in self.complete
 
         claim = worker.next_run(self.runs[:2], complete_first_on_claim)

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from maxl_tf import data
 
-_BLACK = -data.PIXEL_MEAN / data.PIXEL_STD        # normalised value of a 0 pixel: -2.5
+_BLACK = -data.PIXEL_MEAN / data.PIXEL_STD  # normalised value of a 0 pixel: -2.5
 
 
 class SplitMetaTest(tf.test.TestCase):
@@ -69,9 +69,11 @@ class EpochOrderTest(tf.test.TestCase):
 
     def test_differs_across_epochs_streams_seeds(self):
         base = data.epoch_order(np.arange(100), 100, seed=1, epoch=0, stream=0)
-        for other in (data.epoch_order(np.arange(100), 100, seed=1, epoch=1, stream=0),
-                      data.epoch_order(np.arange(100), 100, seed=1, epoch=0, stream=1),
-                      data.epoch_order(np.arange(100), 100, seed=2, epoch=0, stream=0)):
+        for other in (
+            data.epoch_order(np.arange(100), 100, seed=1, epoch=1, stream=0),
+            data.epoch_order(np.arange(100), 100, seed=1, epoch=0, stream=1),
+            data.epoch_order(np.arange(100), 100, seed=2, epoch=0, stream=0),
+        ):
             self.assertAllEqual(np.sort(other), np.arange(100))
             self.assertNotAllEqual(other, base)
         epochs = [data.epoch_order(np.arange(100), 100, seed=1, epoch=e, stream=0) for e in range(5)]
@@ -109,7 +111,7 @@ def _match_crop(output, image, pad=data.CROP_PADDING):
     matches = []
     for r in range(2 * pad + 1):
         for c in range(2 * pad + 1):
-            crop = padded[r:r + height, c:c + width]
+            crop = padded[r : r + height, c : c + width]
             if np.array_equal(output, crop):
                 matches.append((r, c, False))
             if np.array_equal(output, crop[:, ::-1]):
@@ -168,8 +170,17 @@ class AugmentTest(tf.test.TestCase):
 
     def test_per_data_set_defaults(self):
         flips = {name: a.horizontal_flip for name, a in data.AUGMENTATION.items()}
-        self.assertEqual(flips, {"cifar100": True, "cifar10": True, "cifar10_1": True, "fashion_mnist": True,
-                                 "mnist": False, "digits": False})
+        self.assertEqual(
+            flips,
+            {
+                "cifar100": True,
+                "cifar10": True,
+                "cifar10_1": True,
+                "fashion_mnist": True,
+                "mnist": False,
+                "digits": False,
+            },
+        )
         # Fashion-MNIST's shifts stay within the 2 black pixels idx.pad_for_vgg adds.
         self.assertEqual(data.AUGMENTATION["fashion_mnist"].crop_padding, 2)
         self.assertEqual(data.AUGMENTATION["cifar10"].crop_padding, 4)
@@ -200,7 +211,7 @@ class PipelineTest(tf.test.TestCase):
         batches = _collect(pipeline.batches(order, 5))
         self.assertLen(batches, 4)
         for step, batch in enumerate(batches):
-            idx = order[step * 5:(step + 1) * 5]
+            idx = order[step * 5 : (step + 1) * 5]
             self.assertAllEqual(batch["indices"], idx)
             self.assertAllEqual(batch["labels"], examples.labels[idx])
             self.assertAllEqual(batch["aux_labels"], examples.aux_labels[idx])
@@ -211,7 +222,7 @@ class PipelineTest(tf.test.TestCase):
     def test_resume_matches_full_stream(self):
         examples = _examples()
         pipeline = data.Pipeline(examples)
-        order = data.epoch_order(np.arange(23), 30, seed=5, epoch=2, stream=1)   # cycles
+        order = data.epoch_order(np.arange(23), 30, seed=5, epoch=2, stream=1)  # cycles
         seed = (5, 2, 1)
         full = _collect(pipeline.batches(order, 5, augment_seed=seed))
         self.assertLen(full, 6)

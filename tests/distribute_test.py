@@ -4,6 +4,7 @@ Logical CPU devices must be configured before TensorFlow initialises, so the two
 run tests/two_replica_check.py in its own process; the multi-worker check runs main.py twice,
 as two workers of one cluster on localhost ports.
 """
+
 import json
 import os
 import signal
@@ -26,8 +27,14 @@ CHECK = os.path.join(smoke_util.REPO, "tests", "two_replica_check.py")
 
 
 def _run_check(*args):
-    result = subprocess.run([sys.executable, CHECK, *args], cwd=smoke_util.REPO, capture_output=True,
-                            text=True, timeout=600, env=dict(os.environ, PYTHONPATH=smoke_util.REPO))
+    result = subprocess.run(
+        [sys.executable, CHECK, *args],
+        cwd=smoke_util.REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -44,12 +51,14 @@ def _free_ports(count):
 
 def _checkpoint_weights(directory):
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(directory))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name.startswith(("evaluator/", "generator/"))}
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if name.startswith(("evaluator/", "generator/"))
+    }
 
 
 class StrategyChoiceTest(tf.test.TestCase):
-
     def test_one_device_helpers_are_the_identity(self):
         self.assertIs(distribute.make_strategy("none", 8), tf.distribute.get_strategy())
         self.assertEqual(distribute.num_replicas(), 1)
@@ -73,14 +82,13 @@ class StrategyChoiceTest(tf.test.TestCase):
 
 @pytest.mark.slow
 class TwoReplicaTest(tf.test.TestCase):
-
     def test_meta_gradient_and_updates_equal_one_device(self):
         report = _run_check()
         self.assertEqual(report["replicas"], 2)
         for hypergradient in config_lib.HYPERGRADIENTS:
             with self.subTest(hypergradient):
                 values = report[hypergradient]
-                self.assertGreater(values["meta_gradient_norm"], 1e-3)   # a real gradient, not zeros
+                self.assertGreater(values["meta_gradient_norm"], 1e-3)  # a real gradient, not zeros
                 for key in ("meta_gradient", "meta_loss", "evaluator_update", "generator_update"):
                     self.assertLess(values[key], 1e-10, key)
 
@@ -98,17 +106,23 @@ class TwoReplicaTest(tf.test.TestCase):
 
 @pytest.mark.slow
 class MultiWorkerTest(tf.test.TestCase):
-
     def _start_workers(self, logdir, ports):
         workers = [f"localhost:{port}" for port in ports]
         processes = []
         for index in range(len(workers)):
             tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-            processes.append(subprocess.Popen(
-                smoke_util.main_command(f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--strategy=multi_worker",
-                                        f"--logdir={logdir}"),
-                cwd=smoke_util.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                env=dict(os.environ, PYTHONPATH=smoke_util.REPO, TF_CONFIG=tf_config)))
+            processes.append(
+                subprocess.Popen(
+                    smoke_util.main_command(
+                        f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--strategy=multi_worker", f"--logdir={logdir}"
+                    ),
+                    cwd=smoke_util.REPO,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=dict(os.environ, PYTHONPATH=smoke_util.REPO, TF_CONFIG=tf_config),
+                )
+            )
         return processes
 
     def test_workers_stop_together_resume_and_match_one_device(self):
@@ -138,7 +152,7 @@ class MultiWorkerTest(tf.test.TestCase):
         self.assertNotEmpty(chief_weights)
         self.assertEqual(chief_weights.keys(), worker_weights.keys())
         for name, value in chief_weights.items():
-            np.testing.assert_array_equal(worker_weights[name], value, err_msg=name)   # lockstep
+            np.testing.assert_array_equal(worker_weights[name], value, err_msg=name)  # lockstep
 
         with open(os.path.join(logdir, "results.json")) as f:
             results = json.load(f)

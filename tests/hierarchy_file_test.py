@@ -41,15 +41,17 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.named_parameters(
         ("with_header", "fine,principal\n"),
         ("header_in_other_case_and_spaces", " Fine , Principal \n"),
-        ("without_header", ""))
+        ("without_header", ""),
+    )
     def test_csv(self, header):
-        rows = "bus,vehicle\ncar, vehicle\n\ncat,animal\n\"dog\",animal\nowl,animal\ntruck,vehicle\n"
+        rows = 'bus,vehicle\ncar, vehicle\n\ncat,animal\n"dog",animal\nowl,animal\ntruck,vehicle\n'
         path = self._file("hierarchy.csv", header + rows)
         self._assert_two_levels(hierarchy_file.load(path, "my_images", CLASSES))
 
     def test_excel_csv_with_byte_order_mark_and_crlf(self):
-        rows = "fine,principal\r\n" + "".join(f"{c},{'vehicle' if c in TREE['vehicle'] else 'animal'}\r\n"
-                                              for c in CLASSES)
+        rows = "fine,principal\r\n" + "".join(
+            f"{c},{'vehicle' if c in TREE['vehicle'] else 'animal'}\r\n" for c in CLASSES
+        )
         path = os.path.join(self.get_temp_dir(), "excel.csv")
         with open(path, "wb") as f:
             f.write(b"\xef\xbb\xbf" + rows.encode())
@@ -64,7 +66,7 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(hierarchy.resolve_psi(named, 3, 6), (3, 1, 2))
         self.assertEqual(hierarchy.resolve_psi(named, 3, 9), (3, 3, 3))
         # Blocks: animal 0..2 (cat, dog, owl), boat 3 (truck), vehicle 4..5 (bus, car).
-        fine = np.arange(6)   # bus, car, cat, dog, owl, truck
+        fine = np.arange(6)  # bus, car, cat, dog, owl, truck
         self.assertAllEqual(hierarchy.human_aux_labels(named, 3, 6, fine), [4, 5, 0, 1, 2, 3])
         self.assertAllEqual(named.labels_at(3, fine), [2, 2, 0, 0, 0, 1])
 
@@ -88,8 +90,11 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_unknown_class_suggests_the_close_name(self):
         tree = {"vehicle": ["truck", "car", "buss"], "animal": ["owl", "cat", "dog"]}
-        self._assert_error(self._json(tree), r"names 1 class\(es\) the data does not have, e\.g\. 'buss' "
-                                             r"\(did you mean 'bus'\?\)")
+        self._assert_error(
+            self._json(tree),
+            r"names 1 class\(es\) the data does not have, e\.g\. 'buss' "
+            r"\(did you mean 'bus'\?\)",
+        )
 
     def test_class_left_out(self):
         tree = {"vehicle": ["truck", "car"], "animal": ["cat", "dog"]}
@@ -99,8 +104,11 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
         tree = {"vehicle": ["truck", "car", "bus"], "animal": ["owl", "cat", "dog", "car"]}
         self._assert_error(self._json(tree), r"class 'car' is listed under both 'vehicle' and 'animal'")
         path = self._file("h.csv", "bus,vehicle\ncar,vehicle\ncat,animal\ncar,animal\n")
-        self._assert_error(path, r"line 4: class 'car' is listed under both 'vehicle' and 'animal' "
-                                 r"\(first on line 2\)")
+        self._assert_error(
+            path,
+            r"line 4: class 'car' is listed under both 'vehicle' and 'animal' "
+            r"\(first on line 2\)",
+        )
 
     def test_class_listed_twice(self):
         self._assert_error(self._json({"a": ["cat", "cat"], "b": ["dog"]}), r"'cat' is listed twice under 'a'")
@@ -115,7 +123,8 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
         ("empty_object", "{}", r"must be a non-empty object"),
         ("string_value", '{"a": "cat"}', r"'a' must map to a non-empty list of class names, not \"cat\""),
         ("empty_list", '{"a": []}', r"'a' must map to a non-empty list"),
-        ("number_in_list", '{"a": ["cat", 3]}', r"'a' must map to a non-empty list of class names"))
+        ("number_in_list", '{"a": ["cat", 3]}', r"'a' must map to a non-empty list of class names"),
+    )
     def test_malformed_json(self, text, pattern):
         self._assert_error(self._file("h.json", text), pattern)
 
@@ -123,13 +132,15 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
         ("three_columns", "cat,animal,extra\n", r"line 1: 'cat,animal,extra' is not 'fine class,principal class'"),
         ("one_column", "fine,principal\ncat\n", r"line 2: 'cat' is not"),
         ("empty_name", "cat,\n", r"line 1: 'cat,' is not"),
-        ("empty_file", "\n\n", r"holds no rows"))
+        ("empty_file", "\n\n", r"holds no rows"),
+    )
     def test_malformed_csv(self, text, pattern):
         self._assert_error(self._file("h.csv", text), pattern)
 
     def test_other_header_is_a_row(self):
-        path = self._file("h.csv", "class,superclass\n" + "".join(
-            f"{c},{'v' if c in TREE['vehicle'] else 'a'}\n" for c in CLASSES))
+        path = self._file(
+            "h.csv", "class,superclass\n" + "".join(f"{c},{'v' if c in TREE['vehicle'] else 'a'}\n" for c in CLASSES)
+        )
         self._assert_error(path, r"'class'")
 
     def test_missing_file_and_unknown_extension(self):

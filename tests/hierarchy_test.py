@@ -20,25 +20,23 @@ from maxl_tf import hierarchy
 # 3-class level: animals = 10-classes 0-4, vegetations = 5, objects and scenes = 6-9.
 _CIFAR100_PSI = {
     (3, 10): [5, 1, 4],
-    (3, 20): [10, 3, 7],              # 3+2+2+2+1, 3, 3+1+1+2
-    (3, 100): [50, 15, 35],           # 5 fine classes per superclass
+    (3, 20): [10, 3, 7],  # 3+2+2+2+1, 3, 3+1+1+2
+    (3, 100): [50, 15, 35],  # 5 fine classes per superclass
     (10, 20): [3, 2, 2, 2, 1, 3, 3, 1, 1, 2],
     (10, 100): [15, 10, 10, 10, 5, 15, 15, 5, 5, 10],
     (20, 100): [5] * 20,
 }
 
 # A few CIFAR-100 fine labels (alphabetical order of the data set) with their 20-class label.
-APPLE, BABY, BEAR, BED, BICYCLE = 0, 2, 3, 5, 8       # coarse 4, 14, 8, 6, 18
-MUSHROOM, PEAR, SWEET_PEPPER = 51, 57, 83              # coarse 4 (fruit and vegetables)
+APPLE, BABY, BEAR, BED, BICYCLE = 0, 2, 3, 5, 8  # coarse 4, 14, 8, 6, 18
+MUSHROOM, PEAR, SWEET_PEPPER = 51, 57, 83  # coarse 4 (fruit and vegetables)
 
 
 class PsiMaskTest(tf.test.TestCase):
     def test_paper_example(self):
         mask = hierarchy.psi_mask([2, 2, 1])
         self.assertEqual(mask.dtype, np.float32)
-        self.assertAllEqual(mask, [[1, 1, 0, 0, 0],
-                                   [0, 0, 1, 1, 0],
-                                   [0, 0, 0, 0, 1]])
+        self.assertAllEqual(mask, [[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]])
         self.assertAllEqual(hierarchy.owners([2, 2, 1]), [0, 0, 1, 1, 2])
 
     def test_non_uniform_mask(self):
@@ -52,8 +50,9 @@ class PsiMaskTest(tf.test.TestCase):
     def test_block_offsets(self):
         self.assertAllEqual(hierarchy.block_offsets([2, 2, 1]), [0, 2, 4])
         self.assertAllEqual(hierarchy.block_offsets([5, 1, 4]), [0, 5, 6])
-        self.assertAllEqual(hierarchy.block_offsets([3, 2, 2, 2, 1, 3, 3, 1, 1, 2]),
-                            [0, 3, 5, 7, 9, 10, 13, 16, 17, 18])
+        self.assertAllEqual(
+            hierarchy.block_offsets([3, 2, 2, 2, 1, 3, 3, 1, 1, 2]), [0, 3, 5, 7, 9, 10, 13, 16, 17, 18]
+        )
         self.assertAllEqual(hierarchy.block_offsets([7]), [0])
         self.assertEqual(hierarchy.block_offsets([2, 2, 1]).dtype, np.int64)
 
@@ -113,9 +112,28 @@ class CifarHierarchyTest(tf.test.TestCase, parameterized.TestCase):
         fine = np.asarray([APPLE, BEAR, BED, BICYCLE, BABY])
         labels = hierarchy.human_aux_labels(self.cifar100, 3, 20, fine)
         self.assertAllEqual(labels, [11, 3, 15, 18, 7])
-        slot_of_coarse = {0: 0, 1: 1, 7: 2, 8: 3, 11: 4, 12: 5, 13: 6, 14: 7, 15: 8, 16: 9,
-                          2: 10, 4: 11, 17: 12,
-                          3: 13, 5: 14, 6: 15, 9: 16, 10: 17, 18: 18, 19: 19}
+        slot_of_coarse = {
+            0: 0,
+            1: 1,
+            7: 2,
+            8: 3,
+            11: 4,
+            12: 5,
+            13: 6,
+            14: 7,
+            15: 8,
+            16: 9,
+            2: 10,
+            4: 11,
+            17: 12,
+            3: 13,
+            5: 14,
+            6: 15,
+            9: 16,
+            10: 17,
+            18: 18,
+            19: 19,
+        }
         coarse = np.asarray(hierarchy.CIFAR100_FINE_TO_COARSE)
         all_labels = hierarchy.human_aux_labels(self.cifar100, 3, 20, np.arange(100))
         self.assertAllEqual(all_labels, [slot_of_coarse[c] for c in coarse])
@@ -125,8 +143,7 @@ class CifarHierarchyTest(tf.test.TestCase, parameterized.TestCase):
         # (8, 11, 15); apple: 4 is the second of vegetations (2, 4, 17); bed: 6 is the third of
         # household objects (3, 5, 6); bicycle: 18 is the first of vehicles (18, 19).
         fine = np.asarray([BEAR, APPLE, BED, BICYCLE, BABY])
-        self.assertAllEqual(hierarchy.human_aux_labels(self.cifar100, 10, 20, fine),
-                            [0, 11, 15, 18, 9])
+        self.assertAllEqual(hierarchy.human_aux_labels(self.cifar100, 10, 20, fine), [0, 11, 15, 18, 9])
 
     def test_human_labels_20_100(self):
         # Superclass 4 (fruit and vegetables) = fine 0, 51, 53, 57, 83 at slots 20..24.
@@ -145,8 +162,7 @@ class CifarHierarchyTest(tf.test.TestCase, parameterized.TestCase):
         # (5) the lowest fine label of objects and scenes; the animals in fine order start with
         # aquarium fish (1), baby (2), bear (3) at slots 0, 1, 2.
         fine = np.asarray([APPLE, BED, 1, BABY, BEAR])
-        self.assertAllEqual(hierarchy.human_aux_labels(self.cifar100, 3, 100, fine),
-                            [50, 65, 0, 1, 2])
+        self.assertAllEqual(hierarchy.human_aux_labels(self.cifar100, 3, 100, fine), [50, 65, 0, 1, 2])
 
     @parameterized.parameters(*_CIFAR100_PSI)
     def test_human_labels_fill_their_blocks(self, pri, aux):
@@ -191,8 +207,9 @@ class ResolvePsiTest(tf.test.TestCase):
         self.assertEqual(hierarchy.resolve_psi(self.cifar100, 3, 6), (2, 2, 2))
 
     def test_override(self):
-        self.assertEqual(hierarchy.resolve_psi(self.cifar10, 10, 15, (2, 1, 2, 1, 2, 1, 2, 1, 2, 1)),
-                         (2, 1, 2, 1, 2, 1, 2, 1, 2, 1))
+        self.assertEqual(
+            hierarchy.resolve_psi(self.cifar10, 10, 15, (2, 1, 2, 1, 2, 1, 2, 1, 2, 1)), (2, 1, 2, 1, 2, 1, 2, 1, 2, 1)
+        )
         # An override takes precedence over the human hierarchy.
         self.assertEqual(hierarchy.resolve_psi(self.cifar100, 3, 10, (4, 3, 3)), (4, 3, 3))
         self.assertEqual(hierarchy.resolve_psi(self.cifar100, 3, 10, [4, 3, 3]), (4, 3, 3))
@@ -290,12 +307,14 @@ class FashionMnistHierarchyTest(tf.test.TestCase):
 
     def test_human_labels(self):
         # 2 -> 10: clothes 0, 1, 2, 3, 4, 6 fill slots 0..5, goods 5, 7, 8, 9 slots 6..9.
-        self.assertAllEqual(hierarchy.human_aux_labels(self.fashion, 2, 10, np.arange(10)),
-                            [0, 1, 2, 3, 4, 6, 5, 7, 8, 9])
+        self.assertAllEqual(
+            hierarchy.human_aux_labels(self.fashion, 2, 10, np.arange(10)), [0, 1, 2, 3, 4, 6, 5, 7, 8, 9]
+        )
         # 6 -> 10, offsets [0, 3, 4, 5, 6, 7]: tops 0, 2, 6 at 0..2, Trouser 3, Dress 4, Coat 5,
         # Bag 6, shoes 5, 7, 9 at 7..9.
-        self.assertAllEqual(hierarchy.human_aux_labels(self.fashion, 6, 10, np.arange(10)),
-                            [0, 3, 1, 4, 5, 7, 2, 8, 6, 9])
+        self.assertAllEqual(
+            hierarchy.human_aux_labels(self.fashion, 6, 10, np.arange(10)), [0, 3, 1, 4, 5, 7, 2, 8, 6, 9]
+        )
         # 2 -> 6, offsets [0, 4]: a Sneaker is shoes, goods' second class (slot 4 + 1); a Coat is
         # outers, clothes' fourth (slot 3).
         self.assertAllEqual(hierarchy.human_aux_labels(self.fashion, 2, 6, np.array([7, 4])), [5, 3])
@@ -336,7 +355,6 @@ _CIFAR100_MEMBERS = (
 
 
 class NamesTest(tf.test.TestCase):
-
     def test_every_level_of_every_data_set_is_named(self):
         for dataset in ("cifar100", "cifar10", "cifar10_1", "digits", "fashion_mnist", "mnist"):
             h = hierarchy.for_dataset(dataset)
@@ -349,10 +367,9 @@ class NamesTest(tf.test.TestCase):
     def test_cifar100_names_follow_the_label_order(self):
         cifar100 = hierarchy.for_dataset("cifar100")
         fine_names = np.asarray(cifar100.names_at(100))
-        self.assertEqual(list(fine_names), sorted(fine_names))   # the published order is alphabetical
+        self.assertEqual(list(fine_names), sorted(fine_names))  # the published order is alphabetical
         for coarse, members in enumerate(_CIFAR100_MEMBERS):
-            self.assertEqual(tuple(fine_names[cifar100.levels[20] == coarse]), members,
-                             cifar100.names_at(20)[coarse])
+            self.assertEqual(tuple(fine_names[cifar100.levels[20] == coarse]), members, cifar100.names_at(20)[coarse])
         self.assertEqual(cifar100.names_at(20)[4], "fruit and vegetables")
         # Appendix A: fruit and vegetables are vegetations, which are their own 3-level class.
         apple = 0
@@ -366,8 +383,9 @@ class NamesTest(tf.test.TestCase):
         fashion = hierarchy.for_dataset("fashion_mnist")
         names = np.asarray(fashion.names_at(10))
         self.assertEqual(tuple(names[fashion.levels[2] == 1]), ("Sandal", "Sneaker", "Bag", "Ankle boot"))
-        self.assertEqual(tuple(names[fashion.levels[6] == fashion.names_at(6).index("tops")]),
-                         ("T-shirt/top", "Pullover", "Shirt"))
+        self.assertEqual(
+            tuple(names[fashion.levels[6] == fashion.names_at(6).index("tops")]), ("T-shirt/top", "Pullover", "Shirt")
+        )
         self.assertEqual(fashion.names_at(2), ("clothes", "goods"))
         digits = hierarchy.for_dataset("digits")
         self.assertEqual(digits.names_at(2)[digits.levels[2][7]], "straight")

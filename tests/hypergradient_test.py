@@ -4,6 +4,7 @@ first_order against the exact second-order gradient; implicit against the implic
 theorem's hypergradient solved densely; both with the entropy term's share, on the quickstart
 models and under mixed precision.
 """
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -35,7 +36,6 @@ def _entropy_gradient(generator, images, labels, mask):
 
 
 class Float64TestCase(tf.test.TestCase):
-
     def setUp(self):
         super().setUp()
         # The global dtype policy, not only floatx: an earlier test may already have fixed it.
@@ -61,8 +61,9 @@ class FirstOrderTest(Float64TestCase):
         self.labels = tf.constant([0, 1, 0, 1, 1, 0])
 
     def _gradient(self, function, entropy_weight, **kwargs):
-        return function(self.evaluator, self.generator, self.images, self.labels, self.mask, INNER_LR,
-                        2.0, entropy_weight, **kwargs)
+        return function(
+            self.evaluator, self.generator, self.images, self.labels, self.mask, INNER_LR, 2.0, entropy_weight, **kwargs
+        )
 
     def test_agrees_with_second_order(self):
         # entropy_weight 0: the finite difference is the whole gradient; 10: the entropy term dominates.
@@ -73,13 +74,15 @@ class FirstOrderTest(Float64TestCase):
                 self.assertGreater(float(tf.linalg.global_norm(exact)), 1e-6)
                 self.assertGreater(_cosine(approximate, exact), 0.999)
                 self.assertAllClose(_flat(approximate), _flat(exact), rtol=0, atol=1e-3 * np.abs(_flat(exact)).max())
-                self.assertAllClose(stats, exact_stats, rtol=1e-12)   # the same meta loss, before and after
+                self.assertAllClose(stats, exact_stats, rtol=1e-12)  # the same meta loss, before and after
 
     def test_error_shrinks_with_the_radius_until_rounding(self):
         exact, _ = self._gradient(meta.second_order_meta_gradient, 0.0)
-        errors = [np.linalg.norm(_flat(self._gradient(meta.first_order_meta_gradient, 0.0, radius=radius)[0])
-                                 - _flat(exact)) / np.linalg.norm(_flat(exact))
-                  for radius in (1e-2, 1e-3, 1e-4)]
+        errors = [
+            np.linalg.norm(_flat(self._gradient(meta.first_order_meta_gradient, 0.0, radius=radius)[0]) - _flat(exact))
+            / np.linalg.norm(_flat(exact))
+            for radius in (1e-2, 1e-3, 1e-4)
+        ]
         self.assertLess(errors[1], errors[0])
         self.assertLess(errors[2], errors[1])
         self.assertLess(errors[2], 1e-6)
@@ -97,7 +100,7 @@ class FirstOrderTest(Float64TestCase):
         before = [v.numpy().copy() for v in self.evaluator.variables]
         _, stats = self._gradient(meta.first_order_meta_gradient, 0.2)
         for old, variable in zip(before, self.evaluator.variables):
-            self.assertAllEqual(old, variable.numpy())   # weights and batch-norm moving statistics
+            self.assertAllEqual(old, variable.numpy())  # weights and batch-norm moving statistics
         self.assertLess(float(stats["loss_after"]), float(stats["loss_before"]))
 
 
@@ -107,13 +110,14 @@ def _linear_trunk(features, pri, aux):
     shared trunk couples the tasks as the VGG trunk does. Small enough to form its Hessian."""
     inputs = keras.Input((features,))
     trunk = keras.layers.Dense(features, name="trunk")(inputs)
-    heads = [keras.layers.Dense(classes, trainable=False, name=name)(trunk)
-             for classes, name in ((pri, "pri_logits"), (aux, "aux_logits"))]
+    heads = [
+        keras.layers.Dense(classes, trainable=False, name=name)(trunk)
+        for classes, name in ((pri, "pri_logits"), (aux, "aux_logits"))
+    ]
     return keras.Model(inputs, heads)
 
 
 class ImplicitTest(Float64TestCase):
-
     def setUp(self):
         super().setUp()
         rng = np.random.default_rng(0)
@@ -124,8 +128,17 @@ class ImplicitTest(Float64TestCase):
         self.meta = (tf.constant(rng.normal(size=(16, 3))), tf.constant(rng.integers(0, len(PSI), 16)))
 
     def _implicit(self, neumann_terms, inner_lr, entropy_weight=0.0):
-        grads, _ = meta.implicit_meta_gradient(self.evaluator, self.generator, *self.train, *self.meta, self.mask,
-                                               inner_lr, 0.0, entropy_weight, neumann_terms=neumann_terms)
+        grads, _ = meta.implicit_meta_gradient(
+            self.evaluator,
+            self.generator,
+            *self.train,
+            *self.meta,
+            self.mask,
+            inner_lr,
+            0.0,
+            entropy_weight,
+            neumann_terms=neumann_terms,
+        )
         return _flat(grads)
 
     def _dense_problem(self):
@@ -137,12 +150,14 @@ class ImplicitTest(Float64TestCase):
             with tf.GradientTape() as inner:
                 pri_logits, aux_logits = self.evaluator(images)
                 generated = labels_lib.generated_labels(self.generator, images, labels, self.mask, True)
-                loss = (losses.focal_loss(pri_logits, tf.one_hot(labels, len(PSI), dtype=tf.float64), 0.0)
-                        + losses.focal_loss(aux_logits, generated, 0.0))
+                loss = losses.focal_loss(
+                    pri_logits, tf.one_hot(labels, len(PSI), dtype=tf.float64), 0.0
+                ) + losses.focal_loss(aux_logits, generated, 0.0)
             grad = tf.concat([tf.reshape(g, [-1]) for g in inner.gradient(loss, weights)], 0)
         hessian = np.concatenate([np.reshape(j, (len(grad), -1)) for j in outer.jacobian(grad, weights)], 1)
-        mixed = np.concatenate([np.reshape(j, (len(grad), -1))
-                                for j in outer.jacobian(grad, self.generator.trainable_variables)], 1)
+        mixed = np.concatenate(
+            [np.reshape(j, (len(grad), -1)) for j in outer.jacobian(grad, self.generator.trainable_variables)], 1
+        )
         with tf.GradientTape() as tape:
             pri_logits, _ = self.evaluator(self.meta[0])
             meta_loss = losses.focal_loss(pri_logits, tf.one_hot(self.meta[1], len(PSI), dtype=tf.float64), 0.0)
@@ -152,13 +167,14 @@ class ImplicitTest(Float64TestCase):
     def test_converges_to_the_exact_implicit_hypergradient(self):
         hessian, mixed, meta_grad = self._dense_problem()
         eigenvalues = np.linalg.eigvalsh(hessian)
-        self.assertGreater(eigenvalues.min(), 1e-2)   # positive definite
+        self.assertGreater(eigenvalues.min(), 1e-2)  # positive definite
         exact = -mixed.T @ np.linalg.solve(hessian, meta_grad)
         self.assertGreater(np.linalg.norm(exact), 1e-2)
         # The series converges for alpha < 2 / lambda_max, at the rate 1 - alpha * lambda_min.
         inner_lr = 1.5 / eigenvalues.max()
-        errors = [np.linalg.norm(self._implicit(terms, inner_lr) - exact) / np.linalg.norm(exact)
-                  for terms in (1, 5, 20, 200)]
+        errors = [
+            np.linalg.norm(self._implicit(terms, inner_lr) - exact) / np.linalg.norm(exact) for terms in (1, 5, 20, 200)
+        ]
         self.assertAllInRange(errors, 0.0, 1.0)
         for fewer, more in zip(errors, errors[1:]):
             self.assertLess(more, fewer)
@@ -200,8 +216,10 @@ class QuickstartModelsTest(tf.test.TestCase):
         self.generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.5)
         self.mask = tf.constant(hierarchy.psi_mask(psi))
         rng = np.random.default_rng(0)
-        self.batches = [(tf.constant(rng.uniform(size=(16, 8, 8, 1)), tf.float32),
-                         tf.constant(rng.integers(0, 2, 16), tf.int64)) for _ in range(2)]
+        self.batches = [
+            (tf.constant(rng.uniform(size=(16, 8, 8, 1)), tf.float32), tf.constant(rng.integers(0, 2, 16), tf.int64))
+            for _ in range(2)
+        ]
 
     def _gradients(self, entropy_weight):
         (train_images, train_labels), (images, labels) = self.batches
@@ -209,8 +227,9 @@ class QuickstartModelsTest(tf.test.TestCase):
         return {
             "second_order": meta.second_order_meta_gradient(self.evaluator, self.generator, images, labels, *args),
             "first_order": meta.first_order_meta_gradient(self.evaluator, self.generator, images, labels, *args),
-            "implicit": meta.implicit_meta_gradient(self.evaluator, self.generator, train_images, train_labels,
-                                                    images, labels, *args),
+            "implicit": meta.implicit_meta_gradient(
+                self.evaluator, self.generator, train_images, train_labels, images, labels, *args
+            ),
         }
 
     def test_gradients_are_finite_and_non_zero(self):
@@ -226,7 +245,7 @@ class QuickstartModelsTest(tf.test.TestCase):
                     self.assertGreater(float(tf.linalg.global_norm(grads)), 1e-6)
                     self.assertAllClose(stats["meta_loss"], stats["loss_after"] + entropy_weight * stats["entropy"])
         for old, variable in zip(before, self.evaluator.variables):
-            self.assertAllEqual(old, variable.numpy())   # weights and batch-norm moving statistics
+            self.assertAllEqual(old, variable.numpy())  # weights and batch-norm moving statistics
 
     def test_first_order_radius_on_the_quickstart_model(self):
         # The default radius keeps the float32 first-order gradient within 1e-3 of the exact one's direction.
@@ -250,19 +269,29 @@ class BatchNormSecondDerivativeTest(tf.test.TestCase):
                 # float64 runs Keras' own batch norm; synchronised, its statistics are
                 # E[x^2] - E[x]^2, exact to second order (see meta.implicit_meta_gradient).
                 synchronized = dtype == "float64"
-                evaluator = models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.125,
-                                                   synchronized_bn=synchronized)
-                generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.125,
-                                                   synchronized_bn=synchronized)
+                evaluator = models.build_evaluator(
+                    (8, 8, 1), len(psi), sum(psi), "vgg_small", 0.125, synchronized_bn=synchronized
+                )
+                generator = models.build_generator(
+                    (8, 8, 1), sum(psi), "vgg_small", 0.125, synchronized_bn=synchronized
+                )
                 if results:
                     self.assertIsInstance(evaluator.get_layer("trunk_block1_conv1_bn"), models.BatchNormalization)
                     for model, weights in zip((evaluator, generator), results[0][1]):
                         model.set_weights(weights)
-                inputs = [tensor for images, labels in batches
-                          for tensor in (tf.constant(images, dtype), tf.constant(labels))]
-                grads, _ = meta.implicit_meta_gradient(evaluator, generator, *inputs,
-                                                       tf.constant(hierarchy.psi_mask(psi), dtype), 0.05, 2.0, 0.0,
-                                                       neumann_terms=2)
+                inputs = [
+                    tensor for images, labels in batches for tensor in (tf.constant(images, dtype), tf.constant(labels))
+                ]
+                grads, _ = meta.implicit_meta_gradient(
+                    evaluator,
+                    generator,
+                    *inputs,
+                    tf.constant(hierarchy.psi_mask(psi), dtype),
+                    0.05,
+                    2.0,
+                    0.0,
+                    neumann_terms=2,
+                )
                 results.append((_flat(grads).astype(np.float64), (evaluator.get_weights(), generator.get_weights())))
             finally:
                 keras.config.set_dtype_policy("float32")
@@ -276,14 +305,22 @@ class MixedPrecisionTest(tf.test.TestCase):
 
     def _gradient(self, function, precision, loss_scale=None):
         psi = (3, 2)
-        keras.utils.set_random_seed(0)   # same float32 weights whatever the compute precision
+        keras.utils.set_random_seed(0)  # same float32 weights whatever the compute precision
         evaluator = models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.25, precision)
         generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.25, precision)
-        twin = (models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.25, "float32")
-                if precision != "float32" else None)
+        twin = (
+            models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.25, "float32")
+            if precision != "float32"
+            else None
+        )
         rng = np.random.default_rng(0)
-        batches = [(tf.constant(rng.normal(size=(64, 8, 8, 1)), tf.float32),
-                    tf.constant(rng.integers(0, len(psi), 64), tf.int64)) for _ in range(2)]
+        batches = [
+            (
+                tf.constant(rng.normal(size=(64, 8, 8, 1)), tf.float32),
+                tf.constant(rng.integers(0, len(psi), 64), tf.int64),
+            )
+            for _ in range(2)
+        ]
         mask = tf.constant(hierarchy.psi_mask(psi))
         options = dict(loss_scale=loss_scale, lookahead_model=twin)
         if function is meta.implicit_meta_gradient:
@@ -297,7 +334,7 @@ class MixedPrecisionTest(tf.test.TestCase):
         for function in (meta.first_order_meta_gradient, meta.implicit_meta_gradient):
             reference, reference_stats = self._gradient(function, "float32")
             self.assertGreater(float(tf.norm(reference)), 1e-3)
-            for precision, loss_scale in (("mixed_bfloat16", None), ("mixed_float16", 2.0 ** 10)):
+            for precision, loss_scale in (("mixed_bfloat16", None), ("mixed_float16", 2.0**10)):
                 with self.subTest(function=function.__name__, precision=precision):
                     grads, stats = self._gradient(function, precision, loss_scale)
                     self.assertEqual(grads.dtype, tf.float32)

@@ -1,4 +1,5 @@
 """Tests for maxl_tf.idx on small IDX files written here (no data set installed or needed)."""
+
 import gzip
 import os
 import tempfile
@@ -29,7 +30,6 @@ def write(path: str, content: bytes, gzipped: bool) -> str:
 
 
 class IdxTest(tf.test.TestCase, parameterized.TestCase):
-
     def setUp(self):
         super().setUp()
         rng = np.random.default_rng(0)
@@ -89,8 +89,9 @@ class IdxTest(tf.test.TestCase, parameterized.TestCase):
     def test_plain_file_preferred_to_gz(self):
         folder = self._folder(gzipped=False)
         write(os.path.join(folder, "t10k-labels-idx1-ubyte"), idx_bytes(np.array([1, 1, 1, 1])), True)
-        self.assertEqual(idx.find_files(folder)["t10k-labels-idx1-ubyte"],
-                         os.path.join(folder, "t10k-labels-idx1-ubyte"))
+        self.assertEqual(
+            idx.find_files(folder)["t10k-labels-idx1-ubyte"], os.path.join(folder, "t10k-labels-idx1-ubyte")
+        )
         self.assertAllEqual(idx.load("mnist", folder)["test"][1], [5, 2, 8, 0])
 
     def test_no_files_gives_none(self):
@@ -102,19 +103,29 @@ class IdxTest(tf.test.TestCase, parameterized.TestCase):
         folder = self._folder()
         os.remove(os.path.join(folder, "t10k-images-idx3-ubyte.gz"))
         os.remove(os.path.join(folder, "train-labels-idx1-ubyte.gz"))
-        self._assert_error("fashion_mnist", folder, f"^{folder} holds only some",
-                           "train-labels-idx1-ubyte, t10k-images-idx3-ubyte \\(or .gz\\) missing",
-                           "apt-get install dataset-fashion-mnist")
+        self._assert_error(
+            "fashion_mnist",
+            folder,
+            f"^{folder} holds only some",
+            "train-labels-idx1-ubyte, t10k-images-idx3-ubyte \\(or .gz\\) missing",
+            "apt-get install dataset-fashion-mnist",
+        )
 
     @parameterized.named_parameters(("gzipped", True), ("plain", False))
     def test_truncated_values(self, gzipped):
         images = self.arrays["train"][0]
         folder = self._folder(gzipped, {"train-images-idx3-ubyte": idx_bytes(images)[:-100]})
         path = os.path.join(folder, "train-images-idx3-ubyte" + (".gz" if gzipped else ""))
-        self._assert_error("fashion_mnist", folder, f"^{path}: it is truncated",
-                           r"promises 4704 bytes of values for shape \[6, 28, 28\], it holds 4604",
-                           "apt-get install dataset-fashion-mnist", "tensorflow-datasets", "fashion_mnist",
-                           "zalandoresearch")
+        self._assert_error(
+            "fashion_mnist",
+            folder,
+            f"^{path}: it is truncated",
+            r"promises 4704 bytes of values for shape \[6, 28, 28\], it holds 4604",
+            "apt-get install dataset-fashion-mnist",
+            "tensorflow-datasets",
+            "fashion_mnist",
+            "zalandoresearch",
+        )
 
     def test_truncated_gzip_stream(self):
         folder = self._folder()
@@ -122,16 +133,22 @@ class IdxTest(tf.test.TestCase, parameterized.TestCase):
         with open(path, "rb") as f:
             content = f.read()
         with open(path, "wb") as f:
-            f.write(content[:len(content) // 2])
-        message = self._assert_error("mnist", folder, f"^{path} is unreadable or truncated \\(EOFError",
-                                     "tensorflow-datasets prepare its mnist builder", "yann.lecun.com")
-        self.assertNotIn("apt-get", message)   # Debian packages Fashion-MNIST only
+            f.write(content[: len(content) // 2])
+        message = self._assert_error(
+            "mnist",
+            folder,
+            f"^{path} is unreadable or truncated \\(EOFError",
+            "tensorflow-datasets prepare its mnist builder",
+            "yann.lecun.com",
+        )
+        self.assertNotIn("apt-get", message)  # Debian packages Fashion-MNIST only
 
     def test_truncated_header(self):
         labels = self.arrays["test"][1]
         folder = self._folder(False, {"t10k-labels-idx1-ubyte": idx_bytes(labels)[:6]})
-        self._assert_error("mnist", folder, "t10k-labels-idx1-ubyte: it is truncated: 6 bytes, "
-                                            "shorter than its 8-byte header")
+        self._assert_error(
+            "mnist", folder, "t10k-labels-idx1-ubyte: it is truncated: 6 bytes, shorter than its 8-byte header"
+        )
 
     def test_extra_bytes(self):
         labels = self.arrays["test"][1]
@@ -140,8 +157,9 @@ class IdxTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_not_idx(self):
         folder = self._folder(False, {"train-images-idx3-ubyte": b"<html>Not found</html>"})
-        self._assert_error("fashion_mnist", folder,
-                           "train-images-idx3-ubyte: not an IDX file: it starts with bytes 3c68746d")
+        self._assert_error(
+            "fashion_mnist", folder, "train-images-idx3-ubyte: not an IDX file: it starts with bytes 3c68746d"
+        )
 
     def test_wrong_dtype_code(self):
         images = self.arrays["train"][0]
@@ -151,30 +169,38 @@ class IdxTest(tf.test.TestCase, parameterized.TestCase):
     def test_images_and_labels_swapped(self):
         # A label file's magic number (1 dimension) where the images belong.
         folder = self._folder(False, {"train-images-idx3-ubyte": idx_bytes(self.arrays["train"][1])})
-        self._assert_error("fashion_mnist", folder,
-                           "train-images-idx3-ubyte: it has 1 dimension\\(s\\) where an image file has 3")
+        self._assert_error(
+            "fashion_mnist", folder, "train-images-idx3-ubyte: it has 1 dimension\\(s\\) where an image file has 3"
+        )
 
     def test_wrong_image_size(self):
         folder = self._folder(False, {"t10k-images-idx3-ubyte": idx_bytes(np.zeros((4, 32, 32)))})
         self._assert_error("fashion_mnist", folder, "t10k-images-idx3-ubyte: its images are 32x32, not 28x28")
 
     def test_no_examples(self):
-        folder = self._folder(False, {"t10k-images-idx3-ubyte": idx_bytes(np.zeros((0, 28, 28))),
-                                      "t10k-labels-idx1-ubyte": idx_bytes(np.zeros((0,)))})
+        folder = self._folder(
+            False,
+            {
+                "t10k-images-idx3-ubyte": idx_bytes(np.zeros((0, 28, 28))),
+                "t10k-labels-idx1-ubyte": idx_bytes(np.zeros((0,))),
+            },
+        )
         self._assert_error("fashion_mnist", folder, "t10k-images-idx3-ubyte: it holds no examples")
 
     def test_label_out_of_range(self):
         folder = self._folder(True, {"train-labels-idx1-ubyte": idx_bytes(np.array([0, 9, 3, 10, 7, 11]))})
-        self._assert_error("fashion_mnist", folder,
-                           "train-labels-idx1-ubyte.gz: label 10 at example 3 is outside 0..9",
-                           "apt-get install dataset-fashion-mnist")
+        self._assert_error(
+            "fashion_mnist",
+            folder,
+            "train-labels-idx1-ubyte.gz: label 10 at example 3 is outside 0..9",
+            "apt-get install dataset-fashion-mnist",
+        )
 
     def test_count_mismatch(self):
         folder = self._folder(True, {"t10k-labels-idx1-ubyte": idx_bytes(np.array([1, 2, 3]))})
         images = os.path.join(folder, "t10k-images-idx3-ubyte.gz")
         labels = os.path.join(folder, "t10k-labels-idx1-ubyte.gz")
-        self._assert_error("fashion_mnist", folder,
-                           f"^{images} holds 4 images but {labels} holds 3 labels")
+        self._assert_error("fashion_mnist", folder, f"^{images} holds 4 images but {labels} holds 3 labels")
 
     def test_unreadable_file(self):
         folder = self._folder(False)

@@ -102,7 +102,7 @@ class ImageFolderTest(tf.test.TestCase):
         _write(os.path.join(self.root, "b", "w.jpg"), _square([120, 60, 30]))
         with open(os.path.join(self.root, "a", "notes.txt"), "w") as f:
             f.write("not an image")
-        with open(os.path.join(self.root, "b", "._z.jpg"), "w") as f:   # macOS metadata, hidden
+        with open(os.path.join(self.root, "b", "._z.jpg"), "w") as f:  # macOS metadata, hidden
             f.write("not an image")
         os.makedirs(os.path.join(self.root, ".thumbnails", "c"))
 
@@ -132,8 +132,9 @@ class ImageFolderTest(tf.test.TestCase):
         images = self._load_all()
         self.assertEqual(images.shape, (4, 32, 32, 3))
         # Resizing keeps a flat colour exactly.
-        self.assertCountEqual([image[0, 0].tolist() for image in images],
-                              [_colour(0, 0), _colour(0, 1), _colour(1, 0), _colour(1, 1)])
+        self.assertCountEqual(
+            [image[0, 0].tolist() for image in images], [_colour(0, 0), _colour(0, 1), _colour(1, 0), _colour(1, 1)]
+        )
         self.assertAllEqual(images, np.broadcast_to(images[:, :1, :1], images.shape))
 
         _write(os.path.join(self.root, "a", "small.png"), _square([9, 9, 9], 8))
@@ -173,8 +174,7 @@ class ImageFolderTest(tf.test.TestCase):
         _write(os.path.join(self.root, "b", "rgba.png"), _square([1, 2, 3, 0]))
         images = self._load_all()
         self.assertEqual(images.shape, (5, 8, 8, 3))
-        self.assertCountEqual(images[:, 0, 0].tolist(),
-                              [[90] * 3, [60] * 3, [30] * 3, [20] * 3, [1, 2, 3]])
+        self.assertCountEqual(images[:, 0, 0].tolist(), [[90] * 3, [60] * 3, [30] * 3, [20] * 3, [1, 2, 3]])
 
     # --- the disk cache -------------------------------------------------------------------------
 
@@ -215,8 +215,7 @@ class ImageFolderTest(tf.test.TestCase):
         self._make({"a": 2, "b": 2})
         blocker = os.path.join(self.get_temp_dir(), "a_file")
         open(blocker, "w").close()
-        data = image_folder.load_folder(self.root, test_fraction=0.5,
-                                        cache_dir=os.path.join(blocker, "cache"))
+        data = image_folder.load_folder(self.root, test_fraction=0.5, cache_dir=os.path.join(blocker, "cache"))
         self.assertIn("not cached", data.source)
         self.assertLen(data.train.labels, 2)
 
@@ -315,7 +314,7 @@ class TfdsTest(tf.test.TestCase):
                 data = image_folder.load_tfds("mnist", data_dir, download=False)
         download.assert_not_called()
         self.assertEqual(data.class_names, tuple(str(d) for d in range(10)))
-        self.assertEqual(data.train.images.shape, (6, 28, 28, 1))   # 28x28 is kept
+        self.assertEqual(data.train.images.shape, (6, 28, 28, 1))  # 28x28 is kept
         self.assertEqual(data.test.images.shape, (6, 28, 28, 1))
         self.assertAllInRange(np.concatenate([data.train.labels, data.test.labels]), 0, 9)
         self.assertEqual(data.train.labels.dtype, np.int64)
@@ -343,6 +342,7 @@ class TfdsTest(tf.test.TestCase):
             def generator():
                 for i in range(20):
                     yield {"image": np.full((40 + i, 50, 3), i, np.uint8), "label": i % 5}
+
             signature = {"image": tf.TensorSpec([None, None, 3], tf.uint8), "label": tf.TensorSpec([], tf.int64)}
             return tf.data.Dataset.from_generator(generator, output_signature=signature)
 
@@ -367,28 +367,38 @@ class TfdsTest(tf.test.TestCase):
 
     def test_not_image_classification(self):
         data_dir = self._prepared("imdb_reviews")
-        self._assert_error(r"tfds:imdb_reviews: not an image-classification set \(its features are .*text",
-                           "imdb_reviews", data_dir)
+        self._assert_error(
+            r"tfds:imdb_reviews: not an image-classification set \(its features are .*text", "imdb_reviews", data_dir
+        )
 
     def test_not_prepared_without_download(self):
         data_dir = os.path.join(self.get_temp_dir(), "empty")
         with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
-            self._assert_error(r"tfds:mnist: not prepared in .*empty: run with internet access and --download",
-                               "mnist", data_dir)
+            self._assert_error(
+                r"tfds:mnist: not prepared in .*empty: run with internet access and --download", "mnist", data_dir
+            )
         download.assert_not_called()
 
     def test_download_failure(self):
         data_dir = os.path.join(self.get_temp_dir(), "empty")
         failure = ConnectionError("Name or service not known")
-        with mock.patch.object(loaders, "_offline", return_value=False), mock.patch.object(
-                tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure):
-            self._assert_error(r"Downloading tfds:mnist failed \(ConnectionError: Name or service not known\)",
-                               "mnist", data_dir, download=True)
+        with (
+            mock.patch.object(loaders, "_offline", return_value=False),
+            mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure),
+        ):
+            self._assert_error(
+                r"Downloading tfds:mnist failed \(ConnectionError: Name or service not known\)",
+                "mnist",
+                data_dir,
+                download=True,
+            )
 
     def test_offline_does_not_try(self):
         data_dir = os.path.join(self.get_temp_dir(), "empty")
-        with mock.patch.object(loaders, "_offline", return_value=True), mock.patch.object(
-                tfds.core.DatasetBuilder, "download_and_prepare") as download:
+        with (
+            mock.patch.object(loaders, "_offline", return_value=True),
+            mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download,
+        ):
             self._assert_error(r"Cannot download tfds:mnist: no network", "mnist", data_dir, download=True)
         download.assert_not_called()
 

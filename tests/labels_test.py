@@ -25,18 +25,17 @@ class FixedLabelsTest(tf.test.TestCase, parameterized.TestCase):
     def test_human(self):
         # Apple (0), bear (3), bed (5), bicycle (8) for (3, 10): their 10-class labels 5, 0, 6, 9,
         # which sit at the same slots under psi [5, 1, 4].
-        out = labels.fixed_aux_labels("human", self.cifar100, 3, 10, (5, 1, 4),
-                                      np.asarray([0, 3, 5, 8]), seed=0)
+        out = labels.fixed_aux_labels("human", self.cifar100, 3, 10, (5, 1, 4), np.asarray([0, 3, 5, 8]), seed=0)
         self.assertAllEqual(out, [5, 0, 6, 9])
         # (20, 100): apple and pear are the 1st and 4th fine labels of superclass 4 (slots 20..24).
-        out = labels.fixed_aux_labels("human", self.cifar100, 20, 100, (5,) * 20,
-                                      np.asarray([0, 57]), seed=0)
+        out = labels.fixed_aux_labels("human", self.cifar100, 20, 100, (5,) * 20, np.asarray([0, 57]), seed=0)
         self.assertAllEqual(out, [20, 23])
         for pri, aux in ((3, 10), (10, 20), (20, 100)):
             psi = hierarchy.human_psi(self.cifar100, pri, aux)
             self.assertAllEqual(
                 labels.fixed_aux_labels("human", self.cifar100, pri, aux, psi, self.fine, seed=3),
-                hierarchy.human_aux_labels(self.cifar100, pri, aux, self.fine))
+                hierarchy.human_aux_labels(self.cifar100, pri, aux, self.fine),
+            )
 
     def test_human_targets_are_one_hot_of_fixed_labels(self):
         fine = np.asarray([0, 3, 5, 8, 2])
@@ -87,7 +86,7 @@ class FixedLabelsTest(tf.test.TestCase, parameterized.TestCase):
         offsets = hierarchy.block_offsets(psi)
         for p, n in enumerate(psi):
             counts = np.bincount(out[principal == p] - offsets[p], minlength=n)
-            self.assertLen(counts, n)                       # nothing outside the block
+            self.assertLen(counts, n)  # nothing outside the block
             self.assertTrue(np.all(counts > 0), msg=f"block {p}: {counts}")
             mean = counts.mean()
             self.assertAllInRange(counts, 0.7 * mean, 1.3 * mean)
@@ -112,8 +111,9 @@ class MaxlTargetsTest(tf.test.TestCase):
         }
 
     def test_generated_labels_in_blocks(self):
-        out = labels.generated_labels(self.generator, self.batch["images"], self.batch["labels"],
-                                      self.mask_table, training=False).numpy()
+        out = labels.generated_labels(
+            self.generator, self.batch["images"], self.batch["labels"], self.mask_table, training=False
+        ).numpy()
         self.assertEqual(out.shape, (6, 10))
         self.assertAllClose(out.sum(-1), np.ones(6), rtol=1e-6)
         outside = hierarchy.psi_mask(self.psi)[self.batch["labels"].numpy()] == 0
@@ -130,8 +130,9 @@ class MaxlTargetsTest(tf.test.TestCase):
     def test_maxl_targets_equal_generated_labels_and_stop_gradient(self):
         with tf.GradientTape(persistent=True) as tape:
             targets = labels.auxiliary_targets("maxl", self.batch, 10, self.generator, self.mask_table)
-            generated = labels.generated_labels(self.generator, self.batch["images"],
-                                                self.batch["labels"], self.mask_table, training=False)
+            generated = labels.generated_labels(
+                self.generator, self.batch["images"], self.batch["labels"], self.mask_table, training=False
+            )
             weighted = tf.reduce_sum(targets * tf.range(10, dtype=tf.float32))
             weighted_generated = tf.reduce_sum(generated * tf.range(10, dtype=tf.float32))
         self.assertAllClose(targets, generated, rtol=1e-6)
@@ -153,29 +154,31 @@ class MaxlTargetsTest(tf.test.TestCase):
 
     def test_training_mode_targets_use_batch_statistics_and_move_the_moving_ones(self):
         before = [v.numpy().copy() for v in self.generator.non_trainable_variables]
-        targets = labels.auxiliary_targets("maxl", self.batch, 10, self.generator, self.mask_table,
-                                           generator_training=True)
+        targets = labels.auxiliary_targets(
+            "maxl", self.batch, 10, self.generator, self.mask_table, generator_training=True
+        )
         moved = [v.numpy().copy() for v in self.generator.non_trainable_variables]
-        self.assertTrue(any(np.any(b != m) for b, m in zip(before, moved)))   # as PyTorch's train mode
+        self.assertTrue(any(np.any(b != m) for b, m in zip(before, moved)))  # as PyTorch's train mode
         # The same labels from a stateless diagnostic pass, which leaves the statistics alone.
         for variable, value in zip(self.generator.non_trainable_variables, before):
             variable.assign(value)
-        diagnostic = labels.auxiliary_targets("maxl", self.batch, 10, self.generator, self.mask_table,
-                                              generator_training=True, update_statistics=False)
+        diagnostic = labels.auxiliary_targets(
+            "maxl", self.batch, 10, self.generator, self.mask_table, generator_training=True, update_statistics=False
+        )
         self.assertAllClose(diagnostic, targets, rtol=1e-5, atol=1e-6)
         for variable, value in zip(self.generator.non_trainable_variables, before):
             self.assertAllEqual(variable.numpy(), value)
         # Batch statistics differ from the initial moving ones (mean 0, variance 1).
         inference = labels.auxiliary_targets("maxl", self.batch, 10, self.generator, self.mask_table)
         self.assertNotAllClose(inference, targets)
-        hard = labels.hard_generated_labels(self.generator, self.batch["images"], self.batch["labels"],
-                                            self.mask_table, training=True)
+        hard = labels.hard_generated_labels(
+            self.generator, self.batch["images"], self.batch["labels"], self.mask_table, training=True
+        )
         self.assertAllEqual(hard, np.argmax(targets.numpy(), axis=-1))
 
     def test_single_has_no_targets(self):
         self.assertIsNone(labels.auxiliary_targets("single", self.batch, 10))
-        self.assertIsNone(labels.auxiliary_targets("single", self.batch, 10, self.generator,
-                                                   self.mask_table))
+        self.assertIsNone(labels.auxiliary_targets("single", self.batch, 10, self.generator, self.mask_table))
 
     def test_random_targets_are_one_hot(self):
         batch = dict(self.batch, aux_labels=tf.constant([3, 5, 9, 0, 6, 5], tf.int64))

@@ -251,28 +251,38 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
     def test_download_failure_becomes_data_error(self):
         data_dir = self._dir("empty")
         failure = ConnectionError("Name or service not known")
-        expected = (rf"^No cifar100 data in --data_dir={data_dir} \(looked for cifar-100-python.tar.gz.*\), and "
-                    r"downloading cifar100 there .*failed \(ConnectionError: Name or service not known\)")
-        with mock.patch.object(loaders, "_offline", return_value=False), mock.patch.object(
-            tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure
+        expected = (
+            rf"^No cifar100 data in --data_dir={data_dir} \(looked for cifar-100-python.tar.gz.*\), and "
+            r"downloading cifar100 there .*failed \(ConnectionError: Name or service not known\)"
+        )
+        with (
+            mock.patch.object(loaders, "_offline", return_value=False),
+            mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure),
         ):
             with self.assertRaisesRegex(errors.Error, expected):
                 loaders.load("cifar100", data_dir, download=True)
         # Without --data_dir the message says how to give one.
-        with mock.patch.object(loaders, "_offline", return_value=False), mock.patch.object(
-            tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure
-        ), mock.patch.object(tfds.core.constants, "DATA_DIR", self._dir("tfds_default")):
+        with (
+            mock.patch.object(loaders, "_offline", return_value=False),
+            mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure),
+            mock.patch.object(tfds.core.constants, "DATA_DIR", self._dir("tfds_default")),
+        ):
             with self.assertRaisesRegex(errors.Error, r"cifar100.*failed \(ConnectionError.*--data_dir=<that folder>"):
                 loaders.load("cifar100", None, download=True)
 
     def test_offline_download_fails_fast_without_trying(self):
         data_dir = self._dir("empty")
         lookup_failure = socket.gaierror(-2, "Name or service not known")
-        with mock.patch.dict(os.environ, {}, clear=True), mock.patch.object(
-            socket, "getaddrinfo", side_effect=lookup_failure
-        ) as lookup, mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
-            with self.assertRaisesRegex(errors.Error, rf"^No cifar100 data in --data_dir={data_dir} .*, and "
-                                                      r"downloading cifar100 there is impossible: no network"):
+        with (
+            mock.patch.dict(os.environ, {}, clear=True),
+            mock.patch.object(socket, "getaddrinfo", side_effect=lookup_failure) as lookup,
+            mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download,
+        ):
+            with self.assertRaisesRegex(
+                errors.Error,
+                rf"^No cifar100 data in --data_dir={data_dir} .*, and "
+                r"downloading cifar100 there is impossible: no network",
+            ):
                 loaders.load("cifar100", data_dir, download=True)
             with self.assertRaisesRegex(errors.Error, r"Cannot download cifar100: no network.*--data_dir"):
                 with mock.patch.object(tfds.core.constants, "DATA_DIR", self._dir("tfds_default")):
@@ -281,16 +291,16 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLen(lookup.call_args_list, 2 * len(loaders._DOWNLOAD_HOSTS))
 
     def test_proxy_leaves_the_download_to_try(self):
-        with mock.patch.dict(os.environ, {"HTTPS_PROXY": "http://proxy:3128"}), mock.patch.object(
-            socket, "getaddrinfo", side_effect=OSError
+        with (
+            mock.patch.dict(os.environ, {"HTTPS_PROXY": "http://proxy:3128"}),
+            mock.patch.object(socket, "getaddrinfo", side_effect=OSError),
         ):
             self.assertFalse(loaders._offline())
 
     def _fake_prepare(self, builder, num_examples: int = 6) -> None:
         """Writes what preparing leaves behind but the records (mock_data supplies the examples)."""
         split_infos = [
-            tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0)
-            for split in ("train", "test")
+            tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0) for split in ("train", "test")
         ]
         builder.info.set_splits(tfds.core.SplitDict(split_infos))
         builder.data_path.mkdir(parents=True, exist_ok=True)
@@ -322,9 +332,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         self._assert_split(raw.train, 5)
         self._assert_split(raw.test, 5)
         self.assertBetween(raw.test.labels.max(), 0, 9)
-        self.assertEqual(
-            raw.source, f"tfds cifar10/3.0.2 (train) + cifar10_1/v6/1.1.0 (test) in {data_dir}"
-        )
+        self.assertEqual(raw.source, f"tfds cifar10/3.0.2 (train) + cifar10_1/v6/1.1.0 (test) in {data_dir}")
 
     def test_tfds_download_when_not_prepared(self):
         data_dir = self._dir("tfds")
@@ -335,8 +343,9 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
             self._fake_prepare(builder)
 
         with tfds.testing.mock_data(num_examples=6, data_dir=data_dir):
-            with mock.patch.object(loaders, "_offline", return_value=False), mock.patch.object(
-                tfds.core.DatasetBuilder, "download_and_prepare", fake_download_and_prepare
+            with (
+                mock.patch.object(loaders, "_offline", return_value=False),
+                mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare", fake_download_and_prepare),
             ):
                 raw = loaders.load("cifar10", data_dir, download=True)
         self.assertEqual(prepared, ["cifar10/3.0.2"])
@@ -378,12 +387,12 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_find_locates_archives_without_reading_them(self):
         data_dir = self._dir("data")
-        os.makedirs(os.path.join(data_dir, "cifar-100-python"))   # empty: load() would fail reading it
+        os.makedirs(os.path.join(data_dir, "cifar-100-python"))  # empty: load() would fail reading it
         loaders.find("cifar100", data_dir, download=False)
         with self.assertRaisesRegex(errors.Error, "cifar-100-python.*unreadable"):
             loaders.load("cifar100", data_dir, download=False)
         idx_dir = self._dir("idx")
-        open(os.path.join(idx_dir, "train-images-idx3-ubyte"), "w").close()   # empty: load() would fail
+        open(os.path.join(idx_dir, "train-images-idx3-ubyte"), "w").close()  # empty: load() would fail
         loaders.find("fashion_mnist", idx_dir, download=False)
         with self.assertRaisesRegex(errors.Error, "holds only some of fashion_mnist's IDX files"):
             loaders.load("fashion_mnist", idx_dir, download=False)
@@ -400,9 +409,11 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         empty = self._dir("empty")
         partial = self._dir("partial")
         self._write_cifar10_1(partial)
-        for dataset, data_dir, expected in (("cifar100", missing, rf"--data_dir={missing} does not exist"),
-                                            ("cifar10", empty, r"No cifar10 data in --data_dir=.*--download"),
-                                            ("cifar10_1", partial, r"holds only part of cifar10_1")):
+        for dataset, data_dir, expected in (
+            ("cifar100", missing, rf"--data_dir={missing} does not exist"),
+            ("cifar10", empty, r"No cifar10 data in --data_dir=.*--download"),
+            ("cifar10_1", partial, r"holds only part of cifar10_1"),
+        ):
             with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
                 for check in (loaders.find, loaders.load):
                     with self.assertRaisesRegex(errors.Error, expected):
@@ -441,8 +452,10 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
 
     def _write_idx(self, folder: str) -> dict:
         """The four IDX files (5 train, 3 test 28x28 images), gzipped; returns the arrays."""
-        arrays = {"train": (self.rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), np.array([0, 9, 4, 4, 1])),
-                  "test": (self.rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), np.array([7, 2, 5]))}
+        arrays = {
+            "train": (self.rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), np.array([0, 9, 4, 4, 1])),
+            "test": (self.rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), np.array([7, 2, 5])),
+        }
         for split, names in idx.FILES.items():
             for name, array in zip(names, arrays[split]):
                 idx_test.write(os.path.join(folder, name), idx_test.idx_bytes(array), gzipped=True)
@@ -477,8 +490,9 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
     def test_broken_idx_file_in_data_dir(self):
         data_dir = self._dir("idx")
         self._write_idx(data_dir)
-        idx_test.write(os.path.join(data_dir, "t10k-labels-idx1-ubyte"), idx_test.idx_bytes(np.array([1, 10, 2])),
-                       gzipped=False)
+        idx_test.write(
+            os.path.join(data_dir, "t10k-labels-idx1-ubyte"), idx_test.idx_bytes(np.array([1, 10, 2])), gzipped=False
+        )
         os.remove(os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz"))
         with self.assertRaisesRegex(errors.Error, r"t10k-labels-idx1-ubyte: label 10 at example 1"):
             loaders.load("fashion_mnist", data_dir, download=False)
@@ -505,14 +519,19 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
     def test_mnist_without_data_dir_says_where_it_looked(self):
         tfds_dir = self._dir("tfds_default")
         with mock.patch.object(tfds.core.constants, "DATA_DIR", tfds_dir):
-            with self.assertRaisesRegex(errors.Error, rf"No mnist data in the tensorflow-datasets folder {tfds_dir}: "
-                                                      "put the four IDX files"):
+            with self.assertRaisesRegex(
+                errors.Error,
+                rf"No mnist data in the tensorflow-datasets folder {tfds_dir}: "
+                "put the four IDX files",
+            ):
                 loaders.load("mnist", None, download=False)
 
     def test_fashion_mnist_without_data_dir_or_package(self):
         tfds_dir = self._dir("tfds_default")
-        with mock.patch.object(tfds.core.constants, "DATA_DIR", tfds_dir), \
-                mock.patch.object(idx, "DEBIAN_FASHION_MNIST", os.path.join(tfds_dir, "absent")):
+        with (
+            mock.patch.object(tfds.core.constants, "DATA_DIR", tfds_dir),
+            mock.patch.object(idx, "DEBIAN_FASHION_MNIST", os.path.join(tfds_dir, "absent")),
+        ):
             with self.assertRaisesRegex(errors.Error, "apt-get install dataset-fashion-mnist"):
                 loaders.load("fashion_mnist", None, download=False)
 

@@ -7,15 +7,9 @@ import tensorflow as tf
 
 from maxl_tf import losses
 
-_LOGITS = np.asarray([[2.0, -1.0, 0.5, 0.0],
-                      [0.3, 0.3, -2.0, 1.5],
-                      [-0.7, 4.0, 1.0, -3.0]])
-_ONE_HOT = np.asarray([[1.0, 0.0, 0.0, 0.0],
-                       [0.0, 0.0, 0.0, 1.0],
-                       [0.0, 0.0, 1.0, 0.0]])
-_SOFT = np.asarray([[0.5, 0.25, 0.25, 0.0],
-                    [0.1, 0.2, 0.3, 0.4],
-                    [0.0, 0.0, 0.9, 0.1]])
+_LOGITS = np.asarray([[2.0, -1.0, 0.5, 0.0], [0.3, 0.3, -2.0, 1.5], [-0.7, 4.0, 1.0, -3.0]])
+_ONE_HOT = np.asarray([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+_SOFT = np.asarray([[0.5, 0.25, 0.25, 0.0], [0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 0.9, 0.1]])
 
 
 def _np_softmax(logits):
@@ -34,13 +28,14 @@ class FocalLossTest(tf.test.TestCase, parameterized.TestCase):
         # First row by hand: p = softmax([2, -1, .5, 0]) with target class 0.
         z = np.exp([2.0, -1.0, 0.5, 0.0])
         p0 = z[0] / z.sum()
-        row0_gamma2 = -(1 - p0) ** 2 * np.log(p0)
+        row0_gamma2 = -((1 - p0) ** 2) * np.log(p0)
         loss = losses.focal_loss(tf.constant(_LOGITS[:1], tf.float64), _ONE_HOT[:1], gamma=2.0)
         self.assertAllClose(loss, row0_gamma2, rtol=1e-12, atol=0)
-        self.assertAllClose(float(loss), 0.0287718, atol=1e-6)   # the same, as a number
+        self.assertAllClose(float(loss), 0.0287718, atol=1e-6)  # the same, as a number
 
-    @parameterized.parameters((2.0, "one_hot"), (2.0, "soft"), (0.0, "one_hot"), (0.0, "soft"),
-                              (1.0, "soft"), (0.5, "soft"))
+    @parameterized.parameters(
+        (2.0, "one_hot"), (2.0, "soft"), (0.0, "one_hot"), (0.0, "soft"), (1.0, "soft"), (0.5, "soft")
+    )
     def test_against_numpy(self, gamma, which):
         targets = _ONE_HOT if which == "one_hot" else _SOFT
         for dtype, tol in ((tf.float64, 1e-12), (tf.float32, 1e-6)):
@@ -58,7 +53,8 @@ class FocalLossTest(tf.test.TestCase, parameterized.TestCase):
         fused = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, _LOGITS))
         self.assertAllClose(ours, fused, rtol=1e-10)
         keras_ce = keras.losses.CategoricalCrossentropy(from_logits=True)(
-            tf.constant(targets, tf.float32), tf.constant(_LOGITS, tf.float32))
+            tf.constant(targets, tf.float32), tf.constant(_LOGITS, tf.float32)
+        )
         self.assertAllClose(ours, keras_ce, rtol=1e-5)
 
     def test_focal_down_weights_easy_examples(self):
@@ -156,23 +152,22 @@ class SecondOrderTest(tf.test.TestCase, parameterized.TestCase):
         """The trap the hand-written loss avoids: the fused op's mixed derivative is missing."""
         ours = self._mixed_gradient(lambda l, t: losses.focal_loss(l, t, gamma=0.0), _SOFT)
         self.assertGreater(float(tf.reduce_max(tf.abs(ours))), 1e-3)
-        fused = self._mixed_gradient(
-            lambda l, t: tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(t, l)), _SOFT)
+        fused = self._mixed_gradient(lambda l, t: tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(t, l)), _SOFT)
         # TensorFlow 2.21 gives None (labels are not connected to the op's backprop output).
         # Should a later TensorFlow differentiate it properly, the contrast no longer holds and
         # only our loss's value, checked above, matters.
         if fused is not None and float(tf.reduce_max(tf.abs(fused))) > 0:
-            self.skipTest("this TensorFlow differentiates softmax_cross_entropy_with_logits twice "
-                          "with respect to the labels; nothing to contrast")
+            self.skipTest(
+                "this TensorFlow differentiates softmax_cross_entropy_with_logits twice "
+                "with respect to the labels; nothing to contrast"
+            )
         self.assertTrue(fused is None or not np.any(fused.numpy()))
 
 
 class EntropyRegulariserTest(tf.test.TestCase):
     def test_against_numpy(self):
-        labels = np.asarray([[0.7, 0.2, 0.1, 0.0],
-                             [0.0, 0.5, 0.5, 0.0],
-                             [0.1, 0.1, 0.1, 0.7]])
-        pbar = labels.mean(axis=0)            # [0.2667, 0.2667, 0.2333, 0.2333]
+        labels = np.asarray([[0.7, 0.2, 0.1, 0.0], [0.0, 0.5, 0.5, 0.0], [0.1, 0.1, 0.1, 0.7]])
+        pbar = labels.mean(axis=0)  # [0.2667, 0.2667, 0.2333, 0.2333]
         expected = np.sum(pbar * np.log(pbar))
         self.assertAllClose(losses.entropy_regulariser(tf.constant(labels)), expected, rtol=1e-10)
         self.assertAllClose(float(expected), -1.384070, atol=1e-6)
@@ -205,13 +200,9 @@ class EntropyRegulariserTest(tf.test.TestCase):
 class MaskedSoftmaxTest(tf.test.TestCase):
     def setUp(self):
         super().setUp()
-        self.logits = np.asarray([[1.0, 2.0, 3.0, 0.5, -1.0],
-                                  [0.2, -0.3, 5.0, 1.0, 2.0],
-                                  [4.0, 4.0, -2.0, 0.0, 9.0]])
+        self.logits = np.asarray([[1.0, 2.0, 3.0, 0.5, -1.0], [0.2, -0.3, 5.0, 1.0, 2.0], [4.0, 4.0, -2.0, 0.0, 9.0]])
         # psi [2,2,1] rows for principal labels 0, 1, 2.
-        self.mask = np.asarray([[1, 1, 0, 0, 0],
-                                [0, 0, 1, 1, 0],
-                                [0, 0, 0, 0, 1]], np.float32)
+        self.mask = np.asarray([[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]], np.float32)
 
     def test_block_softmax(self):
         out = losses.masked_softmax(tf.constant(self.logits), self.mask).numpy()
@@ -237,8 +228,7 @@ class MaskedSoftmaxTest(tf.test.TestCase):
     def test_block_far_below_masked_logit(self):
         # The allowed block is ~1000 below a masked logit: a global-max shift would underflow the
         # whole block to 0/0.
-        logits = np.asarray([[5.0, -995.0, -996.0, -1000.0],
-                             [-1000.0, -1001.0, 30.0, 20.0]], np.float32)
+        logits = np.asarray([[5.0, -995.0, -996.0, -1000.0], [-1000.0, -1001.0, 30.0, 20.0]], np.float32)
         mask = np.asarray([[0, 1, 1, 1], [1, 1, 0, 0]], np.float32)
         out = losses.masked_softmax(tf.constant(logits), mask).numpy()
         self.assertTrue(np.all(np.isfinite(out)))
@@ -253,7 +243,7 @@ class MaskedSoftmaxTest(tf.test.TestCase):
         with tf.GradientTape() as tape:
             tape.watch(logits)
             out = losses.masked_softmax(logits, self.mask)
-        jacobian = tape.batch_jacobian(out, logits).numpy()         # [batch, aux, aux]
+        jacobian = tape.batch_jacobian(out, logits).numpy()  # [batch, aux, aux]
         for row, block in ((0, slice(0, 2)), (1, slice(2, 4)), (2, slice(4, 5))):
             p = _np_softmax(self.logits[row, block])
             expected = np.zeros((5, 5))
@@ -277,8 +267,7 @@ class MaskedSoftmaxTest(tf.test.TestCase):
 class AccuracyTest(tf.test.TestCase):
     def test_accuracy(self):
         self.assertAllClose(losses.accuracy(tf.constant(_LOGITS), [0, 3, 2]), 2.0 / 3.0)
-        self.assertAllClose(losses.accuracy(tf.constant(_LOGITS), np.asarray([0, 3, 2], np.int32)),
-                            2.0 / 3.0)
+        self.assertAllClose(losses.accuracy(tf.constant(_LOGITS), np.asarray([0, 3, 2], np.int32)), 2.0 / 3.0)
 
 
 if __name__ == "__main__":

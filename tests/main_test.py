@@ -1,4 +1,5 @@
 """main.py as a user runs it: bad input, interruption and resume, replay from flags.cfg."""
+
 import json
 import os
 import signal
@@ -14,8 +15,7 @@ from maxl_tf import errors
 from tests import smoke_util
 
 # Long enough epochs (34 steps of 16) that signals land mid-epoch; three epochs.
-RESUME_FLAGS = ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, "--epochs=3", "--max_train_examples=600",
-                "--batch_size=16")
+RESUME_FLAGS = ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, "--epochs=3", "--max_train_examples=600", "--batch_size=16")
 
 
 def _numbers(results_path):
@@ -52,12 +52,14 @@ class ValidationTest(parameterized.TestCase):
         (dict(hypergradient="implicit", neumann_terms=-1), "--neumann_terms=-1: must not be negative"),
         (dict(neumann_terms=10), "--neumann_terms=10: only --hypergradient=implicit uses it"),
         (dict(schedule="alternating", meta_every=10), "--meta_every=10: --schedule=alternating already"),
-        (dict(schedule="alternating", hypergradient="implicit"),
-         "--hypergradient=implicit: .* use --schedule=interleaved"),
+        (
+            dict(schedule="alternating", hypergradient="implicit"),
+            "--hypergradient=implicit: .* use --schedule=interleaved",
+        ),
     )
     def test_bad_flag_is_named(self, overrides, message):
         with self.assertRaisesRegex(errors.Error, message):
-            if "psi" in overrides:   # the flag's text, as main.py parses it
+            if "psi" in overrides:  # the flag's text, as main.py parses it
                 overrides = dict(overrides, psi=config_lib.parse_psi(overrides["psi"]))
             config_lib.validate(config_lib.Config(**overrides))
 
@@ -69,9 +71,11 @@ class ValidationTest(parameterized.TestCase):
     def test_hypergradient_settings_name_the_run(self):
         def name(**fields):
             return config_lib.Config(dataset="cifar10", pri=10, aux=20, **fields).name
+
         self.assertEqual(name(), "cifar10_pri10_aux20_maxl_seed0")
-        self.assertEqual(name(hypergradient="first_order", meta_every=10),
-                         "cifar10_pri10_aux20_maxl_first_order_every10_seed0")
+        self.assertEqual(
+            name(hypergradient="first_order", meta_every=10), "cifar10_pri10_aux20_maxl_first_order_every10_seed0"
+        )
         self.assertEqual(name(hypergradient="implicit"), "cifar10_pri10_aux20_maxl_implicit_seed0")
         self.assertEqual(name(hypergradient="implicit", neumann_terms=0), "cifar10_pri10_aux20_maxl_implicit0_seed0")
         self.assertEqual(name(method="single", meta_every=10), "cifar10_pri10_aux20_single_seed0")
@@ -92,8 +96,11 @@ class StartUpTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.named_parameters(
         ("typo_in_a_value", ("--batch_size=abc",), r"^error: flag --batch_size=abc: .*See --help\.$"),
         ("unknown_flag", ("--bach_size=10",), r"^error: Unknown command line flag 'bach_size'"),
-        ("missing_flagfile", ("--flagfile=/nonexistent/preset.cfg",),
-         r"^error: --flagfile=/nonexistent/preset.cfg: cannot open it \(No such file or directory\); pass"),
+        (
+            "missing_flagfile",
+            ("--flagfile=/nonexistent/preset.cfg",),
+            r"^error: --flagfile=/nonexistent/preset.cfg: cannot open it \(No such file or directory\); pass",
+        ),
         ("bad_choice", ("--method=magic",), r"^error: --method=magic: unknown"),
     )
     def test_flag_mistakes_are_one_line_without_tensorflow(self, args, pattern):
@@ -108,13 +115,15 @@ class StartUpTest(tf.test.TestCase, parameterized.TestCase):
         code, _, stderr, imported = self._run("--data_dir=/nonexistent/cifar", "--logdir=/nonexistent/run")
         self.assertEqual(code, 2, stderr)
         self.assertTrue(imported)
-        self.assertEqual([line for line in stderr.splitlines() if line.strip()],
-                         [line for line in stderr.splitlines() if line.startswith("error: ")], stderr)
+        self.assertEqual(
+            [line for line in stderr.splitlines() if line.strip()],
+            [line for line in stderr.splitlines() if line.startswith("error: ")],
+            stderr,
+        )
 
 
 @pytest.mark.slow
 class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
-
     def _assert_one_line_error(self, process, exit_code, pattern):
         self.assertEqual(process.returncode, exit_code, process.stderr[-2000:])
         self.assertNotIn("Traceback", process.stderr)
@@ -128,8 +137,11 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
         ("bad_psi", ("--dataset=cifar100", "--pri=3", "--aux=10", "--psi=5,1,5"), "--psi=5,1,5"),
         ("unparsable_flag", ("--batch_size=abc",), "batch_size"),
         ("missing_data_dir", ("--data_dir=/nonexistent/cifar",), "--data_dir=/nonexistent/cifar"),
-        ("model_too_deep_for_digits", ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, "--model=vgg16"),
-         "--model=vgg16 pools 5 times"),
+        (
+            "model_too_deep_for_digits",
+            ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, "--model=vgg16"),
+            "--model=vgg16 pools 5 times",
+        ),
         ("jit_without_nodeterministic", ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, "--jit"), "--nodeterministic"),
     )
     def test_bad_input_exits_2_with_one_line(self, args, pattern):
@@ -139,21 +151,29 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_several_methods_are_all_checked_before_any_trains(self):
         logdir = os.path.join(self.get_temp_dir(), "checked")
-        process = smoke_util.run_main(f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--method=single,magic",
-                                      f"--logdir={logdir}")
+        process = smoke_util.run_main(
+            f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--method=single,magic", f"--logdir={logdir}"
+        )
         self._assert_one_line_error(process, 2, "--method=magic")
         self.assertFalse(os.path.exists(logdir))
 
     def test_paper_command_offline_says_how_to_provide_data(self):
         empty = os.path.join(self.get_temp_dir(), "empty")
         os.makedirs(empty)
-        process = smoke_util.run_main("--dataset=cifar100", "--pri=20", "--aux=100", f"--data_dir={empty}",
-                                      "--nodownload", f"--logdir={self.get_temp_dir()}/paper")
+        process = smoke_util.run_main(
+            "--dataset=cifar100",
+            "--pri=20",
+            "--aux=100",
+            f"--data_dir={empty}",
+            "--nodownload",
+            f"--logdir={self.get_temp_dir()}/paper",
+        )
         self._assert_one_line_error(process, 2, "cifar-100-python.tar.gz")
 
     def test_non_finite_loss_exits_1(self):
-        process = smoke_util.run_main(f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--lr=1e30",
-                                      f"--logdir={self.get_temp_dir()}/nan")
+        process = smoke_util.run_main(
+            f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--lr=1e30", f"--logdir={self.get_temp_dir()}/nan"
+        )
         self._assert_one_line_error(process, 1, r"non-finite loss at step \d+")
 
     def test_interrupted_runs_resume_to_identical_results(self):
@@ -163,17 +183,24 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
         expected = _numbers(f"{root}/reference/results.json")
         self.assertLen(expected["history"], 3)
 
-        for name, signum, exit_codes in (("killed", signal.SIGKILL, (-signal.SIGKILL,)),
-                                         ("terminated", signal.SIGTERM, (128 + signal.SIGTERM,))):
+        for name, signum, exit_codes in (
+            ("killed", signal.SIGKILL, (-signal.SIGKILL,)),
+            ("terminated", signal.SIGTERM, (128 + signal.SIGTERM,)),
+        ):
             with self.subTest(name):
                 logdir = f"{root}/{name}"
-                process = subprocess.Popen(smoke_util.main_command(*RESUME_FLAGS, f"--logdir={logdir}"),
-                                           cwd=smoke_util.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                           text=True, env=dict(os.environ, PYTHONPATH=smoke_util.REPO))
+                process = subprocess.Popen(
+                    smoke_util.main_command(*RESUME_FLAGS, f"--logdir={logdir}"),
+                    cwd=smoke_util.REPO,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+                )
                 deadline = time.time() + 120
                 while not os.path.exists(f"{logdir}/checkpoints/checkpoint") and time.time() < deadline:
                     time.sleep(0.02)
-                time.sleep(0.3)    # into the second epoch
+                time.sleep(0.3)  # into the second epoch
                 process.send_signal(signum)
                 _, stderr = process.communicate(timeout=120)
                 self.assertIn(process.returncode, exit_codes, stderr[-2000:])
@@ -192,8 +219,12 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(_numbers(f"{root}/reference/results.json"), expected)
 
     def test_several_methods_print_a_table(self):
-        process = smoke_util.run_main(f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--epochs=1",
-                                      "--method=single,random", f"--logdir={self.get_temp_dir()}/table")
+        process = smoke_util.run_main(
+            f"--flagfile={smoke_util.SMOKE_FLAGFILE}",
+            "--epochs=1",
+            "--method=single,random",
+            f"--logdir={self.get_temp_dir()}/table",
+        )
         self.assertEqual(process.returncode, 0, process.stderr[-2000:])
         rows = [line for line in process.stdout.splitlines() if line.startswith("| ") and "method" not in line]
         self.assertEqual([row.split("|")[1].strip() for row in rows], ["single", "random"])

@@ -1,4 +1,5 @@
 """The generator's meta-gradient: exact second order, checked against finite differences."""
+
 from unittest import mock
 
 import keras
@@ -14,7 +15,6 @@ INNER_LR = 0.1
 
 
 class MetaGradientTest(tf.test.TestCase):
-
     def setUp(self):
         super().setUp()
         # The global dtype policy, not only floatx: an earlier test may already have fixed it.
@@ -33,8 +33,9 @@ class MetaGradientTest(tf.test.TestCase):
         super().tearDown()
 
     def _meta(self, entropy_weight):
-        return meta.second_order_meta_gradient(self.evaluator, self.generator, self.images, self.labels,
-                                               self.mask, INNER_LR, 2.0, entropy_weight)
+        return meta.second_order_meta_gradient(
+            self.evaluator, self.generator, self.images, self.labels, self.mask, INNER_LR, 2.0, entropy_weight
+        )
 
     def _central_difference(self, variable, index, entropy_weight, eps=1e-6):
         original = variable.numpy()
@@ -75,7 +76,7 @@ class MetaGradientTest(tf.test.TestCase):
         before = [v.numpy().copy() for v in self.evaluator.variables]
         _, stats = self._meta(entropy_weight=0.2)
         for old, variable in zip(before, self.evaluator.variables):
-            self.assertAllEqual(old, variable.numpy())   # weights and batch-norm moving statistics
+            self.assertAllEqual(old, variable.numpy())  # weights and batch-norm moving statistics
         # The lookahead step lowers the principal loss on the meta batch.
         self.assertLess(float(stats["loss_after"]), float(stats["loss_before"]))
 
@@ -114,14 +115,20 @@ class FusedBatchNormTest(tf.test.TestCase):
                 fast_y = layer.stateless_call(fast, moving, x, training=True)[0]
                 # Through the fast weights: the backward's gradient in its incoming gradient.
                 # Through the input gradient: in the input and the scale as well.
-                meta_loss = tf.reduce_sum(tf.cos(x) * fast_y ** 2) + tf.reduce_sum(tf.sin(x) * input_grad)
+                meta_loss = tf.reduce_sum(tf.cos(x) * fast_y**2) + tf.reduce_sum(tf.sin(x) * input_grad)
             second_order = outer.gradient(meta_loss, [x, *weights])
-            return {"y": y, "moving": new_moving, "input_grad": input_grad, "grads": grads,
-                    "second_order_input": second_order[0], "second_order_weights": second_order[1:],
-                    "inference": layer(x, training=False)}
+            return {
+                "y": y,
+                "moving": new_moving,
+                "input_grad": input_grad,
+                "grads": grads,
+                "second_order_input": second_order[0],
+                "second_order_weights": second_order[1:],
+                "inference": layer(x, training=False),
+            }
 
         fused = outputs(models.BatchNormalization, "float32")
-        reference = outputs(keras.layers.BatchNormalization, "float64")   # Keras' path, exact
+        reference = outputs(keras.layers.BatchNormalization, "float64")  # Keras' path, exact
         for name in fused:
             # TensorFlow's own composite for the second derivative in the input (unchanged by
             # models.py) loses about 1e-4 of its scale to cancellation in float32.

@@ -1,5 +1,6 @@
 """A user's own images end to end: flags, training on a folder with a hierarchy file, the exports
 loaded in a fresh process, and python -m maxl_tf.predict (README "Your own data")."""
+
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from maxl_tf import rundir
 from tests import smoke_util
 
 CLASSES = ("bus", "car", "cat", "dog", "owl")
-TREE = {"vehicle": ["bus", "car"], "animal": ["cat", "dog", "owl"]}   # animal 0, vehicle 1: psi (3, 2)
+TREE = {"vehicle": ["bus", "car"], "animal": ["cat", "dog", "owl"]}  # animal 0, vehicle 1: psi (3, 2)
 
 
 def write_folder(root: str, per_class: int = 10, size: int = 12) -> None:
@@ -65,8 +66,10 @@ class FlagsTest(tf.test.TestCase):
         levels = inputs.datasets.label_levels("folder", self.folder, self.tree)
         human = config_lib.validate(self._config(hierarchy=self.tree, pri=2, aux=5, method="human"))
         # Blocks: animal (cat, dog, owl) at 0..2, vehicle (bus, car) at 3..4.
-        self.assertEqual(inputs.class_names(levels, human),
-                         {"principal": ("animal", "vehicle"), "auxiliary": ("cat", "dog", "owl", "bus", "car")})
+        self.assertEqual(
+            inputs.class_names(levels, human),
+            {"principal": ("animal", "vehicle"), "auxiliary": ("cat", "dog", "owl", "bus", "car")},
+        )
         maxl = config_lib.validate(self._config(hierarchy=self.tree, pri=2, aux=6))
         self.assertEqual(inputs.class_names(levels, maxl), {"principal": ("animal", "vehicle"), "auxiliary": None})
 
@@ -88,12 +91,16 @@ class FlagsTest(tf.test.TestCase):
                     config_lib.validate(self._config(**overrides))
 
     def test_tfds_set_by_its_label_names(self):
-        config = config_lib.validate(config_lib.Config(dataset="tfds:mnist", pri=10, aux=20,
-                                                       logdir=self.get_temp_dir()))
+        config = config_lib.validate(
+            config_lib.Config(dataset="tfds:mnist", pri=10, aux=20, logdir=self.get_temp_dir())
+        )
         self.assertEqual(config.psi, (2,) * 10)
         self.assertEqual(config.name, "tfds_mnist_pri10_aux20_maxl_seed0")
-        with self.assertRaisesRegex(errors.Error, r"--dataset=tfds:mnistt: tensorflow-datasets has no such data "
-                                                  r"set \(close: mnist"):
+        with self.assertRaisesRegex(
+            errors.Error,
+            r"--dataset=tfds:mnistt: tensorflow-datasets has no such data "
+            r"set \(close: mnist",
+        ):
             config_lib.validate(config_lib.Config(dataset="tfds:mnistt", pri=10, aux=20))
 
     def test_hierarchy_naming_a_class_the_folder_lacks(self):
@@ -118,11 +125,24 @@ class OwnDataEndToEndTest(tf.test.TestCase):
             f.write("fine,principal\n" + "".join(f"{c},{p}\n" for p, cs in TREE.items() for c in cs))
         cls.logdir = os.path.join(cls.tmp, "runs", "own")
         cls.process = subprocess.run(
-            smoke_util.main_command(f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--dataset=folder",
-                                    f"--data_dir={cls.folder}", f"--hierarchy={cls.tree}", "--pri=2", "--aux=6",
-                                    "--max_train_examples=0", "--max_test_examples=0", "--batch_size=8",
-                                    f"--logdir={cls.logdir}"),
-            cwd=smoke_util.REPO, capture_output=True, text=True, timeout=600, env=_env(cls.tmp))
+            smoke_util.main_command(
+                f"--flagfile={smoke_util.SMOKE_FLAGFILE}",
+                "--dataset=folder",
+                f"--data_dir={cls.folder}",
+                f"--hierarchy={cls.tree}",
+                "--pri=2",
+                "--aux=6",
+                "--max_train_examples=0",
+                "--max_test_examples=0",
+                "--batch_size=8",
+                f"--logdir={cls.logdir}",
+            ),
+            cwd=smoke_util.REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=_env(cls.tmp),
+        )
         cls.images = [os.path.join(cls.folder, name, "3.png") for name in CLASSES]
 
     def setUp(self):
@@ -154,17 +174,23 @@ class OwnDataEndToEndTest(tf.test.TestCase):
 import numpy as np, keras, tensorflow as tf
 from maxl_tf import data, image_folder, models   # models registers the project's layers
 images = image_folder.load_images({self.images!r}, 12, 3)
-evaluator = keras.saving.load_model({os.path.join(self.logdir, 'evaluator.keras')!r})
-generator = keras.saving.load_model({os.path.join(self.logdir, 'generator.keras')!r})
-serving = tf.saved_model.load({os.path.join(self.logdir, 'serving')!r})
+evaluator = keras.saving.load_model({os.path.join(self.logdir, "evaluator.keras")!r})
+generator = keras.saving.load_model({os.path.join(self.logdir, "generator.keras")!r})
+serving = tf.saved_model.load({os.path.join(self.logdir, "serving")!r})
 served = serving.serve(tf.constant(images))
 x = data.normalise(images)
 np.savez({out!r}, principal_logits=evaluator(x, training=False)[0].numpy(),
          generator_logits=generator(x, training=False).numpy(),
          served_principal=served["principal"].numpy(), served_auxiliary=served["auxiliary"].numpy())
 """
-        process = subprocess.run([sys.executable, "-c", script], cwd=self.tmp, capture_output=True, text=True,
-                                 timeout=300, env=_env(self.tmp))
+        process = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=self.tmp,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=_env(self.tmp),
+        )
         self.assertEqual(process.returncode, 0, process.stderr)
         fresh = np.load(out)
         self.assertAllClose(tf.nn.softmax(fresh["principal_logits"]), principal, atol=1e-6)
@@ -174,12 +200,18 @@ np.savez({out!r}, principal_logits=evaluator(x, training=False)[0].numpy(),
         self.assertAllClose(fresh["served_auxiliary"], auxiliary, atol=1e-6)
         # Zero outside the predicted principal class's block: animal owns 0..2, vehicle 3..5.
         for row, label in zip(fresh["served_auxiliary"], np.argmax(principal, axis=1)):
-            self.assertAllEqual(row[3 * (1 - label):3 * (2 - label)], np.zeros(3))
+            self.assertAllEqual(row[3 * (1 - label) : 3 * (2 - label)], np.zeros(3))
 
     def test_predict_prints_names_and_the_generators_label(self):
         _, principal, auxiliary = self._expected()
-        process = subprocess.run([sys.executable, "-m", "maxl_tf.predict", f"--logdir={self.logdir}", *self.images],
-                                 cwd=self.tmp, capture_output=True, text=True, timeout=300, env=_env(self.tmp))
+        process = subprocess.run(
+            [sys.executable, "-m", "maxl_tf.predict", f"--logdir={self.logdir}", *self.images],
+            cwd=self.tmp,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=_env(self.tmp),
+        )
         self.assertEqual(process.returncode, 0, process.stderr)
         self.assertEqual(process.stderr, "")
         lines = process.stdout.splitlines()
@@ -187,21 +219,31 @@ np.savez({out!r}, principal_logits=evaluator(x, training=False)[0].numpy(),
         for line, path, pri, aux in zip(lines, self.images, principal, auxiliary):
             name = ("animal", "vehicle")[int(np.argmax(pri))]
             slot = int(np.argmax(aux))
-            expected = (rf"{re.escape(path)}: {name} \({100 * pri.max():.1f}%\); auxiliary {slot} "
-                        rf"\({slot % 3 + 1} of {name}'s 3; generator\) \({100 * aux.max():.1f}%\)")
+            expected = (
+                rf"{re.escape(path)}: {name} \({100 * pri.max():.1f}%\); auxiliary {slot} "
+                rf"\({slot % 3 + 1} of {name}'s 3; generator\) \({100 * aux.max():.1f}%\)"
+            )
             self.assertRegex(line, expected)
 
     def test_predict_bad_input(self):
-        cases = [([f"--logdir={self.logdir}", os.path.join(self.tmp, "missing.png")], r"missing\.png: no such image"),
-                 ([f"--logdir={self.folder}", self.images[0]], r"not a maxl_tf run directory"),
-                 ([self.images[0]], r"--logdir is required")]
+        cases = [
+            ([f"--logdir={self.logdir}", os.path.join(self.tmp, "missing.png")], r"missing\.png: no such image"),
+            ([f"--logdir={self.folder}", self.images[0]], r"not a maxl_tf run directory"),
+            ([self.images[0]], r"--logdir is required"),
+        ]
         broken = os.path.join(self.tmp, "broken.png")
         with open(broken, "w") as f:
             f.write("not a png")
         cases.append(([f"--logdir={self.logdir}", broken], r"broken\.png cannot be decoded"))
         for args, pattern in cases:
-            process = subprocess.run([sys.executable, "-m", "maxl_tf.predict", *args], cwd=self.tmp,
-                                     capture_output=True, text=True, timeout=300, env=_env(self.tmp))
+            process = subprocess.run(
+                [sys.executable, "-m", "maxl_tf.predict", *args],
+                cwd=self.tmp,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=_env(self.tmp),
+            )
             self.assertEqual(process.returncode, 2)
             self.assertRegex(process.stderr, rf"^error: .*{pattern}")
             self.assertLen(process.stderr.strip().splitlines(), 1)

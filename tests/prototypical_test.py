@@ -1,4 +1,5 @@
 """The Prototypical-net baseline: nearest-prototype labels, the embedders, and a tiny run."""
+
 import json
 import os
 from unittest import mock
@@ -23,39 +24,43 @@ class NearestPrototypeTest(tf.test.TestCase):
     """Hand-made 2-d embeddings whose nearest prototypes can be read off."""
 
     def test_nearest_prototype_within_own_block(self):
-        psi = (2, 1)   # principal 0 owns slots 0, 1; principal 1 owns slot 2
-        embeddings = np.asarray([
-            [0., 0.], [2., 0.],   # meta, slot 0: prototype (1, 0)
-            [10., 0.],            # meta, slot 1: prototype (10, 0)
-            [0., 10.],            # meta, slot 2: prototype (0, 10)
-            [4., 0.],             # principal 0: 9 from slot 0, 36 from slot 1
-            [7., 0.],             # principal 0: 36 from slot 0, 9 from slot 1
-            [10., 0.],            # principal 1: on slot 1's prototype, but slot 2 is its only class
-        ])
-        human_slots = np.asarray([0, 0, 1, 2, 1, 0, 2])   # the non-meta ones are never read
+        psi = (2, 1)  # principal 0 owns slots 0, 1; principal 1 owns slot 2
+        embeddings = np.asarray(
+            [
+                [0.0, 0.0],
+                [2.0, 0.0],  # meta, slot 0: prototype (1, 0)
+                [10.0, 0.0],  # meta, slot 1: prototype (10, 0)
+                [0.0, 10.0],  # meta, slot 2: prototype (0, 10)
+                [4.0, 0.0],  # principal 0: 9 from slot 0, 36 from slot 1
+                [7.0, 0.0],  # principal 0: 36 from slot 0, 9 from slot 1
+                [10.0, 0.0],  # principal 1: on slot 1's prototype, but slot 2 is its only class
+            ]
+        )
+        human_slots = np.asarray([0, 0, 1, 2, 1, 0, 2])  # the non-meta ones are never read
         pri_labels = np.asarray([0, 0, 0, 1, 0, 0, 1])
-        out = labels.nearest_prototype_labels(embeddings, human_slots, pri_labels, psi,
-                                              meta_indices=np.arange(4))
+        out = labels.nearest_prototype_labels(embeddings, human_slots, pri_labels, psi, meta_indices=np.arange(4))
         self.assertEqual(out.dtype, np.int64)
         self.assertAllEqual(out[4:], [0, 1, 2])
         # Meta examples get their nearest prototype too: (2, 0) is nearer slot 0's than slot 1's.
         self.assertAllEqual(out[:4], [0, 0, 1, 2])
 
     def test_class_without_meta_examples_is_never_assigned(self):
-        psi = (3, 1)   # slot 2 of principal 0 has no meta example
-        embeddings = np.asarray([[0., 0.], [10., 0.], [0., 10.], [20., 20.], [9., 0.]])
+        psi = (3, 1)  # slot 2 of principal 0 has no meta example
+        embeddings = np.asarray([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [20.0, 20.0], [9.0, 0.0]])
         human_slots = np.asarray([0, 1, 3, 2, 2])
         pri_labels = np.asarray([0, 0, 1, 0, 0])
-        out = labels.nearest_prototype_labels(embeddings, human_slots, pri_labels, psi,
-                                              meta_indices=np.asarray([0, 1, 2]))
+        out = labels.nearest_prototype_labels(
+            embeddings, human_slots, pri_labels, psi, meta_indices=np.asarray([0, 1, 2])
+        )
         # (20, 20) is a slot-2 image far from both prototypes; it gets the nearer, slot 1.
         self.assertAllEqual(out, [0, 1, 3, 1, 1])
 
     def test_principal_class_without_meta_examples_is_an_error(self):
         embeddings = np.zeros((3, 2))
         with self.assertRaisesRegex(errors.Error, r"principal class\(es\) \[1\].*--meta_split"):
-            labels.nearest_prototype_labels(embeddings, np.asarray([0, 1, 2]), np.asarray([0, 0, 1]),
-                                            (2, 1), meta_indices=np.asarray([0, 1]))
+            labels.nearest_prototype_labels(
+                embeddings, np.asarray([0, 1, 2]), np.asarray([0, 0, 1]), (2, 1), meta_indices=np.asarray([0, 1])
+            )
 
 
 def _digits(n=200):
@@ -64,7 +69,6 @@ def _digits(n=200):
 
 
 class EmbedderTest(tf.test.TestCase):
-
     def test_saved_model_embeds_what_it_computes(self):
         # A model whose embedding is its input pixels: the labels are nearest prototypes in pixel space.
         inputs = keras.Input((8, 8, 1))
@@ -80,8 +84,8 @@ class EmbedderTest(tf.test.TestCase):
         _, meta = data.split_meta(len(fine), 0.1, seed=0)
         out = labels.prototypical_aux_labels(saved, digits, 2, 10, (7, 3), images, fine, meta)
         expected = labels.nearest_prototype_labels(
-            embeddings, hierarchy.human_aux_labels(digits, 2, 10, fine), digits.labels_at(2, fine),
-            (7, 3), meta)
+            embeddings, hierarchy.human_aux_labels(digits, 2, 10, fine), digits.labels_at(2, fine), (7, 3), meta
+        )
         self.assertAllEqual(out, expected)
         # Two meta images per digit already recover most human labels from raw pixels (chance ~0.2).
         self.assertGreater(np.mean(out == hierarchy.human_aux_labels(digits, 2, 10, fine)), 0.5)
@@ -132,25 +136,32 @@ class EmbedderTest(tf.test.TestCase):
 
 def _offline_vgg16(original):
     """keras.applications.VGG16 as it behaves offline without cached weights."""
+
     def vgg16(weights, **kwargs):
         if weights == "imagenet":
-            raise Exception("URL fetch failure on https://storage.googleapis.com/...: "
-                            "None -- [Errno -2] Name or service not known")
+            raise Exception(
+                "URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -2] Name or service not known"
+            )
         return original(weights=weights, **kwargs)
+
     return vgg16
 
 
 class OfflineImagenetTest(tf.test.TestCase):
-
     def test_error_names_the_flag_and_every_fix(self):
         with mock.patch.object(keras.applications, "VGG16", _offline_vgg16(keras.applications.VGG16)):
             with self.assertRaises(errors.Error) as caught:
                 embedder.load(embedder.IMAGENET)
         message = str(caught.exception)
-        self.assertIsInstance(caught.exception, errors.Error)   # main.py: one error line, exit 2
-        for part in ("--embedder=imagenet", "Name or service not known", embedder.VGG16_WEIGHTS_FILE,
-                     os.path.join(".keras", "models"), "--embedder=<a saved .keras model>",
-                     "--embedder_fallback=untrained"):
+        self.assertIsInstance(caught.exception, errors.Error)  # main.py: one error line, exit 2
+        for part in (
+            "--embedder=imagenet",
+            "Name or service not known",
+            embedder.VGG16_WEIGHTS_FILE,
+            os.path.join(".keras", "models"),
+            "--embedder=<a saved .keras model>",
+            "--embedder_fallback=untrained",
+        ):
             self.assertIn(part, message)
 
     def test_fallback_only_when_asked_and_says_so(self):
@@ -160,15 +171,14 @@ class OfflineImagenetTest(tf.test.TestCase):
         self.assertIn("--embedder_fallback=untrained", used.description)
         self.assertIn("Name or service not known", used.description)
         images, _ = _digits(8)
-        self.assertAllEqual(embedder.embed(used, images),
-                            embedder.embed(embedder.load(embedder.UNTRAINED, seed=0), images))
+        self.assertAllEqual(
+            embedder.embed(used, images), embedder.embed(embedder.load(embedder.UNTRAINED, seed=0), images)
+        )
 
 
 class PrototypicalRunTest(tf.test.TestCase):
-
     def _aux_labels(self, run_data):
-        return np.concatenate([batch["aux_labels"].numpy()
-                               for batch in run_data.train.evaluation_batches(1000)])
+        return np.concatenate([batch["aux_labels"].numpy() for batch in run_data.train.evaluation_batches(1000)])
 
     def test_prepare_data_labels_train_part_in_blocks_deterministically(self):
         config = smoke_util.smoke_config(self.get_temp_dir(), method="prototypical", embedder="untrained")

@@ -1,4 +1,5 @@
 """maxl_tf.report on runs directories written by hand: numbers, figures and errors."""
+
 import dataclasses
 import json
 import os
@@ -14,11 +15,29 @@ from maxl_tf import report
 from tests import smoke_util
 
 
-def fake_run(root, method, seed, accuracies, aux=10, entropy_weight=0.2, complete=True, dataset="digits",
-             pri=2, used=None, entropy=None):
+def fake_run(
+    root,
+    method,
+    seed,
+    accuracies,
+    aux=10,
+    entropy_weight=0.2,
+    complete=True,
+    dataset="digits",
+    pri=2,
+    used=None,
+    entropy=None,
+):
     """Writes a results.json as train.py does; the last 5 epochs' mean is test_accuracy."""
-    config = config_lib.Config(dataset=dataset, pri=pri, aux=aux, method=method, seed=seed,
-                               entropy_weight=entropy_weight, epochs=len(accuracies) + (0 if complete else 1))
+    config = config_lib.Config(
+        dataset=dataset,
+        pri=pri,
+        aux=aux,
+        method=method,
+        seed=seed,
+        entropy_weight=entropy_weight,
+        epochs=len(accuracies) + (0 if complete else 1),
+    )
     psi = [aux // pri] * pri
     history = []
     for epoch, accuracy in enumerate(accuracies):
@@ -31,9 +50,15 @@ def fake_run(root, method, seed, accuracies, aux=10, entropy_weight=0.2, complet
         history.append(record)
     logdir = os.path.join(root, config.name)
     os.makedirs(logdir)
-    results = {"name": config.name, "config": dataclasses.asdict(config), "psi": psi, "complete": complete,
-               "epochs_completed": len(accuracies), "test_accuracy": float(np.mean(accuracies[-5:])),
-               "history": history}
+    results = {
+        "name": config.name,
+        "config": dataclasses.asdict(config),
+        "psi": psi,
+        "complete": complete,
+        "epochs_completed": len(accuracies),
+        "test_accuracy": float(np.mean(accuracies[-5:])),
+        "history": history,
+    }
     with open(os.path.join(logdir, "results.json"), "w") as f:
         json.dump(results, f)
     return results["test_accuracy"]
@@ -57,7 +82,6 @@ def _run_main(*args):
 
 
 class TableTest(tf.test.TestCase):
-
     def test_mean_std_and_seed_counts(self):
         root = self.get_temp_dir() + "/runs"
         maxl = [fake_run(root, "maxl", seed, [0.5] * 3 + [0.8 + 0.01 * seed] * 5) for seed in range(3)]
@@ -75,8 +99,9 @@ class TableTest(tf.test.TestCase):
         self.assertEqual(rows[("single", "–", "–")][6], f"{np.mean(single):.4f} ± {np.std(single, ddof=1):.4f}")
         self.assertEqual(rows[("single", "–", "–")][7], "3")
         # The unfinished run is listed, not averaged.
-        self.assertRegex(stdout,
-                         r"Incomplete runs[^\n]*\n\n- .*digits_pri2_aux10_random_seed0/results.json: 2/3 epochs")
+        self.assertRegex(
+            stdout, r"Incomplete runs[^\n]*\n\n- .*digits_pri2_aux10_random_seed0/results.json: 2/3 epochs"
+        )
         with open(f"{self.get_temp_dir()}/out/report.md") as f:
             self.assertEqual(f.read().strip(), stdout.split("\nWrote ")[0].strip())
 
@@ -88,8 +113,17 @@ class TableTest(tf.test.TestCase):
         path = f"{root}/b/results.json"
         os.makedirs(os.path.dirname(path))
         with open(path, "w") as f:
-            json.dump({"config": dataclasses.asdict(config), "psi": [5, 5], "complete": True,
-                       "epochs_completed": 5, "test_accuracy": 0.6, "history": [{"test/acc": 0.6}] * 5}, f)
+            json.dump(
+                {
+                    "config": dataclasses.asdict(config),
+                    "psi": [5, 5],
+                    "complete": True,
+                    "epochs_completed": 5,
+                    "test_accuracy": 0.6,
+                    "history": [{"test/acc": 0.6}] * 5,
+                },
+                f,
+            )
         groups = report.group_runs(report.load_runs(root)[0])
         self.assertLen(groups, 2)
         self.assertIn("| other |", report.markdown_table(groups))
@@ -97,7 +131,6 @@ class TableTest(tf.test.TestCase):
 
 
 class PairedTest(tf.test.TestCase):
-
     def test_paired_tables_and_duplicates(self):
         root = self.get_temp_dir() + "/paired"
         # Seeds 0..3. Single: 0.80, 0.82, 0.79, 0.81; MAXL: +0.02, +0.02, -0.01, 0 (a tie);
@@ -138,18 +171,31 @@ class PairedTest(tf.test.TestCase):
         # 0.8125: sd 0.025), and a note names both folders.
         self.assertRegex(text, r"\| maxl \| 0\.2 \| 0\.8125 ± 0\.0250 \| 4 \|")
         self.assertRegex(text, r"## Duplicate runs \(counted once\)")
-        self.assertRegex(text, r"- maxl, seed 0: counted .*/copy/digits_pri2_aux10_maxl_seed0/results.json; not "
-                               r"counted .*paired/digits_pri2_aux10_maxl_seed0/results.json \(same test accuracy\)")
+        self.assertRegex(
+            text,
+            r"- maxl, seed 0: counted .*/copy/digits_pri2_aux10_maxl_seed0/results.json; not "
+            r"counted .*paired/digits_pri2_aux10_maxl_seed0/results.json \(same test accuracy\)",
+        )
 
     def test_untrained_prototypical_is_labelled_so(self):
         root = self.get_temp_dir() + "/proto"
         fake_run(root, "single", 0, [0.7] * 5)
-        config = config_lib.Config(dataset="digits", pri=2, aux=10, method="prototypical", embedder="untrained",
-                                   epochs=5)
+        config = config_lib.Config(
+            dataset="digits", pri=2, aux=10, method="prototypical", embedder="untrained", epochs=5
+        )
         os.makedirs(f"{root}/proto")
         with open(f"{root}/proto/results.json", "w") as f:
-            json.dump({"config": dataclasses.asdict(config), "psi": [7, 3], "complete": True, "epochs_completed": 5,
-                       "test_accuracy": 0.72, "history": [{"test/acc": 0.72}] * 5}, f)
+            json.dump(
+                {
+                    "config": dataclasses.asdict(config),
+                    "psi": [7, 3],
+                    "complete": True,
+                    "epochs_completed": 5,
+                    "test_accuracy": 0.72,
+                    "history": [{"test/acc": 0.72}] * 5,
+                },
+                f,
+            )
         text = report.write_report(root, self.get_temp_dir() + "/proto_out")
         self.assertIn("| prototypical (untrained embedder) − single | +0.0200 |", text)
 
@@ -163,7 +209,6 @@ class PairedTest(tf.test.TestCase):
 
 
 class FigureTest(tf.test.TestCase):
-
     def test_panels_share_the_accuracy_axis(self):
         root = self.get_temp_dir() + "/shared"
         fake_run(root, "single", 0, [0.5] * 5)
@@ -187,11 +232,21 @@ class FigureTest(tf.test.TestCase):
             fake_run(root, "single", seed, [0.80] * 6, dataset="cifar10", pri=10, aux=20)
             for aux, gain in ((20, 0.02), (50, 0.04)):
                 fake_run(root, "maxl", seed, [0.80 + gain] * 6, dataset="cifar10", pri=10, aux=aux)
-                fake_run(root, "maxl", seed, [0.80 + gain / 2] * 6, dataset="cifar10", pri=10, aux=aux,
-                         entropy_weight=0.0, used=[1] * 10, entropy=0.1)
+                fake_run(
+                    root,
+                    "maxl",
+                    seed,
+                    [0.80 + gain / 2] * 6,
+                    dataset="cifar10",
+                    pri=10,
+                    aux=aux,
+                    entropy_weight=0.0,
+                    used=[1] * 10,
+                    entropy=0.1,
+                )
         groups = report.group_runs(report.load_runs(root)[0])
         points = report.improvement_points(groups)
-        self.assertAllClose(points[("cifar10", 0.2)], [(2, 2.5), (5, 5.0)])   # 100 * 0.02 / 0.8 ...
+        self.assertAllClose(points[("cifar10", 0.2)], [(2, 2.5), (5, 5.0)])  # 100 * 0.02 / 0.8 ...
         self.assertAllClose(points[("cifar10", 0.0)], [(2, 1.25), (5, 2.5)])
         out = self.get_temp_dir() + "/fig4_out"
         text = report.write_report(root, out)
@@ -211,15 +266,16 @@ class FigureTest(tf.test.TestCase):
 
 
 class ErrorTest(tf.test.TestCase):
-
     def test_missing_empty_and_partial_directories_exit_2(self):
         empty = self.get_temp_dir() + "/empty"
         os.makedirs(empty)
         partial = self.get_temp_dir() + "/partial"
         fake_run(partial, "maxl", 0, [0.5], complete=False)
-        for runs_dir, message in ((self.get_temp_dir() + "/nope", "is not a directory"),
-                                  (empty, "has no readable results.json"),
-                                  (partial, "has only incomplete runs:\n- .*maxl_seed0/results.json: 1/2 epochs")):
+        for runs_dir, message in (
+            (self.get_temp_dir() + "/nope", "is not a directory"),
+            (empty, "has no readable results.json"),
+            (partial, "has only incomplete runs:\n- .*maxl_seed0/results.json: 1/2 epochs"),
+        ):
             with self.subTest(message):
                 code, stdout, stderr = _run_main(runs_dir)
                 self.assertEqual(code, 2)

@@ -1,4 +1,5 @@
 """Shared by the end-to-end suites: the smoke preset as a Config, and main.py as a subprocess."""
+
 import dataclasses
 import os
 import subprocess
@@ -41,13 +42,25 @@ finally:
 def run_recording_imports(target: str, *args, timeout=120) -> tuple:
     """Runs main.py (a path) or `python -m <module>`; returns (exit status, stdout, stderr without
     the record, whether TensorFlow was imported)."""
-    process = subprocess.run([sys.executable, "-c", _RECORDING_IMPORTS, target, *args], cwd=REPO,
-                             capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=REPO))
+    process = subprocess.run(
+        [sys.executable, "-c", _RECORDING_IMPORTS, target, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
     stderr, _, imported = process.stderr.rpartition("tensorflow imported: ")
     return process.returncode, process.stdout, stderr, imported.strip() == "True"
 
 
 def run_main(*args, timeout=300) -> subprocess.CompletedProcess:
     """Runs main.py to completion; returns the process with text stdout/stderr."""
-    return subprocess.run(main_command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=REPO))
+    return subprocess.run(
+        main_command(*args),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )

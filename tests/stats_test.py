@@ -1,4 +1,5 @@
 """maxl_tf.stats on hand-made accuracies: paired differences, intervals, wins, duplicates."""
+
 import numpy as np
 import tensorflow as tf
 
@@ -10,7 +11,6 @@ T_975_DF7 = 2.364624252
 
 
 class PairedTest(tf.test.TestCase):
-
     def test_mean_interval_wins_ties(self):
         a = {0: 0.80, 1: 0.82, 2: 0.79, 3: 0.81}
         b = {0: 0.78, 1: 0.80, 2: 0.80, 3: 0.81}
@@ -65,12 +65,12 @@ class PairedTest(tf.test.TestCase):
 
 
 def _arm(method, accuracies, **setting):
-    return stats.Arm(method, {"dataset": "fashion_mnist", "pri": 2, "epochs": 30, "method": method,
-                              **setting}, accuracies)
+    return stats.Arm(
+        method, {"dataset": "fashion_mnist", "pri": 2, "epochs": 30, "method": method, **setting}, accuracies
+    )
 
 
 class ComparisonsTest(tf.test.TestCase):
-
     def test_who_is_compared_with_whom(self):
         seeds = range(3)
         single = _arm("single", {s: 0.80 for s in seeds})
@@ -83,21 +83,44 @@ class ComparisonsTest(tf.test.TestCase):
         random_20 = _arm("random", {s: 0.80 for s in seeds}, aux=20)
         other_epochs = _arm("single", {s: 0.5 for s in seeds}, epochs=5)
         other_data = stats.Arm("single", {"dataset": "mnist", "pri": 2, "epochs": 30}, {0: 0.9})
-        arms = [single, maxl, maxl_no_entropy, human, random, prototypical, maxl_20, random_20,
-                other_epochs, other_data]
+        arms = [
+            single,
+            maxl,
+            maxl_no_entropy,
+            human,
+            random,
+            prototypical,
+            maxl_20,
+            random_20,
+            other_epochs,
+            other_data,
+        ]
 
         rows = stats.comparisons(arms)
 
-        names = {id(a): n for n, a in zip(
-            ["single", "maxl", "maxl0", "human", "random", "proto", "maxl20", "random20", "single5",
-             "mnist"], arms)}
-        self.assertEqual([(names[id(r.arm)], names[id(r.baseline)]) for r in rows], [
-            ("maxl", "single"), ("maxl", "human"), ("maxl", "random"),
-            ("maxl0", "single"), ("maxl0", "human"), ("maxl0", "random"),
-            ("human", "single"), ("random", "single"), ("proto", "single"),
-            ("maxl20", "single"), ("maxl20", "random20"),
-            ("random20", "single"),
-        ])
+        names = {
+            id(a): n
+            for n, a in zip(
+                ["single", "maxl", "maxl0", "human", "random", "proto", "maxl20", "random20", "single5", "mnist"], arms
+            )
+        }
+        self.assertEqual(
+            [(names[id(r.arm)], names[id(r.baseline)]) for r in rows],
+            [
+                ("maxl", "single"),
+                ("maxl", "human"),
+                ("maxl", "random"),
+                ("maxl0", "single"),
+                ("maxl0", "human"),
+                ("maxl0", "random"),
+                ("human", "single"),
+                ("random", "single"),
+                ("proto", "single"),
+                ("maxl20", "single"),
+                ("maxl20", "random20"),
+                ("random20", "single"),
+            ],
+        )
         by_pair = {(names[id(r.arm)], names[id(r.baseline)]): r.comparison for r in rows}
         self.assertAllClose(by_pair["maxl", "single"].mean, 0.01, atol=1e-12)
         self.assertAllClose(by_pair["maxl", "human"].mean, 0.005, atol=1e-12)
@@ -112,17 +135,19 @@ class ComparisonsTest(tf.test.TestCase):
 
 
 class UniqueBySeedTest(tf.test.TestCase):
-
     def test_duplicates_count_once(self):
         seeds = [0, 1, 0, 2, 1, 0]
         names = ["a/0", "a/1", "b/0", "a/2", "b/1", "c/0"]
         accuracies = [0.7, 0.8, 0.7, 0.75, 0.81, 0.7]
         keep, duplicates = stats.unique_by_seed(seeds, names, accuracies)
         self.assertEqual(keep, [0, 1, 3])
-        self.assertEqual(duplicates, [
-            stats.Duplicate(seed=0, kept="a/0", dropped=("b/0", "c/0"), same_accuracy=True),
-            stats.Duplicate(seed=1, kept="a/1", dropped=("b/1",), same_accuracy=False),
-        ])
+        self.assertEqual(
+            duplicates,
+            [
+                stats.Duplicate(seed=0, kept="a/0", dropped=("b/0", "c/0"), same_accuracy=True),
+                stats.Duplicate(seed=1, kept="a/1", dropped=("b/1",), same_accuracy=False),
+            ],
+        )
 
     def test_distinct_seeds(self):
         keep, duplicates = stats.unique_by_seed([2, 0, 1], ["x", "y", "z"], [0.1, 0.2, 0.3])

@@ -1,4 +1,5 @@
 """The training steps: what each one updates, by how much, and what it leaves alone."""
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -15,13 +16,14 @@ PSI = (2, 3)
 
 def _batch(seed=0, size=8):
     rng = np.random.default_rng(seed)
-    return {"images": tf.constant(rng.normal(size=(size, 8, 8, 1)), tf.float32),
-            "labels": tf.constant(rng.integers(0, 2, size), tf.int64),
-            "aux_labels": tf.constant([0, 2, 1, 3, 0, 4, 1, 2][:size], tf.int64)}
+    return {
+        "images": tf.constant(rng.normal(size=(size, 8, 8, 1)), tf.float32),
+        "labels": tf.constant(rng.integers(0, 2, size), tf.int64),
+        "aux_labels": tf.constant([0, 2, 1, 3, 0, 4, 1, 2][:size], tf.int64),
+    }
 
 
 class StepsTest(tf.test.TestCase):
-
     def setUp(self):
         super().setUp()
         keras.utils.set_random_seed(0)
@@ -29,8 +31,13 @@ class StepsTest(tf.test.TestCase):
         self.generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.125)
 
     def _task(self, method, entropy_weight=0.2):
-        return steps.Task(method=method, num_pri=2, num_aux=sum(PSI),
-                          mask_table=tf.constant(hierarchy.psi_mask(PSI)), entropy_weight=entropy_weight)
+        return steps.Task(
+            method=method,
+            num_pri=2,
+            num_aux=sum(PSI),
+            mask_table=tf.constant(hierarchy.psi_mask(PSI)),
+            entropy_weight=entropy_weight,
+        )
 
     def test_evaluator_step_is_one_sgd_step_on_both_losses(self):
         batch, task = _batch(), self._task("human")
@@ -38,10 +45,12 @@ class StepsTest(tf.test.TestCase):
         with tf.GradientTape() as tape:
             tape.watch(weights)
             outputs, _ = self.evaluator.stateless_call(
-                weights, [v.value for v in self.evaluator.non_trainable_variables], batch["images"], training=True)
+                weights, [v.value for v in self.evaluator.non_trainable_variables], batch["images"], training=True
+            )
             pri, aux = models.evaluator_outputs(outputs)
-            loss = (losses.focal_loss(pri, tf.one_hot(batch["labels"], 2))
-                    + losses.focal_loss(aux, tf.one_hot(batch["aux_labels"], 5)))
+            loss = losses.focal_loss(pri, tf.one_hot(batch["labels"], 2)) + losses.focal_loss(
+                aux, tf.one_hot(batch["aux_labels"], 5)
+            )
         expected = [w - 0.1 * g for w, g in zip(weights, tape.gradient(loss, weights))]
         _, assigned = steps.evaluator_step(self.evaluator, keras.optimizers.SGD(0.1), None, batch, task)
         for want, variable in zip(expected, self.evaluator.trainable_variables):
@@ -50,9 +59,10 @@ class StepsTest(tf.test.TestCase):
 
     def test_single_task_step_ignores_auxiliary_head(self):
         evaluator = models.build_evaluator((8, 8, 1), 2, 0, "vgg_small", 0.125)
-        metrics, assigned = steps.evaluator_step(evaluator, keras.optimizers.SGD(0.1), None, _batch(),
-                                                 self._task("single"))
-        self.assertNotIn("train/aux_loss", metrics)   # no auxiliary task: nothing logged for one
+        metrics, assigned = steps.evaluator_step(
+            evaluator, keras.optimizers.SGD(0.1), None, _batch(), self._task("single")
+        )
+        self.assertNotIn("train/aux_loss", metrics)  # no auxiliary task: nothing logged for one
         self.assertIsNone(assigned)
 
     def test_generator_step_applies_meta_gradient_and_weight_decay(self):
@@ -63,9 +73,18 @@ class StepsTest(tf.test.TestCase):
                 batch, task, lr, wd = _batch(1), self._task("maxl"), 0.5, 0.01
                 before = [v.numpy().copy() for v in generator.trainable_variables]
                 grads, _ = meta.second_order_meta_gradient(
-                    self.evaluator, generator, batch["images"], batch["labels"], task.mask_table, 0.01)
-                steps.generator_step(generator, keras.optimizers.SGD(lr), self.evaluator, batch, task,
-                                     0.01, weight_decay=wd, weight_decay_type=decay_type)
+                    self.evaluator, generator, batch["images"], batch["labels"], task.mask_table, 0.01
+                )
+                steps.generator_step(
+                    generator,
+                    keras.optimizers.SGD(lr),
+                    self.evaluator,
+                    batch,
+                    task,
+                    0.01,
+                    weight_decay=wd,
+                    weight_decay_type=decay_type,
+                )
                 for w, g, variable in zip(before, grads, generator.trainable_variables):
                     decay = np.sign(w) if decay_type == "l1" else w
                     self.assertAllClose(w - lr * (g.numpy() + wd * decay), variable, atol=1e-5)
@@ -87,7 +106,6 @@ class StepsTest(tf.test.TestCase):
 
 
 class ModelsTest(tf.test.TestCase):
-
     def test_small_map_convolution_is_the_convolution_to_second_order(self):
         rng = np.random.default_rng(0)
         # 1 and 2: matrix products; 4: maps side by side (on this CPU), batches that do and do
@@ -105,7 +123,7 @@ class ModelsTest(tf.test.TestCase):
                             inner.watch(x)
                             loss = tf.reduce_sum(tf.sin(conv(x, kernel)))
                         grad_x = inner.gradient(loss, x)
-                        gradient_norm = tf.reduce_sum(grad_x ** 2)
+                        gradient_norm = tf.reduce_sum(grad_x**2)
                     return conv(x, kernel), outer.gradient(gradient_norm, kernel)
 
                 reference = second_order(lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"))
@@ -134,7 +152,7 @@ class ModelsTest(tf.test.TestCase):
     def test_trunk_variables_are_the_shared_ones(self):
         evaluator = models.build_evaluator((8, 8, 1), 2, 10, "vgg_small", 0.25)
         trunk = [evaluator.trainable_variables[i].path for i in models.trunk_variable_indices(evaluator)]
-        self.assertLen(trunk, 3 * 4)   # conv kernel + bias, BN gamma + beta, per block
+        self.assertLen(trunk, 3 * 4)  # conv kernel + bias, BN gamma + beta, per block
         self.assertTrue(all(p.startswith("trunk_") for p in trunk))
 
 

@@ -1,4 +1,5 @@
 """Sweeps: the expansion of list flags into runs, the presets, and a real sweep through main.py."""
+
 import dataclasses
 import json
 import os
@@ -24,13 +25,15 @@ def _preset(name: str, *extra) -> list:
     flag_values = flags.FlagValues()
     main.define_flags(flag_values)
     flag_values(["main.py", f"--flagfile={os.path.join(smoke_util.REPO, 'flags', name)}", *extra])
-    return sweep.expand(cli.config_from_flags(flag_values), seeds=sweep.parse_seeds(flag_values.seeds),
-                        pairs=sweep.parse_pairs(flag_values.pairs),
-                        entropy_weights=sweep.parse_entropy_weights(flag_values.entropy_weights))
+    return sweep.expand(
+        cli.config_from_flags(flag_values),
+        seeds=sweep.parse_seeds(flag_values.seeds),
+        pairs=sweep.parse_pairs(flag_values.pairs),
+        entropy_weights=sweep.parse_entropy_weights(flag_values.entropy_weights),
+    )
 
 
 class ParseTest(tf.test.TestCase):
-
     def test_lists(self):
         self.assertEqual(sweep.parse_seeds("0, 1,2"), (0, 1, 2))
         self.assertEqual(sweep.parse_seeds(""), ())
@@ -38,16 +41,17 @@ class ParseTest(tf.test.TestCase):
         self.assertEqual(sweep.parse_pairs("3:10,20:100"), ((3, 10), (20, 100)))
 
     def test_bad_lists_name_the_flag(self):
-        for parse, text, message in ((sweep.parse_seeds, "0,x", "--seeds=0,x"),
-                                     (sweep.parse_entropy_weights, "0.2,none", "--entropy_weights=0.2,none"),
-                                     (sweep.parse_pairs, "3-10", "--pairs=3-10: must be comma-separated pri:aux"),
-                                     (sweep.parse_pairs, "3:10:20", "--pairs=3:10:20")):
+        for parse, text, message in (
+            (sweep.parse_seeds, "0,x", "--seeds=0,x"),
+            (sweep.parse_entropy_weights, "0.2,none", "--entropy_weights=0.2,none"),
+            (sweep.parse_pairs, "3-10", "--pairs=3-10: must be comma-separated pri:aux"),
+            (sweep.parse_pairs, "3:10:20", "--pairs=3:10:20"),
+        ):
             with self.assertRaisesRegex(errors.Error, message):
                 parse(text)
 
 
 class ExpandTest(tf.test.TestCase):
-
     def test_one_run_keeps_its_logdir(self):
         base = config_lib.Config(logdir="/tmp/x")
         self.assertEqual(sweep.expand(base), [base])
@@ -57,30 +61,45 @@ class ExpandTest(tf.test.TestCase):
         configs = sweep.expand(base, seeds=(0, 1), pairs=((10, 20), (10, 50)), entropy_weights=(0.2, 0.0))
         # Per seed: maxl 2 aux x 2 entropy, random 2 aux (no generator), single once (no aux task).
         self.assertLen(configs, 14)
-        self.assertEqual([c.name for c in configs[:7]], [
-            "cifar10_pri10_aux20_maxl_seed0", "cifar10_pri10_aux20_single_seed0", "cifar10_pri10_aux20_random_seed0",
-            "cifar10_pri10_aux20_maxl_entropy0_seed0", "cifar10_pri10_aux50_maxl_seed0",
-            "cifar10_pri10_aux50_random_seed0", "cifar10_pri10_aux50_maxl_entropy0_seed0"])
-        self.assertEqual([c.seed for c in configs], [0] * 7 + [1] * 7)   # seeds outermost
+        self.assertEqual(
+            [c.name for c in configs[:7]],
+            [
+                "cifar10_pri10_aux20_maxl_seed0",
+                "cifar10_pri10_aux20_single_seed0",
+                "cifar10_pri10_aux20_random_seed0",
+                "cifar10_pri10_aux20_maxl_entropy0_seed0",
+                "cifar10_pri10_aux50_maxl_seed0",
+                "cifar10_pri10_aux50_random_seed0",
+                "cifar10_pri10_aux50_maxl_entropy0_seed0",
+            ],
+        )
+        self.assertEqual([c.seed for c in configs], [0] * 7 + [1] * 7)  # seeds outermost
         self.assertEqual({c.logdir for c in configs}, {os.path.join("out", c.name) for c in configs})
-        self.assertEqual(configs[1].entropy_weight, 0.2)   # the baselines keep the first value
+        self.assertEqual(configs[1].entropy_weight, 0.2)  # the baselines keep the first value
 
     def test_only_maxl_runs_differ_by_their_hypergradient(self):
         base = config_lib.Config(dataset="digits", pri=2, aux=10)
-        for fields in (dict(hypergradient="implicit"), dict(hypergradient="implicit", neumann_terms=5),
-                       dict(meta_every=10)):
+        for fields in (
+            dict(hypergradient="implicit"),
+            dict(hypergradient="implicit", neumann_terms=5),
+            dict(meta_every=10),
+        ):
             with self.subTest(**fields):
                 for method in ("single", "human", "random", "prototypical"):
                     baseline = dataclasses.replace(base, method=method)
-                    self.assertEqual(sweep.experiment_key(dataclasses.replace(baseline, **fields)),
-                                     sweep.experiment_key(baseline))
-                self.assertNotEqual(sweep.experiment_key(dataclasses.replace(base, **fields)),
-                                    sweep.experiment_key(base))
+                    self.assertEqual(
+                        sweep.experiment_key(dataclasses.replace(baseline, **fields)), sweep.experiment_key(baseline)
+                    )
+                self.assertNotEqual(
+                    sweep.experiment_key(dataclasses.replace(base, **fields)), sweep.experiment_key(base)
+                )
 
     def test_a_sweep_defaults_to_runs(self):
         configs = sweep.expand(config_lib.Config(), seeds=(3, 4))
-        self.assertEqual([c.logdir for c in configs], ["runs/cifar100_pri20_aux100_maxl_seed3",
-                                                      "runs/cifar100_pri20_aux100_maxl_seed4"])
+        self.assertEqual(
+            [c.logdir for c in configs],
+            ["runs/cifar100_pri20_aux100_maxl_seed3", "runs/cifar100_pri20_aux100_maxl_seed4"],
+        )
 
 
 class PresetTest(tf.test.TestCase):
@@ -88,11 +107,15 @@ class PresetTest(tf.test.TestCase):
 
     def test_presets(self):
         for name, runs, first_seed_names in (
-                ("fig3_sweep.cfg", 27, None),
-                ("fig4_cifar10_sweep.cfg", 19, None),
-                ("fig4_cifar10_1_sweep.cfg", 19, None),
-                ("digits_sweep.cfg", 25, ["digits_pri2_aux10_" + m + "_seed0"
-                                          for m in ("maxl", "single", "human", "random", "prototypical")])):
+            ("fig3_sweep.cfg", 27, None),
+            ("fig4_cifar10_sweep.cfg", 19, None),
+            ("fig4_cifar10_1_sweep.cfg", 19, None),
+            (
+                "digits_sweep.cfg",
+                25,
+                ["digits_pri2_aux10_" + m + "_seed0" for m in ("maxl", "single", "human", "random", "prototypical")],
+            ),
+        ):
             with self.subTest(name):
                 configs = _preset(name)
                 self.assertLen(configs, runs)
@@ -103,23 +126,26 @@ class PresetTest(tf.test.TestCase):
                     if config.method in config_lib.METHODS:
                         config_lib.validate(config)
         quick = _preset("fashion_mnist_quick.cfg")
-        self.assertLen(quick, 40)   # 5 methods x 8 seeds
+        self.assertLen(quick, 40)  # 5 methods x 8 seeds
         self.assertEqual({c.psi for c in map(config_lib.validate, quick)}, {(3, 1, 1, 1, 1, 3)})
         self.assertEqual(sorted({c.method for c in quick}), sorted(config_lib.METHODS))
         wide = [config_lib.validate(c) for c in _preset("fashion_mnist_10x30.cfg")]
-        self.assertLen(wide, 24)    # maxl, single, random x 8 seeds
+        self.assertLen(wide, 24)  # maxl, single, random x 8 seeds
         self.assertEqual({c.psi for c in wide}, {(3,) * 10})
         fig3 = _preset("fig3_sweep.cfg")
-        self.assertEqual(sorted({(c.pri, c.aux) for c in fig3 if c.method == "human"}),
-                         [(3, 10), (3, 20), (3, 100), (10, 20), (10, 100), (20, 100)])
+        self.assertEqual(
+            sorted({(c.pri, c.aux) for c in fig3 if c.method == "human"}),
+            [(3, 10), (3, 20), (3, 100), (10, 20), (10, 100), (20, 100)],
+        )
         self.assertEqual(sorted(c.pri for c in fig3 if c.method == "single"), [3, 10, 20])
         fig4 = _preset("fig4_cifar10_sweep.cfg")
-        self.assertEqual(sorted((c.aux, c.entropy_weight) for c in fig4 if c.method == "maxl"),
-                         [(a, w) for a in (20, 50, 100, 200, 500, 1000) for w in (0.0, 0.2)])
+        self.assertEqual(
+            sorted((c.aux, c.entropy_weight) for c in fig4 if c.method == "maxl"),
+            [(a, w) for a in (20, 50, 100, 200, 500, 1000) for w in (0.0, 0.2)],
+        )
 
 
 class CompletedResultsTest(tf.test.TestCase):
-
     def test_only_a_complete_run_of_the_same_experiment_is_skipped(self):
         config = config_lib.Config(dataset="digits", pri=2, aux=10, logdir=self.get_temp_dir() + "/run")
         os.makedirs(config.logdir)
@@ -129,7 +155,7 @@ class CompletedResultsTest(tf.test.TestCase):
             with open(path, "w") as f:
                 f.write(text)
 
-        self.assertIsNone(rundir.completed_results(config))   # no file
+        self.assertIsNone(rundir.completed_results(config))  # no file
         results = json.loads(json.dumps({"config": dataclasses.asdict(config), "complete": True, "test_accuracy": 0.5}))
         write(json.dumps(results))
         self.assertEqual(rundir.completed_results(config), results)
@@ -147,8 +173,7 @@ class SweepCommandTest(tf.test.TestCase):
 
     def test_sweep_skips_complete_runs_and_stops_at_an_error(self):
         root = os.path.join(self.get_temp_dir(), "sweep")
-        args = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--epochs=1", "--method=single,random",
-                f"--logdir={root}")
+        args = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--epochs=1", "--method=single,random", f"--logdir={root}")
         first = smoke_util.run_main(*args, "--seeds=0,1")
         self.assertEqual(first.returncode, 0, first.stderr[-2000:])
         progress = [line for line in first.stdout.splitlines() if line.startswith("[")]
@@ -173,8 +198,9 @@ class SweepCommandTest(tf.test.TestCase):
         third = smoke_util.run_main(*args, "--seeds=0,1,2")
         self.assertEqual(third.returncode, 2)
         self.assertNotIn("Traceback", third.stderr)
-        self.assertRegex(third.stderr,
-                         r"error: digits_pri2_aux10_single_seed2: --logdir=.* is not a maxl_tf log directory")
+        self.assertRegex(
+            third.stderr, r"error: digits_pri2_aux10_single_seed2: --logdir=.* is not a maxl_tf log directory"
+        )
         self.assertLen([line for line in third.stdout.splitlines() if "skipped (complete)" in line], 4)
         self.assertLess(time.perf_counter() - start, 60)
 
@@ -191,7 +217,7 @@ class SweepCommandTest(tf.test.TestCase):
             cells = [cell.strip() for cell in rows[method].split("|")]
             mean, std = (float(x) for x in cells[7].split(" ± "))
             self.assertAllClose(mean, sum(values) / 2, atol=5e-5)
-            self.assertAllClose(std, abs(values[0] - values[1]) / 2 ** 0.5, atol=5e-5)
+            self.assertAllClose(std, abs(values[0] - values[1]) / 2**0.5, atol=5e-5)
             self.assertEqual(cells[8], "2")
         image = matplotlib.image.imread(os.path.join(out, "learning_curves_digits.png"))
         self.assertGreater(image.shape[0] * image.shape[1], 10000)

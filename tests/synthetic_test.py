@@ -1,4 +1,5 @@
 """Synthetic archives go through the real CIFAR loaders."""
+
 import tensorflow as tf
 
 from maxl_tf import loaders
@@ -6,7 +7,6 @@ from maxl_tf import synthetic
 
 
 class SyntheticArchiveTest(tf.test.TestCase):
-
     def test_cifar100_archive_loads(self):
         folder = self.get_temp_dir() + "/c100"
         synthetic.write_archive("cifar100", folder, train=30, test=10)

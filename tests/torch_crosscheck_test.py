@@ -6,6 +6,7 @@ the weights, the batch and the gradient. This loads them into maxl_tf's Keras mo
 Together with meta_test (our gradient is the exact derivative of our meta loss) this shows that
 our meta loss is the authors' formulation.
 """
+
 import os
 
 import keras
@@ -40,7 +41,6 @@ def _load(model, golden, prefix, heads):
 
 
 class TorchCrossCheckTest(tf.test.TestCase):
-
     def setUp(self):
         super().setUp()
         keras.config.set_floatx("float64")
@@ -60,9 +60,15 @@ class TorchCrossCheckTest(tf.test.TestCase):
         generator_paths = _load(generator, golden, "generator", ("generator",))
 
         grads, stats = meta.second_order_meta_gradient(
-            evaluator, generator, tf.constant(golden["images"]), tf.constant(golden["labels"]),
-            tf.constant(hierarchy.psi_mask(psi), tf.float64), float(golden["inner_lr"]),
-            gamma=2.0, entropy_weight=float(golden["entropy_weight"]))
+            evaluator,
+            generator,
+            tf.constant(golden["images"]),
+            tf.constant(golden["labels"]),
+            tf.constant(hierarchy.psi_mask(psi), tf.float64),
+            float(golden["inner_lr"]),
+            gamma=2.0,
+            entropy_weight=float(golden["entropy_weight"]),
+        )
 
         # PyTorch takes log(p + 1e-12), we take log-softmax: agreement to ~1e-8, not bit-for-bit.
         self.assertAllClose(stats["meta_loss"], golden["meta_loss"], rtol=1e-7, atol=0)

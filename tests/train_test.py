@@ -1,4 +1,5 @@
 """End-to-end runs of the training loop, in-process, on the smoke preset (digits, seconds)."""
+
 import glob
 import json
 import os
@@ -33,7 +34,6 @@ def _read(path):
 
 
 class SmokeRunTest(tf.test.TestCase):
-
     def test_maxl_run_writes_events_checkpoint_and_results(self):
         logdir = os.path.join(self.get_temp_dir(), "maxl")
         results = train.train_and_evaluate(smoke_util.smoke_config(logdir), progress=False)
@@ -49,11 +49,28 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertIn("--method=maxl", _read(os.path.join(logdir, "flags.cfg")).decode())
         self.assertIsNotNone(tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")))
         self.assertContainsSubset(
-            {"train/pri_loss", "train/aux_loss", "train/pri_acc", "train/aux_acc", "meta/loss",
-             "meta/loss_before", "meta/loss_after", "meta/entropy", "test/loss", "test/acc",
-             "lr/evaluator", "lr/generator", "perf/images_per_s", "labels/aux_used_mean", "labels/aux_entropy_mean",
-             "train/trunk_grad_cosine", "train/grad_norm_evaluator", "meta/grad_norm_generator"},
-            _scalar_tags(logdir))
+            {
+                "train/pri_loss",
+                "train/aux_loss",
+                "train/pri_acc",
+                "train/aux_acc",
+                "meta/loss",
+                "meta/loss_before",
+                "meta/loss_after",
+                "meta/entropy",
+                "test/loss",
+                "test/acc",
+                "lr/evaluator",
+                "lr/generator",
+                "perf/images_per_s",
+                "labels/aux_used_mean",
+                "labels/aux_entropy_mean",
+                "train/trunk_grad_cosine",
+                "train/grad_norm_evaluator",
+                "meta/grad_norm_generator",
+            },
+            _scalar_tags(logdir),
+        )
         last = results["history"][-1]
         self.assertLen(last["labels/aux_used_per_pri"], 2)
         self.assertBetween(last["labels/aux_used_per_pri"][0], 1, 7)
@@ -74,12 +91,16 @@ class SmokeRunTest(tf.test.TestCase):
 
         events = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
         events.Reload()
-        [start] = [hparams_metadata.parse_session_start_info_plugin_data(content)
-                   for tag, content in events.PluginTagToContent(hparams_metadata.PLUGIN_NAME).items()
-                   if tag == hparams_metadata.SESSION_START_INFO_TAG]
+        [start] = [
+            hparams_metadata.parse_session_start_info_plugin_data(content)
+            for tag, content in events.PluginTagToContent(hparams_metadata.PLUGIN_NAME).items()
+            if tag == hparams_metadata.SESSION_START_INFO_TAG
+        ]
         self.assertEqual(start.group_name, config_lib.validate(config).name)
-        written = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
-                   for key, value in start.hparams.items()}
+        written = {
+            key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+            for key, value in start.hparams.items()
+        }
         self.assertEqual(written["method"], "single")
         self.assertEqual(written["psi"], "7,3")
         self.assertEqual(written["lr"], 0.01)
@@ -102,7 +123,7 @@ class SmokeRunTest(tf.test.TestCase):
                 config = smoke_util.smoke_config(logdir, method=method, epochs=1)
                 record = train.train_and_evaluate(config, progress=False)["history"][0]
                 self.assertNotIn("meta/loss", record)
-                if method == "single":   # no auxiliary task: no auxiliary metrics, not flat zeros
+                if method == "single":  # no auxiliary task: no auxiliary metrics, not flat zeros
                     self.assertNotIn("train/aux_loss", record)
                     self.assertNotIn("labels/aux_used_per_pri", record)
                 else:
@@ -138,13 +159,16 @@ class LabelChangeTest(tf.test.TestCase):
         logdir = os.path.join(self.get_temp_dir(), "changes")
         history = train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=3), progress=False)["history"]
         first, latest = self._stored(logdir, "first_labels"), self._stored(logdir, "previous_labels")
-        self.assertLen(first, 200)   # every training image, the meta split's too
+        self.assertLen(first, 200)  # every training image, the meta split's too
         # The latest labels are the final generator's, recomputed here from the checkpoint.
         config, state, run_data = rundir.load_run(logdir)
         mask_table = tf.constant(hierarchy.psi_mask(config.psi))
-        recomputed = np.concatenate([
-            labels_lib.hard_generated_labels(state.generator, b["images"], b["labels"], mask_table, False).numpy()
-            for b in run_data.train.evaluation_batches(50)])
+        recomputed = np.concatenate(
+            [
+                labels_lib.hard_generated_labels(state.generator, b["images"], b["labels"], mask_table, False).numpy()
+                for b in run_data.train.evaluation_batches(50)
+            ]
+        )
         self.assertAllEqual(latest, recomputed)
         self.assertAllClose(history[-1]["labels/changed_since_first"], np.mean(latest != first))
         # Epoch 1 is the first: nothing changed since it. Epoch 2's previous labels are epoch 1's.
@@ -153,14 +177,14 @@ class LabelChangeTest(tf.test.TestCase):
         for record in history:
             for key in ("labels/changed_since_previous", "labels/changed_since_first"):
                 self.assertBetween(record[key], 0.0, 1.0)
-                self.assertAllClose(record[key] * 200, round(record[key] * 200))   # a count of images
-        self.assertContainsSubset({"labels/changed_since_previous", "labels/changed_since_first"},
-                                  _scalar_tags(logdir))
+                self.assertAllClose(record[key] * 200, round(record[key] * 200))  # a count of images
+        self.assertContainsSubset({"labels/changed_since_previous", "labels/changed_since_first"}, _scalar_tags(logdir))
 
     def test_baselines_have_no_generator_labels(self):
         logdir = os.path.join(self.get_temp_dir(), "random")
-        record = train.train_and_evaluate(smoke_util.smoke_config(logdir, method="random", epochs=1),
-                                          progress=False)["history"][0]
+        record = train.train_and_evaluate(smoke_util.smoke_config(logdir, method="random", epochs=1), progress=False)[
+            "history"
+        ][0]
         self.assertNotIn("labels/changed_since_first", record)
 
     def test_training_mode_labels_run_under_their_own_name(self):
@@ -179,8 +203,12 @@ class MetaEveryTest(tf.test.TestCase):
 
     def test_generator_steps_after_every_kth_evaluator_step_of_the_run(self):
         # 2 epochs of 11 steps, K = 3: after global steps 3, 6, ..., 21, across the epoch boundary.
-        follows = [(epoch, step) for epoch in range(2) for step in range(11)
-                   if train.generator_step_follows(3, 11, epoch, step)]
+        follows = [
+            (epoch, step)
+            for epoch in range(2)
+            for step in range(11)
+            if train.generator_step_follows(3, 11, epoch, step)
+        ]
         self.assertEqual(follows, [(0, 2), (0, 5), (0, 8), (1, 0), (1, 3), (1, 6), (1, 9)])
         self.assertEqual([s for s in range(11) if train.generator_step_follows(1, 11, 0, s)], list(range(11)))
         # Longer than an epoch: every other epoch's last step.
@@ -194,12 +222,16 @@ class MetaEveryTest(tf.test.TestCase):
         # step 7 (epoch 2, step 2): the resumed epoch starts between its two generator steps.
         for hypergradient in config_lib.HYPERGRADIENTS:
             with self.subTest(hypergradient):
+
                 def config(name):
-                    return smoke_util.smoke_config(os.path.join(self.get_temp_dir(), hypergradient, name),
-                                                   hypergradient=hypergradient, meta_every=3)
+                    return smoke_util.smoke_config(
+                        os.path.join(self.get_temp_dir(), hypergradient, name),
+                        hypergradient=hypergradient,
+                        meta_every=3,
+                    )
 
                 reference = train.train_and_evaluate(config("reference"), progress=False)
-                for record in reference["history"]:   # a smoke run: the meta step ran, and is finite
+                for record in reference["history"]:  # a smoke run: the meta step ran, and is finite
                     for name in ("meta/loss", "meta/loss_before", "meta/entropy", "meta/grad_norm_generator"):
                         self.assertTrue(np.isfinite(record[name]), name)
                     self.assertGreater(record["meta/grad_norm_generator"], 0.0)
@@ -215,15 +247,15 @@ class MetaEveryTest(tf.test.TestCase):
 
 
 class RefusalTest(tf.test.TestCase):
-
     def _finished_run(self):
         logdir = os.path.join(self.get_temp_dir(), "run")
         train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1), progress=False)
         return logdir
 
     def _snapshot(self, logdir):
-        return {path: _read(path) for path in glob.glob(os.path.join(logdir, "**"), recursive=True)
-                if os.path.isfile(path)}
+        return {
+            path: _read(path) for path in glob.glob(os.path.join(logdir, "**"), recursive=True) if os.path.isfile(path)
+        }
 
     def test_different_experiment_in_existing_logdir_is_refused(self):
         logdir = self._finished_run()

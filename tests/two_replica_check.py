@@ -10,6 +10,7 @@ half of the same global batch, in float64, and prints one JSON line of relative 
 hypergradient. The second trains the smoke preset with
 --strategy=none and --strategy=mirrored under LOGDIR and prints both runs' per-epoch losses.
 """
+
 import json
 import os
 import sys
@@ -18,7 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf
 
 tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 import keras
 import numpy as np
@@ -35,10 +37,10 @@ BATCH = 8
 
 def build(synchronized_bn):
     keras.utils.set_random_seed(0)
-    evaluator = models.build_evaluator((8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.125,
-                                       synchronized_bn=synchronized_bn)
-    generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.125,
-                                       synchronized_bn=synchronized_bn)
+    evaluator = models.build_evaluator(
+        (8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.125, synchronized_bn=synchronized_bn
+    )
+    generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.125, synchronized_bn=synchronized_bn)
     optimizers = []
     for model, lr in ((evaluator, 0.1), (generator, 0.05)):
         optimizer = keras.optimizers.SGD(lr)
@@ -52,12 +54,21 @@ def meta_gradient(evaluator, generator, train_batch, meta_batch, task):
     options = dict(gamma=task.gamma, entropy_weight=task.entropy_weight)
     if task.hypergradient == "implicit":
         return meta.implicit_meta_gradient(
-            evaluator, generator, train_batch["images"], train_batch["labels"], meta_batch["images"],
-            meta_batch["labels"], task.mask_table, 0.1, neumann_terms=task.neumann_terms, **options)
-    function = {"second_order": meta.second_order_meta_gradient,
-                "first_order": meta.first_order_meta_gradient}[task.hypergradient]
-    return function(evaluator, generator, meta_batch["images"], meta_batch["labels"], task.mask_table, 0.1,
-                    **options)
+            evaluator,
+            generator,
+            train_batch["images"],
+            train_batch["labels"],
+            meta_batch["images"],
+            meta_batch["labels"],
+            task.mask_table,
+            0.1,
+            neumann_terms=task.neumann_terms,
+            **options,
+        )
+    function = {"second_order": meta.second_order_meta_gradient, "first_order": meta.first_order_meta_gradient}[
+        task.hypergradient
+    ]
+    return function(evaluator, generator, meta_batch["images"], meta_batch["labels"], task.mask_table, 0.1, **options)
 
 
 def iteration(evaluator, generator, optimizers, train_batch, meta_batch, task):
@@ -80,21 +91,25 @@ def main():
     rng = np.random.default_rng(0)
 
     def batch():
-        return {"images": tf.constant(rng.normal(size=(BATCH, 8, 8, 1))),
-                "labels": tf.constant(rng.integers(0, len(PSI), BATCH), tf.int64),
-                "aux_labels": tf.zeros([BATCH], tf.int64)}
+        return {
+            "images": tf.constant(rng.normal(size=(BATCH, 8, 8, 1))),
+            "labels": tf.constant(rng.integers(0, len(PSI), BATCH), tf.int64),
+            "aux_labels": tf.zeros([BATCH], tf.int64),
+        }
 
     train_batch, meta_batch = batch(), batch()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     report = {"replicas": strategy.num_replicas_in_sync}
     for hypergradient in config_lib.HYPERGRADIENTS:
-        task = steps.Task("maxl", len(PSI), sum(PSI), tf.constant(hierarchy.psi_mask(PSI), tf.float64),
-                          hypergradient=hypergradient)
+        task = steps.Task(
+            "maxl", len(PSI), sum(PSI), tf.constant(hierarchy.psi_mask(PSI), tf.float64), hypergradient=hypergradient
+        )
         # The implicit hypergradient differentiates batch norm's backward in its input, which
         # Keras' unsynchronised float64 moments get wrong at second order (meta.py): one device
         # uses the synchronised ones too, exact in float64.
-        report[hypergradient] = compare(strategy, task, train_batch, meta_batch,
-                                        single_synchronized_bn=hypergradient == "implicit")
+        report[hypergradient] = compare(
+            strategy, task, train_batch, meta_batch, single_synchronized_bn=hypergradient == "implicit"
+        )
     print(json.dumps(report))
 
 
@@ -107,18 +122,20 @@ def compare(strategy, task, train_batch, meta_batch, single_synchronized_bn):
     with strategy.scope():
         mirrored = build(synchronized_bn=True)
 
-    def halves(full):   # replica i gets examples [4i, 4i + 4) of the global batch
+    def halves(full):  # replica i gets examples [4i, 4i + 4) of the global batch
         return strategy.experimental_distribute_values_from_function(
-            lambda context: {k: v[context.replica_id_in_sync_group * BATCH // 2:][:BATCH // 2]
-                             for k, v in full.items()})
+            lambda context: {
+                k: v[context.replica_id_in_sync_group * BATCH // 2 :][: BATCH // 2] for k, v in full.items()
+            }
+        )
 
     @tf.function
     def distributed():
-        grads, loss = strategy.run(lambda t, m: iteration(*mirrored, t, m, task),
-                                   args=(halves(train_batch), halves(meta_batch)))
+        grads, loss = strategy.run(
+            lambda t, m: iteration(*mirrored, t, m, task), args=(halves(train_batch), halves(meta_batch))
+        )
         # Each replica's meta-gradient is of its share of the loss: they sum to the global one.
-        return ([strategy.reduce("SUM", g, axis=None) for g in grads],
-                strategy.reduce("MEAN", loss, axis=None))
+        return ([strategy.reduce("SUM", g, axis=None) for g in grads], strategy.reduce("MEAN", loss, axis=None))
 
     mirrored_grads, mirrored_loss = distributed()
     report = {
@@ -128,20 +145,25 @@ def compare(strategy, task, train_batch, meta_batch, single_synchronized_bn):
     }
     for name, (one, two) in {"evaluator": (single[0], mirrored[0]), "generator": (single[1], mirrored[1])}.items():
         # Compare the updates, which are small next to the weights themselves.
-        report[name + "_update"] = relative([v.numpy() - w for v, w in zip(two.variables, initial[name])],
-                                            [v.numpy() - w for v, w in zip(one.variables, initial[name])])
+        report[name + "_update"] = relative(
+            [v.numpy() - w for v, w in zip(two.variables, initial[name])],
+            [v.numpy() - w for v, w in zip(one.variables, initial[name])],
+        )
     return report
 
 
 def train_both(logdir):
     from maxl_tf import train
     from tests import smoke_util
+
     histories = {}
     for strategy in ("none", "mirrored"):
         config = smoke_util.smoke_config(os.path.join(logdir, strategy), strategy=strategy)
         results = train.train_and_evaluate(config, progress=False)
-        histories[strategy] = [{k: v for k, v in record.items() if k.startswith(("train/", "meta/", "test/"))}
-                               for record in results["history"]]
+        histories[strategy] = [
+            {k: v for k, v in record.items() if k.startswith(("train/", "meta/", "test/"))}
+            for record in results["history"]
+        ]
     print(json.dumps(histories))
 
 

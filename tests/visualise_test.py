@@ -1,4 +1,5 @@
 """Pictures of what runs learned, from two tiny real runs (digits, one epoch): maxl and single."""
+
 import dataclasses
 import os
 import shutil
@@ -25,7 +26,7 @@ from maxl_tf import train
 from maxl_tf import visualise
 from tests import smoke_util
 
-MAX_EXAMPLES = 40   # of smoke.cfg's 100 test images, so the subsample is exercised
+MAX_EXAMPLES = 40  # of smoke.cfg's 100 test images, so the subsample is exercised
 
 
 def _trunk_by_hand(evaluator, images):
@@ -39,7 +40,6 @@ def _trunk_by_hand(evaluator, images):
 
 
 class VisualiseTest(tf.test.TestCase):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -59,7 +59,7 @@ class VisualiseTest(tf.test.TestCase):
 
     def test_tsne_figure_has_one_panel_per_run(self):
         image = matplotlib.image.imread(self.written["tsne"])
-        self.assertEqual(image.shape, (440, 800, 4))   # two 4-inch panels at 100 dpi
+        self.assertEqual(image.shape, (440, 800, 4))  # two 4-inch panels at 100 dpi
         self.assertGreater(image[..., :3].std(), 0.05)  # not blank
 
     def test_projected_features_are_the_evaluators_trunk_output(self):
@@ -68,7 +68,7 @@ class VisualiseTest(tf.test.TestCase):
         self.assertAllEqual(indices, visualise.subsample(100, MAX_EXAMPLES))
         reader = tf.train.load_checkpoint(self.out)
         features = reader.get_tensor(f"{maxl.key}/.ATTRIBUTES/VARIABLE_VALUE")
-        self.assertEqual(features.shape, (MAX_EXAMPLES, 32))   # smoke.cfg: 256 filters * width 0.125
+        self.assertEqual(features.shape, (MAX_EXAMPLES, 32))  # smoke.cfg: 256 filters * width 0.125
 
         # Independently: a fresh restore, the layers applied by hand, two of the subsample's images.
         config, state, run_data = rundir.load_run(self.logdirs[0])
@@ -80,8 +80,12 @@ class VisualiseTest(tf.test.TestCase):
 
         # The generator's masked softmax for the top-k grid, against labels.generated_labels.
         probabilities = labels_lib.generated_labels(
-            state.generator, batch["images"], batch["labels"], tf.constant(hierarchy_lib.psi_mask(config.psi)),
-            training=False)
+            state.generator,
+            batch["images"],
+            batch["labels"],
+            tf.constant(hierarchy_lib.psi_mask(config.psi)),
+            training=False,
+        )
         self.assertAllClose(maxl.aux_probabilities, probabilities, atol=1e-6)
         self.assertEqual(maxl.aux_source, "generator")
 
@@ -154,10 +158,17 @@ class VisualiseTest(tf.test.TestCase):
         labels = np.repeat(np.arange(10), 20)
         probabilities = rng.random((200, 30)) * hierarchy_lib.psi_mask(psi)[labels]
         run = visualise.RunOutputs(
-            key="fig6", title="maxl (fashion_mnist, pri 10, aux 30)", images=rng.random((200, 32, 32, 1)),
-            labels=labels, predicted=labels, features=np.zeros((200, 4)), aux_probabilities=probabilities,
-            aux_source="generator", pri_of_aux=pri_of_aux,
-            class_names=hierarchy_lib.for_dataset("fashion_mnist").names_at(10))
+            key="fig6",
+            title="maxl (fashion_mnist, pri 10, aux 30)",
+            images=rng.random((200, 32, 32, 1)),
+            labels=labels,
+            predicted=labels,
+            features=np.zeros((200, 4)),
+            aux_probabilities=probabilities,
+            aux_source="generator",
+            pri_of_aux=pri_of_aux,
+            class_names=hierarchy_lib.for_dataset("fashion_mnist").names_at(10),
+        )
         path = os.path.join(self.root, "fig6.png")
         selection = visualise.top_k_per_aux_class(probabilities, labels, pri_of_aux, np.arange(30), 5)
         visualise.plot_top_k(run, np.arange(30), selection, path)
@@ -168,18 +179,25 @@ class VisualiseTest(tf.test.TestCase):
         # psi = [2, 1]: auxiliary classes 0, 1 belong to principal class 0, class 2 to class 1.
         pri_of_aux = np.array([0, 0, 1])
         labels = np.array([0, 0, 1, 0, 1, 0])
-        probabilities = np.array([
-            [0.4, 0.6, 0.0],
-            [0.2, 0.8, 0.0],
-            [0.0, 0.0, 1.0],
-            [0.9, 0.1, 0.0],
-            [0.99, 0.0, 0.01],   # principal class 1: never chosen for auxiliary class 0
-            [0.4, 0.6, 0.0],
-        ])
+        probabilities = np.array(
+            [
+                [0.4, 0.6, 0.0],
+                [0.2, 0.8, 0.0],
+                [0.0, 0.0, 1.0],
+                [0.9, 0.1, 0.0],
+                [0.99, 0.0, 0.01],  # principal class 1: never chosen for auxiliary class 0
+                [0.4, 0.6, 0.0],
+            ]
+        )
         selection = visualise.top_k_per_aux_class(probabilities, labels, pri_of_aux, [0, 1, 2], k=3)
-        self.assertAllEqual(selection, [[3, 0, 5],      # 0.9, then the tie at 0.4: lower index first
-                                        [1, 0, 5],      # 0.8, then the tie at 0.6
-                                        [2, 4, -1]])    # only two examples of principal class 1
+        self.assertAllEqual(
+            selection,
+            [
+                [3, 0, 5],  # 0.9, then the tie at 0.4: lower index first
+                [1, 0, 5],  # 0.8, then the tie at 0.6
+                [2, 4, -1],
+            ],
+        )  # only two examples of principal class 1
 
     def test_a_directory_that_is_not_a_run_is_refused(self):
         empty = os.path.join(self.root, "empty")
@@ -193,10 +211,14 @@ class VisualiseTest(tf.test.TestCase):
             visualise.visualise([untrained], os.path.join(self.root, "refused"))
         self.assertFalse(os.path.exists(os.path.join(self.root, "refused")))
 
-        process = subprocess.run([sys.executable, "-m", "maxl_tf.visualise", empty,
-                                  f"--out={os.path.join(self.root, 'refused')}"],
-                                 cwd=smoke_util.REPO, capture_output=True, text=True, timeout=120,
-                                 env=dict(os.environ, PYTHONPATH=smoke_util.REPO, TF_CPP_MIN_LOG_LEVEL="2"))
+        process = subprocess.run(
+            [sys.executable, "-m", "maxl_tf.visualise", empty, f"--out={os.path.join(self.root, 'refused')}"],
+            cwd=smoke_util.REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=smoke_util.REPO, TF_CPP_MIN_LOG_LEVEL="2"),
+        )
         self.assertEqual(process.returncode, 2)
         self.assertNotIn("Traceback", process.stderr)
         self.assertRegex(process.stderr, r"(?m)^error: .*empty is not a maxl_tf run directory")

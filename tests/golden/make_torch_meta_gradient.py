@@ -8,6 +8,7 @@ the test itself does not.
 
     python tests/golden/make_torch_meta_gradient.py
 """
+
 import os
 
 import numpy as np
@@ -25,8 +26,12 @@ BATCH, INNER_LR, ENTROPY_WEIGHT = 6, 0.1, 0.2
 def trunk():
     layers, c_in = [], 1
     for c in CHANNELS:
-        layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c, eps=1e-5, momentum=0.1), nn.ReLU(),
-                   nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(c_in, c, 3, padding=1),
+            nn.BatchNorm2d(c, eps=1e-5, momentum=0.1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         c_in = c
     return nn.Sequential(*layers, nn.Flatten())
 
@@ -97,8 +102,14 @@ def main():
     meta = focal(pri_fast, y1) + ENTROPY_WEIGHT * torch.sum(mean * torch.log(mean + 1e-12))
     generator_grads = torch.autograd.grad(meta, list(generator.parameters()))
 
-    arrays = {"images": x.numpy().transpose(0, 2, 3, 1), "labels": y.numpy(), "psi": np.array(PSI),
-              "inner_lr": INNER_LR, "entropy_weight": ENTROPY_WEIGHT, "meta_loss": meta.item()}
+    arrays = {
+        "images": x.numpy().transpose(0, 2, 3, 1),
+        "labels": y.numpy(),
+        "psi": np.array(PSI),
+        "inner_lr": INNER_LR,
+        "entropy_weight": ENTROPY_WEIGHT,
+        "meta_loss": meta.item(),
+    }
     for prefix, model in (("evaluator", evaluator), ("generator", generator)):
         for i, (name, p) in enumerate(model.named_parameters()):
             arrays[f"{prefix}/{i:02d}"] = keras_layout(name, p)
