@@ -42,10 +42,8 @@ from maxl_tf import models
 
 # The finite difference's step is this radius over ||v||: theta1 moves by 1e-3 in norm whatever v's
 # scale. DARTS and the authors' first-order script take 0.01, but ReLU and max-pool make the mixed
-# derivative piecewise, and the difference's error grows with the radius: against the float64
-# exact gradient, the float32 first-order one has a cosine of 0.998 at 0.01, 0.99996 at 1e-3 and
-# 0.9999 at 1e-4 (rounding takes over) on the quickstart model, batch 64; 0.992, 0.995 and 0.994 on
-# VGG-16 at 32x32, batch 16, where the float32 second-order gradient itself reaches 0.9965.
+# derivative piecewise, and the difference's error grows with the radius until float32 rounding
+# takes over below it (benchmarks/first_order_radius.py; docs/measurements.md).
 FINITE_DIFFERENCE_RADIUS = 1e-3
 
 
