@@ -141,12 +141,16 @@ def start_tensorflow(deterministic: bool = True):
     with quiet_start_up():
         import tensorflow as tf
 
-        gpus = tf.config.list_physical_devices("GPU")  # cuInit speaks here on a machine without a GPU
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
-    if not gpus:
-        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if not gpus:
+            tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
+        tf.config.list_logical_devices()  # starts the runtime, after the settings: cuInit speaks here
+    # Each run of a sweep, and each benchmark piece, compiles its own step functions by design;
+    # TensorFlow's heuristic reports that as functions retraced in a loop, twice per run.
+    tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
     return tf
