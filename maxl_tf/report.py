@@ -148,8 +148,16 @@ def _label(group, line_fields) -> str:
     return f"{label} {others}" if others else label
 
 
+def _training_seconds(group) -> str:
+    """Mean over seeds of a run's training time (its epochs' perf/epoch_seconds, without the test
+    passes): what a method costs, beside what it gives."""
+    seconds = [sum(r.get("perf/epoch_seconds", np.nan) for r in run["history"]) for run in group.runs]
+    return "–" if np.isnan(seconds).any() else f"{np.mean(seconds):.0f} s"
+
+
 def markdown_table(groups: list) -> str:
-    """One row per experiment: mean ± sample std (ddof 1) of test_accuracy over its seeds."""
+    """One row per experiment: mean ± sample std (ddof 1) of test_accuracy over its seeds, and the
+    mean training time of a run."""
     others = _varying(groups, NAMED_FIELDS)
     header = [
         "dataset",
@@ -161,6 +169,7 @@ def markdown_table(groups: list) -> str:
         "test accuracy (mean ± std)",
         "seeds",
         "epochs",
+        "training time per run",
     ] + (["other"] if others else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g in groups:
@@ -176,6 +185,7 @@ def markdown_table(groups: list) -> str:
             f"{acc.mean():.4f}{spread}",
             str(len(acc)),
             str(g.config.epochs),
+            _training_seconds(g),
         ]
         lines.append("| " + " | ".join(row + ([_others(g, others)] if others else [])) + " |")
     return "\n".join(lines) + "\n"

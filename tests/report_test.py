@@ -27,6 +27,7 @@ def fake_run(
     pri=2,
     used=None,
     entropy=None,
+    epoch_seconds=None,
 ):
     """Writes a results.json as train.py does; the last 5 epochs' mean is test_accuracy."""
     config = config_lib.Config(
@@ -47,6 +48,8 @@ def fake_run(
             record["labels/aux_entropy_mean"] = 1.0 if entropy is None else entropy
         if method == "maxl":
             record["labels/changed_since_previous"] = 0.5 / (epoch + 1)
+        if epoch_seconds is not None:
+            record["perf/epoch_seconds"] = epoch_seconds
         history.append(record)
     logdir = os.path.join(root, config.name)
     os.makedirs(logdir)
@@ -206,6 +209,17 @@ class PairedTest(tf.test.TestCase):
         text = report.write_report(root, self.get_temp_dir() + "/one_out")
         self.assertIn("| maxl (entropy 0.2) − single | +0.0500 | – (one seed) | 1 / 0 / 0 | 1 |", text)
         self.assertNotIn("Duplicate", text)
+
+
+class TrainingTimeTest(tf.test.TestCase):
+    def test_mean_training_time_per_run(self):
+        root = self.get_temp_dir() + "/timed"
+        fake_run(root, "maxl", 0, [0.8] * 8, epoch_seconds=2.0)  # 16 s of training
+        fake_run(root, "maxl", 1, [0.8] * 8, epoch_seconds=3.0)  # 24 s
+        fake_run(root, "single", 0, [0.7] * 8)  # no timings recorded
+        rows = _rows(report.markdown_table(report.group_runs(report.load_runs(root)[0])))
+        self.assertEqual(rows[("maxl", "10", "0.2")][9], "20 s")
+        self.assertEqual(rows[("single", "–", "–")][9], "–")
 
 
 class FigureTest(tf.test.TestCase):
