@@ -34,7 +34,7 @@ from maxl_tf import sweep
 # groups is shown too, so runs of different experiments are never shown as one.
 NAMED_FIELDS = ("dataset", "pri", "aux", "psi", "method", "entropy_weight")
 # Fields that tell lines of one panel apart rather than panels.
-LINE_FIELDS = ("method",) + sweep.GENERATOR_FIELDS + ("meta_split",)
+LINE_FIELDS = ("method",) + sweep.GENERATOR_FIELDS + ("meta_split", "embedder", "embedder_fallback")
 
 
 @dataclasses.dataclass
