@@ -281,15 +281,30 @@ def _band(ax, x, values, label, **style):
 def _grid(n, sharey=False):
     cols = min(3, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False, sharey=sharey)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(max(7, 5 * cols), 3.8 * rows + 1), squeeze=False, sharey=sharey, layout="constrained"
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
 
 
+def _figure_legend(fig, axes) -> None:
+    """One legend below the panels for every line any panel draws: run labels are long, and a
+    legend inside a panel would hide its curves."""
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(
+        handles.values(), handles.keys(), loc="outside lower center", ncol=2 if len(handles) > 4 else 1, fontsize=8
+    )
+
+
 def _save(fig, path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    if not fig.get_constrained_layout():
+        fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -322,7 +337,7 @@ def plot_learning_curves(groups, out) -> list:
             ax.set_ylabel("test accuracy")
             ax.yaxis.set_tick_params(labelleft=True)  # sharey hides them on all but the first column
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+        _figure_legend(fig, axes)
         paths.append(_save(fig, os.path.join(out, f"learning_curves_{dataset}.png")))
     return paths
 
