@@ -112,10 +112,12 @@ def load_folder(
         how = "train/ and test/"
 
     images, cache_note = _decode_cached(folder, paths, image_size, cache_dir)
-    size = "x".join(map(str, images.shape[1:]))
-    return ImageSet(
-        loaders.Split(images[train_idx], labels[train_idx]),
-        loaders.Split(images[test_idx], labels[test_idx]),
+    size = _size_text(images)
+    return _image_set(
+        images,
+        labels,
+        train_idx,
+        test_idx,
         class_names,
         f"image folder {folder} ({len(class_names)} classes, {how}, {size}{cache_note})",
     )
@@ -171,12 +173,28 @@ def load_tfds(
     for split_name, idx in (("train", train_idx), ("test", test_idx)):
         if not len(idx):
             raise errors.Error(f"{where}: its {split_name} split is empty; pick another set.")
-    size = "x".join(map(str, images.shape[1:]))
+    size = _size_text(images)
+    return _image_set(
+        images,
+        labels,
+        train_idx,
+        test_idx,
+        class_names,
+        f"tfds {builder.info.full_name} in {builder.data_dir_root} ({how}, {size})",
+    )
+
+
+def _size_text(images) -> str:
+    return "x".join(map(str, images.shape[1:]))  # e.g. 32x32x3
+
+
+def _image_set(images, labels, train_idx, test_idx, class_names, source: str) -> ImageSet:
+    """The two splits of the decoded images."""
     return ImageSet(
         loaders.Split(images[train_idx], labels[train_idx]),
         loaders.Split(images[test_idx], labels[test_idx]),
         class_names,
-        f"tfds {builder.info.full_name} in {builder.data_dir_root} ({how}, {size})",
+        source,
     )
 
 
