@@ -405,12 +405,16 @@ def plot_label_usage(groups, out) -> list:
         return []
     others = _varying(maxl, ("dataset", "pri", "aux", "psi", "method", "entropy_weight"))
     datasets = sorted({g.config.dataset for g in maxl})
-    colors = {pair: f"C{i % 10}" for i, pair in enumerate(sorted({(g.config.pri, g.config.aux) for g in maxl}))}
-    fig, axes = plt.subplots(len(datasets), 3, figsize=(16, 3.8 * len(datasets)), squeeze=False)
+    # A colour per pri/aux pair and per other setting that varies; the entropy term's absence dashed.
+    kinds = sorted({(g.config.pri, g.config.aux, _others(g, others)) for g in maxl})
+    colors = {kind: f"C{i % 10}" for i, kind in enumerate(kinds)}
+    fig, axes = plt.subplots(
+        len(datasets), 3, figsize=(16, 3.8 * len(datasets) + 1), squeeze=False, layout="constrained"
+    )
     for (used_ax, entropy_ax, changed_ax), dataset in zip(axes, datasets):
         for group in (g for g in maxl if g.config.dataset == dataset):
             style = {
-                "color": colors[group.config.pri, group.config.aux],
+                "color": colors[group.config.pri, group.config.aux, _others(group, others)],
                 "linestyle": "--" if group.setting["entropy_weight"] == 0 else "-",
             }
             label = (
@@ -434,8 +438,8 @@ def plot_label_usage(groups, out) -> list:
             ax.set_xlabel("epoch")
             ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
         changed_ax.set_title(f"{dataset}: MAXL's hard training labels that changed", fontsize=10)
+    _figure_legend(fig, axes.flat)
     return [_save(fig, os.path.join(out, "label_usage.png"))]
 
 
