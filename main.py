@@ -85,7 +85,7 @@ def main(argv):
         raise errors.Error(
             f"--heartbeat_timeout={flags.FLAGS.heartbeat_timeout}: must be a positive number of seconds."
         )
-    cli.start_tensorflow(configs[0].deterministic)
+    cli.start_tensorflow(configs[0].deterministic, start_runtime=configs[0].strategy != "multi_worker")
     # TensorFlow and the models: only once the flags are known to be good.
     from maxl_tf import inputs
     from maxl_tf import train

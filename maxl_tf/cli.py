@@ -129,7 +129,7 @@ def quiet_start_up():
                     print(line, file=sys.stderr)
 
 
-def start_tensorflow(deterministic: bool = True):
+def start_tensorflow(deterministic: bool = True, start_runtime: bool = True):
     """Imports TensorFlow without its start-up noise and sets the process-wide runtime; returns tf.
 
     Call it once, in a command's main, before any TensorFlow op runs. On CPUs, intra-op threads =
@@ -137,6 +137,9 @@ def start_tensorflow(deterministic: bool = True):
     (GUIDE.md measured it). On GPUs, memory grows as needed instead of TensorFlow taking nearly all
     of it at the start, so several workers of a sweep can share one GPU (BUILD.md, "Several runs
     on one GPU"). Determinism makes every op reproducible, so resumes are exact.
+
+    start_runtime=False leaves the runtime's start to the first op: MultiWorkerMirroredStrategy
+    configures its collective ops when it is built, which must come before the runtime starts.
     """
     with quiet_start_up():
         import tensorflow as tf
@@ -149,7 +152,8 @@ def start_tensorflow(deterministic: bool = True):
             tf.config.threading.set_inter_op_parallelism_threads(1)
         if deterministic:
             tf.config.experimental.enable_op_determinism()
-        tf.config.list_logical_devices()  # starts the runtime, after the settings: cuInit speaks here
+        if start_runtime:
+            tf.config.list_logical_devices()  # starts the runtime, after the settings: cuInit speaks here
     # Each run of a sweep, and each benchmark piece, compiles its own step functions by design;
     # TensorFlow's heuristic reports that as functions retraced in a loop, twice per run.
     tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
