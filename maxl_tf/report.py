@@ -1,6 +1,7 @@
-"""Finished runs -> a results table and the paper's figures: python -m maxl_tf.report RUNS [--out=DIR]
+"""Finished runs -> a results table and the paper's figures: python -m maxl_tf.report RUNS... [--out=DIR]
 
-Reads every results.json under the runs directory, groups complete runs that differ only in their
+Reads every results.json under the given folders (a sweep's --logdir, or run folders picked by a
+shell glob), groups complete runs that differ only in their
 seed, and writes report.md (mean ± std of the test accuracy over seeds: the mean of the last 5
 epochs, the paper's metric; each method's paired difference from single-task, and MAXL's from
 human and random, with a 95% interval over seeds: maxl_tf/stats.py) and PNG figures: learning
@@ -69,15 +70,17 @@ class Group:
         )
 
 
-def load_runs(runs_dir: str) -> tuple:
-    """Every readable results.json under runs_dir: (complete, incomplete, warnings)."""
-    if not os.path.isdir(runs_dir):
-        raise errors.Error(
-            f"{runs_dir} is not a directory; pass the folder that holds the runs "
-            f"(main.py's --logdir of a sweep, or runs)."
-        )
+def load_runs(runs_dirs: list) -> tuple:
+    """Every readable results.json under each of runs_dirs: (complete, incomplete, warnings)."""
+    for runs_dir in runs_dirs:
+        if not os.path.isdir(runs_dir):
+            raise errors.Error(
+                f"{runs_dir} is not a directory; pass the folder that holds the runs "
+                f"(main.py's --logdir of a sweep, or runs)."
+            )
     complete, incomplete, warnings = [], [], []
-    for folder, subfolders, files in sorted(os.walk(runs_dir)):
+    walks = (step for runs_dir in runs_dirs for step in sorted(os.walk(runs_dir)))
+    for folder, subfolders, files in walks:
         subfolders[:] = sorted(d for d in subfolders if d != "checkpoints")
         if "results.json" not in files:
             continue
@@ -443,13 +446,14 @@ def plot_label_usage(groups, out) -> list:
     return [_save(fig, os.path.join(out, "label_usage.png"))]
 
 
-def write_report(runs_dir: str, out: str) -> str:
-    """Writes report.md and the figures into out; returns report.md's text.
+def write_report(runs_dirs: list, out: str) -> str:
+    """Writes report.md and the figures of the runs under runs_dirs into out; returns its text.
 
     Raises:
       errors.Error: no directory, no readable runs, or no complete run.
     """
-    complete, incomplete, warnings = load_runs(runs_dir)
+    complete, incomplete, warnings = load_runs(runs_dirs)
+    runs_dir = ", ".join(runs_dirs) if len(runs_dirs) <= 3 else f"{len(runs_dirs)} folders under {os.path.commonpath(runs_dirs)}"
     for warning in warnings:
         print(warning, file=sys.stderr)
     unfinished = [f"- {r['path']}: {r['epochs_completed']}/{r['config'].get('epochs')} epochs" for r in incomplete]
@@ -497,14 +501,15 @@ def write_report(runs_dir: str, out: str) -> str:
 
 
 def main(argv):
-    if len(argv) != 2:
-        raise errors.Error("pass one folder of runs, e.g. python -m maxl_tf.report runs/digits_sweep.")
-    runs_dir = argv[1]
-    out = flags.FLAGS.out or os.path.join(runs_dir, "report")
-    print(write_report(runs_dir, out))
+    if len(argv) < 2:
+        raise errors.Error("pass a folder of runs, e.g. python -m maxl_tf.report runs/digits_sweep.")
+    if len(argv) > 2 and not flags.FLAGS.out:
+        raise errors.Error("several folders of runs: pass --out=DIR for the report.")
+    out = flags.FLAGS.out or os.path.join(argv[1], "report")
+    print(write_report(argv[1:], out))
     print(f"Wrote {os.path.join(out, 'report.md')} and its figures.")
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("out", "", "Where report.md and the PNGs go (default: <runs_dir>/report).")
+    flags.DEFINE_string("out", "", "Where report.md and the PNGs go (default: <runs_dir>/report; needed with several).")
     cli.run(main)

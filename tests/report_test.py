@@ -127,7 +127,7 @@ class TableTest(tf.test.TestCase):
                 },
                 f,
             )
-        groups = report.group_runs(report.load_runs(root)[0])
+        groups = report.group_runs(report.load_runs([root])[0])
         self.assertLen(groups, 2)
         self.assertIn("| other |", report.markdown_table(groups))
         self.assertIn("lr=0.1", report.markdown_table(groups))
@@ -150,7 +150,7 @@ class PairedTest(tf.test.TestCase):
         os.makedirs(f"{root}/copy")
         os.rename(f"{root}/digits_pri2_aux10_maxl_seed0", f"{root}/copy/digits_pri2_aux10_maxl_seed0")
         fake_run(root, "maxl", 0, [maxl[0]] * 5)
-        text = report.write_report(root, self.get_temp_dir() + "/paired_out")
+        text = report.write_report([root], self.get_temp_dir() + "/paired_out")
 
         rows = {}
         for line in text.splitlines():
@@ -199,14 +199,14 @@ class PairedTest(tf.test.TestCase):
                 },
                 f,
             )
-        text = report.write_report(root, self.get_temp_dir() + "/proto_out")
+        text = report.write_report([root], self.get_temp_dir() + "/proto_out")
         self.assertIn("| prototypical (untrained embedder) − single | +0.0200 |", text)
 
     def test_single_seed_has_no_interval_and_no_duplicates_note(self):
         root = self.get_temp_dir() + "/one"
         fake_run(root, "single", 0, [0.7] * 5)
         fake_run(root, "maxl", 0, [0.75] * 5)
-        text = report.write_report(root, self.get_temp_dir() + "/one_out")
+        text = report.write_report([root], self.get_temp_dir() + "/one_out")
         self.assertIn("| maxl (entropy 0.2) − single | +0.0500 | – (one seed) | 1 / 0 / 0 | 1 |", text)
         self.assertNotIn("Duplicate", text)
 
@@ -217,7 +217,7 @@ class TrainingTimeTest(tf.test.TestCase):
         fake_run(root, "maxl", 0, [0.8] * 8, epoch_seconds=2.0)  # 16 s of training
         fake_run(root, "maxl", 1, [0.8] * 8, epoch_seconds=3.0)  # 24 s
         fake_run(root, "single", 0, [0.7] * 8)  # no timings recorded
-        rows = _rows(report.markdown_table(report.group_runs(report.load_runs(root)[0])))
+        rows = _rows(report.markdown_table(report.group_runs(report.load_runs([root])[0])))
         self.assertEqual(rows[("maxl", "10", "0.2")][9], "20 s")
         self.assertEqual(rows[("single", "–", "–")][9], "–")
 
@@ -228,7 +228,7 @@ class FigureTest(tf.test.TestCase):
         fake_run(root, "single", 0, [0.5] * 5)
         for aux, accuracy in ((10, 0.9), (20, 0.6)):
             fake_run(root, "maxl", 0, [accuracy] * 5, aux=aux)
-        groups = report.group_runs(report.load_runs(root)[0])
+        groups = report.group_runs(report.load_runs([root])[0])
         captured = {}
         with mock.patch.object(report, "_save", lambda fig, path: captured.setdefault("fig", fig) and path):
             report.plot_learning_curves(groups, self.get_temp_dir())
@@ -258,12 +258,12 @@ class FigureTest(tf.test.TestCase):
                     used=[1] * 10,
                     entropy=0.1,
                 )
-        groups = report.group_runs(report.load_runs(root)[0])
+        groups = report.group_runs(report.load_runs([root])[0])
         points = report.improvement_points(groups)
         self.assertAllClose(points[("cifar10", 0.2)], [(2, 2.5), (5, 5.0)])  # 100 * 0.02 / 0.8 ...
         self.assertAllClose(points[("cifar10", 0.0)], [(2, 1.25), (5, 2.5)])
         out = self.get_temp_dir() + "/fig4_out"
-        text = report.write_report(root, out)
+        text = report.write_report([root], out)
         for name in ("learning_curves_cifar10.png", "improvement_over_single.png", "label_usage.png"):
             image = matplotlib.image.imread(os.path.join(out, name))
             self.assertEqual(image.ndim, 3)
@@ -275,7 +275,7 @@ class FigureTest(tf.test.TestCase):
         fake_run(root, "single", 0, [0.7] * 5)
         fake_run(root, "random", 0, [0.7] * 5)
         out = self.get_temp_dir() + "/baselines_out"
-        report.write_report(root, out)
+        report.write_report([root], out)
         self.assertEqual(sorted(os.listdir(out)), ["learning_curves_digits.png", "report.md"])
 
 
@@ -296,6 +296,21 @@ class ErrorTest(tf.test.TestCase):
                 self.assertRegex(stderr, f"^error: {re.escape(runs_dir)} {message}")
                 self.assertNotIn("Traceback", stderr)
                 self.assertFalse(os.path.exists(os.path.join(runs_dir, "report")))
+
+    def test_several_folders_make_one_report_given_out(self):
+        # A sweep's baselines in one folder and a variant's runs in another: one table, paired.
+        base, variant = self.get_temp_dir() + "/several/base", self.get_temp_dir() + "/several/variant"
+        for seed in range(2):
+            fake_run(base, "single", seed, [0.7] * 5)
+            fake_run(variant, "maxl", seed, [0.72 + 0.02 * seed] * 5)
+        code, _, stderr = _run_main(base, variant)
+        self.assertEqual(code, 2)
+        self.assertRegex(stderr, "^error: several folders of runs: pass --out=DIR")
+        out = self.get_temp_dir() + "/several_out"
+        code, stdout, stderr = _run_main(base, variant, f"--out={out}")
+        self.assertEqual(code, 0, stderr)
+        self.assertRegex(stdout, r"\| maxl \(entropy 0.2\) − single \| \+0.0300 \|")
+        self.assertIn(f"# Results of {base}, {variant}", stdout)
 
     def test_unreadable_results_are_named_and_skipped(self):
         root = self.get_temp_dir() + "/damaged"
