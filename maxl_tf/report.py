@@ -453,7 +453,9 @@ def write_report(runs_dirs: list, out: str) -> str:
       errors.Error: no directory, no readable runs, or no complete run.
     """
     complete, incomplete, warnings = load_runs(runs_dirs)
-    runs_dir = ", ".join(runs_dirs) if len(runs_dirs) <= 3 else f"{len(runs_dirs)} folders under {os.path.commonpath(runs_dirs)}"
+    runs_dir = ", ".join(runs_dirs)
+    if len(runs_dirs) > 3:  # a shell glob's run folders
+        runs_dir = f"{len(runs_dirs)} folders under {os.path.commonpath(runs_dirs)}"
     for warning in warnings:
         print(warning, file=sys.stderr)
     unfinished = [f"- {r['path']}: {r['epochs_completed']}/{r['config'].get('epochs')} epochs" for r in incomplete]

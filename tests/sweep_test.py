@@ -205,7 +205,7 @@ class SweepCommandTest(tf.test.TestCase):
         self.assertLess(time.perf_counter() - start, 60)
 
         out = os.path.join(self.get_temp_dir(), "report")
-        text = report.write_report(root, out)
+        text = report.write_report([root], out)
         accuracies = {}
         for seed in (0, 1):
             for method in ("single", "random"):
