@@ -103,7 +103,15 @@ def run(main) -> None:
         except KeyboardInterrupt:  # before a training run's own signal handling took over
             fail(errors.Interrupted("interrupted; rerun the same command to resume.", signal.SIGINT))
 
-    app.run(guarded, flags_parser=_parse)
+    # With TensorFlow imported at the top of a command's module, absl's start-up (between the flags
+    # and main) makes CUDA speak; the quiet window covers it and closes when main is called.
+    start_up = contextlib.ExitStack()
+    start_up.enter_context(quiet_start_up())
+    app.call_after_init(start_up.close)
+    try:
+        app.run(guarded, flags_parser=_parse)
+    finally:
+        start_up.close()
 
 
 @contextlib.contextmanager
