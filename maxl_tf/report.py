@@ -436,12 +436,16 @@ def plot_label_usage(groups, out) -> list:
         used_ax.set_ylabel("auxiliary classes used / psi[i]")
         entropy_ax.set_ylabel("label entropy / log psi[i]")
         changed_ax.set_ylabel("training labels changed since previous epoch")
-        for ax in (used_ax, entropy_ax, changed_ax):
-            ax.set_title(f"{dataset}: MAXL label usage (mean over principal classes)", fontsize=10)
+        titles = (
+            "auxiliary classes in use (mean over principal classes)",
+            "evenness of their use (mean over principal classes)",
+            "MAXL's hard training labels that changed",
+        )
+        for ax, title in zip((used_ax, entropy_ax, changed_ax), titles):
+            ax.set_title(f"{dataset}: {title}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
-        changed_ax.set_title(f"{dataset}: MAXL's hard training labels that changed", fontsize=10)
     _figure_legend(fig, axes.flat)
     return [_save(fig, os.path.join(out, "label_usage.png"))]
 
