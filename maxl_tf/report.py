@@ -1,14 +1,14 @@
 """Finished runs -> a results table and the paper's figures: python -m maxl_tf.report RUNS... [--out=DIR]
 
 Reads every results.json under the given folders (a sweep's --logdir, or run folders picked by a
-shell glob), groups complete runs that differ only in their
-seed, and writes report.md (mean ± std of the test accuracy over seeds: the mean of the last 5
-epochs, the paper's metric; each method's paired difference from single-task, and MAXL's from
-human and random, with a 95% interval over seeds: maxl_tf/stats.py) and PNG figures: learning
-curves per setting (paper Fig. 3 / Fig. 7), MAXL's improvement over single-task against auxiliary
-classes per principal class (Fig. 4), and the generator's label usage per epoch (Section 3.4's
-collapsing classes). Incomplete runs are listed, never averaged; a seed found twice in one
-experiment (a copied run) counts once, and the report says so. It reads JSON only: TensorFlow is not imported.
+shell glob), groups complete runs that differ only in their seed, and writes report.md (mean ± std
+of the test accuracy over seeds: the mean of the last 5 epochs, the paper's metric; each method's
+paired difference from single-task, and MAXL's from human and random, with a 95% interval over
+seeds: maxl_tf/stats.py) and PNG figures: learning curves per setting (paper Fig. 3 / Fig. 7),
+MAXL's improvement over single-task against auxiliary classes per principal class (Fig. 4), and the
+generator's label usage per epoch (Section 3.4's collapsing classes). Incomplete runs are listed,
+never averaged; a seed found twice in one experiment (a copied run) counts once, and the report
+says so. It reads JSON only: TensorFlow is not imported.
 """
 
 import collections
