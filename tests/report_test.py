@@ -28,8 +28,10 @@ def fake_run(
     used=None,
     entropy=None,
     epoch_seconds=None,
+    **other_fields,
 ):
-    """Writes a results.json as train.py does; the last 5 epochs' mean is test_accuracy."""
+    """Writes a results.json as train.py does; the last 5 epochs' mean is test_accuracy.
+    other_fields: any other Config field (lr, embedder, ...)."""
     config = config_lib.Config(
         dataset=dataset,
         pri=pri,
@@ -38,6 +40,7 @@ def fake_run(
         seed=seed,
         entropy_weight=entropy_weight,
         epochs=len(accuracies) + (0 if complete else 1),
+        **other_fields,
     )
     psi = [aux // pri] * pri
     history = []
@@ -112,21 +115,8 @@ class TableTest(tf.test.TestCase):
         root = self.get_temp_dir() + "/other"
         fake_run(root, "maxl", 0, [0.8] * 5)
         os.rename(f"{root}/digits_pri2_aux10_maxl_seed0", f"{root}/a")
-        config = config_lib.Config(dataset="digits", pri=2, aux=10, method="maxl", epochs=5, lr=0.1)
-        path = f"{root}/b/results.json"
-        os.makedirs(os.path.dirname(path))
-        with open(path, "w") as f:
-            json.dump(
-                {
-                    "config": dataclasses.asdict(config),
-                    "psi": [5, 5],
-                    "complete": True,
-                    "epochs_completed": 5,
-                    "test_accuracy": 0.6,
-                    "history": [{"test/acc": 0.6}] * 5,
-                },
-                f,
-            )
+        fake_run(root, "maxl", 0, [0.6] * 5, lr=0.1)  # the same run name: only --lr differs
+        os.rename(f"{root}/digits_pri2_aux10_maxl_seed0", f"{root}/b")
         groups = report.group_runs(report.load_runs([root])[0])
         self.assertLen(groups, 2)
         self.assertIn("| other |", report.markdown_table(groups))
@@ -183,22 +173,7 @@ class PairedTest(tf.test.TestCase):
     def test_untrained_prototypical_is_labelled_so(self):
         root = self.get_temp_dir() + "/proto"
         fake_run(root, "single", 0, [0.7] * 5)
-        config = config_lib.Config(
-            dataset="digits", pri=2, aux=10, method="prototypical", embedder="untrained", epochs=5
-        )
-        os.makedirs(f"{root}/proto")
-        with open(f"{root}/proto/results.json", "w") as f:
-            json.dump(
-                {
-                    "config": dataclasses.asdict(config),
-                    "psi": [7, 3],
-                    "complete": True,
-                    "epochs_completed": 5,
-                    "test_accuracy": 0.72,
-                    "history": [{"test/acc": 0.72}] * 5,
-                },
-                f,
-            )
+        fake_run(root, "prototypical", 0, [0.72] * 5, embedder="untrained")
         text = report.write_report([root], self.get_temp_dir() + "/proto_out")
         self.assertIn("| prototypical (untrained embedder) − single | +0.0200 |", text)
 
