@@ -212,7 +212,7 @@ def load_images(paths: Sequence[str], size: int, channels: int) -> np.ndarray:
         if not os.path.isfile(path):
             raise errors.Error(f"{path}: no such image file.")
         image = _decode(path)
-        image = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]  # drop alpha
+        image = _without_alpha(image)
         if channels == 1 and image.shape[-1] == 3:
             image = tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8).numpy()
         images[i] = _resize(image, size)  # grey broadcasts to RGB
@@ -279,7 +279,7 @@ class _Decoder:
     def add(self, image: np.ndarray) -> None:
         """image: [h, w, 1..4] uint8: grey, grey + alpha, RGB or RGBA."""
         self._shapes.add(image.shape[:2])
-        image = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]  # drop alpha
+        image = _without_alpha(image)
         self._colour |= image.shape[-1] == 3
         target = self._image_size
         if target is None and max(image.shape[:2]) > DEFAULT_SIZE:
@@ -300,6 +300,11 @@ class _Decoder:
         for i, image in enumerate(self._images):
             out[i] = _resize(image, size)  # grey broadcasts to RGB
         return out
+
+
+def _without_alpha(image: np.ndarray) -> np.ndarray:
+    """[h, w, 1..4] grey, grey + alpha, RGB or RGBA -> [h, w, 1 or 3]."""
+    return image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
