@@ -408,22 +408,23 @@ def plot_label_usage(groups, out) -> list:
         return []
     others = _varying(maxl, ("dataset", "pri", "aux", "psi", "method", "entropy_weight"))
     datasets = sorted({g.config.dataset for g in maxl})
+
     # A colour per pri/aux pair and per other setting that varies; the entropy term's absence dashed.
-    kinds = sorted({(g.config.pri, g.config.aux, _others(g, others)) for g in maxl})
-    colors = {kind: f"C{i % 10}" for i, kind in enumerate(kinds)}
+    def kind(group):
+        return group.config.pri, group.config.aux, _others(group, others)
+
+    colors = {k: f"C{i % 10}" for i, k in enumerate(sorted({kind(g) for g in maxl}))}
     fig, axes = plt.subplots(
         len(datasets), 3, figsize=(16, 3.8 * len(datasets) + 1), squeeze=False, layout="constrained"
     )
     for (used_ax, entropy_ax, changed_ax), dataset in zip(axes, datasets):
         for group in (g for g in maxl if g.config.dataset == dataset):
+            pri, aux, setting = kind(group)
             style = {
-                "color": colors[group.config.pri, group.config.aux, _others(group, others)],
+                "color": colors[pri, aux, setting],
                 "linestyle": "--" if group.setting["entropy_weight"] == 0 else "-",
             }
-            label = (
-                f"pri {group.config.pri}, aux {group.config.aux}, entropy {group.setting['entropy_weight']:g} "
-                f"{_others(group, others)}"
-            ).strip()
+            label = f"pri {pri}, aux {aux}, entropy {group.setting['entropy_weight']:g} {setting}".strip()
             used = group.curve(None, _fraction_used)
             epochs = np.arange(1, used.shape[1] + 1)
             _band(used_ax, epochs, used, label, **style)
