@@ -14,6 +14,7 @@ from maxl_tf import labels as labels_lib
 from maxl_tf import losses
 from maxl_tf import meta
 from maxl_tf import models
+from tests import float64_case
 
 PSI = (2, 3)
 INNER_LR = 0.1
@@ -35,19 +36,10 @@ def _entropy_gradient(generator, images, labels, mask):
     return tape.gradient(entropy, generator.trainable_variables)
 
 
-class Float64TestCase(tf.test.TestCase):
+class Float64TestCase(float64_case.Float64TestCase):
     def setUp(self):
         super().setUp()
-        # The global dtype policy, not only floatx: an earlier test may already have fixed it.
-        keras.config.set_floatx("float64")
-        keras.config.set_dtype_policy("float64")
-        keras.utils.set_random_seed(0)
         self.mask = tf.constant(hierarchy.psi_mask(PSI), tf.float64)
-
-    def tearDown(self):
-        keras.config.set_floatx("float32")
-        keras.config.set_dtype_policy("float32")
-        super().tearDown()
 
 
 class FirstOrderTest(Float64TestCase):

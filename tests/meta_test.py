@@ -9,28 +9,20 @@ import tensorflow as tf
 from maxl_tf import hierarchy
 from maxl_tf import meta
 from maxl_tf import models
+from tests import float64_case
 
 PSI = (2, 3)
 INNER_LR = 0.1
 
 
-class MetaGradientTest(tf.test.TestCase):
+class MetaGradientTest(float64_case.Float64TestCase):
     def setUp(self):
         super().setUp()
-        # The global dtype policy, not only floatx: an earlier test may already have fixed it.
-        keras.config.set_floatx("float64")
-        keras.config.set_dtype_policy("float64")
-        keras.utils.set_random_seed(0)
         self.evaluator = models.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.05)
         self.generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.05)
         self.images = tf.constant(np.random.default_rng(0).normal(size=(6, 8, 8, 1)))
         self.labels = tf.constant([0, 1, 0, 1, 1, 0])
         self.mask = tf.constant(hierarchy.psi_mask(PSI), tf.float64)
-
-    def tearDown(self):
-        keras.config.set_floatx("float32")
-        keras.config.set_dtype_policy("float32")
-        super().tearDown()
 
     def _meta(self, entropy_weight):
         return meta.second_order_meta_gradient(

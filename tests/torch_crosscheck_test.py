@@ -9,13 +9,13 @@ our meta loss is the authors' formulation.
 
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from maxl_tf import hierarchy
 from maxl_tf import meta
 from maxl_tf import models
+from tests import float64_case
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "torch_meta_gradient.npz")
 
@@ -40,17 +40,7 @@ def _load(model, golden, prefix, heads):
     return paths
 
 
-class TorchCrossCheckTest(tf.test.TestCase):
-    def setUp(self):
-        super().setUp()
-        keras.config.set_floatx("float64")
-        keras.config.set_dtype_policy("float64")
-
-    def tearDown(self):
-        keras.config.set_floatx("float32")
-        keras.config.set_dtype_policy("float32")
-        super().tearDown()
-
+class TorchCrossCheckTest(float64_case.Float64TestCase):
     def test_meta_gradient_matches_pytorch(self):
         golden = np.load(GOLDEN)
         psi = tuple(int(n) for n in golden["psi"])
