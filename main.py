@@ -1,6 +1,6 @@
 """Train MAXL or a baseline: python main.py --dataset=cifar100 --pri=20 --aux=100
 
-Every field of maxl_tf.config.Config is a flag of the same name; presets live in flags/
+Every field of maxl_tf.experiment.config.Config is a flag of the same name; presets live in flags/
 (python main.py --flagfile=flags/quickstart.cfg). A sweep runs the product of --method (a comma
 list), --seeds, --pairs and --entropy_weights one run after another, each in
 <--logdir or runs>/<run name>; rerunning it skips complete runs and resumes the rest
@@ -14,13 +14,14 @@ import sys
 
 from absl import flags
 
-from maxl_tf import claims
 from maxl_tf import cli
-from maxl_tf import config as config_lib
 from maxl_tf import errors
 from maxl_tf import report
-from maxl_tf import rundir
-from maxl_tf import sweep
+from maxl_tf import runtime
+from maxl_tf.experiment import claims
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import rundir
+from maxl_tf.experiment import sweep
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -85,10 +86,10 @@ def main(argv):
         raise errors.Error(
             f"--heartbeat_timeout={flags.FLAGS.heartbeat_timeout}: must be a positive number of seconds."
         )
-    cli.start_tensorflow(configs[0].deterministic, start_runtime=configs[0].strategy != "multi_worker")
+    runtime.start_tensorflow(configs[0].deterministic, start_runtime=configs[0].strategy != "multi_worker")
     # TensorFlow and the models: only once the flags are known to be good.
-    from maxl_tf import inputs
-    from maxl_tf import train
+    from maxl_tf.experiment import inputs
+    from maxl_tf.experiment import train
 
     inputs.check_available(configs)  # every run's data and embedder, before the first one trains
 

@@ -14,9 +14,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import hierarchy
-from maxl_tf import meta
-from maxl_tf import models
+from maxl_tf.core import hierarchy
+from maxl_tf.core import meta
+from maxl_tf.models import vgg as models
 
 SHAPES = {"vgg_small": ((8, 8, 1), 0.5, 64, (7, 3)), "vgg16": ((32, 32, 3), 1.0, 16, (5,) * 20)}
 

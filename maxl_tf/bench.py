@@ -38,22 +38,22 @@ import sys
 import time
 
 from maxl_tf import cli
+from maxl_tf import runtime
 
-with cli.quiet_start_up():  # this command's first import of TensorFlow
+with runtime.quiet_start_up():  # this command's first import of TensorFlow
     import tensorflow as tf
 
 from absl import flags
 import keras
 import numpy as np
 
-from maxl_tf import config as config_lib
-from maxl_tf import data as data_lib
-from maxl_tf import distribute
 from maxl_tf import errors
-from maxl_tf import hierarchy
-from maxl_tf import state as state_lib
-from maxl_tf import steps
-from maxl_tf import train
+from maxl_tf.core import distribute
+from maxl_tf.core import hierarchy
+from maxl_tf.data import pipeline as data_lib
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import state as state_lib
+from maxl_tf.experiment import train
 
 WHATS = (
     "single",
@@ -135,7 +135,7 @@ def build_step(config: config_lib.Config, what: str) -> Timed:
     config = bench_config(config, what)
     strategy = distribute.make_strategy(config.strategy, config.batch_size)
     state = state_lib.TrainState(config, IMAGE_SHAPE, strategy)
-    iteration = train.make_iteration(config, state, steps.Task.from_config(config), strategy)
+    iteration = train.make_iteration(config, state, state_lib.task(config), strategy)
 
     def fixed(seed):  # one global batch, split over the replicas as training splits it
         batch = synthetic_batch(config.batch_size, config.pri, config.psi, seed)
@@ -386,7 +386,7 @@ def main(argv):
         if bad:
             raise errors.Error(message)
     bench_config(config, "maxl")  # the flags, before TensorFlow starts
-    cli.start_tensorflow(config.deterministic)
+    runtime.start_tensorflow(config.deterministic)
     cycle_rows = None
     pieces, memory = prepare(config, whats, values.warmup)
     if values.reference:

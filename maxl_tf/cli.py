@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 
 # C++ INFO and WARNING lines of TensorFlow once its logging is up; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,21 +24,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from maxl_tf import config as config_lib
 from maxl_tf import errors
+from maxl_tf import runtime
+from maxl_tf.experiment import config as config_lib
 
 _HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull")
-# Lines TensorFlow's C++ runtime writes to stderr while it loads, before its logging can be
-# configured: notices about oneDNN, CPU instructions, CUDA drivers and GPU libraries, none of
-# which says anything is wrong with a run.
-_START_UP_NOISE = re.compile(
-    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|"
-    r"Could not find cuda drivers|failed call to cuInit|This TensorFlow binary is optimized|"
-    r"To enable the following instructions|Unable to register cu\w+ factory|"
-    r"computation placer already registered|TF-TRT Warning"
-)
-
-
 _DEFINE = {
     bool: flags.DEFINE_bool,
     int: flags.DEFINE_integer,
@@ -106,63 +95,9 @@ def run(main) -> None:
     # With TensorFlow imported at the top of a command's module, absl's start-up (between the flags
     # and main) makes CUDA speak; the quiet window covers it and closes when main is called.
     start_up = contextlib.ExitStack()
-    start_up.enter_context(quiet_start_up())
+    start_up.enter_context(runtime.quiet_start_up())
     app.call_after_init(start_up.close)
     try:
         app.run(guarded, flags_parser=_parse)
     finally:
         start_up.close()
-
-
-@contextlib.contextmanager
-def quiet_start_up():
-    """Keeps TensorFlow's C++ start-up lines out of the output: file descriptor 2 points at a
-    temporary file meanwhile, and the lines that are not known noise are printed back after.
-
-    Wrap the first `import tensorflow` of a command and its first device query in it; once
-    TensorFlow's logging is up, TF_CPP_MIN_LOG_LEVEL filters the rest.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines():
-                if line.strip() and not _START_UP_NOISE.search(line):
-                    print(line, file=sys.stderr)
-
-
-def start_tensorflow(deterministic: bool = True, start_runtime: bool = True):
-    """Imports TensorFlow without its start-up noise and sets the process-wide runtime; returns tf.
-
-    Call it once, in a command's main, before any TensorFlow op runs. On CPUs, intra-op threads =
-    cores and a single inter-op thread run VGG steps much faster than TensorFlow's defaults
-    (GUIDE.md measured it). On GPUs, memory grows as needed instead of TensorFlow taking nearly all
-    of it at the start, so several workers of a sweep can share one GPU (BUILD.md, "Several runs
-    on one GPU"). Determinism makes every op reproducible, so resumes are exact.
-
-    start_runtime=False leaves the runtime's start to the first op: MultiWorkerMirroredStrategy
-    configures its collective ops when it is built, which must come before the runtime starts.
-    """
-    with quiet_start_up():
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        for gpu in gpus:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        if not gpus:
-            tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        if deterministic:
-            tf.config.experimental.enable_op_determinism()
-        if start_runtime:
-            tf.config.list_logical_devices()  # starts the runtime, after the settings: cuInit speaks here
-    # Each run of a sweep, and each benchmark piece, compiles its own step functions by design;
-    # TensorFlow's heuristic reports that as functions retraced in a loop, twice per run.
-    tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
-    return tf

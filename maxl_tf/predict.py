@@ -16,8 +16,9 @@ import os
 from absl import flags
 
 from maxl_tf import cli
-from maxl_tf import config as config_lib
 from maxl_tf import errors
+from maxl_tf import runtime
+from maxl_tf.experiment import config as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -42,11 +43,11 @@ def predict(logdir: str, paths) -> tuple:
       errors.Error: logdir holds no finished run, or an image is missing or undecodable.
     """
     import numpy as np
-    import tensorflow as tf  # after cli.start_tensorflow, when run as a command
+    import tensorflow as tf  # after runtime.start_tensorflow, when run as a command
 
-    from maxl_tf import exports
-    from maxl_tf import hierarchy
-    from maxl_tf import image_folder
+    from maxl_tf.core import hierarchy
+    from maxl_tf.data import image_folder
+    from maxl_tf.experiment import exports
 
     serving_path = os.path.join(logdir, exports.SERVING)
     if not os.path.isfile(os.path.join(logdir, "config.json")):
@@ -109,7 +110,7 @@ def main(argv):
         raise errors.Error("--logdir is required: the log directory of a finished run, e.g. runs/<name>.")
     if not paths:
         raise errors.Error("pass one or more image files after the flags, e.g. photo.jpg.")
-    cli.start_tensorflow(deterministic=False)
+    runtime.start_tensorflow(deterministic=False)
     config, results = predict(FLAGS.logdir, paths)
     for result in results:
         print(describe(result, config.psi, config.method), flush=True)

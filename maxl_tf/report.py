@@ -24,12 +24,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from maxl_tf import cli
-from maxl_tf import config as config_lib
 from maxl_tf import errors
-from maxl_tf import hierarchy
-from maxl_tf import rundir
 from maxl_tf import stats
-from maxl_tf import sweep
+from maxl_tf.core import hierarchy
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import rundir
+from maxl_tf.experiment import sweep
 
 # The fields a table row and a figure panel are named by; any other field that differs between
 # groups is shown too, so runs of different experiments are never shown as one.

@@ -17,7 +17,7 @@ import numpy as np
 
 from maxl_tf import cli
 from maxl_tf import errors
-from maxl_tf import hierarchy
+from maxl_tf.core import hierarchy
 
 
 def _add(tar, name, payload: dict):

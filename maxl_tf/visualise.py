@@ -22,8 +22,9 @@ import os
 import re
 
 from maxl_tf import cli
+from maxl_tf import runtime
 
-with cli.quiet_start_up():  # this command's first import of TensorFlow
+with runtime.quiet_start_up():  # this command's first import of TensorFlow
     import tensorflow as tf
 
 from absl import flags
@@ -35,16 +36,16 @@ import numpy as np
 import sklearn.manifold
 from tensorboard.plugins import projector
 
-from maxl_tf import config as config_lib
-from maxl_tf import data as data_lib
 from maxl_tf import errors
-from maxl_tf import hierarchy as hierarchy_lib
-from maxl_tf import inputs
-from maxl_tf import labels as labels_lib
-from maxl_tf import losses
-from maxl_tf import models
-from maxl_tf import rundir
-from maxl_tf import state as state_lib
+from maxl_tf.core import hierarchy as hierarchy_lib
+from maxl_tf.core import labels as labels_lib
+from maxl_tf.core import losses
+from maxl_tf.data import pipeline as data_lib
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import inputs
+from maxl_tf.experiment import rundir
+from maxl_tf.experiment import state as state_lib
+from maxl_tf.models import vgg as models
 
 MIN_EXAMPLES = 10  # t-SNE needs a perplexity below the number of points
 
@@ -348,7 +349,7 @@ def main(argv):
     for bad, message in problems:
         if bad:
             raise errors.Error(message)
-    cli.start_tensorflow(deterministic=False)
+    runtime.start_tensorflow(deterministic=False)
     written = visualise(
         logdirs, values.out, values.max_examples, values.aux_classes, values.top_k, values.seed, values.data_dir or None
     )

@@ -11,8 +11,8 @@ from unittest import mock
 import tensorflow as tf
 
 from maxl_tf import bench
-from maxl_tf import config as config_lib
 from maxl_tf import errors
+from maxl_tf.experiment import config as config_lib
 
 TINY = config_lib.Config(model="vgg_small", pri=2, aux=4, batch_size=4)
 

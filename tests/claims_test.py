@@ -1,6 +1,6 @@
 """Claims: exclusive, kept alive by heartbeats, taken over once stale, released, picked in order.
 
-Holders that must die or pause are child processes (they import maxl_tf.claims only, no
+Holders that must die or pause are child processes (they import maxl_tf.experiment.claims only, no
 TensorFlow, so they start in a fraction of a second); races between workers of one process are
 threads. Timeouts are a fraction of a second. A holder killed with SIGKILL and not yet reaped is
 a zombie whose PID still exists, so observers must judge it by its heartbeat, as a worker on
@@ -17,8 +17,8 @@ import time
 
 import tensorflow as tf
 
-from maxl_tf import claims
 from maxl_tf import errors
+from maxl_tf.experiment import claims
 from tests import smoke_util
 
 TIMEOUT = 0.5  # seconds; heartbeats every TIMEOUT / 4
@@ -28,7 +28,7 @@ TIMEOUT = 0.5  # seconds; heartbeats every TIMEOUT / 4
 # which it won, and holds them until its stdin closes.
 _CHILD = r"""
 import os, sys, time
-from maxl_tf import claims
+from maxl_tf.experiment import claims
 mode, timeout, run_dirs = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 worker = claims.Worker(timeout, worker_id="child")
 if mode == "hold":

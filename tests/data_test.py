@@ -3,7 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import data
+from maxl_tf.core import streams
+from maxl_tf.data import pipeline as data
 
 _BLACK = -data.PIXEL_MEAN / data.PIXEL_STD  # normalised value of a 0 pixel: -2.5
 
@@ -52,7 +53,7 @@ class EpochOrderTest(tf.test.TestCase):
         self.indices = np.asarray([3, 8, 10, 11, 20, 21, 40, 41, 42, 99])
 
     def test_permutation_of_indices(self):
-        order = data.epoch_order(self.indices, 10, seed=0, epoch=0, stream=data.TRAIN_STREAM)
+        order = data.epoch_order(self.indices, 10, seed=0, epoch=0, stream=streams.TRAIN_STREAM)
         self.assertAllEqual(np.sort(order), self.indices)
         self.assertNotAllEqual(order, self.indices)
 
@@ -80,7 +81,7 @@ class EpochOrderTest(tf.test.TestCase):
         self.assertLen({tuple(e) for e in epochs}, 5)
 
     def test_cycles_when_longer(self):
-        order = data.epoch_order(self.indices, 25, seed=0, epoch=0, stream=data.META_STREAM)
+        order = data.epoch_order(self.indices, 25, seed=0, epoch=0, stream=streams.META_STREAM)
         self.assertLen(order, 25)
         # Two full passes, each a permutation, then part of a third without repeats.
         self.assertAllEqual(np.sort(order[:10]), self.indices)
@@ -90,7 +91,7 @@ class EpochOrderTest(tf.test.TestCase):
         # Passes are freshly shuffled, not one permutation repeated.
         self.assertNotAllEqual(order[:10], order[10:20])
         # The first pass is the order an epoch of exactly one pass would see.
-        self.assertAllEqual(order[:10], data.epoch_order(self.indices, 10, 0, 0, data.META_STREAM))
+        self.assertAllEqual(order[:10], data.epoch_order(self.indices, 10, 0, 0, streams.META_STREAM))
 
     def test_steps_per_epoch(self):
         self.assertEqual(data.steps_per_epoch(1000, 100), 10)

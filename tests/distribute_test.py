@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
-from maxl_tf import distribute
 from maxl_tf import errors
-from maxl_tf import train
+from maxl_tf.core import distribute
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import train
 from tests import smoke_util
 
 CHECK = os.path.join(smoke_util.REPO, "tests", "two_replica_check.py")

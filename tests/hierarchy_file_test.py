@@ -1,4 +1,4 @@
-"""Tests for maxl_tf.hierarchy_file: the two formats, what follows from them, and every bad file."""
+"""Tests for maxl_tf.data.hierarchy_file: the two formats, what follows from them, and every bad file."""
 
 import json
 import os
@@ -8,8 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 from maxl_tf import errors
-from maxl_tf import hierarchy
-from maxl_tf import hierarchy_file
+from maxl_tf.core import hierarchy
+from maxl_tf.data import hierarchy_file
 
 # A folder's classes, sorted as folder names are.
 CLASSES = ("bus", "car", "cat", "dog", "owl", "truck")

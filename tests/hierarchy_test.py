@@ -1,4 +1,4 @@
-"""Tests for maxl_tf.hierarchy against hand-written psi, masks and label placements.
+"""Tests for maxl_tf.core.hierarchy against hand-written psi, masks and label placements.
 
 Expected values are written out literally from the paper's Appendix A (Table 1) and checked by
 hand against the tables in hierarchy.py; nothing here recomputes them with the library's code.
@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from maxl_tf import errors
-from maxl_tf import hierarchy
+from maxl_tf.core import hierarchy
 
 # psi of every CIFAR-100 (pri, aux) pair of the paper, derived by hand from Appendix A.
 # 10-class level: 0 large animals (reptiles, large carnivores, large omnivores: 3 superclasses),

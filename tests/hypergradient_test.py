@@ -9,11 +9,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import hierarchy
-from maxl_tf import labels as labels_lib
-from maxl_tf import losses
-from maxl_tf import meta
-from maxl_tf import models
+from maxl_tf.core import hierarchy
+from maxl_tf.core import labels as labels_lib
+from maxl_tf.core import losses
+from maxl_tf.core import meta
+from maxl_tf.models import vgg as models
 from tests import float64_case
 
 PSI = (2, 3)

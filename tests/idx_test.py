@@ -1,4 +1,4 @@
-"""Tests for maxl_tf.idx on small IDX files written here (no data set installed or needed)."""
+"""Tests for maxl_tf.data.idx on small IDX files written here (no data set installed or needed)."""
 
 import gzip
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from maxl_tf import errors
-from maxl_tf import idx
+from maxl_tf.data import idx
 
 
 def idx_bytes(array: np.ndarray, dtype_code: int = 0x08) -> bytes:

@@ -1,4 +1,4 @@
-"""Tests for maxl_tf.image_folder on tiny folders and mocked tfds sets written by the tests.
+"""Tests for maxl_tf.data.image_folder on tiny folders and mocked tfds sets written by the tests.
 
 Images are constant-colour squares whose colour encodes (class, index), so the loaded pixels
 say which file each example came from.
@@ -12,8 +12,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from maxl_tf import errors
-from maxl_tf import image_folder
-from maxl_tf import loaders
+from maxl_tf.data import image_folder
+from maxl_tf.data import loaders
 
 
 def _colour(label: int, index: int) -> list:

@@ -1,12 +1,12 @@
-"""Tests for maxl_tf.labels: each method's auxiliary targets."""
+"""Tests for maxl_tf.core.labels: each method's auxiliary targets."""
 
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import hierarchy
-from maxl_tf import labels
-from maxl_tf import models
+from maxl_tf.core import hierarchy
+from maxl_tf.core import labels
+from maxl_tf.models import vgg as models
 
 
 class FixedLabelsTest(tf.test.TestCase, parameterized.TestCase):

@@ -1,4 +1,4 @@
-"""Tests for maxl_tf.loaders on tiny data sets written in the published formats (no network)."""
+"""Tests for maxl_tf.data.loaders on tiny data sets written in the published formats (no network)."""
 
 import os
 import pickle
@@ -12,9 +12,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from maxl_tf import errors
-from maxl_tf import hierarchy
-from maxl_tf import idx
-from maxl_tf import loaders
+from maxl_tf.core import hierarchy
+from maxl_tf.data import idx
+from maxl_tf.data import loaders
 from tests import idx_test
 
 _TABLE = np.asarray(hierarchy.CIFAR100_FINE_TO_COARSE)

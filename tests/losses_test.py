@@ -1,11 +1,11 @@
-"""Tests for maxl_tf.losses against numpy hand computations, including second-order gradients."""
+"""Tests for maxl_tf.core.losses against numpy hand computations, including second-order gradients."""
 
 from absl.testing import parameterized
 import keras
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import losses
+from maxl_tf.core import losses
 
 _LOGITS = np.asarray([[2.0, -1.0, 0.5, 0.0], [0.3, 0.3, -2.0, 1.5], [-0.7, 4.0, 1.0, -3.0]])
 _ONE_HOT = np.asarray([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])

@@ -10,8 +10,8 @@ from absl.testing import parameterized
 import pytest
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
 from maxl_tf import errors
+from maxl_tf.experiment import config as config_lib
 from tests import smoke_util
 
 # Long enough epochs (34 steps of 16) that signals land mid-epoch; three epochs.

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import hierarchy
-from maxl_tf import meta
-from maxl_tf import models
+from maxl_tf.core import hierarchy
+from maxl_tf.core import meta
+from maxl_tf.models import vgg as models
 from tests import float64_case
 
 PSI = (2, 3)

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
-from maxl_tf import data as data_lib
 from maxl_tf import errors
-from maxl_tf import hierarchy
-from maxl_tf import image_folder
-from maxl_tf import inputs
-from maxl_tf import losses
-from maxl_tf import models
-from maxl_tf import rundir
+from maxl_tf.core import hierarchy
+from maxl_tf.core import losses
+from maxl_tf.data import image_folder
+from maxl_tf.data import pipeline as data_lib
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import inputs
+from maxl_tf.experiment import rundir
+from maxl_tf.models import vgg as models
 from tests import smoke_util
 
 CLASSES = ("bus", "car", "cat", "dog", "owl")

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import hierarchy
-from maxl_tf import meta
-from maxl_tf import models
-from maxl_tf import train
+from maxl_tf.core import hierarchy
+from maxl_tf.core import meta
+from maxl_tf.experiment import train
+from maxl_tf.models import vgg as models
 from tests import smoke_util
 
 PSI = (3, 2)

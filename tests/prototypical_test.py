@@ -8,15 +8,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
-from maxl_tf import data
-from maxl_tf import embedder
 from maxl_tf import errors
-from maxl_tf import hierarchy
-from maxl_tf import inputs
-from maxl_tf import labels
-from maxl_tf import loaders
-from maxl_tf import train
+from maxl_tf.core import hierarchy
+from maxl_tf.core import labels
+from maxl_tf.data import loaders
+from maxl_tf.data import pipeline as data
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import inputs
+from maxl_tf.experiment import train
+from maxl_tf.models import embedder
 from tests import smoke_util
 
 
@@ -82,7 +82,7 @@ class EmbedderTest(tf.test.TestCase):
 
         digits = hierarchy.for_dataset("digits")
         _, meta = data.split_meta(len(fine), 0.1, seed=0)
-        out = labels.prototypical_aux_labels(saved, digits, 2, 10, (7, 3), images, fine, meta)
+        out = labels.prototypical_aux_labels(embedder.embed(saved, images), digits, 2, 10, (7, 3), fine, meta)
         expected = labels.nearest_prototype_labels(
             embeddings, hierarchy.human_aux_labels(digits, 2, 10, fine), digits.labels_at(2, fine), (7, 3), meta
         )

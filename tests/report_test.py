@@ -10,8 +10,8 @@ import matplotlib.image
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
 from maxl_tf import report
+from maxl_tf.experiment import config as config_lib
 from tests import smoke_util
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import tensorflow as tf
 
 from maxl_tf import errors
-from maxl_tf import hierarchy
-from maxl_tf import losses
-from maxl_tf import meta
-from maxl_tf import models
-from maxl_tf import steps
+from maxl_tf.core import hierarchy
+from maxl_tf.core import losses
+from maxl_tf.core import meta
+from maxl_tf.core import steps
+from maxl_tf.models import vgg as models
 
 PSI = (2, 3)
 

@@ -12,11 +12,11 @@ import tensorflow as tf
 
 import main
 from maxl_tf import cli
-from maxl_tf import config as config_lib
 from maxl_tf import errors
 from maxl_tf import report
-from maxl_tf import rundir
-from maxl_tf import sweep
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import rundir
+from maxl_tf.experiment import sweep
 from tests import smoke_util
 
 

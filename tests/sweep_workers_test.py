@@ -12,10 +12,10 @@ import time
 import pytest
 import tensorflow as tf
 
-from maxl_tf import claims
 from maxl_tf import errors
-from maxl_tf import rundir
-from maxl_tf import train
+from maxl_tf.experiment import claims
+from maxl_tf.experiment import rundir
+from maxl_tf.experiment import train
 from tests import smoke_util
 
 SWEEP = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--epochs=1", "--method=single,random,human", "--seeds=0,1")

@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-from maxl_tf import loaders
 from maxl_tf import synthetic
+from maxl_tf.data import loaders
 
 
 class SyntheticArchiveTest(tf.test.TestCase):

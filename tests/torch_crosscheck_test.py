@@ -12,9 +12,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import hierarchy
-from maxl_tf import meta
-from maxl_tf import models
+from maxl_tf.core import hierarchy
+from maxl_tf.core import meta
+from maxl_tf.models import vgg as models
 from tests import float64_case
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "torch_meta_gradient.npz")

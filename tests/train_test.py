@@ -10,13 +10,13 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
 from maxl_tf import errors
-from maxl_tf import hierarchy
-from maxl_tf import inputs
-from maxl_tf import labels as labels_lib
-from maxl_tf import rundir
-from maxl_tf import train
+from maxl_tf.core import hierarchy
+from maxl_tf.core import labels as labels_lib
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import inputs
+from maxl_tf.experiment import rundir
+from maxl_tf.experiment import train
 from tests import smoke_util
 
 

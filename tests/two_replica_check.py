@@ -25,11 +25,11 @@ tf.config.set_logical_device_configuration(
 import keras
 import numpy as np
 
-from maxl_tf import config as config_lib
-from maxl_tf import hierarchy
-from maxl_tf import meta
-from maxl_tf import models
-from maxl_tf import steps
+from maxl_tf.core import hierarchy
+from maxl_tf.core import meta
+from maxl_tf.core import steps
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.models import vgg as models
 
 PSI = (3, 2)
 BATCH = 8
@@ -153,7 +153,7 @@ def compare(strategy, task, train_batch, meta_batch, single_synchronized_bn):
 
 
 def train_both(logdir):
-    from maxl_tf import train
+    from maxl_tf.experiment import train
     from tests import smoke_util
 
     histories = {}

@@ -18,12 +18,12 @@ from tensorboard.plugins.projector import projector_plugin
 import tensorflow as tf
 
 from maxl_tf import errors
-from maxl_tf import hierarchy as hierarchy_lib
-from maxl_tf import labels as labels_lib
-from maxl_tf import models
-from maxl_tf import rundir
-from maxl_tf import train
 from maxl_tf import visualise
+from maxl_tf.core import hierarchy as hierarchy_lib
+from maxl_tf.core import labels as labels_lib
+from maxl_tf.experiment import rundir
+from maxl_tf.experiment import train
+from maxl_tf.models import vgg as models
 from tests import smoke_util
 
 MAX_EXAMPLES = 40  # of smoke.cfg's 100 test images, so the subsample is exercised

@@ -11,8 +11,10 @@ import json
 import keras
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
-from maxl_tf import models
+from maxl_tf.core import hierarchy
+from maxl_tf.core import steps
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.models import vgg as models
 
 
 class EpochSums(tf.Module):
@@ -142,3 +144,18 @@ class TrainState:
     def history(self) -> list:
         """One record per finished epoch, as results.json holds them."""
         return json.loads(self.history_json.numpy().decode())
+
+
+def task(config: config_lib.Config) -> steps.Task:
+    """The steps' task of a validated config (its psi resolved)."""
+    return steps.Task(
+        method=config.method,
+        num_pri=config.pri,
+        num_aux=sum(config.psi),
+        mask_table=tf.constant(hierarchy.psi_mask(config.psi)),
+        gamma=config.gamma,
+        entropy_weight=config.entropy_weight,
+        generator_labels_training=config.generator_labels_bn == "training",
+        hypergradient=config.hypergradient,
+        neumann_terms=config.neumann_terms,
+    )

@@ -9,13 +9,11 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
-from maxl_tf import distribute
-from maxl_tf import hierarchy
-from maxl_tf import labels as labels_lib
-from maxl_tf import losses
-from maxl_tf import meta
-from maxl_tf import models
+from maxl_tf.core import distribute
+from maxl_tf.core import evaluator as evaluator_lib
+from maxl_tf.core import labels as labels_lib
+from maxl_tf.core import losses
+from maxl_tf.core import meta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,22 +40,7 @@ class Task:
     entropy_weight: float = 0.2
     generator_labels_training: bool = False
     hypergradient: str = "second_order"
-    neumann_terms: int = config_lib.DEFAULT_NEUMANN_TERMS
-
-    @classmethod
-    def from_config(cls, config: config_lib.Config) -> "Task":
-        """The task of a validated config (its psi resolved)."""
-        return cls(
-            method=config.method,
-            num_pri=config.pri,
-            num_aux=sum(config.psi),
-            mask_table=tf.constant(hierarchy.psi_mask(config.psi)),
-            gamma=config.gamma,
-            entropy_weight=config.entropy_weight,
-            generator_labels_training=config.generator_labels_bn == "training",
-            hypergradient=config.hypergradient,
-            neumann_terms=config.neumann_terms,
-        )
+    neumann_terms: int = 3
 
 
 def _global_norm(grads):
@@ -66,7 +49,7 @@ def _global_norm(grads):
 
 def _multitask_losses(evaluator_output, labels, targets, task: Task):
     """(principal loss, auxiliary loss or 0, principal logits, auxiliary logits or None)."""
-    pri_logits, aux_logits = models.evaluator_outputs(evaluator_output)
+    pri_logits, aux_logits = evaluator_lib.outputs(evaluator_output)
     pri_loss = losses.focal_loss(pri_logits, tf.one_hot(labels, task.num_pri), task.gamma)
     aux_loss = 0.0 if targets is None else losses.focal_loss(aux_logits, targets, task.gamma)
     return pri_loss, aux_loss, pri_logits, aux_logits
@@ -202,7 +185,7 @@ def evaluation_step(evaluator, batch, task: Task):
     Returns sums (not means), loss_sum, correct and count, so batches of different sizes add up
     exactly.
     """
-    pri_logits, _ = models.evaluator_outputs(evaluator(batch["images"], training=False))
+    pri_logits, _ = evaluator_lib.outputs(evaluator(batch["images"], training=False))
     per_example = losses.focal_loss(pri_logits, tf.one_hot(batch["labels"], task.num_pri), task.gamma)
     count = tf.cast(tf.shape(batch["labels"])[0], tf.float32)
     return {
@@ -233,7 +216,7 @@ def trunk_gradient_cosine(evaluator, generator, batch, task: Task):
         return tf.constant(0.0)
     weights = [v.value for v in evaluator.trainable_variables]
     non_trainable = [v.value for v in evaluator.non_trainable_variables]
-    trunk = [weights[i] for i in models.trunk_variable_indices(evaluator)]
+    trunk = [weights[i] for i in evaluator_lib.trunk_variable_indices(evaluator)]
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(trunk)
         outputs, _ = evaluator.stateless_call(weights, non_trainable, batch["images"], training=True)

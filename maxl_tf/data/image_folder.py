@@ -43,9 +43,9 @@ import sklearn.model_selection
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from maxl_tf import datasets
 from maxl_tf import errors
-from maxl_tf import loaders
+from maxl_tf.data import datasets
+from maxl_tf.data import loaders
 
 DEFAULT_SIZE = 32
 TEST_FRACTION = 0.2

@@ -35,10 +35,10 @@ left untouched.
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import distribute
-from maxl_tf import labels as labels_lib
-from maxl_tf import losses
-from maxl_tf import models
+from maxl_tf.core import distribute
+from maxl_tf.core import evaluator as evaluator_lib
+from maxl_tf.core import labels as labels_lib
+from maxl_tf.core import losses
 
 # The finite difference's step is this radius over ||v||: theta1 moves by 1e-3 in norm whatever v's
 # scale. DARTS and the authors' first-order script take 0.01, but ReLU and max-pool make the mixed
@@ -55,7 +55,7 @@ def _fast_forward(model, weights, non_trainable, images):
     must leave the evaluator untouched.
     """
     outputs, _ = model.stateless_call(weights, non_trainable, images, training=True)
-    return models.evaluator_outputs(outputs)
+    return evaluator_lib.outputs(outputs)
 
 
 def _scaled(loss, loss_scale):

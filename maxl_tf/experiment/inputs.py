@@ -5,16 +5,16 @@ import dataclasses
 
 import numpy as np
 
-from maxl_tf import config as config_lib
-from maxl_tf import data as data_lib
-from maxl_tf import datasets
-from maxl_tf import embedder as embedder_lib
 from maxl_tf import errors
-from maxl_tf import hierarchy as hierarchy_lib
-from maxl_tf import image_folder
-from maxl_tf import labels as labels_lib
-from maxl_tf import loaders
-from maxl_tf import models
+from maxl_tf.core import hierarchy as hierarchy_lib
+from maxl_tf.core import labels as labels_lib
+from maxl_tf.data import datasets
+from maxl_tf.data import image_folder
+from maxl_tf.data import loaders
+from maxl_tf.data import pipeline as data_lib
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.models import embedder as embedder_lib
+from maxl_tf.models import vgg as models
 
 
 @dataclasses.dataclass
@@ -118,8 +118,9 @@ def prepare(config: config_lib.Config) -> RunData:
     aux_label_info = {}
     if config.method == "prototypical":
         embedder = embedder_lib.load(config.embedder, config.embedder_fallback, config.seed)
+        embeddings = embedder_lib.embed(embedder, train.images)
         aux_train = labels_lib.prototypical_aux_labels(
-            embedder, hierarchy, config.pri, config.aux, config.psi, train.images, train.labels, meta_indices
+            embeddings, hierarchy, config.pri, config.aux, config.psi, train.labels, meta_indices
         )
         human = hierarchy_lib.human_aux_labels(hierarchy, config.pri, config.aux, train.labels)
         aux_label_info = {

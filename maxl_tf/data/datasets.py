@@ -18,8 +18,8 @@ import dataclasses
 import os
 
 from maxl_tf import errors
-from maxl_tf import hierarchy
-from maxl_tf import hierarchy_file
+from maxl_tf.core import hierarchy
+from maxl_tf.data import hierarchy_file
 
 BUILT_IN = ("cifar100", "cifar10", "cifar10_1", "digits", "fashion_mnist", "mnist")
 FOLDER = "folder"
@@ -62,10 +62,10 @@ def label_levels(dataset: str, data_dir: str, hierarchy_path: str = "") -> hiera
     if dataset == FOLDER:
         names = folder_listing(data_dir).class_names
     else:
-        from maxl_tf import cli
+        from maxl_tf import runtime
 
-        with cli.quiet_start_up():  # tensorflow-datasets, and with it TensorFlow, starts here
-            from maxl_tf import image_folder
+        with runtime.quiet_start_up():  # tensorflow-datasets, and with it TensorFlow, starts here
+            from maxl_tf.data import image_folder
         names = image_folder.tfds_class_names(dataset[len(TFDS_PREFIX) :], data_dir or None)
     label = short_name(dataset, data_dir)
     if hierarchy_path:

@@ -13,9 +13,9 @@ import itertools
 import os
 import time
 
-from maxl_tf import config as config_lib
 from maxl_tf import errors
-from maxl_tf import rundir
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import rundir
 
 GENERATOR_FIELDS = (
     "entropy_weight",

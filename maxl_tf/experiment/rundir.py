@@ -21,9 +21,9 @@ import os
 
 import numpy as np
 
-from maxl_tf import claims
-from maxl_tf import config as config_lib
 from maxl_tf import errors
+from maxl_tf.experiment import claims
+from maxl_tf.experiment import config as config_lib
 
 LAST_EPOCHS_AVERAGED = 5  # the paper's metric: mean test accuracy of the last 5 epochs
 
@@ -246,7 +246,7 @@ def load_run(logdir: str, data_dir: str | None = None):
       errors.Error: logdir holds no run or no readable checkpoint; its data cannot be loaded.
     """
     from maxl_tf import inputs  # TensorFlow and the models: only for this, not for reading results
-    from maxl_tf import state as state_lib
+    from maxl_tf.experiment import state as state_lib
 
     config = read_config(logdir, data_dir)
     check_checkpoint_index(_checkpoint_dir(logdir))

@@ -18,17 +18,18 @@ import numpy as np
 from tensorboard.plugins.hparams import api as hparams_api
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
-from maxl_tf import data as data_lib
-from maxl_tf import distribute
 from maxl_tf import errors
-from maxl_tf import exports
-from maxl_tf import inputs
-from maxl_tf import labels as labels_lib
-from maxl_tf import rundir
-from maxl_tf import signals
-from maxl_tf import state as state_lib
-from maxl_tf import steps
+from maxl_tf.core import distribute
+from maxl_tf.core import labels as labels_lib
+from maxl_tf.core import steps
+from maxl_tf.core import streams
+from maxl_tf.data import pipeline as data_lib
+from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import exports
+from maxl_tf.experiment import inputs
+from maxl_tf.experiment import rundir
+from maxl_tf.experiment import signals
+from maxl_tf.experiment import state as state_lib
 
 # Written once a run is complete: its rundir.metric_name, which the HParams dashboard compares.
 FINAL_METRIC = "results/test_accuracy"
@@ -179,10 +180,10 @@ def epoch_batches(loop: Loop, epoch: int, first_step: int):
         return loop.data.train.batches(order, batch, augment_seed=augment_seed, first_step=first)
 
     def train_stream(first):
-        return stream(loop.data.train_indices, loop.train_steps, data_lib.TRAIN_STREAM, first)
+        return stream(loop.data.train_indices, loop.train_steps, streams.TRAIN_STREAM, first)
 
     def meta_stream(first):
-        return stream(loop.data.meta_indices, loop.meta_steps, data_lib.META_STREAM, first)
+        return stream(loop.data.meta_indices, loop.meta_steps, streams.META_STREAM, first)
 
     def distributed(dataset):
         return distribute.distribute_dataset(loop.strategy, dataset)
@@ -200,7 +201,7 @@ def epoch_batches(loop: Loop, epoch: int, first_step: int):
                 stream(
                     loop.data.meta_indices,
                     loop.meta_steps,
-                    data_lib.META_STREAM,
+                    streams.META_STREAM,
                     first=sum(s < first_step for s in meta_steps),
                     kept_steps=meta_steps,
                 )
@@ -402,7 +403,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
     # Every worker saves (a multi-worker save is collective); only the chief's copy is the run's.
     manager = rundir.checkpoint_manager(checkpoint, config.logdir, None if chief else strategy.cluster_resolver.task_id)
     resuming = rundir.restore(checkpoint, config.logdir)
-    task = steps.Task.from_config(config)
+    task = state_lib.task(config)
     batch = config.batch_size
     loop = Loop(
         config=config,

@@ -25,10 +25,10 @@ import sklearn.model_selection
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from maxl_tf import config as config_lib
 from maxl_tf import errors
-from maxl_tf import hierarchy
-from maxl_tf import idx
+from maxl_tf.core import hierarchy
+from maxl_tf.data import idx
+from maxl_tf.data.datasets import BUILT_IN
 
 _NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "cifar10_1": 10, "digits": 10, "mnist": 10, "fashion_mnist": 10}
 # tensorflow-datasets names of the builders holding the (train, test) splits.
@@ -118,8 +118,8 @@ _CIFAR10_ARCHIVE = _PickleArchive(
 
 def load(dataset: str, data_dir: str | None, download: bool) -> RawData:
     """Loads `dataset` whole; `data_dir` and `download` do not matter for digits."""
-    if dataset not in config_lib.DATASETS:
-        raise errors.Error(f"Unknown data set {dataset!r}: --dataset must be one of {', '.join(config_lib.DATASETS)}.")
+    if dataset not in BUILT_IN:
+        raise errors.Error(f"Unknown data set {dataset!r}: --dataset must be one of {', '.join(BUILT_IN)}.")
     if dataset == "digits":
         raw = _load_digits()
     elif dataset in idx.DATASETS:

@@ -10,10 +10,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
 from maxl_tf import errors
+from maxl_tf.core import evaluator as evaluator_lib
+from maxl_tf.models.names import ARCHITECTURES
 
-TRUNK_PREFIX = "trunk_"
+TRUNK_PREFIX = evaluator_lib.TRUNK_PREFIX
 # Input dtypes TensorFlow's fused batch-norm kernel takes (its statistics are float32).
 _FUSED_DTYPES = ("float16", "bfloat16", "float32")
 
@@ -246,7 +247,7 @@ def _trunk(images, architecture: str, width: float, precision, synchronized_bn: 
     dtype = precision  # None: Keras' global dtype policy (the float64 gradient tests set it)
     pool_dtype = "float32" if precision and precision.startswith("mixed") else dtype
     x = images
-    for block, (filters, convs) in enumerate(config_lib.ARCHITECTURES[architecture], start=1):
+    for block, (filters, convs) in enumerate(ARCHITECTURES[architecture], start=1):
         for conv in range(1, convs + 1):
             name = f"{TRUNK_PREFIX}block{block}_conv{conv}"
             x = Conv2D(max(1, round(filters * width)), 3, padding="same", name=name, dtype=dtype)(x)
@@ -267,7 +268,7 @@ def _head(features, classes: int, name: str, precision):
 
 def check_input_size(architecture: str, image_size: int) -> None:
     """Raises errors.Error if the architecture's pooling would shrink the image below 1x1."""
-    blocks = len(config_lib.ARCHITECTURES[architecture])
+    blocks = len(ARCHITECTURES[architecture])
     if image_size < 2**blocks:
         raise errors.Error(
             f"--model={architecture} pools {blocks} times and needs images of at least "
@@ -318,18 +319,3 @@ def build_generator(
     features = _trunk(images, architecture, width, precision, synchronized_bn)
     logits = _head(features, aux_classes, "generator", precision)
     return keras.Model(images, logits, name="generator")
-
-
-def evaluator_outputs(outputs):
-    """(principal logits, auxiliary logits or None) from an evaluator call or stateless_call.
-
-    Keras returns a one-output model's result as a bare tensor, not a one-element list.
-    """
-    if isinstance(outputs, (list, tuple)):
-        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
-    return outputs, None
-
-
-def trunk_variable_indices(model: keras.Model) -> list:
-    """Positions in model.trainable_variables of the shared trunk's variables."""
-    return [i for i, v in enumerate(model.trainable_variables) if v.path.startswith(TRUNK_PREFIX)]

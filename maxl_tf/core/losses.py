@@ -9,7 +9,7 @@ built from elementwise ops and (log-)softmax, which differentiate twice.
 import numpy as np
 import tensorflow as tf
 
-from maxl_tf import distribute
+from maxl_tf.core import distribute
 
 
 def _full_precision(x):

@@ -13,11 +13,10 @@ import numpy as np
 from sklearn import metrics
 import tensorflow as tf
 
-from maxl_tf import data
-from maxl_tf import embedder as embedder_lib
 from maxl_tf import errors
-from maxl_tf import hierarchy as hierarchy_lib
-from maxl_tf import losses
+from maxl_tf.core import hierarchy as hierarchy_lib
+from maxl_tf.core import losses
+from maxl_tf.core import streams
 
 
 def fixed_aux_labels(
@@ -31,7 +30,7 @@ def fixed_aux_labels(
         return hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)
     if method == "random":
         pri_labels = hierarchy.labels_at(pri, finest_labels)
-        draws = np.random.default_rng([seed, data.RANDOM_LABEL_STREAM]).random(len(finest_labels))
+        draws = np.random.default_rng([seed, streams.RANDOM_LABEL_STREAM]).random(len(finest_labels))
         within_block = np.floor(draws * np.asarray(psi)[pri_labels]).astype(np.int64)
         return hierarchy_lib.block_offsets(psi)[pri_labels] + within_block
     return np.zeros(len(finest_labels), np.int64)
@@ -74,24 +73,23 @@ def nearest_prototype_labels(
 
 
 def prototypical_aux_labels(
-    embedder: embedder_lib.Embedder,
+    embeddings: np.ndarray,
     hierarchy: hierarchy_lib.Hierarchy,
     pri: int,
     aux: int,
     psi,
-    images: np.ndarray,
     finest_labels: np.ndarray,
     meta_indices: np.ndarray,
 ) -> np.ndarray:
     """The Prototypical-net baseline's labels for every training example, in psi's block layout.
 
+    embeddings: [N, D] of every training example (models/embedder.py embeds the images).
+
     psi is the human hierarchy's (config.validate), so block i holds principal class i's human
     sub-classes and each prototype sits at its human class's slot. [N] int64
     """
     human_slots = hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)
-    return nearest_prototype_labels(
-        embedder_lib.embed(embedder, images), human_slots, hierarchy.labels_at(pri, finest_labels), psi, meta_indices
-    )
+    return nearest_prototype_labels(embeddings, human_slots, hierarchy.labels_at(pri, finest_labels), psi, meta_indices)
 
 
 def generated_labels(generator, images, labels, mask_table, training: bool, update_statistics: bool = True):

@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from maxl_tf import errors
-from maxl_tf import hierarchy as hierarchy_lib
+from maxl_tf.core import hierarchy as hierarchy_lib
 
 _FORMAT = (
     'JSON {"principal class": ["fine class", ...], ...} in a .json file, or rows '

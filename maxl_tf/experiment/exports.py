@@ -24,11 +24,11 @@ import os
 import keras
 import tensorflow as tf
 
-from maxl_tf import data as data_lib
-from maxl_tf import hierarchy
-from maxl_tf import losses
-from maxl_tf import models
-from maxl_tf import rundir
+from maxl_tf.core import hierarchy
+from maxl_tf.core import losses
+from maxl_tf.data import pipeline as data_lib
+from maxl_tf.experiment import rundir
+from maxl_tf.models import vgg as models
 
 EVALUATOR = "evaluator.keras"
 GENERATOR = "generator.keras"

@@ -14,7 +14,6 @@ import os
 
 import tensorflow as tf
 
-from maxl_tf import config as config_lib
 from maxl_tf import errors
 
 
@@ -46,7 +45,7 @@ def make_strategy(kind: str, batch_size: int) -> tf.distribute.Strategy:
             raise errors.Error("TF_CONFIG lists no workers; --strategy=multi_worker needs at least one.")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
-        raise errors.Error(f"--strategy={kind}: unknown; use one of {', '.join(config_lib.STRATEGIES)}.")
+        raise errors.Error(f"--strategy={kind}: unknown; use none, mirrored or multi_worker.")
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         raise errors.Error(

@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from maxl_tf import errors
-from maxl_tf.config import IMAGENET
-from maxl_tf.config import UNTRAINED
+from maxl_tf.models.names import IMAGENET
+from maxl_tf.models.names import UNTRAINED
 
 VGG16_MIN_SIZE = 32  # keras.applications.VGG16's smallest input without its top
 VGG16_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"

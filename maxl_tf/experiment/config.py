@@ -11,9 +11,12 @@ import dataclasses
 import json
 import os
 
-from maxl_tf import datasets
 from maxl_tf import errors
-from maxl_tf import hierarchy
+from maxl_tf.core import hierarchy
+from maxl_tf.data import datasets
+from maxl_tf.models.names import ARCHITECTURES
+from maxl_tf.models.names import IMAGENET
+from maxl_tf.models.names import UNTRAINED
 
 DATASETS = datasets.BUILT_IN
 # Where auxiliary labels come from (labels.py): the paper's method and its four baselines.
@@ -21,11 +24,6 @@ METHODS = ("maxl", "single", "human", "random", "prototypical")
 # Methods that learn from held-out meta data and train the evaluator on the rest; the others
 # train on the full training set (paper Section 4.1).
 USES_META_SPLIT = ("maxl", "prototypical")
-# Trunks of both networks (models.py): (filters, convolutions) per block, a 2x2 max-pool after each.
-ARCHITECTURES = {
-    "vgg16": ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),  # 32x32 down to 1x1
-    "vgg_small": ((64, 1), (128, 1), (256, 1)),  # 8x8 digits down to 1x1; fast enough for tests and CPUs
-}
 # How the generator's meta step differentiates through the evaluator (meta.py): the paper's exact
 # one-step lookahead, its finite-difference approximation (DARTS), or the implicit hypergradient
 # at the evaluator's current weights (AuxiLearn).
@@ -37,8 +35,6 @@ HYPERGRADIENTS = ("second_order", "first_order", "implicit")
 DEFAULT_NEUMANN_TERMS = 3
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("none", "mirrored", "multi_worker")
-# The Prototypical net's embedder (embedder.py): these two names, or a saved .keras file.
-IMAGENET, UNTRAINED = "imagenet", "untrained"
 EMBEDDER_FALLBACKS = ("none", UNTRAINED)
 
 

@@ -11,6 +11,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from maxl_tf.core import streams
+
 # Normalisation of the authors' code: pixels in [0, 1], then (x - 0.5) / 0.2.
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.2
 CROP_PADDING = 4
@@ -47,8 +49,6 @@ AUGMENTATION = {
     "mnist": Augmentation(2, horizontal_flip=False),
     "digits": Augmentation(1, horizontal_flip=False),
 }
-# Independent random streams drawn from one seed.
-TRAIN_STREAM, META_STREAM, SPLIT_STREAM, RANDOM_LABEL_STREAM = 0, 1, 2, 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ def split_meta(num_examples: int, fraction: float, seed: int):
     indices = np.arange(num_examples)
     if fraction == 0:
         return indices, indices
-    order = _rng(seed, SPLIT_STREAM).permutation(num_examples)
+    order = _rng(seed, streams.SPLIT_STREAM).permutation(num_examples)
     num_meta = max(1, int(round(fraction * num_examples)))
     return np.sort(order[num_meta:]), np.sort(order[:num_meta])
 
