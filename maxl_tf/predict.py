@@ -46,7 +46,7 @@ def predict(logdir: str, paths) -> tuple:
     import tensorflow as tf  # after runtime.start_tensorflow, when run as a command
 
     from maxl_tf.core import hierarchy
-    from maxl_tf.data import image_folder
+    from maxl_tf.data import images as images_lib
     from maxl_tf.experiment import exports
 
     serving_path = os.path.join(logdir, exports.SERVING)
@@ -66,7 +66,7 @@ def predict(logdir: str, paths) -> tuple:
     serving = tf.saved_model.load(serving_path)  # kept: its functions need its variables alive
     serve = serving.signatures["serve"]
     _, height, _, channels = serve.structured_input_signature[1]["images"].shape
-    outputs = serve(images=tf.constant(image_folder.load_images(paths, height, channels)))
+    outputs = serve(images=tf.constant(images_lib.load_images(paths, height, channels)))
     principal = outputs["principal"].numpy()
     offsets = hierarchy.block_offsets(config.psi) if config.method != "single" else None
     results = []

@@ -26,7 +26,7 @@ import numpy as np
 from maxl_tf import cli
 from maxl_tf import errors
 from maxl_tf import stats
-from maxl_tf.core import hierarchy
+from maxl_tf.data import registry
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import rundir
 from maxl_tf.experiment import sweep
@@ -104,6 +104,8 @@ def group_runs(runs: list) -> list:
     for results in runs:
         config = config_lib.Config.from_saved(results["config"])
         setting = {k: v for k, v in sweep.experiment_key(config) if k != "seed"}
+        if results.get(rundir.DATA_KEY):  # runs of different data are different experiments
+            setting["data"] = rundir.describe_data(results[rundir.DATA_KEY])
         key = tuple(sorted(setting.items()))
         if key not in groups:
             groups[key] = Group(config, setting, [])
@@ -198,11 +200,10 @@ def _setting_title(setting: dict) -> str:
     """'fashion_mnist: pri 2 (clothes, goods), aux 10': principal classes named where few."""
     dataset, pri = setting["dataset"], setting["pri"]
     names = ""
-    if pri <= 6:
-        try:
-            names = f" ({', '.join(hierarchy.for_dataset(dataset).names_at(pri))})"
-        except errors.Error:  # a data set this version does not know
-            pass
+    if pri <= 6 and dataset in registry.names() and not registry.is_user_data(dataset):  # no folder is listed
+        levels = registry.get(dataset).levels()
+        if pri in levels.levels:
+            names = f" ({', '.join(levels.names_at(pri))})"
     return f"{dataset}: pri {pri}{names}, aux {setting.get('aux', '–')}"
 
 

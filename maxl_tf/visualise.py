@@ -23,6 +23,7 @@ import re
 
 from maxl_tf import cli
 from maxl_tf import runtime
+from maxl_tf.core import evaluator as evaluator_lib
 
 with runtime.quiet_start_up():  # this command's first import of TensorFlow
     import tensorflow as tf
@@ -81,7 +82,7 @@ def run_on_test_set(
     parts = {"images": [], "labels": [], "predicted": [], "features": [], "aux": []}
     for batch in run_data.test.evaluation_batches(config.batch_size):
         features, *logits = network(batch["images"], training=False)
-        pri_logits, aux_logits = models.evaluator_outputs(logits)
+        pri_logits, aux_logits = evaluator_lib.outputs(logits)
         if config.method == "maxl":
             parts["aux"].append(
                 labels_lib.generated_labels(

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from maxl_tf import errors
+from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import hierarchy
 from maxl_tf.core import losses
 from maxl_tf.data import image_folder
@@ -19,7 +20,6 @@ from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
-from maxl_tf.models import vgg as models
 from tests import smoke_util
 
 CLASSES = ("bus", "car", "cat", "dog", "owl")
@@ -154,7 +154,7 @@ class OwnDataEndToEndTest(tf.test.TestCase):
         generator's masked softmax [N, 6] under the predicted principal class."""
         config, state, _ = rundir.load_run(self.logdir)
         images = data_lib.normalise(image_folder.load_images(self.images, 12, 3))
-        pri_logits, _ = models.evaluator_outputs(state.evaluator(images, training=False))
+        pri_logits, _ = evaluator_lib.outputs(state.evaluator(images, training=False))
         principal = tf.nn.softmax(pri_logits).numpy()
         mask = tf.gather(hierarchy.psi_mask(config.psi), np.argmax(principal, axis=1))
         auxiliary = losses.masked_softmax(state.generator(images, training=False), mask).numpy()

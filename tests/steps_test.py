@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from maxl_tf import errors
+from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import hierarchy
 from maxl_tf.core import losses
 from maxl_tf.core import meta
@@ -47,7 +48,7 @@ class StepsTest(tf.test.TestCase):
             outputs, _ = self.evaluator.stateless_call(
                 weights, [v.value for v in self.evaluator.non_trainable_variables], batch["images"], training=True
             )
-            pri, aux = models.evaluator_outputs(outputs)
+            pri, aux = evaluator_lib.outputs(outputs)
             loss = losses.focal_loss(pri, tf.one_hot(batch["labels"], 2)) + losses.focal_loss(
                 aux, tf.one_hot(batch["aux_labels"], 5)
             )
@@ -151,7 +152,7 @@ class ModelsTest(tf.test.TestCase):
 
     def test_trunk_variables_are_the_shared_ones(self):
         evaluator = models.build_evaluator((8, 8, 1), 2, 10, "vgg_small", 0.25)
-        trunk = [evaluator.trainable_variables[i].path for i in models.trunk_variable_indices(evaluator)]
+        trunk = [evaluator.trainable_variables[i].path for i in evaluator_lib.trunk_variable_indices(evaluator)]
         self.assertLen(trunk, 3 * 4)  # conv kernel + bias, BN gamma + beta, per block
         self.assertTrue(all(p.startswith("trunk_") for p in trunk))
 

@@ -12,43 +12,15 @@ import numpy as np
 import tensorflow as tf
 
 from maxl_tf.core import streams
+from maxl_tf.data import source as source_lib
 
 # Normalisation of the authors' code: pixels in [0, 1], then (x - 0.5) / 0.2.
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.2
 CROP_PADDING = 4
 
 
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-    """Training-time changes that keep an image's label.
-
-    Attributes:
-      crop_padding: pixels of zero-padding per side before a random crop back to the image's size,
-        i.e. random shifts of up to this many pixels.
-      horizontal_flip: mirror half of the images left to right.
-    """
-
-    crop_padding: int
-    horizontal_flip: bool
-
-
-# What --augment does per data set. CIFAR: the authors' crop (pad 4) and flip. A mirrored digit
-# is not a digit (2, 5, 7 read wrongly or as nothing): no flip for digits and MNIST. A mirrored
-# garment, bag or shoe is the same class, so Fashion-MNIST flips (its shoes all face left: the
-# flips show right-facing ones the test set lacks, a regulariser rather than a match of the test
-# images). MNIST and Fashion-MNIST are padded from 28x28 to 32x32 (idx.pad_for_vgg), so shifts of
-# up to that padding move the original frame around without cutting any of it; CIFAR's 4 pixels
-# would crop the edges of a product that fills its frame. The 8x8 digits shift by one pixel.
-# A user's own images (folder, tfds:NAME) get CIFAR's: natural photographs, the project's default
-# regime; --noaugment turns it off where a flip or a shift changes the class.
-AUGMENTATION = {
-    "cifar100": Augmentation(CROP_PADDING, horizontal_flip=True),
-    "cifar10": Augmentation(CROP_PADDING, horizontal_flip=True),
-    "cifar10_1": Augmentation(CROP_PADDING, horizontal_flip=True),
-    "fashion_mnist": Augmentation(2, horizontal_flip=True),
-    "mnist": Augmentation(2, horizontal_flip=False),
-    "digits": Augmentation(1, horizontal_flip=False),
-}
+# CIFAR's: the authors' crop (pad 4) and flip; each data source says its own (source.Source.augmentation).
+CIFAR_AUGMENTATION = source_lib.Augmentation(CROP_PADDING, horizontal_flip=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +28,7 @@ class Examples:
     """Examples of one split, labelled for one run.
 
     Attributes:
-      images: [N, H, W, C] uint8.
+      images: [N, H, W, C] uint8: an array, or rows read from disk per batch (images.DiskImages).
       labels: [N] int64 principal labels.
       aux_labels: [N] int64 fixed auxiliary labels (human or random methods), else zeros.
     """
@@ -102,12 +74,7 @@ def normalise(images_uint8):
     return (tf.cast(images_uint8, tf.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 
-def augmentation_for(dataset: str) -> Augmentation:
-    """What --augment does for a data set (CIFAR's for a user's own images)."""
-    return AUGMENTATION.get(dataset, AUGMENTATION["cifar100"])
-
-
-def augment(images, seed, augmentation: Augmentation = AUGMENTATION["cifar100"]):
+def augment(images, seed, augmentation: source_lib.Augmentation = CIFAR_AUGMENTATION):
     """Random crop with zero padding and, where the data set allows it, horizontal flip, per image.
 
     Args:
@@ -136,9 +103,19 @@ def augment(images, seed, augmentation: Augmentation = AUGMENTATION["cifar100"])
 class Pipeline:
     """Builds per-epoch tf.data streams of batches from one split held in memory."""
 
-    def __init__(self, examples: Examples, augmentation: Augmentation = AUGMENTATION["cifar100"]):
+    def __init__(self, examples: Examples, augmentation: source_lib.Augmentation = CIFAR_AUGMENTATION):
         self._augmentation = augmentation
-        self._images = tf.constant(examples.images)
+        if isinstance(examples.images, np.ndarray):
+            self._images = tf.constant(examples.images)
+            self._take = lambda indices: tf.gather(self._images, indices)
+        else:  # streamed: only the batch's rows leave the disk
+            rows, shape = examples.images, examples.images.shape[1:]
+
+            def take(indices):
+                batch = tf.numpy_function(lambda i: rows[i], [indices], tf.uint8, stateful=False)
+                return tf.ensure_shape(batch, [None, *shape])
+
+            self._take = take
         self._labels = tf.constant(examples.labels, tf.int64)
         self._aux_labels = tf.constant(examples.aux_labels, tf.int64)
 
@@ -147,7 +124,7 @@ class Pipeline:
 
     def _gather(self, indices):
         return {
-            "images": normalise(tf.gather(self._images, indices)),
+            "images": normalise(self._take(indices)),
             "labels": tf.gather(self._labels, indices),
             "aux_labels": tf.gather(self._aux_labels, indices),
             "indices": indices,

@@ -13,12 +13,12 @@ import os
 
 from maxl_tf import errors
 from maxl_tf.core import hierarchy
-from maxl_tf.data import datasets
+from maxl_tf.data import registry
+from maxl_tf.data import source as source_lib
 from maxl_tf.models.names import ARCHITECTURES
 from maxl_tf.models.names import IMAGENET
 from maxl_tf.models.names import UNTRAINED
 
-DATASETS = datasets.BUILT_IN
 # Where auxiliary labels come from (labels.py): the paper's method and its four baselines.
 METHODS = ("maxl", "single", "human", "random", "prototypical")
 # Methods that learn from held-out meta data and train the evaluator on the rest; the others
@@ -48,8 +48,9 @@ class Config:
     dataset: str = _field(
         "cifar100",
         "Data set: cifar100, cifar10, cifar10_1, digits, fashion_mnist, mnist; "
-        "folder (your images: --data_dir holds one subfolder per class); or "
-        "tfds:NAME (any tensorflow-datasets image-classification set).",
+        "folder (your images: --data_dir holds one subfolder per class); "
+        "tfds:NAME (any tensorflow-datasets image-classification set); or "
+        "module:Source (your own maxl_tf.data.Source subclass, the module importable).",
     )
     data_dir: str = _field(
         "",
@@ -109,7 +110,7 @@ class Config:
     )
     augment: bool = _field(
         True,
-        "Random crop and horizontal flip as the data set allows (data.AUGMENTATION): "
+        "Random crop and horizontal flip as the data set allows (its source's augmentation): "
         "CIFAR pad 4 + flip; Fashion-MNIST pad 2 + flip; MNIST pad 2, digits pad 1, "
         "no flip.",
     )
@@ -166,6 +167,26 @@ class Config:
         "and pooling (mixed_float16 adds loss scaling).",
         PRECISIONS,
     )
+    # How the data is read: not part of the experiment's identity (the same images either way).
+    cache_dir: str = _field(
+        source_lib.default_cache_dir(),
+        "folder and tfds:NAME: where decoded images are cached as .npy files, so later runs do not "
+        "decode (empty: no cache; streaming needs one).",
+    )
+    cache_limit_mb: int = _field(
+        source_lib.DEFAULT_CACHE_LIMIT_MB, "Size limit of --cache_dir; the least recently used files go first."
+    )
+    max_image_pixels: int = _field(
+        source_lib.DEFAULTS.max_pixels,
+        "Refuse an image of more pixels than this before decoding it (a small PNG can hold gigabytes of pixels).",
+    )
+    stream: str = _field(
+        "auto",
+        "folder and tfds:NAME: auto streams the decoded images from the cache on disk when they exceed "
+        "--memory_budget_mb, else holds them in memory; on and off force either. Results are the same.",
+        ("auto", "on", "off"),
+    )
+    memory_budget_mb: int = _field(2048, "--stream=auto: decoded images up to this size are held in memory.")
     # Where and how fast it runs: not part of the experiment's identity.
     strategy: str = _field(
         "none",
@@ -186,7 +207,7 @@ class Config:
     def name(self) -> str:
         """Default log-directory name: the settings one sweeps over (psi only where it is not the
         one --pri and --aux give by themselves)."""
-        name = f"{datasets.short_name(self.dataset, self.data_dir)}_pri{self.pri}_aux{self.aux}_{self.method}"
+        name = f"{source(self).name}_pri{self.pri}_aux{self.aux}_{self.method}"
         if self.psi and self.psi != _default_psi(self):
             name += "_psi" + "-".join(map(str, self.psi))
         if self.method == "maxl":
@@ -205,6 +226,7 @@ class Config:
     def experiment(self) -> dict:
         """The fields that decide the results; a log directory holds one experiment."""
         bookkeeping = {"logdir", "data_dir", "download", "deterministic", "log_every", "strategy", "jit"}
+        bookkeeping |= {"cache_dir", "cache_limit_mb", "max_image_pixels", "stream", "memory_budget_mb"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 
     @classmethod
@@ -247,9 +269,30 @@ def parse_psi(text: str) -> tuple:
         raise errors.Error(f"--psi={text}: must be comma-separated integers, e.g. --psi=5,1,4.") from None
 
 
+def data_options(config: Config) -> source_lib.Options:
+    """What the run's data source is told (the data flags)."""
+    return source_lib.Options(
+        data_dir=config.data_dir,
+        download=config.download,
+        hierarchy=config.hierarchy,
+        image_size=config.image_size,
+        test_fraction=config.test_fraction,
+        cache_dir=config.cache_dir,
+        cache_limit_mb=config.cache_limit_mb,
+        max_pixels=config.max_image_pixels,
+        stream=config.stream,
+        memory_budget_mb=config.memory_budget_mb,
+    )
+
+
+def source(config: Config) -> source_lib.Source:
+    """The run's data source (registry.get keeps it, so its folder is listed once per process)."""
+    return registry.get(config.dataset, data_options(config))
+
+
 def _default_psi(config: Config):
     try:
-        levels = datasets.label_levels(config.dataset, config.data_dir, config.hierarchy)
+        levels = source(config).levels()
         return hierarchy.resolve_psi(levels, config.pri, config.aux)
     except errors.Error:
         return None
@@ -279,19 +322,19 @@ def check_flags(config: Config) -> None:
         choices, value = field.metadata["choices"], getattr(config, field.name)
         if choices:
             check(value in choices, f"--{field.name}={value}: unknown; use one of {', '.join(choices)}.")
-    datasets.check_name(config.dataset)
+    registry.check_name(config.dataset)
     check(
-        config.dataset != datasets.FOLDER or config.data_dir,
+        config.dataset != registry.FOLDER or config.data_dir,
         "--dataset=folder needs --data_dir=<the folder that holds one subfolder of images per class>.",
     )
     check(
-        not config.hierarchy or datasets.is_user_data(config.dataset),
+        not config.hierarchy or registry.is_user_data(config.dataset),
         f"--hierarchy={config.hierarchy}: only for --dataset=folder or tfds:NAME; {config.dataset} has its "
         "own levels (see --pri).",
     )
     check(config.image_size >= 0, f"--image_size={config.image_size}: must not be negative (0: the default).")
     check(0 < config.test_fraction < 1, f"--test_fraction={config.test_fraction}: must be between 0 and 1 (exclusive).")
-    for name in ("batch_size", "epochs", "lr_decay_every", "log_every", "meta_every"):
+    for name in ("batch_size", "epochs", "lr_decay_every", "log_every", "meta_every", "max_image_pixels"):
         value = getattr(config, name)
         check(value > 0, f"--{name}={value}: must be a positive integer.")
     for name in ("lr", "generator_lr", "width", "lr_decay_factor"):
@@ -304,6 +347,8 @@ def check_flags(config: Config) -> None:
         "max_train_examples",
         "max_test_examples",
         "neumann_terms",
+        "cache_limit_mb",
+        "memory_budget_mb",
     ):
         value = getattr(config, name)
         check(value >= 0, f"--{name}={value}: must not be negative.")
@@ -346,7 +391,14 @@ def validate(config: Config) -> Config:
       errors.Error: naming the first bad flag and how to fix it.
     """
     check_flags(config)
-    labels = datasets.label_levels(config.dataset, config.data_dir, config.hierarchy)
+    labels = source(config).levels()
+    if registry.is_user_data(config.dataset) and config.pri not in labels.levels and not config.hierarchy:
+        names = labels.names_at(labels.finest)
+        raise errors.Error(
+            f"--pri={config.pri}: {labels.name} has {labels.finest} classes ({', '.join(names[:5])}"
+            f"{', ...' if len(names) > 5 else ''}); pass --pri={labels.finest}, or --hierarchy=<a .json or .csv "
+            f"file> that puts them under {config.pri} principal classes."
+        )
     psi = hierarchy.resolve_psi(labels, config.pri, config.aux, config.psi or None)
     if config.method in ("human", "prototypical"):
         human = hierarchy.require_human_psi(labels, config.pri, config.aux, config.method)

@@ -24,11 +24,11 @@ import os
 import keras
 import tensorflow as tf
 
+from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import hierarchy
 from maxl_tf.core import losses
 from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import rundir
-from maxl_tf.models import vgg as models
 
 EVALUATOR = "evaluator.keras"
 GENERATOR = "generator.keras"
@@ -42,7 +42,7 @@ def serving_function(evaluator: keras.Model, generator: keras.Model | None, psi)
 
     def serve(images):
         normalised = data_lib.normalise(images)
-        pri_logits, aux_logits = models.evaluator_outputs(evaluator(normalised, training=False))
+        pri_logits, aux_logits = evaluator_lib.outputs(evaluator(normalised, training=False))
         principal = tf.nn.softmax(tf.cast(pri_logits, tf.float32))
         outputs = {"principal": principal}
         if generator is not None:

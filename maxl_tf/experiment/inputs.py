@@ -8,10 +8,9 @@ import numpy as np
 from maxl_tf import errors
 from maxl_tf.core import hierarchy as hierarchy_lib
 from maxl_tf.core import labels as labels_lib
-from maxl_tf.data import datasets
-from maxl_tf.data import image_folder
-from maxl_tf.data import loaders
+from maxl_tf.data import images as images_lib
 from maxl_tf.data import pipeline as data_lib
+from maxl_tf.data import source as source_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.models import embedder as embedder_lib
 from maxl_tf.models import vgg as models
@@ -24,37 +23,22 @@ class RunData:
     train_indices: np.ndarray  # examples the evaluator trains on
     meta_indices: np.ndarray  # maxl: the meta objective's examples; prototypical: the prototypes'
     input_shape: tuple
-    source: str
+    source: str  # one line: where the data came from and how it was read
+    identity: dict  # what the run records of its data (Source.identity)
     aux_label_info: dict = dataclasses.field(default_factory=dict)  # prototypical: what made the labels
     # Names of the principal classes, and of the auxiliary classes where they are human classes
     # (human, prototypical); None where the data set has no names or the classes are learned.
     class_names: dict = dataclasses.field(default_factory=lambda: {"principal": None, "auxiliary": None})
 
 
-def _subset(split: loaders.Split, limit: int) -> loaders.Split:
+def _subset(split: source_lib.Split, limit: int) -> source_lib.Split:
     """The first `limit` examples of a fixed (seed-independent) shuffle, so sweeps over seeds
     share the same subset."""
     if not limit or limit >= len(split.labels):
         return split
     keep = np.sort(np.random.default_rng(0).permutation(len(split.labels))[:limit])
-    return loaders.Split(split.images[keep], split.labels[keep])
-
-
-def _load(config: config_lib.Config):
-    """The data set whole: loaders.RawData, or image_folder.ImageSet for the user's data."""
-    if config.dataset == datasets.FOLDER:
-        return image_folder.load_folder(
-            config.data_dir, config.image_size or None, config.test_fraction, cache_dir=image_folder.default_cache_dir()
-        )
-    if config.dataset.startswith(datasets.TFDS_PREFIX):
-        return image_folder.load_tfds(
-            config.dataset[len(datasets.TFDS_PREFIX) :],
-            config.data_dir or None,
-            config.download,
-            config.image_size or None,
-            config.test_fraction,
-        )
-    return loaders.load(config.dataset, config.data_dir or None, config.download)
+    images = split.images[keep] if isinstance(split.images, np.ndarray) else images_lib.Subset(split.images, keep)
+    return source_lib.Split(images, split.labels[keep])
 
 
 def class_names(levels: hierarchy_lib.Hierarchy, config: config_lib.Config) -> dict:
@@ -75,14 +59,13 @@ def check_available(configs: list) -> None:
     """Finds every run's data and loads each Prototypical embedder once, before any run trains.
 
     A sweep whose last runs lack their data or their embedder's weights then stops at once, not
-    after the runs before them trained. No data set is read whole (loaders.find).
+    after the runs before them trained. No data set is read whole (Source.find).
 
     Raises:
       errors.Error: as prepare() would, naming the flag and the fix.
     """
-    for dataset, data_dir, download in dict.fromkeys((c.dataset, c.data_dir or None, c.download) for c in configs):
-        if not datasets.is_user_data(dataset):  # a folder or tfds set: validation listed its classes
-            loaders.find(dataset, data_dir, download)
+    for config in configs:
+        config_lib.source(config).find()  # the same Source for runs of the same data: found once
     embedders = dict.fromkeys((c.embedder, c.embedder_fallback) for c in configs if c.method == "prototypical")
     for spec, fallback in embedders:
         if spec != config_lib.UNTRAINED:  # random weights: nothing to find
@@ -95,10 +78,9 @@ def prepare(config: config_lib.Config) -> RunData:
     Raises:
       errors.Error: the data cannot be loaded or does not fit the run.
     """
-    hierarchy = datasets.label_levels(config.dataset, config.data_dir, config.hierarchy)
-    raw = _load(config)
-    if datasets.is_user_data(config.dataset) and raw.class_names != hierarchy.names[hierarchy.finest]:
-        raise errors.Error(f"--dataset={config.dataset}: its classes changed while the run started; run again.")
+    source = config_lib.source(config)
+    hierarchy = source.levels()
+    raw = source.load()
     train, test = _subset(raw.train, config.max_train_examples), _subset(raw.test, config.max_test_examples)
     models.check_input_size(config.model, train.images.shape[1])
 
@@ -132,12 +114,13 @@ def prepare(config: config_lib.Config) -> RunData:
             config.method, hierarchy, config.pri, config.aux, config.psi, train.labels, config.seed
         )
     return RunData(
-        train=data_lib.Pipeline(examples(train, aux_train), data_lib.augmentation_for(config.dataset)),
+        train=data_lib.Pipeline(examples(train, aux_train), source.augmentation),
         test=data_lib.Pipeline(examples(test, np.zeros(len(test.labels), np.int64))),
         train_indices=train_indices,
         meta_indices=meta_indices,
         input_shape=tuple(train.images.shape[1:]),
-        source=raw.source,
+        source=raw.description,
+        identity=source.identity(),
         aux_label_info=aux_label_info,
         class_names=class_names(hierarchy, config),
     )

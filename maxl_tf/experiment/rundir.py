@@ -26,6 +26,7 @@ from maxl_tf.experiment import claims
 from maxl_tf.experiment import config as config_lib
 
 LAST_EPOCHS_AVERAGED = 5  # the paper's metric: mean test accuracy of the last 5 epochs
+DATA_KEY = "data_identity"  # config.json's and results.json's record of the data a run saw
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -49,7 +50,36 @@ def holds_training(logdir: str) -> bool:
     )
 
 
-def check(config: config_lib.Config, chief: bool = True) -> None:
+def describe_data(identity: dict) -> str:
+    """A data identity (Source.identity) in a few words, for messages and reports."""
+    if not identity:
+        return "data not recorded (a run of an older version)"
+    kind = identity.get("kind", "data")
+    if kind == "folder":
+        return f"folder {identity.get('path')} ({identity.get('images')} images, fingerprint {identity.get('fingerprint')})"
+    if kind == "archive":
+        return "archives " + ", ".join(
+            f"{p} ({s} bytes)" for p, s in zip(identity.get("paths", []), identity.get("sizes", []))
+        )
+    details = ", ".join(f"{k}={v}" for k, v in sorted(identity.items()) if k != "kind")
+    return f"{kind} {details}"
+
+
+def same_data(saved: dict | None, identity: dict | None) -> bool:
+    """Whether a run recorded as having seen `saved` saw `identity`; a run without a record (older
+    versions) or a caller without an identity cannot tell, and counts as the same."""
+    return not saved or not identity or saved == identity
+
+
+def _saved_identity(logdir: str):
+    try:
+        with open(os.path.join(logdir, "config.json")) as f:
+            return json.load(f).get(DATA_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check(config: config_lib.Config, chief: bool = True, identity: dict | None = None) -> None:
     """Refuses a log directory this run must not write into; writes nothing.
 
     A directory that holds another experiment's training, unreadable config.json, or files of its
@@ -71,6 +101,13 @@ def check(config: config_lib.Config, chief: bool = True) -> None:
             differences = [f"--{k}={there!r} there, {now!r} now" for k, there, now in config.differences(saved)]
         except (OSError, ValueError, TypeError, AttributeError):
             raise errors.Error(f"{saved_path} is unreadable; restore it, or pass a new --logdir.") from None
+        saved_data = saved.get(DATA_KEY) if isinstance(saved, dict) else None
+        if not same_data(saved_data, identity) and holds_training(logdir):
+            raise errors.Error(
+                f"--logdir={logdir} holds a run on other data: {describe_data(saved_data)}; this run's is "
+                f"{describe_data(identity)}. Pass another --logdir (or leave it out: runs of different "
+                "folders get different names), or restore that data."
+            )
         if differences and holds_training(logdir):
             raise errors.Error(
                 f"--logdir={logdir} holds a different experiment ({'; '.join(differences)}). "
@@ -85,12 +122,16 @@ def check(config: config_lib.Config, chief: bool = True) -> None:
     check_checkpoint_index(_checkpoint_dir(logdir))
 
 
-def create(config: config_lib.Config) -> None:
-    """Creates the log directory with the run's flags.cfg and config.json (after check())."""
+def create(config: config_lib.Config, identity: dict | None = None) -> None:
+    """Creates the log directory with the run's flags.cfg and config.json (after check()); the
+    config.json records the data's identity beside the flags."""
     try:
         os.makedirs(config.logdir, exist_ok=True)
         write_atomically(os.path.join(config.logdir, "flags.cfg"), config.to_flagfile())
-        write_atomically(os.path.join(config.logdir, "config.json"), config.to_json())
+        saved = json.loads(config.to_json())
+        if identity:
+            saved[DATA_KEY] = identity
+        write_atomically(os.path.join(config.logdir, "config.json"), json.dumps(saved, indent=1, sort_keys=True))
     except OSError as e:
         raise errors.Error(
             f"--logdir={config.logdir} cannot be written ({e.strerror}); pass a writable --logdir."
@@ -151,7 +192,13 @@ def restore(checkpoint, logdir: str) -> bool:
     return True
 
 
-def results_summary(config: config_lib.Config, history: list, source: str, aux_label_info: dict | None = None) -> dict:
+def results_summary(
+    config: config_lib.Config,
+    history: list,
+    source: str,
+    aux_label_info: dict | None = None,
+    identity: dict | None = None,
+) -> dict:
     """The content of results.json: the config, the per-epoch history and the paper's metric."""
     last = [record["test/acc"] for record in history[-LAST_EPOCHS_AVERAGED:]]
     summary = {
@@ -159,6 +206,7 @@ def results_summary(config: config_lib.Config, history: list, source: str, aux_l
         "config": dataclasses.asdict(config),
         "psi": list(config.psi),
         "data": source,
+        DATA_KEY: identity or {},
         "epochs_completed": len(history),
         "complete": len(history) >= config.epochs,
         "test_accuracy": float(np.mean(last)) if last else None,
@@ -197,10 +245,11 @@ def read_results(path: str) -> dict:
     return summary
 
 
-def completed_results(config: config_lib.Config) -> dict | None:
+def completed_results(config: config_lib.Config, identity: dict | None = None) -> dict | None:
     """The run's results.json if it holds this same experiment, complete; else None.
 
-    Lets a sweep skip finished runs without loading data or building models. Anything else
+    Lets a sweep skip finished runs without loading data or building models; a run complete on
+    other data than `identity` is not skipped (training it then refuses the directory). Anything else
     (no file, unfinished, unreadable, another experiment) goes to train.train_and_evaluate, which
     resumes the run or explains what is wrong.
     """
@@ -208,7 +257,7 @@ def completed_results(config: config_lib.Config) -> dict | None:
         summary = read_results(os.path.join(config.logdir, "results.json"))
     except errors.Error:
         return None
-    if config.differences(summary["config"]):
+    if config.differences(summary["config"]) or not same_data(summary.get(DATA_KEY), identity):
         return None
     return summary if summary["complete"] is True else None
 

@@ -171,12 +171,14 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
     for config in configs:
         start = time.perf_counter()
         try:
-            results = rundir.completed_results(config)
+            results = rundir.completed_results(config, config_lib.source(config).identity())
             if results is not None:
                 results_of[config.logdir] = results
                 report(config, "skipped (complete)", results, start)
                 continue
-            rundir.check(config)  # before claiming: nothing is written into a directory it refuses
+            rundir.check(
+                config, identity=config_lib.source(config).identity()
+            )  # before claiming: nothing is written into a directory it refuses
             claim = worker.claim(config.logdir) if worker else None
         except errors.Error as e:
             raise failed(config, e) from None
@@ -187,7 +189,10 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
             waiting.append(config.logdir)
 
     def complete(logdir):
-        return logdir in results_of or rundir.completed_results(by_logdir[logdir]) is not None
+        return (
+            logdir in results_of
+            or rundir.completed_results(by_logdir[logdir], config_lib.source(by_logdir[logdir]).identity()) is not None
+        )
 
     # Until the other workers finish their runs, or one of them stops and its run is taken over.
     unfinished = [logdir for logdir in waiting if not complete(logdir)]
@@ -201,6 +206,8 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
             attempt(by_logdir[claim.run_dir], claim)
     for logdir in waiting:
         if logdir not in results_of:
-            results_of[logdir] = rundir.completed_results(by_logdir[logdir])
+            results_of[logdir] = rundir.completed_results(
+                by_logdir[logdir], config_lib.source(by_logdir[logdir]).identity()
+            )
             report(by_logdir[logdir], "done by another worker", results_of[logdir])
     return [results_of[config.logdir] for config in configs]

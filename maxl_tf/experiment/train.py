@@ -364,7 +364,9 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
             loop.data.class_names,
         )
     if loop.chief:
-        summary = rundir.results_summary(config, history, loop.data.source, loop.data.aux_label_info)
+        summary = rundir.results_summary(
+            config, history, loop.data.source, loop.data.aux_label_info, loop.data.identity
+        )
         if summary["complete"]:  # the paper's metric, beside the hyperparameters in TensorBoard's HParams
             with loop.writer.as_default(step=epoch + 1):
                 tf.summary.scalar(FINAL_METRIC, summary["test_accuracy"])
@@ -393,13 +395,13 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
     config = config_lib.validate(config)
     strategy = distribute.make_strategy(config.strategy, config.batch_size)
     chief = distribute.is_chief(strategy)
-    rundir.check(config, chief)
+    rundir.check(config, chief, config_lib.source(config).identity())
     run_data = inputs.prepare(config)
     keras.utils.set_random_seed(config.seed)
     state = state_lib.TrainState(config, run_data.input_shape, strategy, num_labelled=len(run_data.train))
     checkpoint = state.checkpoint()
     if chief:
-        rundir.create(config)
+        rundir.create(config, run_data.identity)
     # Every worker saves (a multi-worker save is collective); only the chief's copy is the run's.
     manager = rundir.checkpoint_manager(checkpoint, config.logdir, None if chief else strategy.cluster_resolver.task_id)
     resuming = rundir.restore(checkpoint, config.logdir)
@@ -473,7 +475,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
                     f"{config.logdir}. Rerun the same command to resume.",
                     stop.exit_signal,
                 )
-    summary = rundir.results_summary(config, state.history, run_data.source, run_data.aux_label_info)
+    summary = rundir.results_summary(config, state.history, run_data.source, run_data.aux_label_info, run_data.identity)
     if chief:
         check_claim(loop, verify=True)
         rundir.write_results(config.logdir, summary)
