@@ -9,8 +9,8 @@ Two formats, told apart by the file's extension:
                      ...
 
 Every class of the data (the fine classes: a folder's class folders, a tfds set's label names)
-must appear exactly once, under one principal class; the principal classes are numbered in
-sorted name order, as a folder's classes are. The principal classes become the principal task,
+must appear exactly once, under one principal class; the principal classes are numbered in the
+file's order (a .json's keys, a .csv's first mentions), so the user decides label 0, 1, .... The principal classes become the principal task,
 and the fine classes the human auxiliary task, whose psi (fine classes per principal class) is
 hierarchy.human_psi's. Without a file (`flat`), the data's classes are the principal task and psi
 is uniform for any --aux that is a multiple of their number (hierarchy.resolve_psi).
@@ -50,7 +50,8 @@ def load(path: str, dataset_name: str, class_names: Sequence[str]) -> hierarchy_
       class_names: the data's classes, in label order.
 
     Returns:
-      Two levels: len(class_names) fine classes, and the file's principal classes in sorted order.
+      Two levels: len(class_names) fine classes, and the file's principal classes in the file's order
+      (a .json's keys, a .csv's first mentions), so label i is the i-th principal class written.
 
     Raises:
       errors.Error: the file is missing or malformed, names a class the data does not have,
@@ -59,7 +60,7 @@ def load(path: str, dataset_name: str, class_names: Sequence[str]) -> hierarchy_
     """
     principal_of = _read(path)  # fine name -> principal name
     _check_classes(path, principal_of, class_names)
-    principal_names = tuple(sorted(set(principal_of.values())))
+    principal_names = tuple(dict.fromkeys(principal_of.values()))  # the file's order
     fine, pri = len(class_names), len(principal_names)
     if pri < 2 or pri == fine:
         raise errors.Error(

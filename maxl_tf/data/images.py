@@ -194,7 +194,8 @@ class DiskImages:
     def __init__(self, path: str):
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
             self._offset = f.tell()
         if dtype != np.uint8 or fortran or len(shape) != 4:
             raise ValueError(f"{path} is not a C-order uint8 [N, H, W, C] array")

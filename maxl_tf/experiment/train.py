@@ -436,12 +436,15 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
         position = f"resuming at epoch {start_epoch + 1} step {int(state.step_in_epoch.numpy())}"
     else:
         position = "starting"
+    principal = run_data.class_names["principal"]
+    named = f" ({', '.join(principal[:10])}{', ...' if len(principal) > 10 else ''})" if principal else ""
     examples = f"{len(run_data.train_indices)} train"
     if config.method in config_lib.USES_META_SPLIT:
         examples += f" / {len(run_data.meta_indices)} meta"
     with signals.StopRequests() as stop:  # before the first line: a test (or a scheduler) may signal on it
         print(
-            f"{config.name}: psi={list(config.psi)}, {examples} examples from {run_data.source}; "
+            f"{config.name}: {config.pri} principal classes{named}, psi={list(config.psi)}, {examples} examples "
+            f"from {run_data.source}; "
             f"logdir {config.logdir}; {position}",
             flush=True,
         )
