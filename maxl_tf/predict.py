@@ -115,6 +115,11 @@ def main(argv):
         print(describe(result, config.psi, config.method), flush=True)
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """maxl-tf predict and python -m maxl_tf.predict."""
     flags.DEFINE_string("logdir", "", "Log directory of a finished run (it holds serving/ and classes.json).")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

@@ -358,7 +358,8 @@ def main(argv):
     print(f"embedding projector: tensorboard --logdir {values.out} (or a folder above it, e.g. runs)")
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """maxl-tf visualise and python -m maxl_tf.visualise."""
     flags.DEFINE_string("out", "", "Directory for the figures and the projector files.")
     flags.DEFINE_integer("max_examples", 1000, "Test examples per run for t-SNE and the projector.")
     flags.DEFINE_integer(
@@ -370,3 +371,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("seed", 0, "Seed of t-SNE and of the auxiliary classes drawn.")
     flags.DEFINE_string("data_dir", "", "Where the data sets are, if not where the runs found them.")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

@@ -7,9 +7,9 @@ import sys
 
 from absl import flags
 
-import main
 from maxl_tf import cli
 from maxl_tf import config as config_lib
+from maxl_tf import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_FLAGFILE = os.path.join(REPO, "flags", "smoke.cfg")

@@ -10,10 +10,10 @@ import matplotlib.image
 import pytest
 import tensorflow as tf
 
-import main
 from maxl_tf import cli
 from maxl_tf import config as config_lib
 from maxl_tf import errors
+from maxl_tf import main
 from maxl_tf import report
 from maxl_tf import rundir
 from maxl_tf import sweep
