@@ -172,7 +172,7 @@ class OwnDataEndToEndTest(tf.test.TestCase):
         out = os.path.join(self.tmp, "fresh.npz")
         script = f"""
 import numpy as np, keras, tensorflow as tf
-from maxl_tf import data, image_folder, models   # models registers the project's layers
+from maxl_tf import data, image_folder   # not models: the .keras files hold Keras' own layers
 images = image_folder.load_images({self.images!r}, 12, 3)
 evaluator = keras.saving.load_model({os.path.join(self.logdir, "evaluator.keras")!r})
 generator = keras.saving.load_model({os.path.join(self.logdir, "generator.keras")!r})
