@@ -109,6 +109,12 @@ def main(argv):
         raise errors.Error("--logdir is required: the log directory of a finished run, e.g. runs/<name>.")
     if not paths:
         raise errors.Error("pass one or more image files after the flags, e.g. photo.jpg.")
+    folders = [path for path in paths if os.path.isdir(path)]
+    if folders:
+        raise errors.Error(
+            f"{folders[0]} is a folder; predict takes image files (PNG, JPEG, BMP, GIF): pass them, "
+            f"e.g. {os.path.join(folders[0], '*.jpg')}."
+        )
     cli.start_tensorflow(deterministic=False)
     config, results = predict(FLAGS.logdir, paths)
     for result in results:

@@ -130,6 +130,14 @@ class StartUpTest(tf.test.TestCase, parameterized.TestCase):
         _, _, stderr, _ = self._run("--dataset=cifar10", "--pri=2", "--aux=10")
         self.assertNotIn("--dataset=folder", stderr)  # a data set named on purpose gets no hint
 
+    def test_predict_given_a_folder_says_what_it_takes(self):
+        code, _, stderr, imported = smoke_util.run_recording_imports(
+            "maxl_tf.predict", "--logdir=runs/x", os.path.join(smoke_util.REPO, "flags")
+        )
+        self.assertEqual(code, 2, stderr)
+        self.assertRegex(stderr.strip(), r"^error: .*flags is a folder; predict takes image files .*flags/\*\.jpg\.$")
+        self.assertFalse(imported)
+
     def test_console_command_trains_and_runs_the_tools(self):
         """The maxl-tf script of `pip install .` calls pyproject's entry point so; `maxl-tf report`
         is the report."""

@@ -230,6 +230,7 @@ np.savez({out!r}, principal_logits=evaluator(x, training=False)[0].numpy(),
             ([f"--logdir={self.logdir}", os.path.join(self.tmp, "missing.png")], r"missing\.png: no such image"),
             ([f"--logdir={self.folder}", self.images[0]], r"not a maxl_tf run directory"),
             ([self.images[0]], r"--logdir is required"),
+            ([f"--logdir={self.logdir}", self.folder], r"is a folder; predict takes image files"),
         ]
         broken = os.path.join(self.tmp, "broken.png")
         with open(broken, "w") as f:
