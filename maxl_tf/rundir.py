@@ -257,6 +257,8 @@ def load_run(logdir: str, data_dir: str | None = None):
             f"(python main.py --flagfile={os.path.join(logdir, 'flags.cfg')})."
         )
     run_data = inputs.prepare(config)
-    state = state_lib.TrainState(config, run_data.input_shape)
+    # With every variable of training's state (the generator's label record too), so the
+    # checkpoint restores whole and TensorFlow warns of no value left unread.
+    state = state_lib.TrainState(config, run_data.input_shape, num_labelled=len(run_data.train))
     restore(state.checkpoint(), logdir)
     return config, state, run_data

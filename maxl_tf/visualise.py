@@ -63,6 +63,7 @@ class RunOutputs:
     aux_source: str  # what gave aux_probabilities ("" for single-task runs)
     pri_of_aux: np.ndarray  # [aux] the principal class owning each auxiliary class
     class_names: tuple  # [pri] the principal classes' names
+    aux_names: tuple | None  # [aux] the auxiliary classes' names (classes.json's), None where learned
 
 
 def feature_model(evaluator: keras.Model) -> keras.Model:
@@ -106,6 +107,7 @@ def run_on_test_set(
         aux_source={"maxl": "generator", "single": ""}.get(config.method, "evaluator's auxiliary head"),
         pri_of_aux=hierarchy_lib.owners(config.psi),
         class_names=run_data.class_names["principal"] or tuple(str(label) for label in range(config.pri)),
+        aux_names=run_data.class_names["auxiliary"],
     )
 
 
@@ -251,6 +253,12 @@ def top_k_layout(pri_of_aux: np.ndarray, aux_classes) -> tuple:
     return rows, places
 
 
+def aux_class_label(run: RunOutputs, aux_class: int) -> str:
+    """'aux 5', with the class's name where the run's auxiliary classes have names (human runs)."""
+    name = run.aux_names[aux_class] if run.aux_names else None
+    return f"aux {aux_class} ({name})" if name else f"aux {aux_class}"
+
+
 def plot_top_k(run: RunOutputs, aux_classes, selection: np.ndarray, path: str) -> None:
     """Image grid: a row per principal class (named), holding for each of its chosen auxiliary
     classes the k images ranked highest, the first titled with the auxiliary class."""
@@ -280,7 +288,7 @@ def plot_top_k(run: RunOutputs, aux_classes, selection: np.ndarray, path: str) -
                 interpolation="nearest",
             )
             probability = f"p={run.aux_probabilities[index, aux_class]:.2f}"
-            ax.set_title(f"aux {aux_class}: {probability}" if col == 0 else probability, fontsize=7)
+            ax.set_title(f"{aux_class_label(run, aux_class)}: {probability}" if col == 0 else probability, fontsize=7)
     fig.savefig(path, dpi=100)
 
 
