@@ -418,7 +418,8 @@ def main(argv):
     )
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """maxl-tf bench and python -m maxl_tf.bench."""
     cli.define_config_flags()
     flags.FLAGS.set_default("batch_size", 64)
     flags.DEFINE_integer("repeats", 5, "Timed repeats of each piece; the median counts.")
@@ -433,3 +434,7 @@ if __name__ == "__main__":
     )
     flags.DEFINE_integer("cycles", 1, "Rounds of reference, then ours (with --reference).")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

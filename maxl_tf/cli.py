@@ -12,10 +12,12 @@ This module imports no TensorFlow itself.
 
 import contextlib
 import dataclasses
+import logging as std_logging
 import os
 import re
 import signal
 import sys
+import textwrap
 
 # C++ INFO and WARNING lines of TensorFlow once its logging is up; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -63,30 +65,77 @@ def fail(error: errors.Error):
     sys.exit(error.exit_code)
 
 
-def _parse(argv):
-    if any(arg in _HELP for arg in argv[1:]):
-        module = sys.modules["__main__"]
-        print((module.__doc__ or "").strip() + "\n")
-        print(flags.FLAGS.get_help() if "--helpfull" in argv else flags.FLAGS.main_module_help())
-        sys.exit(0)
-    flags.FLAGS.set_gnu_getopt(True)  # flags may follow positional arguments (run folders)
-    try:
-        return flags.FLAGS(argv)
-    except flags.CantOpenFlagFileError as e:  # absl: "ERROR:: Unable to open flagfile: [Errno 2] <why>: '<path>'"
-        why = re.search(r"\] (.*): '(.*)'$", str(e))
-        where = f"={why.group(2)}: cannot open it ({why.group(1)})" if why else f": {e}"
-        fail(errors.Error(f"--flagfile{where}; pass an existing flags file, e.g. --flagfile=flags/quickstart.cfg."))
-    except flags.Error as e:
-        fail(errors.Error(f"{e}. See --help."))
+def _flag_help(flag) -> str:
+    """One flag as --help shows it: name, help and default, wrapped."""
+    name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
+    text = f"{name}: {flag.help} (default: {flag.default_as_str})"
+    return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="      ")
 
 
-def run(main) -> None:
-    """Runs main(argv) as a command: argv holds the program name and the positional arguments."""
+def help_text(main, argv, groups=None) -> str:
+    """What --help prints: the command's docstring, then its flags (by the topics of groups, as
+    (title, flag names) pairs, where given), or every flag for --helpfull."""
+    module = main.__module__
+    text = (sys.modules[module].__doc__ or "").strip() + "\n\n"
+    if "--helpfull" in argv:
+        return text + flags.FLAGS.get_help()
+    if not groups:  # absl keys the flags defined in a script (python -m) by its path
+        own = flags.FLAGS.get_key_flags_for_module(sys.argv[0] if module == "__main__" else module)
+        groups = [("Flags", sorted(flag.name for flag in own))] if own else []
+    text += "\n\n".join(
+        f"{title}:\n" + "\n".join(_flag_help(flags.FLAGS[name]) for name in names) for title, names in groups
+    )
+    return text + "\n\nEvery flag, the less common ones too: --helpfull."
+
+
+def _parser(main, groups):
+    def parse(argv):
+        if any(arg in _HELP for arg in argv[1:]):
+            print(help_text(main, argv, groups), flush=True)
+            sys.exit(0)
+        flags.FLAGS.set_gnu_getopt(True)  # flags may follow positional arguments (run folders)
+        try:
+            return flags.FLAGS(argv)
+        except flags.CantOpenFlagFileError as e:  # absl: "ERROR:: Unable to open flagfile: [Errno 2] <why>: '<path>'"
+            why = re.search(r"\] (.*): '(.*)'$", str(e))
+            where = f"={why.group(2)}: cannot open it ({why.group(1)})" if why else f": {e}"
+            fail(errors.Error(f"--flagfile{where}; pass an existing flags file, e.g. --flagfile=flags/quickstart.cfg."))
+        except flags.Error as e:
+            fail(errors.Error(f"{e}. See --help."))
+
+    return parse
+
+
+def _quiet_closed_pipe() -> None:
+    """The reader of stdout went away (`maxl-tf ... | head -1`): stop as a Unix tool does on
+    SIGPIPE, without a traceback, and keep Python's exit from failing on the final flush."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(128 + signal.SIGPIPE)
+
+
+def _third_party_chatter(record) -> bool:
+    """False for the INFO and WARNING lines other libraries send through absl's logger (e.g.
+    tensorflow-datasets on its folders), which would stand before our own `error:` line."""
+    return record.levelno >= std_logging.ERROR or "tensorflow_datasets" not in record.pathname
+
+
+def run(main, help_groups=None) -> None:
+    """Runs main(argv) as a command: argv holds the program name and the positional arguments.
+
+    help_groups: (title, flag names) pairs that --help shows; without them, the flags that
+    main's module defines."""
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)  # absl's INFO lines (checkpoint sharding) are noise here
+        logging.get_absl_logger().addFilter(_third_party_chatter)
         try:
-            return main(argv)
+            result = main(argv)
+            sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
+            return result
+        except BrokenPipeError:
+            _quiet_closed_pipe()
         except errors.Error as e:
             fail(e)
         except KeyboardInterrupt:  # before a training run's own signal handling took over
@@ -98,6 +147,8 @@ def run(main) -> None:
     start_up.enter_context(runtime.quiet_start_up())
     app.call_after_init(start_up.close)
     try:
-        app.run(guarded, flags_parser=_parse)
+        app.run(guarded, flags_parser=_parser(main, help_groups))
+    except BrokenPipeError:  # in --help
+        _quiet_closed_pipe()
     finally:
         start_up.close()

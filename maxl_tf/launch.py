@@ -97,5 +97,10 @@ def main(argv):
     sys.exit(next((status for status in statuses if status), 0))
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """maxl-tf launch and python -m maxl_tf.launch."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

@@ -110,12 +110,23 @@ def main(argv):
         raise errors.Error("--logdir is required: the log directory of a finished run, e.g. runs/<name>.")
     if not paths:
         raise errors.Error("pass one or more image files after the flags, e.g. photo.jpg.")
+    folders = [path for path in paths if os.path.isdir(path)]
+    if folders:
+        raise errors.Error(
+            f"{folders[0]} is a folder; predict takes image files (PNG, JPEG, BMP, GIF): pass them, "
+            f"e.g. {os.path.join(folders[0], '*.jpg')}."
+        )
     runtime.start_tensorflow(deterministic=False)
     config, results = predict(FLAGS.logdir, paths)
     for result in results:
         print(describe(result, config.psi, config.method), flush=True)
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """maxl-tf predict and python -m maxl_tf.predict."""
     flags.DEFINE_string("logdir", "", "Log directory of a finished run (it holds serving/ and classes.json).")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

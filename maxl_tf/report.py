@@ -518,6 +518,11 @@ def main(argv):
     print(f"Wrote {os.path.join(out, 'report.md')} and its figures.")
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """maxl-tf report and python -m maxl_tf.report."""
     flags.DEFINE_string("out", "", "Where report.md and the PNGs go (default: <runs_dir>/report; needed with several).")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

@@ -28,9 +28,14 @@ def main(argv):
         raise errors.Error(f"--out={values.out} cannot be written ({e.strerror}); pass a writable folder.") from None
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """maxl-tf synthetic and python -m maxl_tf.synthetic."""
     flags.DEFINE_string("dataset", "cifar100", "cifar100 or cifar10.")
     flags.DEFINE_string("out", "", "Folder to write the archive into.")
     flags.DEFINE_integer("train", 50000, "Training images.")
     flags.DEFINE_integer("test", 10000, "Test images.")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

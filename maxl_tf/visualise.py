@@ -65,6 +65,7 @@ class RunOutputs:
     aux_source: str  # what gave aux_probabilities ("" for single-task runs)
     pri_of_aux: np.ndarray  # [aux] the principal class owning each auxiliary class
     class_names: tuple  # [pri] the principal classes' names
+    aux_names: tuple | None  # [aux] the auxiliary classes' names (classes.json's), None where learned
 
 
 def feature_model(evaluator: keras.Model) -> keras.Model:
@@ -108,6 +109,7 @@ def run_on_test_set(
         aux_source={"maxl": "generator", "single": ""}.get(config.method, "evaluator's auxiliary head"),
         pri_of_aux=hierarchy_lib.owners(config.psi),
         class_names=run_data.class_names["principal"] or tuple(str(label) for label in range(config.pri)),
+        aux_names=run_data.class_names["auxiliary"],
     )
 
 
@@ -253,6 +255,12 @@ def top_k_layout(pri_of_aux: np.ndarray, aux_classes) -> tuple:
     return rows, places
 
 
+def aux_class_label(run: RunOutputs, aux_class: int) -> str:
+    """'aux 5', with the class's name where the run's auxiliary classes have names (human runs)."""
+    name = run.aux_names[aux_class] if run.aux_names else None
+    return f"aux {aux_class} ({name})" if name else f"aux {aux_class}"
+
+
 def plot_top_k(run: RunOutputs, aux_classes, selection: np.ndarray, path: str) -> None:
     """Image grid: a row per principal class (named), holding for each of its chosen auxiliary
     classes the k images ranked highest, the first titled with the auxiliary class."""
@@ -282,7 +290,7 @@ def plot_top_k(run: RunOutputs, aux_classes, selection: np.ndarray, path: str) -
                 interpolation="nearest",
             )
             probability = f"p={run.aux_probabilities[index, aux_class]:.2f}"
-            ax.set_title(f"aux {aux_class}: {probability}" if col == 0 else probability, fontsize=7)
+            ax.set_title(f"{aux_class_label(run, aux_class)}: {probability}" if col == 0 else probability, fontsize=7)
     fig.savefig(path, dpi=100)
 
 
@@ -360,7 +368,8 @@ def main(argv):
     print(f"embedding projector: tensorboard --logdir {values.out} (or a folder above it, e.g. runs)")
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """maxl-tf visualise and python -m maxl_tf.visualise."""
     flags.DEFINE_string("out", "", "Directory for the figures and the projector files.")
     flags.DEFINE_integer("max_examples", 1000, "Test examples per run for t-SNE and the projector.")
     flags.DEFINE_integer(
@@ -372,3 +381,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("seed", 0, "Seed of t-SNE and of the auxiliary classes drawn.")
     flags.DEFINE_string("data_dir", "", "Where the data sets are, if not where the runs found them.")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

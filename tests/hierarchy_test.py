@@ -240,15 +240,22 @@ class ResolvePsiTest(tf.test.TestCase):
     def test_aux_not_multiple_nor_level(self):
         with self.assertRaisesRegex(errors.Error, r"--pri=10 --aux=15"):
             hierarchy.resolve_psi(self.cifar10, 10, 15)
-        # The message lists the human levels finer than --pri.
-        with self.assertRaisesRegex(errors.Error, r"--pri=3 --aux=31.*\[10, 20, 100\]"):
+        # The message names the flags that would work: the nearest multiples, the human levels
+        # under --pri, and a --psi summing to --aux.
+        with self.assertRaisesRegex(
+            errors.Error,
+            r"--pri=3 --aux=31: .*--aux=30 or --aux=33 .*--aux=10 or --aux=20 or --aux=100.*--psi=11,10,10",
+        ):
             hierarchy.resolve_psi(self.cifar100, 3, 31)
-        with self.assertRaisesRegex(errors.Error, r"--pri=10 --aux=25"):
-            hierarchy.resolve_psi(self.cifar100, 10, 25)
+        with self.assertRaises(errors.Error) as raised:
+            hierarchy.resolve_psi(self.cifar10, 10, 25)
+        self.assertNotIn("human levels", str(raised.exception))  # CIFAR-10 has none under 10
+        self.assertIn("--aux=20 or --aux=30", str(raised.exception))
+        self.assertEqual(hierarchy.resolve_psi(self.cifar10, 10, 25, (3,) * 5 + (2,) * 5), (3,) * 5 + (2,) * 5)
 
     def test_aux_coarser_than_pri(self):
         # 10 is a level but coarser than 20 and not a multiple: no psi.
-        with self.assertRaisesRegex(errors.Error, r"--pri=20 --aux=10"):
+        with self.assertRaisesRegex(errors.Error, r"--pri=20 --aux=10: .*at least 20.*--aux=100"):
             hierarchy.resolve_psi(self.cifar100, 20, 10)
 
     def test_aux_not_positive(self):

@@ -4,13 +4,16 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
+import tomllib
 
 from absl.testing import parameterized
 import pytest
 import tensorflow as tf
 
 from maxl_tf import errors
+from maxl_tf import main
 from maxl_tf.experiment import config as config_lib
 from tests import smoke_util
 
@@ -92,6 +95,76 @@ class StartUpTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(code, 0)
         self.assertIn("Train MAXL or a baseline", stdout)
         self.assertIn("--pri", stdout)
+
+    def test_help_groups_the_flags_a_first_run_needs_and_points_at_helpfull(self):
+        _, stdout, _, imported = self._run("--help")
+        for title, names in main.HELP_GROUPS:
+            section = stdout.split(f"\n{title}:\n", 1)[1].split("\n\n", 1)[0]
+            for name in names:
+                self.assertRegex(section, rf"(?m)^  --(\[no\])?{name}: ", msg=f"{name} under {title}")
+        self.assertIn("--helpfull", stdout.strip().splitlines()[-1])
+        self.assertNotIn("--heartbeat_timeout", stdout)  # the rest wait for --helpfull
+        _, full, _, _ = self._run("--helpfull")
+        self.assertIn("--heartbeat_timeout", full)
+        self.assertFalse(imported)
+
+    def test_a_closed_pipe_ends_quietly(self):
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(smoke_util.REPO, "main.py"), "--help"],
+            cwd=smoke_util.REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+        )
+        process.stdout.close()  # as `| head -1` does, here before the first line
+        stderr = process.stderr.read().decode()
+        self.assertEqual(process.wait(timeout=60), 128 + signal.SIGPIPE, stderr)
+        self.assertEqual(stderr, "")
+
+    def test_a_default_dataset_error_suggests_your_own_images(self):
+        code, _, stderr, imported = self._run("--pri=2", "--aux=10")
+        self.assertEqual(code, 2, stderr)
+        self.assertEqual(len(stderr.strip().splitlines()), 1, stderr)
+        self.assertIn("--dataset=folder --data_dir=", stderr)
+        self.assertFalse(imported)
+        _, _, stderr, _ = self._run("--dataset=cifar10", "--pri=2", "--aux=10")
+        self.assertNotIn("--dataset=folder", stderr)  # a data set named on purpose gets no hint
+
+    def test_predict_given_a_folder_says_what_it_takes(self):
+        code, _, stderr, imported = smoke_util.run_recording_imports(
+            "maxl_tf.predict", "--logdir=runs/x", os.path.join(smoke_util.REPO, "flags")
+        )
+        self.assertEqual(code, 2, stderr)
+        self.assertRegex(stderr.strip(), r"^error: .*flags is a folder; predict takes image files .*flags/\*\.jpg\.$")
+        self.assertFalse(imported)
+
+    def test_console_command_trains_and_runs_the_tools(self):
+        """The maxl-tf script of `pip install .` calls pyproject's entry point so; `maxl-tf report`
+        is the report."""
+        with open(os.path.join(smoke_util.REPO, "pyproject.toml"), "rb") as f:
+            target = tomllib.load(f)["project"]["scripts"]["maxl-tf"]
+        module, function = target.split(":")
+        script = f"import sys; sys.argv[0] = 'maxl-tf'; from {module} import {function}; {function}()"
+
+        def console(*args):
+            return subprocess.run(
+                [sys.executable, "-c", script, *args],
+                cwd=smoke_util.REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+            )
+
+        training = console("--help")
+        self.assertEqual(training.returncode, 0, training.stderr)
+        self.assertIn("Train MAXL or a baseline", training.stdout)
+        report = console("report", "--help")
+        self.assertEqual(report.returncode, 0, report.stderr)
+        self.assertIn("--out:", report.stdout)
+        missing = console("report")
+        self.assertEqual(missing.returncode, 2)
+        self.assertRegex(missing.stderr.strip(), r"^error: pass a folder of runs")
 
     @parameterized.named_parameters(
         ("typo_in_a_value", ("--batch_size=abc",), r"^error: flag --batch_size=abc: .*See --help\.$"),

@@ -172,7 +172,7 @@ class OwnDataEndToEndTest(tf.test.TestCase):
         out = os.path.join(self.tmp, "fresh.npz")
         script = f"""
 import numpy as np, keras, tensorflow as tf
-from maxl_tf import data, image_folder, models   # models registers the project's layers
+from maxl_tf import data, image_folder   # not models: the .keras files hold Keras' own layers
 images = image_folder.load_images({self.images!r}, 12, 3)
 evaluator = keras.saving.load_model({os.path.join(self.logdir, "evaluator.keras")!r})
 generator = keras.saving.load_model({os.path.join(self.logdir, "generator.keras")!r})
@@ -230,6 +230,7 @@ np.savez({out!r}, principal_logits=evaluator(x, training=False)[0].numpy(),
             ([f"--logdir={self.logdir}", os.path.join(self.tmp, "missing.png")], r"missing\.png: no such image"),
             ([f"--logdir={self.folder}", self.images[0]], r"not a maxl_tf run directory"),
             ([self.images[0]], r"--logdir is required"),
+            ([f"--logdir={self.logdir}", self.folder], r"is a folder; predict takes image files"),
         ]
         broken = os.path.join(self.tmp, "broken.png")
         with open(broken, "w") as f:

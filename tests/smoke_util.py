@@ -7,8 +7,8 @@ import sys
 
 from absl import flags
 
-import main
 from maxl_tf import cli
+from maxl_tf import main
 from maxl_tf.experiment import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

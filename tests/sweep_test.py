@@ -10,9 +10,9 @@ import matplotlib.image
 import pytest
 import tensorflow as tf
 
-import main
 from maxl_tf import cli
 from maxl_tf import errors
+from maxl_tf import main
 from maxl_tf import report
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import rundir

@@ -3,6 +3,8 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 from unittest import mock
 
 import numpy as np
@@ -115,6 +117,34 @@ class SmokeRunTest(tf.test.TestCase):
         served = serving.serve(tf.zeros([2, 8, 8, 1], tf.uint8))
         self.assertEqual(set(served), {"principal"})
         self.assertAllClose(tf.reduce_sum(served["principal"], axis=1), [1.0, 1.0])
+
+    def test_exports_are_compact_and_load_anywhere(self):
+        """--keep_checkpoints checkpoints; a SavedModel holding each weight once; .keras files
+        that load in a process that never imported maxl_tf, equal to the trained networks."""
+        logdir = os.path.join(self.get_temp_dir(), "bounded")
+        train.train_and_evaluate(smoke_util.smoke_config(logdir, keep_checkpoints=1), progress=False)
+        self.assertLen(glob.glob(os.path.join(logdir, "checkpoints", "ckpt-*.index")), 1)
+        saved = tf.train.load_checkpoint(os.path.join(logdir, "serving", "variables", "variables"))
+        stored = [key for key in saved.get_variable_to_shape_map() if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+        _, state, _ = rundir.load_run(logdir)
+        self.assertLen(stored, len(state.evaluator.weights) + len(state.generator.weights))
+
+        images = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+        out = os.path.join(self.get_temp_dir(), "fresh.npz")
+        script = f"""
+import sys, keras, numpy as np
+images = np.load({out!r} + ".in.npy")
+evaluator = keras.saving.load_model({os.path.join(logdir, "evaluator.keras")!r})
+generator = keras.saving.load_model({os.path.join(logdir, "generator.keras")!r})
+assert not any(name.startswith("maxl_tf") for name in sys.modules), "maxl_tf was imported"
+np.savez({out!r}, principal=evaluator(images, training=False)[0], auxiliary=generator(images, training=False))
+"""
+        np.save(out + ".in.npy", images)
+        process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        self.assertEqual(process.returncode, 0, process.stderr[-2000:])
+        fresh = np.load(out)
+        self.assertAllClose(fresh["principal"], state.evaluator(images, training=False)[0], atol=1e-5)
+        self.assertAllClose(fresh["auxiliary"], state.generator(images, training=False), atol=1e-5)
 
     def test_baselines_run_with_their_targets(self):
         for method in ("single", "human", "random"):

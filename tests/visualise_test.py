@@ -148,6 +148,26 @@ class VisualiseTest(tf.test.TestCase):
         self.assertIsNone(single.aux_probabilities)
         self.assertEqual(maxl.class_names, ("curved", "straight"))
 
+    def test_top_k_titles_name_human_auxiliary_classes(self):
+        maxl, _ = self.written["runs"]
+        self.assertIsNone(maxl.aux_names)  # MAXL's classes are learned: numbers only
+        self.assertEqual(visualise.aux_class_label(maxl, 5), "aux 5")
+        human = dataclasses.replace(maxl, aux_names=("0", "2", "3", "5", "6", "8", "9", "1", "4", "7"))
+        self.assertEqual(visualise.aux_class_label(human, 5), "aux 5 (8)")
+
+    def test_the_command_prints_no_warnings(self):
+        process = subprocess.run(
+            [sys.executable, "-m", "maxl_tf.visualise", self.logdirs[0], f"--out={os.path.join(self.root, 'quiet')}"],
+            cwd=smoke_util.REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+        )
+        self.assertEqual(process.returncode, 0, process.stderr)
+        self.assertEqual(process.stderr, "")  # e.g. none about checkpoint values left unrestored
+        self.assertIn("t-SNE:", process.stdout)
+
     def test_fig6_grid_of_every_class_of_a_10_by_3_run(self):
         psi = (3,) * 10
         pri_of_aux = hierarchy_lib.owners(psi)
@@ -168,6 +188,7 @@ class VisualiseTest(tf.test.TestCase):
             aux_source="generator",
             pri_of_aux=pri_of_aux,
             class_names=hierarchy_lib.for_dataset("fashion_mnist").names_at(10),
+            aux_names=None,
         )
         path = os.path.join(self.root, "fig6.png")
         selection = visualise.top_k_per_aux_class(probabilities, labels, pri_of_aux, np.arange(30), 5)

@@ -90,10 +90,25 @@ def resolve_psi(hierarchy: Hierarchy, pri: int, aux: int, psi: tuple | None = No
         return from_human
     if aux % pri == 0 and aux >= pri:
         return (aux // pri,) * pri
-    finer = [n for n in levels if n > pri]
-    raise errors.Error(
-        f"--pri={pri} --aux={aux}: {hierarchy.name} cannot give this pair. Use --aux as a multiple of "
-        f"--pri (uniform psi), one of the human levels {finer} finer than --pri, or an explicit --psi."
+    raise errors.Error(_no_psi_message(hierarchy, pri, aux))
+
+
+def _no_psi_message(hierarchy: Hierarchy, pri: int, aux: int) -> str:
+    """Why (pri, aux) gives no psi, and the nearest flags that do."""
+    human = [f"--aux={n}" for n in sorted(hierarchy.levels) if n > pri and human_psi(hierarchy, pri, n) is not None]
+    human_text = f"; {hierarchy.name}'s human levels under --pri={pri}: {' or '.join(human)}" if human else ""
+    if aux < pri:
+        return (
+            f"--pri={pri} --aux={aux}: each principal class needs at least one auxiliary class, so --aux "
+            f"must be at least {pri}. Use --aux={pri} or a multiple of it (psi uniform){human_text}."
+        )
+    lower, remainder = divmod(aux, pri)
+    even = [lower + 1] * remainder + [lower] * (pri - remainder)
+    return (
+        f"--pri={pri} --aux={aux}: {aux} auxiliary classes do not split evenly over {pri} principal "
+        f"classes, and {hierarchy.name} has no human level of {aux} under them. Use --aux={lower * pri} or "
+        f"--aux={(lower + 1) * pri} (psi uniform){human_text}, or give psi yourself, e.g. "
+        f"--psi={','.join(map(str, even))}."
     )
 
 

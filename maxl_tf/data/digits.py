@@ -15,7 +15,9 @@ DIGITS_2_NAMES = ("curved", "straight")
 
 class Digits(source_lib.Source):
     name = "digits"
-    augmentation = source_lib.Augmentation(1, horizontal_flip=False)  # the 8x8 digits shift by one pixel; a mirrored digit is no digit
+    augmentation = source_lib.Augmentation(
+        1, horizontal_flip=False
+    )  # the 8x8 digits shift by one pixel; a mirrored digit is no digit
 
     def __init__(self, options: source_lib.Options = source_lib.DEFAULTS):
         del options  # bundled with scikit-learn: nothing to find

@@ -46,7 +46,9 @@ class IdxSource(source_lib.Source):
     def __init__(self, dataset: str, options: source_lib.Options = source_lib.DEFAULTS):
         self.name = dataset
         self.options = options
-        self.augmentation = source_lib.Augmentation(2, horizontal_flip=dataset == "fashion_mnist")  # a mirrored garment is a garment; a digit is not
+        self.augmentation = source_lib.Augmentation(
+            2, horizontal_flip=dataset == "fashion_mnist"
+        )  # a mirrored garment is a garment; a digit is not
 
     def levels(self) -> hierarchy_lib.Hierarchy:
         if self.name == "mnist":

@@ -196,6 +196,11 @@ class Config:
     jit: bool = _field(False, "Compile the training steps with XLA (faster on GPUs; slower on CPUs).")
     # Bookkeeping: not part of the experiment's identity either.
     logdir: str = _field("", "Log directory (empty: runs/<name derived from the experiment>).")
+    keep_checkpoints: int = _field(
+        2,
+        "Checkpoints kept in <logdir>/checkpoints, the newest ones (one per epoch and on a stop); "
+        "the second is a spare should the newest be damaged.",
+    )
     deterministic: bool = _field(True, "Deterministic ops, so a resumed run equals an uninterrupted one.")
     log_every: int = _field(10, "Steps between progress-bar updates and non-finite checks.")
 
@@ -225,8 +230,8 @@ class Config:
 
     def experiment(self) -> dict:
         """The fields that decide the results; a log directory holds one experiment."""
-        bookkeeping = {"logdir", "data_dir", "download", "deterministic", "log_every", "strategy", "jit"}
-        bookkeeping |= {"cache_dir", "cache_limit_mb", "max_image_pixels", "stream", "memory_budget_mb"}
+        bookkeeping = {"logdir", "keep_checkpoints", "data_dir", "download", "deterministic", "log_every", "strategy"}
+        bookkeeping |= {"jit", "cache_dir", "cache_limit_mb", "max_image_pixels", "stream", "memory_budget_mb"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 
     @classmethod
@@ -334,7 +339,15 @@ def check_flags(config: Config) -> None:
     )
     check(config.image_size >= 0, f"--image_size={config.image_size}: must not be negative (0: the default).")
     check(0 < config.test_fraction < 1, f"--test_fraction={config.test_fraction}: must be between 0 and 1 (exclusive).")
-    for name in ("batch_size", "epochs", "lr_decay_every", "log_every", "meta_every", "max_image_pixels"):
+    for name in (
+        "batch_size",
+        "epochs",
+        "lr_decay_every",
+        "log_every",
+        "meta_every",
+        "keep_checkpoints",
+        "max_image_pixels",
+    ):
         value = getattr(config, name)
         check(value > 0, f"--{name}={value}: must be a positive integer.")
     for name in ("lr", "generator_lr", "width", "lr_decay_factor"):

@@ -1,7 +1,7 @@
 """What a finished run leaves for using its networks after training.
 
-    <logdir>/evaluator.keras   the evaluator: keras.saving.load_model, after `import maxl_tf.models`
-                               (it registers the project's layers)
+    <logdir>/evaluator.keras   the evaluator: keras.saving.load_model, in any process (Keras'
+                               own layers only: portable())
              generator.keras   the label generator (MAXL runs)
              serving/          a SavedModel: tf.saved_model.load(path).serve(images), images uint8
                                [N, H, W, C] as the run's data set had them; returns
@@ -29,6 +29,7 @@ from maxl_tf.core import hierarchy
 from maxl_tf.core import losses
 from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import rundir
+from maxl_tf.models import vgg as models
 
 EVALUATOR = "evaluator.keras"
 GENERATOR = "generator.keras"
@@ -55,6 +56,20 @@ def serving_function(evaluator: keras.Model, generator: keras.Model | None, psi)
     return serve
 
 
+def portable(network: keras.Model) -> keras.Model:
+    """The network with Keras' own Conv2D and BatchNormalization in place of models.py's faster
+    ones (the same configuration and weights), so that its .keras file loads in a process that
+    never imported maxl_tf: Keras imports no module a file names."""
+    ours = {models.Conv2D: keras.layers.Conv2D, models.BatchNormalization: keras.layers.BatchNormalization}
+
+    def keras_layer(layer):
+        return ours.get(type(layer), type(layer)).from_config(layer.get_config())
+
+    copy = keras.models.clone_model(network, clone_function=keras_layer)
+    copy.set_weights(network.get_weights())
+    return copy
+
+
 def write(
     logdir: str, evaluator: keras.Model, generator: keras.Model | None, psi, input_shape, class_names: dict
 ) -> None:
@@ -66,13 +81,13 @@ def write(
       input_shape: (H, W, C) of the run's images.
       class_names: inputs.RunData.class_names.
     """
-    evaluator.save(os.path.join(logdir, EVALUATOR))
+    portable(evaluator).save(os.path.join(logdir, EVALUATOR))
     if generator is not None:
-        generator.save(os.path.join(logdir, GENERATOR))
+        portable(generator).save(os.path.join(logdir, GENERATOR))
+    # Not archive.track(network): that adds each Keras variable beside the tf.Variable the endpoint
+    # captures, and the SavedModel would store every weight twice. The endpoint's own variables
+    # are all that serve() (and TFLite's converter) need.
     archive = keras.export.ExportArchive()
-    archive.track(evaluator)
-    if generator is not None:
-        archive.track(generator)
     archive.add_endpoint(
         "serve",
         serving_function(evaluator, generator, psi),

@@ -160,14 +160,15 @@ def check_checkpoint_index(directory: str) -> None:
         )
 
 
-def checkpoint_manager(checkpoint, logdir: str, worker: int | None = None):
-    """A manager saving into logdir/checkpoints, or for worker i of a multi-worker run other than
-    the chief, into logdir/workers/worker<i> (a multi-worker save is collective; only the chief's
-    copy is the run's, and every worker resumes from it)."""
+def checkpoint_manager(checkpoint, logdir: str, keep: int, worker: int | None = None):
+    """A manager saving into logdir/checkpoints and keeping the newest `keep` there, or for
+    worker i of a multi-worker run other than the chief, into logdir/workers/worker<i> (a
+    multi-worker save is collective; only the chief's copy is the run's, and every worker
+    resumes from it)."""
     import tensorflow as tf
 
     directory = _checkpoint_dir(logdir) if worker is None else os.path.join(logdir, "workers", f"worker{worker}")
-    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
 
 
 def restore(checkpoint, logdir: str) -> bool:
@@ -305,6 +306,8 @@ def load_run(logdir: str, data_dir: str | None = None):
             f"(python main.py --flagfile={os.path.join(logdir, 'flags.cfg')})."
         )
     run_data = inputs.prepare(config)
-    state = state_lib.TrainState(config, run_data.input_shape)
+    # With every variable of training's state (the generator's label record too), so the
+    # checkpoint restores whole and TensorFlow warns of no value left unread.
+    state = state_lib.TrainState(config, run_data.input_shape, num_labelled=len(run_data.train))
     restore(state.checkpoint(), logdir)
     return config, state, run_data

@@ -403,7 +403,9 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
     if chief:
         rundir.create(config, run_data.identity)
     # Every worker saves (a multi-worker save is collective); only the chief's copy is the run's.
-    manager = rundir.checkpoint_manager(checkpoint, config.logdir, None if chief else strategy.cluster_resolver.task_id)
+    manager = rundir.checkpoint_manager(
+        checkpoint, config.logdir, config.keep_checkpoints, None if chief else strategy.cluster_resolver.task_id
+    )
     resuming = rundir.restore(checkpoint, config.logdir)
     task = state_lib.task(config)
     batch = config.batch_size
