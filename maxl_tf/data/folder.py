@@ -210,7 +210,8 @@ def _class_files(root: str, walker: _Walker) -> tuple:
         files = walker.walk(os.path.join(root, name))
         if not files:
             raise errors.Error(
-                f"{os.path.join(root, name)} holds no images ({', '.join(IMAGE_EXTENSIONS)}): add some, or remove the folder."
+                f"{os.path.join(root, name)} holds no images ({', '.join(IMAGE_EXTENSIONS)}): add some, or "
+                "remove the folder."
             )
         classes[name] = files
     return classes, hidden

@@ -69,7 +69,8 @@ def read_header(data, name: str, max_pixels: int) -> Header:
         raise errors.Error(f"{name}: vanished while the data was read; run again once the folder is stable.") from None
     except Exception as err:  # PIL raises UnidentifiedImageError, OSError, ValueError... for bad files
         raise errors.Error(
-            f"{name} cannot be read as an image ({errors.first_line(err)}): replace it with a PNG or JPEG, or delete it."
+            f"{name} cannot be read as an image ({errors.first_line(err)}): replace it with a PNG or JPEG, "
+            "or delete it."
         ) from None
     if width * height > max_pixels:
         raise errors.Error(
@@ -298,14 +299,34 @@ def trim_cache(cache_dir: str, limit_mb: int, keep: str = "") -> None:
                 pass
 
 
+class _RowWriter:
+    """Rows of a .npy file written in order with plain writes (`out[i:j] = rows`), so decoding a
+    set larger than memory never holds more than a batch (a memory map would keep every page it
+    wrote resident until the file is closed)."""
+
+    def __init__(self, f, shape: tuple):
+        self._f, self._next, self._row = f, 0, int(np.prod(shape[1:]))
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+
+    def __setitem__(self, rows: slice, values) -> None:
+        if rows.start != self._next:
+            raise ValueError("rows must be written in order")
+        data = np.ascontiguousarray(values, np.uint8)
+        self._f.write(data.tobytes())
+        self._next += len(data)
+
+
 def _write_rows(path: str, shape: tuple, fill) -> None:
-    """Writes a .npy of `shape` whose rows fill(out) assigns, atomically (temp file, rename)."""
+    """Writes a .npy of `shape` whose rows fill(out) assigns in order, atomically (temp file, rename)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        fill(out)
-        out.flush()
-        del out
+        with open(tmp, "wb") as f:
+            writer = _RowWriter(f, shape)
+            fill(writer)
+            if writer._next != shape[0]:
+                raise OSError(f"{shape[0] - writer._next} images were not written")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -56,7 +56,8 @@ def describe_data(identity: dict) -> str:
         return "data not recorded (a run of an older version)"
     kind = identity.get("kind", "data")
     if kind == "folder":
-        return f"folder {identity.get('path')} ({identity.get('images')} images, fingerprint {identity.get('fingerprint')})"
+        images, fingerprint = identity.get("images"), identity.get("fingerprint")
+        return f"folder {identity.get('path')} ({images} images, fingerprint {fingerprint})"
     if kind == "archive":
         return "archives " + ", ".join(
             f"{p} ({s} bytes)" for p, s in zip(identity.get("paths", []), identity.get("sizes", []))
