@@ -11,9 +11,10 @@ Two formats, told apart by the file's extension:
 Every class of the data (the fine classes: a folder's class folders, a tfds set's label names)
 must appear exactly once, under one principal class; the principal classes are numbered in the
 file's order (a .json's keys, a .csv's first mentions), so the user decides label 0, 1, ....
-The principal classes become the principal task, and the fine classes the human auxiliary task, whose psi (fine classes per principal class) is
-hierarchy.human_psi's. Without a file (`flat`), the data's classes are the principal task and psi
-is uniform for any --aux that is a multiple of their number (hierarchy.resolve_psi).
+The principal classes become the principal task, and the fine classes the human auxiliary
+task, whose psi (fine classes per principal class) is hierarchy.human_psi's. Without a file
+(`flat`), the data's classes are the principal task and psi is uniform for any --aux that is a
+multiple of their number (hierarchy.resolve_psi).
 """
 
 from __future__ import annotations
