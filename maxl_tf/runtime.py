@@ -21,7 +21,10 @@ _START_UP_NOISE = re.compile(
     r"All log messages before absl::InitializeLog|oneDNN custom operations are on|"
     r"Could not find cuda drivers|failed call to cuInit|This TensorFlow binary is optimized|"
     r"To enable the following instructions|Unable to register cu\w+ factory|"
-    r"computation placer already registered|TF-TRT Warning"
+    r"computation placer already registered|TF-TRT Warning|"
+    # libjpeg's own lines while data/images.py decodes: a damaged file is then one error naming it.
+    r"Premature end of JPEG file|Corrupt JPEG data|Invalid JPEG file structure|"
+    r"oneDNN supports DT_UINT8 only"
 )
 
 
