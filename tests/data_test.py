@@ -4,7 +4,11 @@ import numpy as np
 import tensorflow as tf
 
 from maxl_tf.core import streams
+from maxl_tf.data import folder
 from maxl_tf.data import pipeline as data
+from maxl_tf.data import registry
+from maxl_tf.data import source
+from maxl_tf.data import tfds
 
 _BLACK = -data.PIXEL_MEAN / data.PIXEL_STD  # normalised value of a 0 pixel: -2.5
 
@@ -155,8 +159,8 @@ class AugmentTest(tf.test.TestCase):
 
     def test_digit_augmentation_shifts_without_flipping(self):
         images = _distinct_images(64, 6, 5, 1)
-        mnist = data.AUGMENTATION["mnist"]
-        self.assertEqual(mnist, data.Augmentation(crop_padding=2, horizontal_flip=False))
+        mnist = registry.get("mnist").augmentation
+        self.assertEqual(mnist, source.Augmentation(crop_padding=2, horizontal_flip=False))
         out = data.augment(tf.constant(images), tf.constant([1, 2], tf.int64), mnist).numpy()
         offsets = []
         for i in range(64):
@@ -170,7 +174,8 @@ class AugmentTest(tf.test.TestCase):
         self.assertGreater(len(set(offsets)), 15)
 
     def test_per_data_set_defaults(self):
-        flips = {name: a.horizontal_flip for name, a in data.AUGMENTATION.items()}
+        built_in = [name for name in registry.names() if name != registry.FOLDER]
+        flips = {name: registry.get(name).augmentation.horizontal_flip for name in built_in}
         self.assertEqual(
             flips,
             {
@@ -183,8 +188,12 @@ class AugmentTest(tf.test.TestCase):
             },
         )
         # Fashion-MNIST's shifts stay within the 2 black pixels idx.pad_for_vgg adds.
-        self.assertEqual(data.AUGMENTATION["fashion_mnist"].crop_padding, 2)
-        self.assertEqual(data.AUGMENTATION["cifar10"].crop_padding, 4)
+        self.assertEqual(registry.get("fashion_mnist").augmentation.crop_padding, 2)
+        self.assertEqual(registry.get("cifar10").augmentation.crop_padding, 4)
+        # A user's own images (folder, tfds:NAME) get CIFAR's: natural photographs.
+        self.assertEqual(folder.Folder.augmentation, data.CIFAR_AUGMENTATION)
+        self.assertEqual(tfds.TfdsSource.augmentation, data.CIFAR_AUGMENTATION)
+        self.assertEqual(data.CIFAR_AUGMENTATION, source.Augmentation(crop_padding=4, horizontal_flip=True))
 
     def test_padding_is_normalised_black(self):
         images = np.full((32, 8, 8, 1), 7.0, np.float32)

@@ -13,9 +13,9 @@ from maxl_tf.data import hierarchy_file
 
 # A folder's classes, sorted as folder names are.
 CLASSES = ("bus", "car", "cat", "dog", "owl", "truck")
-# animal: cat, dog, owl; vehicle: bus, car, truck. Principal classes in sorted order: animal 0, vehicle 1.
+# animal: cat, dog, owl; vehicle: bus, car, truck. Principal classes in the file's order: vehicle 0, animal 1.
 TREE = {"vehicle": ["truck", "car", "bus"], "animal": ["owl", "cat", "dog"]}
-FINE_TO_PRINCIPAL = [1, 1, 0, 0, 0, 1]
+FINE_TO_PRINCIPAL = [0, 0, 1, 1, 1, 0]
 
 
 class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
@@ -32,7 +32,7 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(sorted(named.levels), [2, 6])
         self.assertAllEqual(named.levels[6], np.arange(6))
         self.assertAllEqual(named.levels[2], FINE_TO_PRINCIPAL)
-        self.assertEqual(named.names, {6: CLASSES, 2: ("animal", "vehicle")})
+        self.assertEqual(named.names, {6: CLASSES, 2: ("vehicle", "animal")})
         self.assertEqual(named.name, "my_images")
 
     def test_json(self):
@@ -60,15 +60,23 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
     def test_psi_and_human_labels_follow_the_file(self):
         tree = {"animal": ["cat", "dog", "owl"], "vehicle": ["bus", "car"], "boat": ["truck"]}
         named = hierarchy_file.load(self._json(tree), "my_images", CLASSES)
-        # Principal classes sorted: animal 0, boat 1, vehicle 2 -> psi [3, 1, 2].
-        self.assertEqual(named.names[3], ("animal", "boat", "vehicle"))
-        self.assertEqual(hierarchy.human_psi(named, 3, 6), (3, 1, 2))
-        self.assertEqual(hierarchy.resolve_psi(named, 3, 6), (3, 1, 2))
+        # Principal classes in the file's order: animal 0, vehicle 1, boat 2 -> psi [3, 2, 1].
+        self.assertEqual(named.names[3], ("animal", "vehicle", "boat"))
+        self.assertEqual(hierarchy.human_psi(named, 3, 6), (3, 2, 1))
+        self.assertEqual(hierarchy.resolve_psi(named, 3, 6), (3, 2, 1))
         self.assertEqual(hierarchy.resolve_psi(named, 3, 9), (3, 3, 3))
-        # Blocks: animal 0..2 (cat, dog, owl), boat 3 (truck), vehicle 4..5 (bus, car).
+        # Blocks: animal 0..2 (cat, dog, owl), vehicle 3..4 (bus, car), boat 5 (truck).
         fine = np.arange(6)  # bus, car, cat, dog, owl, truck
-        self.assertAllEqual(hierarchy.human_aux_labels(named, 3, 6, fine), [4, 5, 0, 1, 2, 3])
-        self.assertAllEqual(named.labels_at(3, fine), [2, 2, 0, 0, 0, 1])
+        self.assertAllEqual(hierarchy.human_aux_labels(named, 3, 6, fine), [3, 4, 0, 1, 2, 5])
+        self.assertAllEqual(named.labels_at(3, fine), [1, 1, 0, 0, 0, 2])
+
+    def test_the_file_orders_the_principal_classes(self):
+        # The same tree written in the other order swaps labels 0 and 1; a .csv's first mentions count.
+        swapped = hierarchy_file.load(self._json(dict(reversed(TREE.items()))), "my_images", CLASSES)
+        self.assertEqual(swapped.names[2], ("animal", "vehicle"))
+        self.assertAllEqual(swapped.levels[2], 1 - np.asarray(FINE_TO_PRINCIPAL))
+        path = self._file("h.csv", "cat,animal\nbus,vehicle\ncar,vehicle\ndog,animal\nowl,animal\ntruck,vehicle\n")
+        self.assertEqual(hierarchy_file.load(path, "my_images", CLASSES).names[2], ("animal", "vehicle"))
 
     def test_flat_without_a_file(self):
         named = hierarchy_file.flat("my_images", CLASSES)

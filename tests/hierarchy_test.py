@@ -1,7 +1,8 @@
 """Tests for maxl_tf.core.hierarchy against hand-written psi, masks and label placements.
 
 Expected values are written out literally from the paper's Appendix A (Table 1) and checked by
-hand against the tables in hierarchy.py; nothing here recomputes them with the library's code.
+hand against the tables in data/cifar.py, mnist.py and digits.py; nothing here recomputes them
+with the library's code.
 """
 
 from absl.testing import parameterized
@@ -10,6 +11,14 @@ import tensorflow as tf
 
 from maxl_tf import errors
 from maxl_tf.core import hierarchy
+from maxl_tf.data import cifar
+from maxl_tf.data import registry
+
+
+def _levels(dataset: str) -> hierarchy.Hierarchy:
+    """A built-in data set's label levels, as a run gets them."""
+    return registry.get(dataset).levels()
+
 
 # psi of every CIFAR-100 (pri, aux) pair of the paper, derived by hand from Appendix A.
 # 10-class level: 0 large animals (reptiles, large carnivores, large omnivores: 3 superclasses),
@@ -67,7 +76,7 @@ class PsiMaskTest(tf.test.TestCase):
 class CifarHierarchyTest(tf.test.TestCase, parameterized.TestCase):
     def setUp(self):
         super().setUp()
-        self.cifar100 = hierarchy.for_dataset("cifar100")
+        self.cifar100 = _levels("cifar100")
 
     def test_levels(self):
         self.assertEqual(sorted(self.cifar100.levels), [3, 10, 20, 100])
@@ -134,7 +143,7 @@ class CifarHierarchyTest(tf.test.TestCase, parameterized.TestCase):
             18: 18,
             19: 19,
         }
-        coarse = np.asarray(hierarchy.CIFAR100_FINE_TO_COARSE)
+        coarse = np.asarray(cifar.CIFAR100_FINE_TO_COARSE)
         all_labels = hierarchy.human_aux_labels(self.cifar100, 3, 20, np.arange(100))
         self.assertAllEqual(all_labels, [slot_of_coarse[c] for c in coarse])
 
@@ -187,21 +196,21 @@ class CifarHierarchyTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(errors.Error, "--method=human"):
             hierarchy.human_aux_labels(self.cifar100, 20, 40, np.arange(10))
         with self.assertRaisesRegex(errors.Error, "--aux=10"):
-            hierarchy.human_aux_labels(hierarchy.for_dataset("cifar10"), 10, 10, np.arange(10))
+            hierarchy.human_aux_labels(_levels("cifar10"), 10, 10, np.arange(10))
 
 
 class ResolvePsiTest(tf.test.TestCase):
     def setUp(self):
         super().setUp()
-        self.cifar10 = hierarchy.for_dataset("cifar10")
-        self.cifar100 = hierarchy.for_dataset("cifar100")
+        self.cifar10 = _levels("cifar10")
+        self.cifar100 = _levels("cifar100")
 
     def test_uniform(self):
         self.assertEqual(hierarchy.resolve_psi(self.cifar10, 10, 50), (5,) * 10)
         self.assertEqual(hierarchy.resolve_psi(self.cifar10, 10, 20), (2,) * 10)
         self.assertEqual(hierarchy.resolve_psi(self.cifar10, 10, 10), (1,) * 10)
         self.assertEqual(hierarchy.resolve_psi(self.cifar10, 10, 1000), (100,) * 10)
-        self.assertEqual(hierarchy.resolve_psi(hierarchy.for_dataset("cifar10_1"), 10, 30), (3,) * 10)
+        self.assertEqual(hierarchy.resolve_psi(_levels("cifar10_1"), 10, 30), (3,) * 10)
         # Not a human level: uniform even on CIFAR-100.
         self.assertEqual(hierarchy.resolve_psi(self.cifar100, 20, 40), (2,) * 20)
         self.assertEqual(hierarchy.resolve_psi(self.cifar100, 3, 6), (2, 2, 2))
@@ -263,13 +272,13 @@ class ResolvePsiTest(tf.test.TestCase):
             hierarchy.resolve_psi(self.cifar10, 10, 0)
 
     def test_unknown_dataset(self):
-        with self.assertRaisesRegex(errors.Error, "imagenet"):
-            hierarchy.for_dataset("imagenet")
+        with self.assertRaisesRegex(errors.Error, r"--dataset=imagenet: unknown; use one of cifar100, "):
+            _levels("imagenet")
 
 
 class DigitsHierarchyTest(tf.test.TestCase):
     def test_psi(self):
-        digits = hierarchy.for_dataset("digits")
+        digits = _levels("digits")
         self.assertEqual(sorted(digits.levels), [2, 10])
         # Curved: 0, 2, 3, 5, 6, 8, 9 (7 digits); straight: 1, 4, 7 (3 digits).
         self.assertEqual(hierarchy.human_psi(digits, 2, 10), (7, 3))
@@ -278,7 +287,7 @@ class DigitsHierarchyTest(tf.test.TestCase):
         self.assertEqual(hierarchy.resolve_psi(digits, 10, 20), (2,) * 10)
 
     def test_human_labels(self):
-        digits = hierarchy.for_dataset("digits")
+        digits = _levels("digits")
         labels = hierarchy.human_aux_labels(digits, 2, 10, np.arange(10))
         # Curved digits fill slots 0..6 in order, straight ones 7..9.
         self.assertAllEqual(labels, [0, 7, 1, 2, 8, 3, 4, 9, 5, 6])
@@ -290,7 +299,7 @@ class FashionMnistHierarchyTest(tf.test.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.fashion = hierarchy.for_dataset("fashion_mnist")
+        self.fashion = _levels("fashion_mnist")
 
     def test_levels(self):
         self.assertEqual(sorted(self.fashion.levels), [2, 6, 10])
@@ -329,7 +338,7 @@ class FashionMnistHierarchyTest(tf.test.TestCase):
 
 class MnistHierarchyTest(tf.test.TestCase):
     def test_digits_only(self):
-        mnist = hierarchy.for_dataset("mnist")
+        mnist = _levels("mnist")
         self.assertEqual(sorted(mnist.levels), [10])
         self.assertEqual(hierarchy.resolve_psi(mnist, 10, 30), (3,) * 10)
         with self.assertRaisesRegex(errors.Error, r"--pri=2: MNIST .*\[10\]"):
@@ -364,7 +373,7 @@ _CIFAR100_MEMBERS = (
 class NamesTest(tf.test.TestCase):
     def test_every_level_of_every_data_set_is_named(self):
         for dataset in ("cifar100", "cifar10", "cifar10_1", "digits", "fashion_mnist", "mnist"):
-            h = hierarchy.for_dataset(dataset)
+            h = _levels(dataset)
             self.assertEqual(sorted(h.names), sorted(h.levels), dataset)
             for level in h.levels:
                 names = h.names_at(level)
@@ -372,7 +381,7 @@ class NamesTest(tf.test.TestCase):
                 self.assertLen(set(names), level, f"{dataset} level {level}: names repeat")
 
     def test_cifar100_names_follow_the_label_order(self):
-        cifar100 = hierarchy.for_dataset("cifar100")
+        cifar100 = _levels("cifar100")
         fine_names = np.asarray(cifar100.names_at(100))
         self.assertEqual(list(fine_names), sorted(fine_names))  # the published order is alphabetical
         for coarse, members in enumerate(_CIFAR100_MEMBERS):
@@ -387,18 +396,18 @@ class NamesTest(tf.test.TestCase):
         self.assertEqual(cifar100.names_at(3)[cifar100.levels[3][bear]], "animals")
 
     def test_names_of_small_sets(self):
-        fashion = hierarchy.for_dataset("fashion_mnist")
+        fashion = _levels("fashion_mnist")
         names = np.asarray(fashion.names_at(10))
         self.assertEqual(tuple(names[fashion.levels[2] == 1]), ("Sandal", "Sneaker", "Bag", "Ankle boot"))
         self.assertEqual(
             tuple(names[fashion.levels[6] == fashion.names_at(6).index("tops")]), ("T-shirt/top", "Pullover", "Shirt")
         )
         self.assertEqual(fashion.names_at(2), ("clothes", "goods"))
-        digits = hierarchy.for_dataset("digits")
+        digits = _levels("digits")
         self.assertEqual(digits.names_at(2)[digits.levels[2][7]], "straight")
         self.assertEqual(digits.names_at(10)[7], "7")
-        self.assertEqual(hierarchy.for_dataset("cifar10").names_at(10)[3], "cat")
-        self.assertEqual(hierarchy.for_dataset("mnist").names_at(10), tuple("0123456789"))
+        self.assertEqual(_levels("cifar10").names_at(10)[3], "cat")
+        self.assertEqual(_levels("mnist").names_at(10), tuple("0123456789"))
 
     def test_level_without_names_shows_numbers(self):
         h = hierarchy.Hierarchy("toy", {4: np.arange(4), 2: np.array([0, 0, 1, 1])}, {4: ("a", "b", "c", "d")})

@@ -6,14 +6,15 @@ import tensorflow as tf
 
 from maxl_tf.core import hierarchy
 from maxl_tf.core import labels
+from maxl_tf.data import registry
 from maxl_tf.models import vgg as models
 
 
 class FixedLabelsTest(tf.test.TestCase, parameterized.TestCase):
     def setUp(self):
         super().setUp()
-        self.cifar100 = hierarchy.for_dataset("cifar100")
-        self.cifar10 = hierarchy.for_dataset("cifar10")
+        self.cifar100 = registry.get("cifar100").levels()
+        self.cifar10 = registry.get("cifar10").levels()
         self.fine = np.random.default_rng(0).integers(0, 100, size=6000)
 
     @parameterized.parameters("single", "maxl")
@@ -77,7 +78,7 @@ class FixedLabelsTest(tf.test.TestCase, parameterized.TestCase):
         ("cifar10", 10, 15, (2, 1, 2, 1, 2, 1, 2, 1, 2, 1)),
     )
     def test_random_within_blocks_and_roughly_uniform(self, dataset, pri, aux, psi):
-        data = hierarchy.for_dataset(dataset)
+        data = registry.get(dataset).levels()
         fine = np.random.default_rng(1).integers(0, data.finest, size=20000 if aux == 100 else 6000)
         out = labels.fixed_aux_labels("random", data, pri, aux, psi, fine, seed=5)
         principal = data.labels_at(pri, fine)

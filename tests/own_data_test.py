@@ -1,6 +1,7 @@
 """A user's own images end to end: flags, training on a folder with a hierarchy file, the exports
 loaded in a fresh process, and python -m maxl_tf.predict (README "Your own data")."""
 
+import hashlib
 import json
 import os
 import re
@@ -15,15 +16,17 @@ from maxl_tf import errors
 from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import hierarchy
 from maxl_tf.core import losses
-from maxl_tf.data import image_folder
+from maxl_tf.data import images as images_lib
 from maxl_tf.data import pipeline as data_lib
+from maxl_tf.data import registry
+from maxl_tf.data import source
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
 from tests import smoke_util
 
 CLASSES = ("bus", "car", "cat", "dog", "owl")
-TREE = {"vehicle": ["bus", "car"], "animal": ["cat", "dog", "owl"]}  # animal 0, vehicle 1: psi (3, 2)
+TREE = {"animal": ["cat", "dog", "owl"], "vehicle": ["bus", "car"]}  # animal 0, vehicle 1: psi (3, 2)
 
 
 def write_folder(root: str, per_class: int = 10, size: int = 12) -> None:
@@ -60,10 +63,12 @@ class FlagsTest(tf.test.TestCase):
         human = config_lib.validate(self._config(hierarchy=self.tree, pri=2, aux=5, method="human"))
         self.assertEqual(human.psi, (3, 2))
         self.assertEqual(config_lib.validate(self._config(hierarchy=self.tree, pri=2, aux=6)).psi, (3, 3))
-        self.assertEqual(human.name, "folder_images_pri2_aux5_human_seed0")
+        # The folder's base name and 6 hex of its absolute path's sha256: two "images" folders differ.
+        digest = hashlib.sha256(os.path.abspath(self.folder).encode()).hexdigest()[:6]
+        self.assertEqual(human.name, f"folder_images_{digest}_pri2_aux5_human_seed0")
 
     def test_class_names_of_the_run(self):
-        levels = inputs.datasets.label_levels("folder", self.folder, self.tree)
+        levels = registry.get("folder", source.Options(data_dir=self.folder, hierarchy=self.tree)).levels()
         human = config_lib.validate(self._config(hierarchy=self.tree, pri=2, aux=5, method="human"))
         # Blocks: animal (cat, dog, owl) at 0..2, vehicle (bus, car) at 3..4.
         self.assertEqual(
@@ -81,7 +86,11 @@ class FlagsTest(tf.test.TestCase):
             (dict(dataset="digits", hierarchy=self.tree), r"--hierarchy=.*only for --dataset=folder or tfds:NAME"),
             (dict(image_size=-1), r"--image_size=-1: must not be negative"),
             (dict(test_fraction=1.5), r"--test_fraction=1.5: must be between 0 and 1"),
-            (dict(pri=3), r"--pri=3: folder_images has principal labels with \[5\] classes"),
+            (
+                dict(pri=3),
+                rf"--pri=3: {re.escape(self.folder)} \(5 class folders\) has 5 classes \(bus, car, cat, dog, owl\); "
+                r"pass --pri=5, or --hierarchy=",
+            ),
             (dict(hierarchy=self.tree, pri=2, aux=5, psi=(4, 1), method="human"), r"--psi=4,1: --method=human uses"),
             (dict(data_dir=os.path.join(self.folder, "nope")), r"--data_dir=.*nope does not exist"),
         ]
@@ -153,7 +162,7 @@ class OwnDataEndToEndTest(tf.test.TestCase):
         """The restored in-training networks on the images: principal probabilities [N, 2] and the
         generator's masked softmax [N, 6] under the predicted principal class."""
         config, state, _ = rundir.load_run(self.logdir)
-        images = data_lib.normalise(image_folder.load_images(self.images, 12, 3))
+        images = data_lib.normalise(images_lib.load_images(self.images, 12, 3))
         pri_logits, _ = evaluator_lib.outputs(state.evaluator(images, training=False))
         principal = tf.nn.softmax(pri_logits).numpy()
         mask = tf.gather(hierarchy.psi_mask(config.psi), np.argmax(principal, axis=1))
@@ -172,13 +181,13 @@ class OwnDataEndToEndTest(tf.test.TestCase):
         out = os.path.join(self.tmp, "fresh.npz")
         script = f"""
 import numpy as np, keras, tensorflow as tf
-from maxl_tf import data, image_folder   # not models: the .keras files hold Keras' own layers
-images = image_folder.load_images({self.images!r}, 12, 3)
+from maxl_tf.data import images as images_lib, pipeline  # not models: the .keras files hold Keras' own layers
+images = images_lib.load_images({self.images!r}, 12, 3)
 evaluator = keras.saving.load_model({os.path.join(self.logdir, "evaluator.keras")!r})
 generator = keras.saving.load_model({os.path.join(self.logdir, "generator.keras")!r})
 serving = tf.saved_model.load({os.path.join(self.logdir, "serving")!r})
 served = serving.serve(tf.constant(images))
-x = data.normalise(images)
+x = pipeline.normalise(images)
 np.savez({out!r}, principal_logits=evaluator(x, training=False)[0].numpy(),
          generator_logits=generator(x, training=False).numpy(),
          served_principal=served["principal"].numpy(), served_auxiliary=served["auxiliary"].numpy())

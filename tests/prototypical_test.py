@@ -11,8 +11,8 @@ import tensorflow as tf
 from maxl_tf import errors
 from maxl_tf.core import hierarchy
 from maxl_tf.core import labels
-from maxl_tf.data import loaders
 from maxl_tf.data import pipeline as data
+from maxl_tf.data import registry
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import train
@@ -64,7 +64,7 @@ class NearestPrototypeTest(tf.test.TestCase):
 
 
 def _digits(n=200):
-    raw = loaders.load("digits", None, False)
+    raw = registry.get("digits").load()
     return raw.train.images[:n], raw.train.labels[:n]
 
 
@@ -80,7 +80,7 @@ class EmbedderTest(tf.test.TestCase):
         embeddings = embedder.embed(saved, images)
         self.assertAllEqual(embeddings, images.reshape(len(images), 64).astype(np.float32))
 
-        digits = hierarchy.for_dataset("digits")
+        digits = registry.get("digits").levels()
         _, meta = data.split_meta(len(fine), 0.1, seed=0)
         out = labels.prototypical_aux_labels(embedder.embed(saved, images), digits, 2, 10, (7, 3), fine, meta)
         expected = labels.nearest_prototype_labels(

@@ -1,4 +1,5 @@
-"""Tests for maxl_tf.data.loaders on tiny data sets written in the published formats (no network)."""
+"""Tests for the built-in sources (maxl_tf.data cifar, mnist, digits, through the registry) and
+tfds.py's download checks, on tiny data sets written in the published formats (no network)."""
 
 import os
 import pickle
@@ -12,12 +13,27 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from maxl_tf import errors
-from maxl_tf.core import hierarchy
+from maxl_tf.data import cifar
 from maxl_tf.data import idx
-from maxl_tf.data import loaders
+from maxl_tf.data import registry
+from maxl_tf.data import source
+from maxl_tf.data import tfds as tfds_source
 from tests import idx_test
 
-_TABLE = np.asarray(hierarchy.CIFAR100_FINE_TO_COARSE)
+_TABLE = np.asarray(cifar.CIFAR100_FINE_TO_COARSE)
+
+
+def _source(dataset: str, data_dir: str | None, download: bool) -> source.Source:
+    """The source a run gets for --dataset, --data_dir (None: left out) and --download."""
+    return registry.get(dataset, source.Options(data_dir=data_dir or "", download=download))
+
+
+def _load(dataset: str, data_dir: str | None, download: bool) -> source.Loaded:
+    return _source(dataset, data_dir, download).load()
+
+
+def _find(dataset: str, data_dir: str | None, download: bool) -> None:
+    _source(dataset, data_dir, download).find()
 
 
 def _random_images(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -46,7 +62,7 @@ def _expected_hwc(row: np.ndarray) -> np.ndarray:
     return image
 
 
-class LoadersTest(tf.test.TestCase, parameterized.TestCase):
+class SourcesTest(tf.test.TestCase, parameterized.TestCase):
     def setUp(self):
         super().setUp()
         self.rng = np.random.default_rng(0)
@@ -110,7 +126,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         np.save(os.path.join(data_dir, "cifar10.1_v6_labels.npy"), labels)
         return images, labels
 
-    def _assert_split(self, split: loaders.Split, n: int, shape=(32, 32, 3)) -> None:
+    def _assert_split(self, split: source.Split, n: int, shape=(32, 32, 3)) -> None:
         self.assertEqual(split.images.shape, (n, *shape))
         self.assertEqual(split.images.dtype, np.uint8)
         self.assertEqual(split.labels.shape, (n,))
@@ -123,7 +139,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         data_dir = self._dir("data")
         written = self._write_cifar100(data_dir, as_tar)
 
-        raw = loaders.load("cifar100", data_dir, download=False)
+        raw = _load("cifar100", data_dir, download=False)
 
         self._assert_split(raw.train, 20)
         self._assert_split(raw.test, 10)
@@ -132,14 +148,14 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllEqual(raw.train.images[5], _expected_hwc(written["train"][b"data"][5]))
         self.assertAllEqual(raw.test.images[9], _expected_hwc(written["test"][b"data"][9]))
         expected = "cifar-100-python.tar.gz" if as_tar else "cifar-100-python"
-        self.assertEqual(raw.source, f"local archive {os.path.join(data_dir, expected)}")
+        self.assertEqual(raw.description, f"local archive {os.path.join(data_dir, expected)}")
 
     @parameterized.named_parameters(("tar_gz", True), ("folder", False))
     def test_cifar10_local(self, as_tar):
         data_dir = self._dir("data")
         written = self._write_cifar10(data_dir, as_tar)
 
-        raw = loaders.load("cifar10", data_dir, download=False)
+        raw = _load("cifar10", data_dir, download=False)
 
         self._assert_split(raw.train, 20)
         self._assert_split(raw.test, 10)
@@ -148,27 +164,27 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllEqual(raw.test.labels, written["test_batch"][b"labels"])
         # Image 6 of the training split is image 2 of data_batch_2: batches keep their order.
         self.assertAllEqual(raw.train.images[6], _expected_hwc(batches[1][b"data"][2]))
-        self.assertIn("local archive", raw.source)
+        self.assertIn("local archive", raw.description)
 
     def test_cifar10_1_local(self):
         data_dir = self._dir("data")
         written = self._write_cifar10(data_dir, as_tar=True)
         images, labels = self._write_cifar10_1(data_dir, n=7)
 
-        raw = loaders.load("cifar10_1", data_dir, download=False)
+        raw = _load("cifar10_1", data_dir, download=False)
 
         self._assert_split(raw.train, 20)
         self._assert_split(raw.test, 7)
         self.assertAllEqual(raw.train.labels[:4], written["data_batch_1"][b"labels"])
         self.assertAllEqual(raw.test.images, images)
         self.assertAllEqual(raw.test.labels, labels)
-        self.assertIn("cifar10.1_v6_data.npy", raw.source)
+        self.assertIn("cifar10.1_v6_data.npy", raw.description)
 
     def test_cifar10_1_without_cifar10_archive_names_it(self):
         data_dir = self._dir("data")
         self._write_cifar10_1(data_dir)
         with self.assertRaisesRegex(errors.Error, r"cifar-10-python\.tar\.gz"):
-            loaders.load("cifar10_1", data_dir, download=False)
+            _load("cifar10_1", data_dir, download=False)
 
     def test_cifar10_1_bad_npy_names_file(self):
         data_dir = self._dir("data")
@@ -176,14 +192,14 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         self._write_cifar10_1(data_dir)
         np.save(os.path.join(data_dir, "cifar10.1_v6_data.npy"), np.zeros((7, 32, 32), np.uint8))
         with self.assertRaisesRegex(errors.Error, r"v6_data\.npy.*download them again"):
-            loaders.load("cifar10_1", data_dir, download=False)
+            _load("cifar10_1", data_dir, download=False)
 
     def test_coarse_label_disagreeing_with_table(self):
         data_dir = self._dir("data")
         self._write_cifar100(data_dir, as_tar=True, bad_coarse=True)
         expected = r"cifar-100-python\.tar\.gz.*1 coarse labels disagree"
         with self.assertRaisesRegex(errors.Error, expected):
-            loaders.load("cifar100", data_dir, download=False)
+            _load("cifar100", data_dir, download=False)
 
     def test_truncated_tar_gz_names_file(self):
         data_dir = self._dir("data")
@@ -194,14 +210,14 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         with open(tar_path, "wb") as f:
             f.write(content[: len(content) // 2])
         with self.assertRaisesRegex(errors.Error, rf"{tar_path}.*download it again"):
-            loaders.load("cifar100", data_dir, download=False)
+            _load("cifar100", data_dir, download=False)
 
     def test_missing_member_names_file(self):
         data_dir = self._dir("data")
         self._write_cifar10(data_dir, as_tar=False)
         os.remove(os.path.join(data_dir, "cifar-10-batches-py", "data_batch_3"))
         with self.assertRaisesRegex(errors.Error, r"cifar-10-batches-py.*data_batch_3"):
-            loaders.load("cifar10", data_dir, download=False)
+            _load("cifar10", data_dir, download=False)
 
     def test_wrong_image_size_names_file(self):
         data_dir = self._dir("data")
@@ -209,20 +225,20 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         path = os.path.join(data_dir, "cifar-10-batches-py", "test_batch")
         _pickle(path, {b"data": np.zeros((10, 3000), np.uint8), b"labels": [0] * 10})
         with self.assertRaisesRegex(errors.Error, r"cifar-10-batches-py.*uint8 \[N, 3072\]"):
-            loaders.load("cifar10", data_dir, download=False)
+            _load("cifar10", data_dir, download=False)
 
     def test_label_out_of_range(self):
         data_dir = self._dir("data")
         self._write_cifar10(data_dir, as_tar=False, bad_label=True)
         with self.assertRaisesRegex(errors.Error, r"test split.*0\.\.9"):
-            loaders.load("cifar10", data_dir, download=False)
+            _load("cifar10", data_dir, download=False)
 
     # --- missing data / tensorflow-datasets ------------------------------------------------------
 
     def test_missing_data_dir(self):
         data_dir = os.path.join(self.get_temp_dir(), "does_not_exist")
         with self.assertRaisesRegex(errors.Error, rf"--data_dir={data_dir} does not exist"):
-            loaders.load("cifar100", data_dir, download=True)
+            _load("cifar100", data_dir, download=True)
         self.assertFalse(os.path.exists(data_dir))
 
     @parameterized.parameters("cifar100", "cifar10", "cifar10_1")
@@ -230,7 +246,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         data_dir = self._dir("empty")
         with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
             with self.assertRaises(errors.Error) as caught:
-                loaders.load(dataset, data_dir, download=False)
+                _load(dataset, data_dir, download=False)
         download.assert_not_called()
         message = str(caught.exception)
         self.assertIn(f"--data_dir={data_dir}", message)
@@ -245,7 +261,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
             with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
                 expected = r"tfds_default.*--data_dir=<that folder>"
                 with self.assertRaisesRegex(errors.Error, expected):
-                    loaders.load("cifar10", None, download=False)
+                    _load("cifar10", None, download=False)
         download.assert_not_called()
 
     def test_download_failure_becomes_data_error(self):
@@ -253,22 +269,23 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         failure = ConnectionError("Name or service not known")
         expected = (
             rf"^No cifar100 data in --data_dir={data_dir} \(looked for cifar-100-python.tar.gz.*\), and "
-            r"downloading cifar100 there .*failed \(ConnectionError: Name or service not known\)"
+            r"downloading cifar100/[\d.]+ with tensorflow-datasets failed \(ConnectionError: Name or service not "
+            r"known\); no internet\? To work offline put .*--data_dir=<that folder>"
         )
         with (
-            mock.patch.object(loaders, "_offline", return_value=False),
+            mock.patch.object(tfds_source, "offline", return_value=False),
             mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure),
         ):
             with self.assertRaisesRegex(errors.Error, expected):
-                loaders.load("cifar100", data_dir, download=True)
+                _load("cifar100", data_dir, download=True)
         # Without --data_dir the message says how to give one.
         with (
-            mock.patch.object(loaders, "_offline", return_value=False),
+            mock.patch.object(tfds_source, "offline", return_value=False),
             mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare", side_effect=failure),
             mock.patch.object(tfds.core.constants, "DATA_DIR", self._dir("tfds_default")),
         ):
             with self.assertRaisesRegex(errors.Error, r"cifar100.*failed \(ConnectionError.*--data_dir=<that folder>"):
-                loaders.load("cifar100", None, download=True)
+                _load("cifar100", None, download=True)
 
     def test_offline_download_fails_fast_without_trying(self):
         data_dir = self._dir("empty")
@@ -281,21 +298,22 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
             with self.assertRaisesRegex(
                 errors.Error,
                 rf"^No cifar100 data in --data_dir={data_dir} .*, and "
-                r"downloading cifar100 there is impossible: no network",
+                r"downloading cifar100/[\d.]+ is impossible: no network",
             ):
-                loaders.load("cifar100", data_dir, download=True)
-            with self.assertRaisesRegex(errors.Error, r"Cannot download cifar100: no network.*--data_dir"):
+                _load("cifar100", data_dir, download=True)
+            expected = r"No cifar100 data in the tensorflow-datasets folder.*impossible: no network.*--data_dir=<"
+            with self.assertRaisesRegex(errors.Error, expected):
                 with mock.patch.object(tfds.core.constants, "DATA_DIR", self._dir("tfds_default")):
-                    loaders.load("cifar100", None, download=True)
+                    _load("cifar100", None, download=True)
         download.assert_not_called()
-        self.assertLen(lookup.call_args_list, 2 * len(loaders._DOWNLOAD_HOSTS))
+        self.assertLen(lookup.call_args_list, 2 * len(tfds_source.DOWNLOAD_HOSTS))
 
     def test_proxy_leaves_the_download_to_try(self):
         with (
             mock.patch.dict(os.environ, {"HTTPS_PROXY": "http://proxy:3128"}),
             mock.patch.object(socket, "getaddrinfo", side_effect=OSError),
         ):
-            self.assertFalse(loaders._offline())
+            self.assertFalse(tfds_source.offline())
 
     def _fake_prepare(self, builder, num_examples: int = 6) -> None:
         """Writes what preparing leaves behind but the records (mock_data supplies the examples)."""
@@ -316,23 +334,23 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         data_dir = self._prepared_tfds_dir("cifar10")
         with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
             with tfds.testing.mock_data(num_examples=6, data_dir=data_dir):
-                raw = loaders.load("cifar10", data_dir, download=False)
+                raw = _load("cifar10", data_dir, download=False)
         download.assert_not_called()
         self._assert_split(raw.train, 6)
         self._assert_split(raw.test, 6)
         for split in (raw.train, raw.test):
             self.assertBetween(split.labels.min(), 0, 9)
             self.assertBetween(split.labels.max(), 0, 9)
-        self.assertEqual(raw.source, f"tfds cifar10/3.0.2 in {data_dir}")
+        self.assertEqual(raw.description, f"tfds cifar10/3.0.2 in {data_dir}")
 
     def test_tfds_prepared_cifar10_1(self):
         data_dir = self._prepared_tfds_dir("cifar10", "cifar10_1/v6")
         with tfds.testing.mock_data(num_examples=5, data_dir=data_dir):
-            raw = loaders.load("cifar10_1", data_dir, download=False)
+            raw = _load("cifar10_1", data_dir, download=False)
         self._assert_split(raw.train, 5)
         self._assert_split(raw.test, 5)
         self.assertBetween(raw.test.labels.max(), 0, 9)
-        self.assertEqual(raw.source, f"tfds cifar10/3.0.2 (train) + cifar10_1/v6/1.1.0 (test) in {data_dir}")
+        self.assertEqual(raw.description, f"tfds cifar10/3.0.2 (train) + cifar10_1/v6/1.1.0 (test) in {data_dir}")
 
     def test_tfds_download_when_not_prepared(self):
         data_dir = self._dir("tfds")
@@ -344,10 +362,10 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
 
         with tfds.testing.mock_data(num_examples=6, data_dir=data_dir):
             with (
-                mock.patch.object(loaders, "_offline", return_value=False),
+                mock.patch.object(tfds_source, "offline", return_value=False),
                 mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare", fake_download_and_prepare),
             ):
-                raw = loaders.load("cifar10", data_dir, download=True)
+                raw = _load("cifar10", data_dir, download=True)
         self.assertEqual(prepared, ["cifar10/3.0.2"])
         self._assert_split(raw.train, 6)
         self._assert_split(raw.test, 6)
@@ -370,7 +388,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         data_dir = self._prepared_tfds_dir("cifar100")
         as_dataset = self._cifar100_as_dataset(bad_coarse=False)
         with tfds.testing.mock_data(data_dir=data_dir, as_dataset_fn=as_dataset):
-            raw = loaders.load("cifar100", data_dir, download=False)
+            raw = _load("cifar100", data_dir, download=False)
         self._assert_split(raw.train, 8)
         self.assertAllEqual(raw.train.labels, np.arange(8) * 12)
         self.assertAllEqual(raw.test.labels, np.arange(8) * 12 + 1)
@@ -381,27 +399,27 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         as_dataset = self._cifar100_as_dataset(bad_coarse=True)
         with tfds.testing.mock_data(data_dir=data_dir, as_dataset_fn=as_dataset):
             with self.assertRaisesRegex(errors.Error, r"cifar100.*coarse labels disagree"):
-                loaders.load("cifar100", data_dir, download=False)
+                _load("cifar100", data_dir, download=False)
 
     # --- find: what a sweep checks before its first run trains --------------------------------
 
     def test_find_locates_archives_without_reading_them(self):
         data_dir = self._dir("data")
         os.makedirs(os.path.join(data_dir, "cifar-100-python"))  # empty: load() would fail reading it
-        loaders.find("cifar100", data_dir, download=False)
+        _find("cifar100", data_dir, download=False)
         with self.assertRaisesRegex(errors.Error, "cifar-100-python.*unreadable"):
-            loaders.load("cifar100", data_dir, download=False)
+            _load("cifar100", data_dir, download=False)
         idx_dir = self._dir("idx")
         open(os.path.join(idx_dir, "train-images-idx3-ubyte"), "w").close()  # empty: load() would fail
-        loaders.find("fashion_mnist", idx_dir, download=False)
+        _find("fashion_mnist", idx_dir, download=False)
         with self.assertRaisesRegex(errors.Error, "holds only some of fashion_mnist's IDX files"):
-            loaders.load("fashion_mnist", idx_dir, download=False)
-        loaders.find("digits", "/no/such/dir/is/used", download=False)
+            _load("fashion_mnist", idx_dir, download=False)
+        _find("digits", "/no/such/dir/is/used", download=False)
 
     def test_find_locates_a_prepared_tfds_copy_without_reading_it(self):
         data_dir = self._prepared_tfds_dir("cifar10", "cifar10_1/v6")
         with mock.patch.object(tfds.core.DatasetBuilder, "as_dataset") as read:
-            loaders.find("cifar10_1", data_dir, download=False)
+            _find("cifar10_1", data_dir, download=False)
         read.assert_not_called()
 
     def test_find_refuses_what_load_refuses(self):
@@ -415,7 +433,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
             ("cifar10_1", partial, r"holds only part of cifar10_1"),
         ):
             with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
-                for check in (loaders.find, loaders.load):
+                for check in (_find, _load):
                     with self.assertRaisesRegex(errors.Error, expected):
                         check(dataset, data_dir, download=False)
             download.assert_not_called()
@@ -423,30 +441,34 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
     # --- digits and arguments ------------------------------------------------------------------
 
     def test_digits(self):
-        raw = loaders.load("digits", "/no/such/dir/is/used", download=False)
+        raw = _load("digits", "/no/such/dir/is/used", download=False)
         self._assert_split(raw.train, 1437, shape=(8, 8, 1))
         self._assert_split(raw.test, 360, shape=(8, 8, 1))
         self.assertEqual(max(raw.train.images.max(), raw.test.images.max()), 255)
         self.assertEqual(min(raw.train.images.min(), raw.test.images.min()), 0)
         # Stratified: every digit is 20% +- 1 of the test split.
         self.assertAllInRange(np.bincount(raw.test.labels, minlength=10), 35, 37)
-        self.assertEqual(raw.source, "scikit-learn load_digits")
+        self.assertEqual(raw.description, "scikit-learn load_digits")
 
-        again = loaders.load("digits", None, download=True)
+        again = _load("digits", None, download=True)
         self.assertAllEqual(again.test.images, raw.test.images)
         self.assertAllEqual(again.test.labels, raw.test.labels)
         self.assertAllEqual(again.train.labels, raw.train.labels)
 
     def test_digits_scaling(self):
-        raw = loaders.load("digits", None, download=False)
+        raw = _load("digits", None, download=False)
         values = np.unique(np.concatenate([raw.train.images.ravel(), raw.test.images.ravel()]))
         expected = {round(v * 255 / 16) for v in range(17)}
         self.assertContainsSubset(set(values.tolist()), expected)
 
     def test_unknown_dataset(self):
-        expected = r"--dataset must be one of cifar100, cifar10, cifar10_1, digits, fashion_mnist, mnist"
+        built_in = ("cifar100", "cifar10", "cifar10_1", "mnist", "fashion_mnist", "digits")
+        self.assertEqual(registry.names(), (*built_in, registry.FOLDER))
+        expected = rf"^--dataset=emnist: unknown; use one of {', '.join(built_in)}, folder \(folder: with --data_dir="
         with self.assertRaisesRegex(errors.Error, expected):
-            loaders.load("emnist", None, download=False)
+            _load("emnist", None, download=False)
+        with self.assertRaisesRegex(errors.Error, expected):
+            registry.check_name("emnist")
 
     # --- MNIST and Fashion-MNIST ----------------------------------------------------------------
 
@@ -461,7 +483,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
                 idx_test.write(os.path.join(folder, name), idx_test.idx_bytes(array), gzipped=True)
         return arrays
 
-    def _assert_padded(self, split: loaders.Split, images: np.ndarray, labels) -> None:
+    def _assert_padded(self, split: source.Split, images: np.ndarray, labels) -> None:
         self._assert_split(split, len(labels), shape=(32, 32, 1))
         self.assertAllEqual(split.images[:, 2:30, 2:30, 0], images)
         self.assertEqual(int(split.images[:, :2].max()), 0)
@@ -473,19 +495,19 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         data_dir = self._dir("idx")
         arrays = self._write_idx(data_dir)
         with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as download:
-            raw = loaders.load(dataset, data_dir, download=True)
+            raw = _load(dataset, data_dir, download=True)
         download.assert_not_called()
         for split, (images, labels) in zip((raw.train, raw.test), (arrays["train"], arrays["test"])):
             self._assert_padded(split, images, labels)
-        self.assertEqual(raw.source, f"IDX files in {data_dir}, padded to 32x32")
+        self.assertEqual(raw.description, f"IDX files in {data_dir}, padded to 32x32")
 
     def test_fashion_mnist_from_debian_folder_without_data_dir(self):
         debian = self._dir("debian")
         arrays = self._write_idx(debian)
         with mock.patch.object(idx, "DEBIAN_FASHION_MNIST", debian):
-            raw = loaders.load("fashion_mnist", None, download=False)
+            raw = _load("fashion_mnist", None, download=False)
         self._assert_padded(raw.test, *arrays["test"])
-        self.assertEqual(raw.source, f"IDX files in {debian}, padded to 32x32")
+        self.assertEqual(raw.description, f"IDX files in {debian}, padded to 32x32")
 
     def test_broken_idx_file_in_data_dir(self):
         data_dir = self._dir("idx")
@@ -495,22 +517,22 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
         )
         os.remove(os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz"))
         with self.assertRaisesRegex(errors.Error, r"t10k-labels-idx1-ubyte: label 10 at example 1"):
-            loaders.load("fashion_mnist", data_dir, download=False)
+            _load("fashion_mnist", data_dir, download=False)
 
     def test_fashion_mnist_from_prepared_tfds(self):
         data_dir = self._prepared_tfds_dir("fashion_mnist")
         with tfds.testing.mock_data(num_examples=6, data_dir=data_dir):
-            raw = loaders.load("fashion_mnist", data_dir, download=False)
+            raw = _load("fashion_mnist", data_dir, download=False)
         self._assert_split(raw.train, 6, shape=(32, 32, 1))
         self._assert_split(raw.test, 6, shape=(32, 32, 1))
         self.assertEqual(int(raw.test.images[:, :2].max()), 0)
-        self.assertRegex(raw.source, rf"^tfds fashion_mnist/[\d.]+ in {data_dir}, padded to 32x32$")
+        self.assertRegex(raw.description, rf"^tfds fashion_mnist/[\d.]+ in {data_dir}, padded to 32x32$")
 
     @parameterized.parameters("fashion_mnist", "mnist")
     def test_empty_data_dir_names_the_idx_files(self, dataset):
         data_dir = self._dir("empty")
         with self.assertRaises(errors.Error) as caught:
-            loaders.load(dataset, data_dir, download=False)
+            _load(dataset, data_dir, download=False)
         message = str(caught.exception)
         self.assertIn(f"No {dataset} data in --data_dir={data_dir}", message)
         self.assertIn("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte", message)
@@ -524,7 +546,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
                 rf"No mnist data in the tensorflow-datasets folder {tfds_dir}: "
                 "put the four IDX files",
             ):
-                loaders.load("mnist", None, download=False)
+                _load("mnist", None, download=False)
 
     def test_fashion_mnist_without_data_dir_or_package(self):
         tfds_dir = self._dir("tfds_default")
@@ -533,7 +555,7 @@ class LoadersTest(tf.test.TestCase, parameterized.TestCase):
             mock.patch.object(idx, "DEBIAN_FASHION_MNIST", os.path.join(tfds_dir, "absent")),
         ):
             with self.assertRaisesRegex(errors.Error, "apt-get install dataset-fashion-mnist"):
-                loaders.load("fashion_mnist", None, download=False)
+                _load("fashion_mnist", None, download=False)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from maxl_tf import errors
 from maxl_tf import visualise
 from maxl_tf.core import hierarchy as hierarchy_lib
 from maxl_tf.core import labels as labels_lib
+from maxl_tf.data import registry
 from maxl_tf.experiment import rundir
 from maxl_tf.experiment import train
 from maxl_tf.models import vgg as models
@@ -187,7 +188,7 @@ class VisualiseTest(tf.test.TestCase):
             aux_probabilities=probabilities,
             aux_source="generator",
             pri_of_aux=pri_of_aux,
-            class_names=hierarchy_lib.for_dataset("fashion_mnist").names_at(10),
+            class_names=registry.get("fashion_mnist").levels().names_at(10),
             aux_names=None,
         )
         path = os.path.join(self.root, "fig6.png")
