@@ -6,10 +6,12 @@ list), --seeds, --pairs and --entropy_weights one run after another, each in
 <--logdir or runs>/<run name>; rerunning it skips complete runs and resumes the rest
 (maxl_tf/sweep.py). The same command started several times, on one machine or on several
 sharing the file system, shares the runs: each worker claims a run before training it
-(maxl_tf/claims.py; python -m maxl_tf.launch starts N workers).
+(maxl_tf/claims.py; python -m maxl_tf.launch starts N workers). With --engine=ray each run is
+a task on a Ray cluster instead (maxl_tf/ray_engine.py).
 """
 
 import functools
+import os
 import sys
 
 from absl import flags
@@ -51,6 +53,29 @@ def define_flags(flag_values=flags.FLAGS) -> None:
         "(the same for every worker; BUILD.md says why 300).",
         flag_values=flag_values,
     )
+    flags.DEFINE_enum(
+        "engine",
+        "serial",
+        ["serial", "ray"],
+        "Sweep: serial: this process trains the runs one after another (start several to share them); "
+        "ray: each run is a Ray task (maxl_tf/ray_engine.py; pip install .[ray]).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "ray_address",
+        "",
+        "--engine=ray: a running Ray cluster's address, e.g. 10.0.0.1:6379 (empty: RAY_ADDRESS, "
+        "else a Ray started on this machine for the command).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "gpus_per_run",
+        None,
+        "--engine=ray: GPUs each run asks for; a fraction shares one (0.25: four runs per GPU). "
+        "Default: 1 where the cluster has GPUs, else 0.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float("cpus_per_run", 1, "--engine=ray: CPUs each run asks for.", flag_values=flag_values)
 
 
 def configs_from_flags(flag_values=flags.FLAGS) -> list:
@@ -85,6 +110,24 @@ def main(argv):
         raise errors.Error(
             f"--heartbeat_timeout={flags.FLAGS.heartbeat_timeout}: must be a positive number of seconds."
         )
+    if flags.FLAGS.engine == "ray":  # the runs train in Ray's tasks; this process needs no TensorFlow
+        from maxl_tf import ray_engine
+
+        all_results = ray_engine.run_sweep(
+            configs,
+            main_py=os.path.abspath(__file__),
+            address=flags.FLAGS.ray_address,
+            gpus_per_run=flags.FLAGS.gpus_per_run,
+            cpus_per_run=flags.FLAGS.cpus_per_run,
+            heartbeat_timeout=flags.FLAGS.heartbeat_timeout,
+        )
+    else:
+        all_results = _train_here(configs)
+    _print_tables(configs, all_results)
+
+
+def _train_here(configs: list) -> list:
+    """The serial engine: this process trains, resumes or skips each run in turn."""
     cli.start_tensorflow(configs[0].deterministic, start_runtime=configs[0].strategy != "multi_worker")
     # TensorFlow and the models: only once the flags are known to be good.
     from maxl_tf import inputs
@@ -96,7 +139,10 @@ def main(argv):
     # strategy train each run together, so there the claims are off.
     worker = claims.Worker(flags.FLAGS.heartbeat_timeout) if configs[0].strategy != "multi_worker" else None
     progress = flags.FLAGS.progress and sys.stdout.isatty()
-    all_results = sweep.run(configs, functools.partial(train.train_and_evaluate, progress=progress), worker)
+    return sweep.run(configs, functools.partial(train.train_and_evaluate, progress=progress), worker)
+
+
+def _print_tables(configs: list, all_results: list) -> None:
     if len({(c.seed, c.pri, c.aux, c.entropy_weight) for c in configs}) > 1:  # more than methods
         groups = report.group_runs(all_results)
         print("\n" + report.markdown_table(groups))

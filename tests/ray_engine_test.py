@@ -1,0 +1,192 @@
+"""--engine=ray: a sweep's runs as Ray tasks give the serial sweep's results, a killed Ray worker's
+run is retried and resumes exactly, a run failing on bad input is reported and not retried, and
+without Ray the command says how to install it.
+
+The sweep test connects to a local Ray of 2 CPUs started here; the bad-input test lets the
+command start its own, as on a user's machine.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+from absl import flags
+import pytest
+import tensorflow as tf
+
+import main
+from maxl_tf import cli
+from maxl_tf import errors
+from maxl_tf import ray_engine
+from tests import smoke_util
+
+try:
+    import ray
+except ImportError:
+    ray = None
+
+# Two runs, long enough (3 epochs) to kill one's worker after its first checkpoint.
+SWEEP = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--method=single", "--seeds=0,1", "--epochs=3")
+KILLED = "digits_pri2_aux10_single_seed0"
+
+
+def _numbers(logdir: str) -> dict:
+    """results.json without timings, which legitimately differ between processes."""
+    with open(os.path.join(logdir, "results.json")) as f:
+        results = json.load(f)
+    history = [{k: v for k, v in record.items() if not k.startswith("perf/")} for record in results["history"]]
+    return {"history": history, "test_accuracy": results["test_accuracy"], "complete": results["complete"]}
+
+
+def _epochs_done(logdir: str) -> int:
+    try:
+        with open(os.path.join(logdir, "results.json")) as f:
+            return len(json.load(f)["history"])
+    except (OSError, ValueError):
+        return 0
+
+
+def _training_process(logdir: str) -> int | None:
+    """The PID of main.py training the run in logdir, if one is running."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                arguments = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if f"--logdir={logdir}" in arguments and any(a.endswith("main.py") for a in arguments):
+            return int(pid)
+    return None
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[1])
+
+
+class RunFlagsTest(tf.test.TestCase):
+    def test_a_runs_flags_replay_its_config_exactly(self):
+        config = smoke_util.smoke_config("runs/sweep/run", method="maxl", seed=3, entropy_weight=0.1, psi=(4, 6))
+        flag_values = flags.FlagValues()
+        main.define_flags(flag_values)
+        flag_values(["main.py", *ray_engine.run_flags(config, 7.5)])
+        self.assertEqual(cli.config_from_flags(flag_values), config)
+        self.assertEqual(flag_values.heartbeat_timeout, 7.5)
+        self.assertEqual((flag_values.seeds, flag_values.pairs, flag_values.method), ("", "", "maxl"))
+
+    def test_only_a_killed_or_signalled_run_is_retried(self):
+        retried = {code: ray_engine.worth_retrying(ray_engine.Outcome(code)) for code in (-9, 130, 143, 0, 1, 2, 75)}
+        self.assertEqual(retried, {-9: True, 130: True, 143: True, 0: False, 1: False, 2: False, 75: False})
+
+    def test_resources_ray_would_refuse_are_one_line(self):
+        with self.assertRaisesRegex(errors.Error, r"^--gpus_per_run=1.5: must be a fraction of one GPU"):
+            ray_engine.check_resources(1.5, 1)
+        with self.assertRaisesRegex(errors.Error, r"^--cpus_per_run=0: must be a positive number"):
+            ray_engine.check_resources(0.25, 0)
+        ray_engine.check_resources(None, 0.5)
+        ray_engine.check_resources(2, 1)
+
+
+class WithoutRayTest(tf.test.TestCase):
+    def test_one_line_saying_how_to_install_it(self):
+        blocked = (
+            "import runpy, sys; sys.modules['ray'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')"
+        )
+        process = subprocess.run(
+            [sys.executable, "-c", blocked, *smoke_util.main_command(*SWEEP, "--engine=ray")[1:]],
+            cwd=smoke_util.REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+        )
+        self.assertEqual(process.returncode, 2)
+        self.assertEqual(
+            process.stderr.strip().splitlines(),
+            [
+                "error: --engine=ray needs Ray, which is not installed; install it with pip install .[ray] "
+                "in the project's folder (or leave --engine=serial)."
+            ],
+        )
+
+
+@pytest.mark.slow
+@unittest.skipIf(ray is None, "Ray is not installed (pip install .[ray])")
+class RaySweepTest(tf.test.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        cls.address = ray.get_runtime_context().gcs_address
+
+    @classmethod
+    def tearDownClass(cls):
+        ray.shutdown()
+        super().tearDownClass()
+
+    def test_results_equal_the_serial_sweeps_with_a_killed_worker_retried(self):
+        root = self.get_temp_dir()
+        serial = smoke_util.run_main(*SWEEP, f"--logdir={root}/serial")
+        self.assertEqual(serial.returncode, 0, serial.stderr[-2000:])
+
+        process = subprocess.Popen(
+            smoke_util.main_command(*SWEEP, f"--logdir={root}/ray", "--engine=ray", f"--ray_address={self.address}"),
+            cwd=smoke_util.REPO,
+            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Once the run saved its first epoch, kill its Ray worker (the training process's parent).
+            deadline = time.monotonic() + 240
+            while _epochs_done(f"{root}/ray/{KILLED}") < 1 and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            training = _training_process(f"{root}/ray/{KILLED}")
+            self.assertIsNotNone(training, "the run's training process was not found")
+            os.kill(_parent(training), signal.SIGKILL)
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        self.assertEqual(process.returncode, 0, stderr[-3000:])
+        self.assertRegex(
+            stdout,
+            rf"\[1/2\] {KILLED}: its Ray worker died \(.*\); retrying from its last checkpoint \(attempt 2 of 4\)",
+        )
+        self.assertRegex(stdout, rf"{KILLED}: .*resuming at epoch [23] step \d+")
+        self.assertEqual(stdout.count("retrying"), 1)
+        for name in os.listdir(f"{root}/serial"):
+            self.assertEqual(_numbers(f"{root}/ray/{name}"), _numbers(f"{root}/serial/{name}"), name)
+        # A line per finished run and the sweep's table, as the serial sweep prints them.
+        self.assertRegex(stdout, rf"\[1/2\] {KILLED}: done \(resumed\), .*; results in ")
+        self.assertRegex(stdout, r"\[2/2\] digits_pri2_aux10_single_seed1: done, .*; results in ")
+        self.assertEqual(stdout.count("| dataset | pri |"), 1)
+
+    def test_a_bad_input_run_fails_once_with_its_error_line(self):
+        logdir = os.path.join(self.get_temp_dir(), "run")
+        os.makedirs(logdir)
+        open(os.path.join(logdir, "notes.txt"), "w").close()
+        # No --ray_address: the command starts a Ray of its own, as on a user's machine.
+        process = smoke_util.run_main(
+            f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--method=single", f"--logdir={logdir}", "--engine=ray"
+        )
+        self.assertEqual(process.returncode, 2, process.stderr[-3000:])
+        error = f"--logdir={logdir} exists and is not a maxl_tf log directory (no config.json)"
+        self.assertEqual(
+            process.stderr.strip().splitlines()[-1],
+            f"error: digits_pri2_aux10_single_seed0: {error}; pass an empty or new --logdir.",
+        )
+        self.assertIn(f"[1/1] digits_pri2_aux10_single_seed0: failed: error: {error}", process.stdout)
+        self.assertNotIn("retrying", process.stdout)
+        self.assertNotIn("Traceback", process.stderr)
+
+
+if __name__ == "__main__":
+    tf.test.main()
