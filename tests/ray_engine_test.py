@@ -8,9 +8,11 @@ command start its own, as on a user's machine.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -118,36 +120,52 @@ class WithoutRayTest(tf.test.TestCase):
 @pytest.mark.slow
 @unittest.skipIf(ray is None, "Ray is not installed (pip install .[ray])")
 class RaySweepTest(tf.test.TestCase):
+    """One local Ray of 2 CPUs and one serial run of SWEEP, the reference, for every test."""
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
         cls.address = ray.get_runtime_context().gcs_address
+        cls.serial = os.path.join(tempfile.mkdtemp(), "serial")
+        serial = smoke_util.run_main(*SWEEP, f"--logdir={cls.serial}")
+        assert serial.returncode == 0, serial.stderr[-2000:]
 
     @classmethod
     def tearDownClass(cls):
         ray.shutdown()
+        shutil.rmtree(os.path.dirname(cls.serial))
         super().tearDownClass()
 
-    def test_results_equal_the_serial_sweeps_with_a_killed_worker_retried(self):
-        root = self.get_temp_dir()
-        serial = smoke_util.run_main(*SWEEP, f"--logdir={root}/serial")
-        self.assertEqual(serial.returncode, 0, serial.stderr[-2000:])
-
-        process = subprocess.Popen(
-            smoke_util.main_command(*SWEEP, f"--logdir={root}/ray", "--engine=ray", f"--ray_address={self.address}"),
+    def _start_on_ray(self, logdir: str, *flags) -> subprocess.Popen:
+        return subprocess.Popen(
+            smoke_util.main_command(
+                *SWEEP, *flags, f"--logdir={logdir}", "--engine=ray", f"--ray_address={self.address}"
+            ),
             cwd=smoke_util.REPO,
             env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
+
+    def _wait_for_first_epoch(self, run_dir: str, process: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 240
+        while _epochs_done(run_dir) < 1 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(_epochs_done(run_dir), 1, "the run did not save its first epoch (alone)")
+
+    def _assert_equal_to_serial(self, logdir: str) -> None:
+        for name in os.listdir(self.serial):
+            self.assertEqual(_numbers(f"{logdir}/{name}"), _numbers(f"{self.serial}/{name}"), name)
+
+    def test_results_equal_the_serial_sweeps_with_a_killed_worker_retried(self):
+        logdir = os.path.join(self.get_temp_dir(), "ray")
+        process = self._start_on_ray(logdir)
         try:
             # Once the run saved its first epoch, kill its Ray worker (the training process's parent).
-            deadline = time.monotonic() + 240
-            while _epochs_done(f"{root}/ray/{KILLED}") < 1 and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            training = _training_process(f"{root}/ray/{KILLED}")
+            self._wait_for_first_epoch(f"{logdir}/{KILLED}", process)
+            training = _training_process(f"{logdir}/{KILLED}")
             self.assertIsNotNone(training, "the run's training process was not found")
             os.kill(_parent(training), signal.SIGKILL)
             stdout, stderr = process.communicate(timeout=300)
@@ -162,12 +180,35 @@ class RaySweepTest(tf.test.TestCase):
         )
         self.assertRegex(stdout, rf"{KILLED}: .*resuming at epoch [23] step \d+")
         self.assertEqual(stdout.count("retrying"), 1)
-        for name in os.listdir(f"{root}/serial"):
-            self.assertEqual(_numbers(f"{root}/ray/{name}"), _numbers(f"{root}/serial/{name}"), name)
+        self._assert_equal_to_serial(logdir)
         # A line per finished run and the sweep's table, as the serial sweep prints them.
         self.assertRegex(stdout, rf"\[1/2\] {KILLED}: done \(resumed\), .*; results in ")
         self.assertRegex(stdout, r"\[2/2\] digits_pri2_aux10_single_seed1: done, .*; results in ")
         self.assertEqual(stdout.count("| dataset | pri |"), 1)
+
+    def test_ctrl_c_stops_the_sweep_resumably_and_rerunning_finishes_it(self):
+        name = "digits_pri2_aux10_single_seed1"
+        logdir = os.path.join(self.get_temp_dir(), name)  # one run (cheaper): its own log directory
+        process = self._start_on_ray(logdir, "--seeds=1")
+        try:
+            self._wait_for_first_epoch(logdir, process)
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        self.assertEqual(process.returncode, 128 + signal.SIGINT, stderr[-3000:])
+        self.assertIn("stopping: each running run stops at its next step after a checkpoint", stdout)
+        self.assertIn(f"[1/1] {name}: stopped", stdout)
+        self.assertEqual(stderr.strip().splitlines()[-1], "stopped: interrupted; rerun the same command to resume.")
+        self.assertLess(_epochs_done(logdir), 3)  # stopped mid-run, not finished
+
+        rerun = self._start_on_ray(logdir, "--seeds=1")
+        stdout, stderr = rerun.communicate(timeout=300)
+        self.assertEqual(rerun.returncode, 0, stderr[-3000:])
+        self.assertIn(f"[1/1] {name}: done (resumed)", stdout)
+        self.assertEqual(_numbers(logdir), _numbers(f"{self.serial}/{name}"))
 
     def test_a_bad_input_run_fails_once_with_its_error_line(self):
         logdir = os.path.join(self.get_temp_dir(), "run")
