@@ -18,6 +18,7 @@ Ray is imported only here, and only for --engine=ray (pip install .[ray]).
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from maxl_tf import sweep
 MAX_ATTEMPTS = 4  # a run's first attempt and three retries after its worker died
 _POLL_SECONDS = 0.2  # how often a task looks at its training process (and at a cancellation)
 _PR_SET_PDEATHSIG = 1  # prctl(2)
+_CONNECT_SECONDS = 10  # to reach a cluster's address
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,14 +162,26 @@ def _connect(ray, address: str, project: str):
     The tasks import maxl_tf from project, the folder of the main.py that runs, like the driver
     does, rather than whatever installed copy a worker's Python would find first.
     """
+    where = f"--ray_address={address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')}"
+    fix = (
+        "start one there with ray start --head, or leave --ray_address and RAY_ADDRESS empty for a Ray on this machine"
+    )
+    _check_reachable(address or os.environ.get("RAY_ADDRESS", ""), where, fix)
     try:
         ray.init(address=address or None, runtime_env={"env_vars": {"PYTHONPATH": project}})
     except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"--ray_address={address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')}"
-        raise errors.Error(
-            f"{where}: cannot connect to a Ray cluster ({errors.first_line(e)}); start one with ray start "
-            f"--head, or leave --ray_address and RAY_ADDRESS empty for a Ray on this machine."
-        ) from None
+        raise errors.Error(f"{where}: cannot connect to a Ray cluster ({errors.first_line(e)}); {fix}.") from None
+
+
+def _check_reachable(address: str, where: str, fix: str) -> None:
+    """Refuses a host:port nothing listens on, at once: Ray itself retries it for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # empty, "auto", "local", or a ray:// client address: left to Ray
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_SECONDS).close()
+    except OSError as e:
+        raise errors.Error(f"{where}: no Ray cluster answers there ({e.strerror or e}); {fix}.") from None
 
 
 def _node_resources(ray) -> list:

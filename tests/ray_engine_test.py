@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,24 @@ class RunFlagsTest(tf.test.TestCase):
     def test_only_a_killed_or_signalled_run_is_retried(self):
         retried = {code: ray_engine.worth_retrying(ray_engine.Outcome(code)) for code in (-9, 130, 143, 0, 1, 2, 75)}
         self.assertEqual(retried, {-9: True, 130: True, 143: True, 0: False, 1: False, 2: False, 75: False})
+
+    def test_failed_runs_end_the_sweep_with_one_error_line(self):
+        one = smoke_util.smoke_config("runs/a", seed=0)
+        other = smoke_util.smoke_config("runs/b", seed=1)
+        bad_input = ray_engine.Outcome(2, "error: --logdir=runs/a exists and is not a maxl_tf log directory")
+        error = ray_engine._failure([(one, bad_input)], total=2)
+        self.assertEqual((error.context, str(error), error.exit_code), (one.name, bad_input.message[7:], 2))
+        error = ray_engine._failure([(one, bad_input), (other, ray_engine.Outcome(1, "error: loss is nan"))], total=3)
+        self.assertEqual((error.context, error.exit_code), ("", 2))
+        self.assertRegex(str(error), r"^2 of 3 runs failed \(their lines above\); fix them and rerun")
+
+    def test_an_address_nothing_answers_is_one_line_at_once(self):
+        with socket.socket() as listener:  # a port that was free a moment ago and is closed now
+            listener.bind(("127.0.0.1", 0))
+            port = listener.getsockname()[1]
+        with self.assertRaisesRegex(errors.Error, rf"^--ray_address=127.0.0.1:{port}: no Ray cluster answers there"):
+            ray_engine._check_reachable(f"127.0.0.1:{port}", f"--ray_address=127.0.0.1:{port}", "start one")
+        ray_engine._check_reachable("ray://head:10001", "--ray_address", "")  # Ray's client: left to Ray
 
     def test_resources_ray_would_refuse_are_one_line(self):
         with self.assertRaisesRegex(errors.Error, r"^--gpus_per_run=1.5: must be a fraction of one GPU"):
