@@ -92,13 +92,15 @@ def _die_with_parent() -> None:
 def _relay(source, destination, last: dict, run_line: str | None = None) -> None:
     """Copies a stream line by line, remembering its last error line.
 
-    On stdout, main.py's `[1/1] <run>: ...` line is kept for the driver, which prints it as the
-    sweep's `[k/N]` line, and what follows (a table of this one run) is left out: the driver prints
-    the sweep's table.
+    On stdout, main.py's `[1/1] <run>: ...` lines are kept back (the driver prints the last as
+    the sweep's `[k/N]` line), and so is the one-run table after them: the driver prints the
+    sweep's table.
     """
     for line in source:
-        if run_line and (last["line"] or line.startswith(run_line)):
-            last["line"] = last["line"] or line.strip().removeprefix("[1/1] ")
+        if run_line and line.startswith(run_line):
+            last["line"] = line.strip().removeprefix("[1/1] ")
+            continue
+        if last["line"] and (not line.strip() or line.startswith("|")):
             continue
         destination.write(line)
         destination.flush()

@@ -22,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 import main
+from maxl_tf import claims
 from maxl_tf import cli
 from maxl_tf import errors
 from maxl_tf import ray_engine
@@ -32,9 +33,17 @@ try:
 except ImportError:
     ray = None
 
+HEARTBEAT = 8.0  # --heartbeat_timeout shortened: a waiting worker polls claims every 2 s
 # Two runs, long enough (3 epochs) to kill one's worker after its first checkpoint.
-SWEEP = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--method=single", "--seeds=0,1", "--epochs=3")
+SWEEP = (
+    f"--flagfile={smoke_util.SMOKE_FLAGFILE}",
+    "--method=single",
+    "--seeds=0,1",
+    "--epochs=3",
+    f"--heartbeat_timeout={HEARTBEAT:g}",
+)
 KILLED = "digits_pri2_aux10_single_seed0"
+HELD = "digits_pri2_aux10_single_seed1"  # held by a plain worker when the Ray sweep starts
 
 
 def _numbers(logdir: str) -> dict:
@@ -178,8 +187,11 @@ class RaySweepTest(tf.test.TestCase):
         for name in os.listdir(self.serial):
             self.assertEqual(_numbers(f"{logdir}/{name}"), _numbers(f"{self.serial}/{name}"), name)
 
-    def test_results_equal_the_serial_sweeps_with_a_killed_worker_retried(self):
+    def test_results_equal_the_serial_sweeps_with_a_killed_worker_and_a_plain_workers_run(self):
         logdir = os.path.join(self.get_temp_dir(), "ray")
+        # A plain worker of the same sweep holds one run: the Ray sweep must leave it alone until
+        # it is released, then train it once.
+        claim = claims.Worker(HEARTBEAT, worker_id="plain worker").claim(f"{logdir}/{HELD}")
         process = self._start_on_ray(logdir)
         try:
             # Once the run saved its first epoch, kill its Ray worker (the training process's parent).
@@ -187,8 +199,11 @@ class RaySweepTest(tf.test.TestCase):
             training = _training_process(f"{logdir}/{KILLED}")
             self.assertIsNotNone(training, "the run's training process was not found")
             os.kill(_parent(training), signal.SIGKILL)
+            self.assertEqual(_epochs_done(f"{logdir}/{HELD}"), 0)
+            claim.release()
             stdout, stderr = process.communicate(timeout=300)
         finally:
+            claim.release()
             if process.poll() is None:
                 process.kill()
                 process.communicate()
@@ -199,14 +214,17 @@ class RaySweepTest(tf.test.TestCase):
         )
         self.assertRegex(stdout, rf"{KILLED}: .*resuming at epoch [23] step \d+")
         self.assertEqual(stdout.count("retrying"), 1)
+        self.assertIn("waiting for 1 runs held by other workers", stdout)
+        # The plain worker's claim and release (0, 1), then the Ray task's (2, 3): trained once.
+        self.assertCountEqual(os.listdir(claims.claims_dir(f"{logdir}/{HELD}")), ["0", "1", "2", "3"])
         self._assert_equal_to_serial(logdir)
         # A line per finished run and the sweep's table, as the serial sweep prints them.
         self.assertRegex(stdout, rf"\[1/2\] {KILLED}: done \(resumed\), .*; results in ")
-        self.assertRegex(stdout, r"\[2/2\] digits_pri2_aux10_single_seed1: done, .*; results in ")
+        self.assertRegex(stdout, rf"\[2/2\] {HELD}: done, .*; results in ")
         self.assertEqual(stdout.count("| dataset | pri |"), 1)
 
     def test_ctrl_c_stops_the_sweep_resumably_and_rerunning_finishes_it(self):
-        name = "digits_pri2_aux10_single_seed1"
+        name = HELD
         logdir = os.path.join(self.get_temp_dir(), name)  # one run (cheaper): its own log directory
         process = self._start_on_ray(logdir, "--seeds=1")
         try:
