@@ -64,8 +64,8 @@ def define_flags(flag_values=flags.FLAGS) -> None:
     flags.DEFINE_string(
         "ray_address",
         "",
-        "--engine=ray: a running Ray cluster's address, e.g. 10.0.0.1:6379 (empty: RAY_ADDRESS, "
-        "else a Ray started on this machine for the command).",
+        "--engine=ray: a running Ray cluster's address, e.g. 10.0.0.1:6379 (empty: RAY_ADDRESS, else "
+        "the cluster `ray start` started on this machine, else a Ray started for the command).",
         flag_values=flag_values,
     )
     flags.DEFINE_float(

@@ -16,6 +16,7 @@ Ray is imported only here, and only for --engine=ray (pip install .[ray]).
 """
 
 import dataclasses
+import functools
 import os
 import signal
 import socket
@@ -78,7 +79,7 @@ def run_flags(config: config_lib.Config, heartbeat_timeout: float) -> list:
     ]
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the training process, before exec: unblock the stop signals (Ray's worker blocks them
     and a child inherits the mask) and die when the task's worker dies (Linux), so a killed worker
     leaves no training process behind holding the run's claim."""
@@ -87,6 +88,8 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the worker died before the request was made
+            os._exit(128 + signal.SIGKILL)
 
 
 def _relay(source, destination, last: dict, run_line: str | None = None) -> None:
@@ -129,7 +132,7 @@ def train_run(config: config_lib.Config, main_py: str, cwd: str, heartbeat_timeo
         text=True,
         bufsize=1,
         start_new_session=True,  # only the task's own SIGINT reaches it, once
-        preexec_fn=_die_with_parent,
+        preexec_fn=functools.partial(_die_with_parent, os.getpid()),
     )
     last = {"message": "", "line": ""}
     relays = [
@@ -256,21 +259,20 @@ def _run_tasks(ray, configs, main_py, gpus_per_run, cpus_per_run, heartbeat_time
         ref = task.options(name=config.name).remote(config, main_py, os.getcwd(), heartbeat_timeout)
         pending[ref] = config
 
-    for config in configs:
-        results = rundir.completed_results(config)
-        if results is not None:
-            results_of[config.logdir] = results
-            say(config, "skipped (complete)", results)
-        else:
-            submit(config)
-    print(
-        f"Ray: {len(pending)} runs as tasks of {cpus_per_run:g} CPU and {gpus:g} GPU each, on "
-        f"{len(nodes)} node(s) with {sum(n.get('CPU', 0) for n in nodes):g} CPUs and "
-        f"{sum(n.get('GPU', 0) for n in nodes):g} GPUs",
-        flush=True,
-    )
-    stopping = _StopRequests()
-    with stopping:
+    with _StopRequests() as stopping:  # before the first submission: no signal is missed
+        for config in configs:
+            results = rundir.completed_results(config)
+            if results is not None:
+                results_of[config.logdir] = results
+                say(config, "skipped (complete)", results)
+            else:
+                submit(config)
+        print(
+            f"Ray: {len(pending)} runs as tasks of {cpus_per_run:g} CPU and {gpus:g} GPU each, on "
+            f"{len(nodes)} node(s) with {sum(n.get('CPU', 0) for n in nodes):g} CPUs and "
+            f"{sum(n.get('GPU', 0) for n in nodes):g} GPUs",
+            flush=True,
+        )
         while pending:
             stopping.honour(ray, pending)
             done, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_SECONDS)
