@@ -18,6 +18,7 @@ sharing the file system, shares the runs: each worker claims a run before traini
 
 import functools
 import importlib
+import os
 import sys
 
 from absl import flags
@@ -60,6 +61,29 @@ def define_flags(flag_values=flags.FLAGS) -> None:
         "(the same for every worker; BUILD.md says why 300).",
         flag_values=flag_values,
     )
+    flags.DEFINE_enum(
+        "engine",
+        "serial",
+        ["serial", "ray"],
+        "Sweep: serial: this process trains the runs one after another (start several to share them); "
+        "ray: each run is a Ray task (maxl_tf/ray_engine.py; pip install .[ray]).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "ray_address",
+        "",
+        "--engine=ray: a running Ray cluster's address, e.g. 10.0.0.1:6379 (empty: RAY_ADDRESS, else "
+        "the cluster `ray start` started on this machine, else a Ray started for the command).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "gpus_per_run",
+        None,
+        "--engine=ray: GPUs each run asks for; a fraction shares one (0.25: four runs per GPU). "
+        "Default: 1 where the cluster has GPUs, else 0.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float("cpus_per_run", 1, "--engine=ray: CPUs each run asks for.", flag_values=flag_values)
 
 
 def configs_from_flags(flag_values=flags.FLAGS) -> list:
@@ -90,15 +114,17 @@ def _print_table(all_results) -> None:
 HELP_GROUPS = (
     (
         "Data",
-        ("dataset", "data_dir", "hierarchy", "image_size", "test_fraction", "max_train_examples", "max_test_examples"),
+        ("dataset", "data_dir", "hierarchy", "image_size", "test_fraction", "stream", "max_train_examples"),
     ),
     ("Task: principal and auxiliary classes", ("pri", "aux", "psi")),
     ("Model", ("model", "width")),
     ("Method", ("method", "embedder", "entropy_weight", "generator_lr", "hypergradient", "meta_every")),
     ("Training", ("epochs", "batch_size", "lr", "seed", "augment")),
     ("Output", ("logdir", "keep_checkpoints", "progress")),
-    ("Sweep: one command, many runs", ("seeds", "pairs", "entropy_weights")),
+    ("Sweep: one command, many runs", ("seeds", "pairs", "entropy_weights", "engine")),
 )
+# What a Ray task runs for one run: the clone's main.py, at the same path on every node.
+MAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")
 # The tools, as `maxl-tf <tool> ...` (each is also python -m maxl_tf.<tool>).
 TOOLS = ("report", "predict", "visualise", "launch", "bench", "synthetic")
 # Added to an input error when --dataset was left at its default: the likeliest slip of a first run.
@@ -118,6 +144,8 @@ def _checked_runs(argv) -> list:
         raise errors.Error(
             f"--heartbeat_timeout={flags.FLAGS.heartbeat_timeout}: must be a positive number of seconds."
         )
+    if flags.FLAGS.engine == "ray":  # the runs train in Ray's tasks; this process needs no TensorFlow
+        return configs
     runtime.start_tensorflow(configs[0].deterministic, start_runtime=configs[0].strategy != "multi_worker")
     # TensorFlow and the models: only once the flags are known to be good.
     from maxl_tf.experiment import inputs
@@ -133,13 +161,34 @@ def main(argv):
         if type(e) is not errors.Error or flags.FLAGS["dataset"].present:
             raise
         raise errors.Error(f"{e} {OWN_DATA_HINT}") from None
+    if flags.FLAGS.engine == "ray":
+        from maxl_tf.experiment import ray_engine
+
+        all_results = ray_engine.run_sweep(
+            configs,
+            main_py=MAIN_PY,
+            address=flags.FLAGS.ray_address,
+            gpus_per_run=flags.FLAGS.gpus_per_run,
+            cpus_per_run=flags.FLAGS.cpus_per_run,
+            heartbeat_timeout=flags.FLAGS.heartbeat_timeout,
+        )
+    else:
+        all_results = _train_here(configs)
+    _print_tables(configs, all_results)
+
+
+def _train_here(configs: list) -> list:
+    """The serial engine: this process trains, resumes or skips each run in turn."""
     from maxl_tf.experiment import train
 
     # Workers of one sweep share its runs through claims; the processes of a multi-worker
     # strategy train each run together, so there the claims are off.
     worker = claims.Worker(flags.FLAGS.heartbeat_timeout) if configs[0].strategy != "multi_worker" else None
     progress = flags.FLAGS.progress and sys.stdout.isatty()
-    all_results = sweep.run(configs, functools.partial(train.train_and_evaluate, progress=progress), worker)
+    return sweep.run(configs, functools.partial(train.train_and_evaluate, progress=progress), worker)
+
+
+def _print_tables(configs: list, all_results: list) -> None:
     if len({(c.seed, c.pri, c.aux, c.entropy_weight) for c in configs}) > 1:  # more than methods
         groups = report.group_runs(all_results)
         print("\n" + report.markdown_table(groups))

@@ -112,6 +112,19 @@ def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=()) -> l
     return configs
 
 
+def outcome_line(number: int, total: int, config, outcome: str, results=None, seconds=None) -> str:
+    """`[k/N] <run>: <outcome>[, <metric>][, <seconds> s][; results in <file>]`: a sweep's line per
+    run, the same from every engine."""
+    line = f"[{number}/{total}] {config.name}: {outcome}"
+    if results is not None:
+        line += f", {rundir.metric_name(config.epochs)} {results['test_accuracy']:.4f}"
+    if seconds is not None:
+        line += f", {seconds:.0f} s"
+    if results is not None:
+        line += f"; results in {config.logdir}/results.json"
+    return line
+
+
 def run(configs: list, train_and_evaluate, worker=None) -> list:
     """Trains, resumes or skips each run of a sweep in order; returns their results.json contents.
 
@@ -131,14 +144,8 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
     results_of = {}
 
     def report(config, outcome, results=None, start=None):
-        line = f"[{numbers[config.logdir]}/{len(configs)}] {config.name}: {outcome}"
-        if results is not None:
-            line += f", {rundir.metric_name(config.epochs)} {results['test_accuracy']:.4f}"
-        if start is not None:
-            line += f", {time.perf_counter() - start:.0f} s"
-        if results is not None:
-            line += f"; results in {config.logdir}/results.json"
-        print(line, flush=True)
+        seconds = None if start is None else time.perf_counter() - start
+        print(outcome_line(numbers[config.logdir], len(configs), config, outcome, results, seconds), flush=True)
 
     def failed(config, error):
         if len(configs) > 1:

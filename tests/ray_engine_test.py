@@ -1,0 +1,270 @@
+"""--engine=ray: a sweep's runs as Ray tasks give the serial sweep's results, a killed Ray worker's
+run is retried and resumes exactly, a run failing on bad input is reported and not retried, and
+without Ray the command says how to install it.
+
+The sweep test connects to a local Ray of 2 CPUs started here; the bad-input test lets the
+command start its own, as on a user's machine.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+from absl import flags
+import pytest
+import tensorflow as tf
+
+import main
+from maxl_tf import cli
+from maxl_tf import errors
+from maxl_tf.experiment import claims
+from maxl_tf.experiment import ray_engine
+from tests import smoke_util
+
+try:
+    import ray
+except ImportError:
+    ray = None
+
+HEARTBEAT = 8.0  # --heartbeat_timeout shortened: a waiting worker polls claims every 2 s
+# Two runs, long enough (3 epochs) to kill one's worker after its first checkpoint.
+SWEEP = (
+    f"--flagfile={smoke_util.SMOKE_FLAGFILE}",
+    "--method=single",
+    "--seeds=0,1",
+    "--epochs=3",
+    f"--heartbeat_timeout={HEARTBEAT:g}",
+)
+KILLED = "digits_pri2_aux10_single_seed0"
+HELD = "digits_pri2_aux10_single_seed1"  # held by a plain worker when the Ray sweep starts
+
+
+def _numbers(logdir: str) -> dict:
+    """results.json without timings, which legitimately differ between processes."""
+    with open(os.path.join(logdir, "results.json")) as f:
+        results = json.load(f)
+    history = [{k: v for k, v in record.items() if not k.startswith("perf/")} for record in results["history"]]
+    return {"history": history, "test_accuracy": results["test_accuracy"], "complete": results["complete"]}
+
+
+def _epochs_done(logdir: str) -> int:
+    try:
+        with open(os.path.join(logdir, "results.json")) as f:
+            return len(json.load(f)["history"])
+    except (OSError, ValueError):
+        return 0
+
+
+def _training_process(logdir: str) -> int | None:
+    """The PID of main.py training the run in logdir, if one is running."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                arguments = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if f"--logdir={logdir}" in arguments and any(a.endswith("main.py") for a in arguments):
+            return int(pid)
+    return None
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[1])
+
+
+class RunFlagsTest(tf.test.TestCase):
+    def test_a_runs_flags_replay_its_config_exactly(self):
+        config = smoke_util.smoke_config("runs/sweep/run", method="maxl", seed=3, entropy_weight=0.1, psi=(4, 6))
+        flag_values = flags.FlagValues()
+        main.define_flags(flag_values)
+        flag_values(["main.py", *ray_engine.run_flags(config, 7.5)])
+        self.assertEqual(cli.config_from_flags(flag_values), config)
+        self.assertEqual(flag_values.heartbeat_timeout, 7.5)
+        self.assertEqual((flag_values.seeds, flag_values.pairs, flag_values.method), ("", "", "maxl"))
+
+    def test_only_a_killed_or_signalled_run_is_retried(self):
+        retried = {code: ray_engine.worth_retrying(ray_engine.Outcome(code)) for code in (-9, 130, 143, 0, 1, 2, 75)}
+        self.assertEqual(retried, {-9: True, 130: True, 143: True, 0: False, 1: False, 2: False, 75: False})
+
+    def test_failed_runs_end_the_sweep_with_one_error_line(self):
+        one = smoke_util.smoke_config("runs/a", seed=0)
+        other = smoke_util.smoke_config("runs/b", seed=1)
+        bad_input = ray_engine.Outcome(2, "error: --logdir=runs/a exists and is not a maxl_tf log directory")
+        error = ray_engine._failure([(one, bad_input)], total=2)
+        self.assertEqual((error.context, str(error), error.exit_code), (one.name, bad_input.message[7:], 2))
+        error = ray_engine._failure([(one, bad_input), (other, ray_engine.Outcome(1, "error: loss is nan"))], total=3)
+        self.assertEqual((error.context, error.exit_code), ("", 2))
+        self.assertRegex(str(error), r"^2 of 3 runs failed \(their lines above\); fix them and rerun")
+
+    def test_an_address_nothing_answers_is_one_line_at_once(self):
+        with socket.socket() as listener:  # a port that was free a moment ago and is closed now
+            listener.bind(("127.0.0.1", 0))
+            port = listener.getsockname()[1]
+        with self.assertRaisesRegex(errors.Error, rf"^--ray_address=127.0.0.1:{port}: no Ray cluster answers there"):
+            ray_engine._check_reachable(f"127.0.0.1:{port}", f"--ray_address=127.0.0.1:{port}", "start one")
+        ray_engine._check_reachable("ray://head:10001", "--ray_address", "")  # Ray's client: left to Ray
+
+    def test_resources_ray_would_refuse_are_one_line(self):
+        with self.assertRaisesRegex(errors.Error, r"^--gpus_per_run=1.5: must be a fraction of one GPU"):
+            ray_engine.check_resources(1.5, 1)
+        with self.assertRaisesRegex(errors.Error, r"^--cpus_per_run=0: must be a positive number"):
+            ray_engine.check_resources(0.25, 0)
+        ray_engine.check_resources(None, 0.5)
+        ray_engine.check_resources(2, 1)
+
+
+class WithoutRayTest(tf.test.TestCase):
+    def test_one_line_saying_how_to_install_it(self):
+        blocked = (
+            "import runpy, sys; sys.modules['ray'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')"
+        )
+        process = subprocess.run(
+            [sys.executable, "-c", blocked, *smoke_util.main_command(*SWEEP, "--engine=ray")[1:]],
+            cwd=smoke_util.REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+        )
+        self.assertEqual(process.returncode, 2)
+        self.assertEqual(
+            process.stderr.strip().splitlines(),
+            [
+                "error: --engine=ray needs Ray, which is not installed; install it with pip install .[ray] "
+                "in the project's folder (or leave --engine=serial)."
+            ],
+        )
+
+
+@pytest.mark.slow
+@unittest.skipIf(ray is None, "Ray is not installed (pip install .[ray])")
+class RaySweepTest(tf.test.TestCase):
+    """One local Ray of 2 CPUs and one serial run of SWEEP, the reference, for every test."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        cls.address = ray.get_runtime_context().gcs_address
+        cls.serial = os.path.join(tempfile.mkdtemp(), "serial")
+        serial = smoke_util.run_main(*SWEEP, f"--logdir={cls.serial}")
+        assert serial.returncode == 0, serial.stderr[-2000:]
+
+    @classmethod
+    def tearDownClass(cls):
+        ray.shutdown()
+        shutil.rmtree(os.path.dirname(cls.serial))
+        super().tearDownClass()
+
+    def _start_on_ray(self, logdir: str, *flags) -> subprocess.Popen:
+        return subprocess.Popen(
+            smoke_util.main_command(
+                *SWEEP, *flags, f"--logdir={logdir}", "--engine=ray", f"--ray_address={self.address}"
+            ),
+            cwd=smoke_util.REPO,
+            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def _wait_for_first_epoch(self, run_dir: str, process: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 240
+        while _epochs_done(run_dir) < 1 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(_epochs_done(run_dir), 1, "the run did not save its first epoch (alone)")
+
+    def _assert_equal_to_serial(self, logdir: str) -> None:
+        for name in os.listdir(self.serial):
+            self.assertEqual(_numbers(f"{logdir}/{name}"), _numbers(f"{self.serial}/{name}"), name)
+
+    def test_results_equal_the_serial_sweeps_with_a_killed_worker_and_a_plain_workers_run(self):
+        logdir = os.path.join(self.get_temp_dir(), "ray")
+        # A plain worker of the same sweep holds one run: the Ray sweep must leave it alone until
+        # it is released, then train it once.
+        claim = claims.Worker(HEARTBEAT, worker_id="plain worker").claim(f"{logdir}/{HELD}")
+        process = self._start_on_ray(logdir)
+        try:
+            # Once the run saved its first epoch, kill its Ray worker (the training process's parent).
+            self._wait_for_first_epoch(f"{logdir}/{KILLED}", process)
+            training = _training_process(f"{logdir}/{KILLED}")
+            self.assertIsNotNone(training, "the run's training process was not found")
+            os.kill(_parent(training), signal.SIGKILL)
+            self.assertEqual(_epochs_done(f"{logdir}/{HELD}"), 0)
+            claim.release()
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            claim.release()
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        self.assertEqual(process.returncode, 0, stderr[-3000:])
+        self.assertRegex(
+            stdout,
+            rf"\[1/2\] {KILLED}: its Ray worker died \(.*\); retrying from its last checkpoint \(attempt 2 of 4\)",
+        )
+        self.assertRegex(stdout, rf"{KILLED}: .*resuming at epoch [23] step \d+")
+        self.assertEqual(stdout.count("retrying"), 1)
+        self.assertIn("waiting for 1 runs held by other workers", stdout)
+        # The plain worker's claim and release (0, 1), then the Ray task's (2, 3): trained once.
+        self.assertCountEqual(os.listdir(claims.claims_dir(f"{logdir}/{HELD}")), ["0", "1", "2", "3"])
+        self._assert_equal_to_serial(logdir)
+        # A line per finished run and the sweep's table, as the serial sweep prints them.
+        self.assertRegex(stdout, rf"\[1/2\] {KILLED}: done \(resumed\), .*; results in ")
+        self.assertRegex(stdout, rf"\[2/2\] {HELD}: done, .*; results in ")
+        self.assertEqual(stdout.count("| dataset | pri |"), 1)
+
+    def test_ctrl_c_stops_the_sweep_resumably_and_rerunning_finishes_it(self):
+        name = HELD
+        logdir = os.path.join(self.get_temp_dir(), name)  # one run (cheaper): its own log directory
+        process = self._start_on_ray(logdir, "--seeds=1")
+        try:
+            self._wait_for_first_epoch(logdir, process)
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        self.assertEqual(process.returncode, 128 + signal.SIGINT, stderr[-3000:])
+        self.assertIn("stopping: each running run stops at its next step after a checkpoint", stdout)
+        self.assertIn(f"[1/1] {name}: stopped", stdout)
+        self.assertEqual(stderr.strip().splitlines()[-1], "stopped: interrupted; rerun the same command to resume.")
+        self.assertLess(_epochs_done(logdir), 3)  # stopped mid-run, not finished
+
+        rerun = self._start_on_ray(logdir, "--seeds=1")
+        stdout, stderr = rerun.communicate(timeout=300)
+        self.assertEqual(rerun.returncode, 0, stderr[-3000:])
+        self.assertIn(f"[1/1] {name}: done (resumed)", stdout)
+        self.assertEqual(_numbers(logdir), _numbers(f"{self.serial}/{name}"))
+
+    def test_a_bad_input_run_fails_once_with_its_error_line(self):
+        logdir = os.path.join(self.get_temp_dir(), "run")
+        os.makedirs(logdir)
+        open(os.path.join(logdir, "notes.txt"), "w").close()
+        # No --ray_address: the command starts a Ray of its own, as on a user's machine.
+        process = smoke_util.run_main(
+            f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--method=single", f"--logdir={logdir}", "--engine=ray"
+        )
+        self.assertEqual(process.returncode, 2, process.stderr[-3000:])
+        error = f"--logdir={logdir} exists and is not a maxl_tf log directory (no config.json)"
+        self.assertEqual(
+            process.stderr.strip().splitlines()[-1],
+            f"error: digits_pri2_aux10_single_seed0: {error}; pass an empty or new --logdir.",
+        )
+        self.assertIn(f"[1/1] digits_pri2_aux10_single_seed0: failed: error: {error}", process.stdout)
+        self.assertNotIn("retrying", process.stdout)
+        self.assertNotIn("Traceback", process.stderr)
+
+
+if __name__ == "__main__":
+    tf.test.main()
