@@ -21,9 +21,9 @@ from absl import flags
 import pytest
 import tensorflow as tf
 
-import main
 from maxl_tf import cli
 from maxl_tf import errors
+from maxl_tf import main
 from maxl_tf.experiment import claims
 from maxl_tf.experiment import ray_engine
 from tests import smoke_util
