@@ -4,6 +4,7 @@ tfds.py's download checks, on tiny data sets written in the published formats (n
 import os
 import pickle
 import socket
+import sys
 import tarfile
 from unittest import mock
 
@@ -556,6 +557,76 @@ class SourcesTest(tf.test.TestCase, parameterized.TestCase):
         ):
             with self.assertRaisesRegex(errors.Error, "apt-get install dataset-fashion-mnist"):
                 _load("fashion_mnist", None, download=False)
+
+
+_USER_MODULE = "maxl_user_sources_for_test"
+_USER_SOURCES = """
+from maxl_tf.data import source
+
+
+class Named(source.Source):
+    name = "mine"
+
+    def __init__(self, options):
+        self.options = options
+
+
+class Nameless(source.Source):
+    def __init__(self, options):
+        pass
+
+
+def not_a_source(options):
+    return 42
+
+
+INSTANCE = Named(source.Options())
+"""
+
+
+class RegistryTest(tf.test.TestCase):
+    """--dataset=module:Source, a user's own source: found, or refused by one line saying what to do."""
+
+    def setUp(self):
+        super().setUp()
+        folder = self.get_temp_dir()
+        with open(os.path.join(folder, f"{_USER_MODULE}.py"), "w") as f:
+            f.write(_USER_SOURCES)
+        sys.path.insert(0, folder)
+        self.addCleanup(sys.path.remove, folder)
+        self.addCleanup(sys.modules.pop, _USER_MODULE, None)
+
+    def test_a_source_class_or_instance(self):
+        options = source.Options(data_dir="/my/data")
+        built = registry.get(f"{_USER_MODULE}:Named", options)
+        self.assertEqual((type(built).__name__, built.name, built.options), ("Named", "mine", options))
+        instance = registry.get(f"{_USER_MODULE}:INSTANCE")
+        self.assertIs(instance, sys.modules[_USER_MODULE].INSTANCE)
+
+    def test_what_is_not_a_usable_source(self):
+        for attribute, pattern in (
+            ("Missing", rf"^--dataset={_USER_MODULE}:Missing: {_USER_MODULE} has no Missing\.$"),
+            ("not_a_source", r"not_a_source gave a int, not a maxl_tf\.data\.Source; subclass Source"),
+            ("Nameless", r"Nameless: the source has no name; set its `name` attribute\.$"),
+        ):
+            with self.subTest(attribute), self.assertRaisesRegex(errors.Error, pattern):
+                registry.get(f"{_USER_MODULE}:{attribute}")
+        with self.assertRaisesRegex(
+            errors.Error, r"^--dataset=no_such_module_here:Source: cannot import no_such_module_here .*PYTHONPATH\.$"
+        ):
+            registry.get("no_such_module_here:Source")
+
+    def test_checking_a_name_imports_nothing(self):
+        registry.check_name(f"{_USER_MODULE}:Named")  # flags are checked in a second, without user code
+        self.assertNotIn(_USER_MODULE, sys.modules)
+        for dataset, user_data in (
+            ("folder", True),
+            ("tfds:mnist", True),
+            (f"{_USER_MODULE}:Named", True),
+            ("cifar100", False),
+            ("digits", False),
+        ):
+            self.assertEqual(registry.is_user_data(dataset), user_data, dataset)
 
 
 if __name__ == "__main__":

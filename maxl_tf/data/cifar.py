@@ -494,7 +494,9 @@ class Cifar(source_lib.Source):
     def _builders(self) -> list:
         data_dir = self._data_dir()
         missing = (
-            _nothing_in(self.name, data_dir) if data_dir else f"No {self.name} data in the tensorflow-datasets folder"
+            _nothing_in(self.name, data_dir)
+            if data_dir
+            else f"No {self.name} data in the tensorflow-datasets folder {{tfds_dir}}"
         )
         return [
             tfds.prepared(tfds.builder(name, data_dir), self.options.download, missing, _offline_fix(self.name))

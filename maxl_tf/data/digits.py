@@ -43,6 +43,9 @@ class Digits(source_lib.Source):
         train_x, test_x, train_y, test_y = sklearn.model_selection.train_test_split(
             images, labels, test_size=0.2, stratify=labels, random_state=0
         )
-        return source_lib.Loaded(
+        loaded = source_lib.Loaded(
             source_lib.Split(train_x, train_y), source_lib.Split(test_x, test_y), "scikit-learn load_digits"
         )
+        for split, name in ((loaded.train, "train"), (loaded.test, "test")):
+            source_lib.check_split(split, (8, 8, 1), 10, f"{loaded.description} ({name} split)", "digits")
+        return loaded

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import time
 
 import numpy as np
 
@@ -272,7 +273,8 @@ def _read_cached(path: str, num_images: int, options: source_lib.Options):
             images = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None
-    os.utime(path)  # recently used: the last to be evicted
+    os.utime(path, ns=(time.time_ns(), time.time_ns()))  # recently used: the last to be evicted (file
+    # systems' own times move in ticks of milliseconds, too coarse to order two uses)
     return images, streamed
 
 
@@ -286,7 +288,7 @@ def trim_cache(cache_dir: str, limit_mb: int, keep: str = "") -> None:
     """Deletes the least recently used cache files until the folder holds at most limit_mb."""
     try:
         entries = [os.path.join(cache_dir, n) for n in os.listdir(cache_dir) if n.endswith((".npy", ".tmp"))]
-        stats = sorted(((os.stat(p).st_mtime, os.stat(p).st_size, p) for p in entries), reverse=True)
+        stats = sorted(((os.stat(p).st_mtime_ns, os.stat(p).st_size, p) for p in entries), reverse=True)
     except OSError:
         return
     total = 0

@@ -93,7 +93,7 @@ class IdxSource(source_lib.Source):
                 f"{idx.describe_files()}, and for a prepared tensorflow-datasets copy)"
             )
         debian = " (nor in Debian's package folder)" if self.name == "fashion_mnist" else ""
-        return f"No {self.name} data in the tensorflow-datasets folder{debian}"
+        return f"No {self.name} data in the tensorflow-datasets folder {{tfds_dir}}{debian}"
 
     def _builder(self):
         folder = self._folder()

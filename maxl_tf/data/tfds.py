@@ -92,12 +92,14 @@ def prepared(tfds_builder, download: bool, missing: str, offline_fix: str):
     """The builder once its data is on disk, downloading it only if `download`.
 
     Args:
-      missing: what is missing, for messages ("No cifar100 data in ...").
+      missing: what is missing, for messages ("No cifar100 data in ..."); "{tfds_dir}" in it becomes
+        the tensorflow-datasets folder that was searched.
       offline_fix: how to provide the data without a network ("put ... in --data_dir").
     """
     if tfds_builder.is_prepared():
         return tfds_builder
     name = tfds_builder.info.full_name
+    missing = missing.replace("{tfds_dir}", str(tfds_builder.data_dir_root))
     if not download:
         raise errors.Error(f"{missing}: {offline_fix}, or run with internet access and --download.")
     if offline():
