@@ -108,17 +108,27 @@ class StartUpTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn("--heartbeat_timeout", full)
         self.assertFalse(imported)
 
-    def test_a_closed_pipe_ends_quietly(self):
+    def _closed_pipe(self, *command):
+        """(exit status, stderr) of a command whose stdout reader went away at once, as `| head -1`."""
         process = subprocess.Popen(
-            [sys.executable, os.path.join(smoke_util.REPO, "main.py"), "--help"],
+            [sys.executable, *command],
             cwd=smoke_util.REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
         )
-        process.stdout.close()  # as `| head -1` does, here before the first line
+        process.stdout.close()
         stderr = process.stderr.read().decode()
-        self.assertEqual(process.wait(timeout=60), 128 + signal.SIGPIPE, stderr)
+        return process.wait(timeout=60), stderr
+
+    def test_a_closed_pipe_ends_quietly(self):
+        code, stderr = self._closed_pipe(os.path.join(smoke_util.REPO, "main.py"), "--help")
+        self.assertEqual(code, 128 + signal.SIGPIPE, stderr)
+        self.assertEqual(stderr, "")
+        # The launcher keeps reading its workers (they would block on a full pipe) and drops the lines.
+        worker = "for i in range(20000): print(i)"
+        code, stderr = self._closed_pipe("-m", "maxl_tf.launch", "--workers=2", "--", sys.executable, "-c", worker)
+        self.assertIn(code, (0, 128 + signal.SIGPIPE), stderr)
         self.assertEqual(stderr, "")
 
     def test_a_default_dataset_error_suggests_your_own_images(self):
