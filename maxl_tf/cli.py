@@ -131,9 +131,10 @@ def run(main, help_groups=None) -> None:
         logging.set_verbosity(logging.WARNING)  # absl's INFO lines (checkpoint sharding) are noise here
         logging.get_absl_logger().addFilter(_third_party_chatter)
         try:
-            result = main(argv)
-            sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
-            return result
+            try:
+                return main(argv)
+            finally:
+                sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
         except BrokenPipeError:
             _quiet_closed_pipe()
         except errors.Error as e:

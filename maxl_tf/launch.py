@@ -35,10 +35,15 @@ _GPUS = flags.DEFINE_string(
 
 
 def _copy_lines(source, destination, prefix: str, lock: threading.Lock) -> None:
+    """Copies a worker's lines, prefixed. Once our own reader went away (`| head`), the lines are
+    read and dropped: the worker would block on a full pipe, and it trains on."""
     for line in source:
         with lock:
-            destination.write(prefix + line)
-            destination.flush()
+            try:
+                destination.write(prefix + line)
+                destination.flush()
+            except BrokenPipeError:
+                pass
 
 
 def _exit_status(returncode: int) -> int:

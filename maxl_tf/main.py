@@ -134,11 +134,9 @@ OWN_DATA_HINT = (
 )
 
 
-def _checked_runs(argv) -> list:
+def _checked_runs() -> list:
     """Every run's flags, and (after TensorFlow started) its data and embedder, checked before
     the first one trains."""
-    if len(argv) > 1:
-        raise errors.Error(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
     configs = configs_from_flags()
     if not flags.FLAGS.heartbeat_timeout > 0:
         raise errors.Error(
@@ -155,9 +153,15 @@ def _checked_runs(argv) -> list:
 
 
 def main(argv):
+    if len(argv) > 1:
+        raise errors.Error(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
+    if not flags.FLAGS.heartbeat_timeout > 0:
+        raise errors.Error(
+            f"--heartbeat_timeout={flags.FLAGS.heartbeat_timeout}: must be a positive number of seconds."
+        )
     try:
-        configs = _checked_runs(argv)
-    except errors.Error as e:
+        configs = _checked_runs()
+    except errors.Error as e:  # the data's or a flag's, named in e
         if type(e) is not errors.Error or flags.FLAGS["dataset"].present:
             raise
         raise errors.Error(f"{e} {OWN_DATA_HINT}") from None

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 from absl import flags
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 from maxl_tf import cli
@@ -132,8 +133,13 @@ def _varying(groups, exclude) -> list:
     return sorted(k for k, v in values.items() if len(v) > 1 and k not in exclude + ("seed",))
 
 
+def _fields_text(setting: dict, fields) -> str:
+    """'lr=0.1 no hierarchy': the settings `fields` tell apart (an empty one as 'no <field>')."""
+    return " ".join(f"no {k}" if setting[k] in ("", ()) else f"{k}={setting[k]}" for k in fields if k in setting)
+
+
 def _others(group, fields) -> str:
-    return " ".join(f"{k}={group.setting[k]}" for k in fields if k in group.setting)
+    return _fields_text(group.setting, fields)
 
 
 def _psi_text(group) -> str:
@@ -143,14 +149,35 @@ def _psi_text(group) -> str:
     return str(psi[0]) if psi and len(set(psi)) == 1 else ",".join(map(str, psi))
 
 
-def _label(group, line_fields) -> str:
+def _short(key: str, value) -> str:
+    """A setting as a figure's legend shows it: 'no hierarchy' for an empty one, a file by its
+    name, a number without trailing zeros."""
+    if value in ("", ()):
+        return f"no {key}"
+    if isinstance(value, str) and os.sep in value:
+        value = os.path.basename(value)
+    return f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+
+
+def _label(group, line_fields, short: bool = False) -> str:
+    """How tables (and, short, figure legends) name a group among the others of its setting."""
     label = group.method
     if group.setting.get("embedder") == config_lib.UNTRAINED:  # not the paper's ImageNet baseline
         label += " (untrained embedder)"
     if "entropy_weight" in group.setting:
         label += f" (entropy {group.setting['entropy_weight']:g})"
+    if short:
+        others = ", ".join(_short(k, group.setting[k]) for k in line_fields if k in group.setting)
+        return f"{label}, {others}" if others else label
     others = _others(group, line_fields)
     return f"{label} {others}" if others else label
+
+
+def _data_name(config: config_lib.Config) -> str:
+    """The data a figure panel shows: your folder by its name, else the data set's name."""
+    if config.dataset == "folder":
+        return f"folder {os.path.basename(os.path.normpath(config.data_dir)) or config.data_dir}"
+    return config.dataset
 
 
 def _training_seconds(group) -> str:
@@ -196,15 +223,16 @@ def markdown_table(groups: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _setting_title(setting: dict) -> str:
-    """'fashion_mnist: pri 2 (clothes, goods), aux 10': principal classes named where few."""
+def _setting_title(setting: dict, data: str = "") -> str:
+    """'fashion_mnist: pri 2 (clothes, goods), aux 10': principal classes named where few; `data`
+    names the data in place of the data set's name (your folder's)."""
     dataset, pri = setting["dataset"], setting["pri"]
     names = ""
     if pri <= 6 and dataset in registry.names() and not registry.is_user_data(dataset):  # no folder is listed
         levels = registry.get(dataset).levels()
         if pri in levels.levels:
             names = f" ({', '.join(levels.names_at(pri))})"
-    return f"{dataset}: pri {pri}{names}, aux {setting.get('aux', '–')}"
+    return f"{data or dataset}: pri {pri}{names}, aux {setting.get('aux', '–')}"
 
 
 def _signed(x: float) -> str:
@@ -224,7 +252,7 @@ def paired_tables(groups: list) -> str:
     others = [k for k in _varying(groups, NAMED_FIELDS) if k not in LINE_FIELDS]
     blocks = []
     for panel, rows in by_setting.values():
-        title = f"{_setting_title(panel)} {' '.join(f'{k}={panel[k]}' for k in others if k in panel)}".strip()
+        title = f"{_setting_title(panel)} {_fields_text(panel, others)}".strip()
         lines = [
             f"### {title}",
             "",
@@ -273,13 +301,30 @@ def _panels(groups) -> list:
     return panels
 
 
-def _band(ax, x, values, label, **style):
-    """Mean over seeds with a ±1 std band (none for one seed)."""
+# What a line and its band are, said in every figure that draws them.
+BAND_NOTE = "lines: mean over seeds (n); shaded band (one epoch: bar): ±1 std over seeds"
+
+
+def _band(ax, x, values, label, limits=None, **style):
+    """Mean over seeds with a ±1 std band (none for one seed), within `limits` (a fraction's
+    band stops at 1). A run of one epoch is a marker with an error bar: a line needs two points."""
     mean = np.nanmean(values, axis=0)
+    std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+    low, high = mean - std, mean + std
+    if limits:
+        low, high = np.clip(low, *limits), np.clip(high, *limits)
+    if len(x) == 1:
+        ax.errorbar(x, mean, yerr=[mean - low, high - mean], label=label, marker="o", capsize=3, **style)
+        return
     (line,) = ax.plot(x, mean, label=label, **style)
     if len(values) > 1:
-        std = np.nanstd(values, axis=0, ddof=1)
-        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def _epoch_axis(ax) -> None:
+    """Whole epochs only: a short run would get ticks at 1.25, 1.5."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _grid(n, sharey=False):
@@ -294,14 +339,20 @@ def _grid(n, sharey=False):
 
 
 def _figure_legend(fig, axes) -> None:
-    """One legend below the panels for every line any panel draws: run labels are long, and a
-    legend inside a panel would hide its curves."""
+    """One legend below the panels for every line any panel draws (a legend inside a panel would
+    hide its curves), titled with what the lines and bands are."""
     handles = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     fig.legend(
-        handles.values(), handles.keys(), loc="outside lower center", ncol=2 if len(handles) > 4 else 1, fontsize=8
+        handles.values(),
+        handles.keys(),
+        loc="outside lower center",
+        ncol=2 if len(handles) > 4 else 1,
+        fontsize=8,
+        title=BAND_NOTE,
+        title_fontsize=8,
     )
 
 
@@ -323,21 +374,21 @@ def plot_learning_curves(groups, out) -> list:
         panels = _panels(in_dataset)
         title_fields = [k for k in _varying(in_dataset, ("dataset", "pri", "aux", "psi")) if k not in LINE_FIELDS]
         fig, axes = _grid(len(panels), sharey=True)
+        # One colour per legend entry across the panels (a method keeps its colour everywhere).
+        labels = {id(g): f"{_label(g, line_fields, short=True)} (n={len(g.runs)})" for g in in_dataset}
+        colours = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(labels.values()))}
         for ax, panel in zip(axes, panels):
             for group in (g for g in in_dataset if _matches(g, panel)):
                 accuracy = group.curve("test/acc")
-                style = {"linestyle": "--"} if group.setting.get("entropy_weight") == 0 else {}
-                _band(
-                    ax,
-                    np.arange(1, accuracy.shape[1] + 1),
-                    accuracy,
-                    f"{_label(group, line_fields)}, n={len(group.runs)}",
-                    **style,
-                )
-            title = _setting_title(panel)
-            others = " ".join(f"{k}={panel[k]}" for k in title_fields if k in panel)
-            ax.set_title(f"{title} {others}".strip(), fontsize=10)
-            ax.set_xlabel("epoch")
+                label = labels[id(group)]
+                dashed = group.setting.get("entropy_weight") == 0  # MAXL without the entropy term
+                style = {"color": colours[label], "linestyle": "--" if dashed else "-"}
+                _band(ax, np.arange(1, accuracy.shape[1] + 1), accuracy, label, **style)
+            data = _data_name(next(g for g in in_dataset if _matches(g, panel)).config)
+            title = _setting_title(panel, data)
+            others = ", ".join(_short(k, panel[k]) for k in title_fields if k in panel)
+            ax.set_title(f"{title}, {others}" if others else title, fontsize=10)
+            _epoch_axis(ax)
             ax.set_ylabel("test accuracy")
             ax.yaxis.set_tick_params(labelleft=True)  # sharey hides them on all but the first column
             ax.grid(alpha=0.3)
@@ -425,16 +476,18 @@ def plot_label_usage(groups, out) -> list:
                 "color": colors[pri, aux, setting],
                 "linestyle": "--" if group.setting["entropy_weight"] == 0 else "-",
             }
-            label = f"pri {pri}, aux {aux}, entropy {group.setting['entropy_weight']:g} {setting}".strip()
+            label = f"pri {pri}, aux {aux}, entropy {group.setting['entropy_weight']:g}"
+            label = ", ".join([label] + [_short(k, group.setting[k]) for k in others if k in group.setting])
+            label += f" (n={len(group.runs)})"
             used = group.curve(None, _fraction_used)
             epochs = np.arange(1, used.shape[1] + 1)
-            _band(used_ax, epochs, used, label, **style)
+            _band(used_ax, epochs, used, label, limits=(0, 1), **style)
             entropy = group.curve("labels/aux_entropy_mean")
             if not np.isnan(entropy).all():  # runs from before this diagnostic existed lack it
-                _band(entropy_ax, epochs, entropy, label, **style)
+                _band(entropy_ax, epochs, entropy, label, limits=(0, 1), **style)
             changed = group.curve("labels/changed_since_previous")
             if not np.isnan(changed).all():
-                _band(changed_ax, epochs, changed, label, **style)
+                _band(changed_ax, epochs, changed, label, limits=(0, 1), **style)
         used_ax.set_ylabel("auxiliary classes used / psi[i]")
         entropy_ax.set_ylabel("label entropy / log psi[i]")
         changed_ax.set_ylabel("training labels changed since previous epoch")
@@ -443,9 +496,10 @@ def plot_label_usage(groups, out) -> list:
             "evenness of their use (mean over principal classes)",
             "MAXL's hard training labels that changed",
         )
+        data = ", ".join(sorted({_data_name(g.config) for g in maxl if g.config.dataset == dataset}))
         for ax, title in zip((used_ax, entropy_ax, changed_ax), titles):
-            ax.set_title(f"{dataset}: {title}", fontsize=10)
-            ax.set_xlabel("epoch")
+            ax.set_title(f"{data}: {title}", fontsize=10)
+            _epoch_axis(ax)
             ax.set_ylim(0, 1.05)
             ax.grid(alpha=0.3)
     _figure_legend(fig, axes.flat)

@@ -1,6 +1,7 @@
 """main.py as a user runs it: bad input, interruption and resume, replay from flags.cfg."""
 
 import json
+import logging as std_logging
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from absl.testing import parameterized
 import pytest
 import tensorflow as tf
 
+from maxl_tf import cli
 from maxl_tf import errors
 from maxl_tf import main
 from maxl_tf.experiment import config as config_lib
@@ -108,18 +110,40 @@ class StartUpTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn("--heartbeat_timeout", full)
         self.assertFalse(imported)
 
-    def test_a_closed_pipe_ends_quietly(self):
+    def _closed_pipe(self, *command):
+        """(exit status, stderr) of a command whose stdout reader went away at once, as `| head -1`."""
         process = subprocess.Popen(
-            [sys.executable, os.path.join(smoke_util.REPO, "main.py"), "--help"],
+            [sys.executable, *command],
             cwd=smoke_util.REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
         )
-        process.stdout.close()  # as `| head -1` does, here before the first line
+        process.stdout.close()
         stderr = process.stderr.read().decode()
-        self.assertEqual(process.wait(timeout=60), 128 + signal.SIGPIPE, stderr)
+        return process.wait(timeout=60), stderr
+
+    def test_a_closed_pipe_ends_quietly(self):
+        code, stderr = self._closed_pipe(os.path.join(smoke_util.REPO, "main.py"), "--help")
+        self.assertEqual(code, 128 + signal.SIGPIPE, stderr)
         self.assertEqual(stderr, "")
+        # The launcher keeps reading its workers (they would block on a full pipe) and drops the lines.
+        worker = "for i in range(20000): print(i)"
+        code, stderr = self._closed_pipe("-m", "maxl_tf.launch", "--workers=2", "--", sys.executable, "-c", worker)
+        self.assertIn(code, (0, 128 + signal.SIGPIPE), stderr)
+        self.assertEqual(stderr, "")
+
+    def test_tensorflow_datasets_warnings_are_kept_out(self):
+        """Offline, tfds warns through absl ("Variant folder ... has no dataset_info.json") before
+        our own error line says the data is missing; its errors still show, and our warnings."""
+
+        def record(path, level):
+            return std_logging.LogRecord("absl", level, path, 1, "message", None, None)
+
+        tfds_file = "/site-packages/tensorflow_datasets/core/utils/file_utils.py"
+        self.assertFalse(cli._third_party_chatter(record(tfds_file, std_logging.WARNING)))
+        self.assertTrue(cli._third_party_chatter(record(tfds_file, std_logging.ERROR)))
+        self.assertTrue(cli._third_party_chatter(record("/repo/maxl_tf/train.py", std_logging.WARNING)))
 
     def test_a_default_dataset_error_suggests_your_own_images(self):
         code, _, stderr, imported = self._run("--pri=2", "--aux=10")

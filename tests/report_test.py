@@ -215,6 +215,70 @@ class FigureTest(tf.test.TestCase):
         self.assertGreater(high, 0.9)
         self.assertEqual(axes[0].get_title(), "digits: pri 2 (curved, straight), aux 10")
 
+    @staticmethod
+    def _visible_xticks(ax):
+        low, high = ax.get_xlim()
+        return [tick for tick in ax.get_xticks() if low <= tick <= high]
+
+    def _figure(self, plot, groups):
+        captured = []
+        with mock.patch.object(report, "_save", lambda fig, path: captured.append(fig) or path):
+            plot(groups, self.get_temp_dir())
+        [fig] = captured
+        return fig, [ax for ax in fig.axes if ax.get_visible()]
+
+    def test_a_folder_run_of_one_epoch(self):
+        """A visible marker with a ±1 std bar, whole epochs on the axis, the folder in the title,
+        short legends, the band's meaning said, and a fraction's band that stops at 1."""
+        root = self.get_temp_dir() + "/one_epoch"
+        for seed, used in ((0, [2, 2]), (1, [2, 1])):  # classes used / psi: 1.0 and 0.75
+            for hierarchy_file in ("", "/data/tree.json"):
+                fake_run(
+                    root + ("/tree" if hierarchy_file else "/flat"),
+                    "maxl",
+                    seed,
+                    [0.8 + 0.01 * seed],
+                    dataset="folder",
+                    aux=4,
+                    used=used,
+                    data_dir="/data/my_images",
+                    hierarchy=hierarchy_file,
+                )
+        groups = report.group_runs(report.load_runs([root])[0])
+        fig, axes = self._figure(report.plot_learning_curves, groups)
+        self.assertEqual(
+            [ax.get_title() for ax in axes],
+            [
+                "folder my_images: pri 2, aux 4, no hierarchy",
+                "folder my_images: pri 2, aux 4, hierarchy tree.json",
+            ],
+        )
+        [marker] = axes[0].lines[:1]
+        self.assertEqual(marker.get_marker(), "o")
+        self.assertEqual(self._visible_xticks(axes[0]), [1.0])
+        [legend] = fig.legends
+        self.assertEqual(legend.get_title().get_text(), report.BAND_NOTE)
+        self.assertIn("±1 std", report.BAND_NOTE)
+
+        fig, axes = self._figure(report.plot_label_usage, groups)
+        labels = [text.get_text() for text in fig.legends[0].get_texts()]
+        self.assertEqual(
+            labels,
+            ["pri 2, aux 4, entropy 0.2, no hierarchy (n=2)", "pri 2, aux 4, entropy 0.2, hierarchy tree.json (n=2)"],
+        )
+        [bar, *_] = axes[0].containers
+        _, _, (bar_lines,) = bar.lines
+        self.assertAllClose(bar_lines.get_segments()[0][:, 1], [0.875 - 0.1768, 1.0], atol=1e-3)  # clipped at 1
+
+        # Several epochs: a band, clipped at 1 as well, and whole epochs.
+        root = self.get_temp_dir() + "/three_epochs"
+        for seed, used in ((0, [2, 2]), (1, [2, 1])):
+            fake_run(root, "maxl", seed, [0.7, 0.8, 0.8], aux=4, used=used)
+        _, axes = self._figure(report.plot_label_usage, report.group_runs(report.load_runs([root])[0]))
+        [band] = axes[0].collections
+        self.assertLessEqual(band.get_paths()[0].vertices[:, 1].max(), 1.0)
+        self.assertEqual(self._visible_xticks(axes[0]), [1.0, 2.0, 3.0])
+
     def test_figures_decode_and_fig4_numbers(self):
         root = self.get_temp_dir() + "/fig4"
         for seed in (0, 1):

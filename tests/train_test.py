@@ -9,6 +9,7 @@ from unittest import mock
 
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import api_pb2 as hparams_api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 import tensorflow as tf
 
@@ -18,6 +19,7 @@ from maxl_tf.core import labels as labels_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
+from maxl_tf.experiment import sweep
 from maxl_tf.experiment import train
 from tests import smoke_util
 
@@ -28,6 +30,15 @@ def _scalar_tags(logdir):
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(value.tag for value in event.summary.value)
     return tags
+
+
+def _session_status(events) -> list:
+    """The HParams session-end statuses in a run's events (TensorBoard shows the first)."""
+    return [
+        hparams_metadata.parse_session_end_info_plugin_data(content).status
+        for tag, content in events.PluginTagToContent(hparams_metadata.PLUGIN_NAME).items()
+        if tag == hparams_metadata.SESSION_END_INFO_TAG
+    ]
 
 
 def _read(path):
@@ -104,10 +115,12 @@ class SmokeRunTest(tf.test.TestCase):
             for key, value in start.hparams.items()
         }
         self.assertEqual(written["method"], "single")
-        self.assertEqual(written["psi"], "7,3")
         self.assertEqual(written["lr"], 0.01)
         self.assertIs(written["augment"], False)
-        self.assertEqual(set(written), set(config.experiment()))
+        # A baseline's row leaves out what single-task ignores: the generator's settings, aux, psi.
+        self.assertEqual(set(written), set(config.experiment()) - sweep.ignored_fields("single"))
+        self.assertNotIn("generator_lr", written)
+        self.assertEqual(_session_status(events), [hparams_api_pb2.STATUS_SUCCESS])
         [final] = events.Tensors(train.FINAL_METRIC)
         self.assertEqual(final.step, 1)
         self.assertAllClose(tf.make_ndarray(final.tensor_proto), results["test_accuracy"])
@@ -345,6 +358,21 @@ class RefusalTest(tf.test.TestCase):
         results = train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1), progress=False)
         self.assertTrue(results["complete"])
         self.assertIn("--lr=0.01", _read(os.path.join(logdir, "flags.cfg")).decode())
+
+    def test_a_run_that_diverges_after_a_checkpoint_ends_its_session_as_failed(self):
+        logdir = os.path.join(self.get_temp_dir(), "diverged")
+        check_finite = train.check_finite
+
+        def diverge_in_epoch_2(loop, epoch):
+            if epoch == 1:
+                raise errors.NonFiniteLoss("non-finite loss (made up by the test)")
+            check_finite(loop, epoch)
+
+        with mock.patch.object(train, "check_finite", diverge_in_epoch_2), self.assertRaises(errors.NonFiniteLoss):
+            train.train_and_evaluate(smoke_util.smoke_config(logdir, method="single"), progress=False)
+        events = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+        events.Reload()
+        self.assertEqual(_session_status(events), [hparams_api_pb2.STATUS_FAILURE])
 
     def test_non_finite_loss_stops_before_saving(self):
         logdir = os.path.join(self.get_temp_dir(), "nan")

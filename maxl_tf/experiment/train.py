@@ -16,6 +16,8 @@ import time
 import keras
 import numpy as np
 from tensorboard.plugins.hparams import api as hparams_api
+from tensorboard.plugins.hparams import api_pb2 as hparams_pb2
+from tensorboard.plugins.hparams import summary as hparams_summary
 import tensorflow as tf
 
 from maxl_tf import errors
@@ -30,6 +32,7 @@ from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
 from maxl_tf.experiment import signals
 from maxl_tf.experiment import state as state_lib
+from maxl_tf.experiment import sweep
 
 # Written once a run is complete: its rundir.metric_name, which the HParams dashboard compares.
 FINAL_METRIC = "results/test_accuracy"
@@ -370,17 +373,29 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
         if summary["complete"]:  # the paper's metric, beside the hyperparameters in TensorBoard's HParams
             with loop.writer.as_default(step=epoch + 1):
                 tf.summary.scalar(FINAL_METRIC, summary["test_accuracy"])
-            loop.writer.flush()
+            write_session_status(loop.writer, hparams_pb2.STATUS_SUCCESS, epoch + 1)
         rundir.write_results(config.logdir, summary)
     return record
 
 
 def hparam_values(config: config_lib.Config) -> dict:
-    """The experiment's fields as TensorBoard hyperparameters (bool, number or string)."""
+    """The experiment's fields as TensorBoard hyperparameters (bool, number or string), without
+    those its method ignores (a baseline has no generator_lr)."""
+    ignored = sweep.ignored_fields(config.method)
     return {
         key: ",".join(map(str, value)) if isinstance(value, tuple) else value
         for key, value in config.experiment().items()
+        if key not in ignored
     }
+
+
+def write_session_status(writer, status: int, epoch: int) -> None:
+    """The run's status in TensorBoard's HParams dashboard (hparams_pb2.STATUS_SUCCESS once
+    complete, STATUS_FAILURE once diverged), written once, when the run ends for good: the
+    dashboard keeps the first. A run stopped to be resumed writes none and stays "unknown"."""
+    with writer.as_default(step=epoch):
+        tf.summary.experimental.write_raw_pb(hparams_summary.session_end_pb(status).SerializeToString(), step=epoch)
+    writer.flush()
 
 
 def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=None) -> dict:
@@ -467,7 +482,12 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
         if history:  # re-emit the last record, in case the previous process died before writing it
             write_summaries(loop.writer, history[-1])
         for epoch in range(start_epoch, config.epochs):
-            record = train_epoch(loop, epoch, stop, progress)
+            try:
+                record = train_epoch(loop, epoch, stop, progress)
+            except errors.NonFiniteLoss:
+                if loop.checkpoints.latest_checkpoint:  # else nothing is left and another run may start here
+                    write_session_status(loop.writer, hparams_pb2.STATUS_FAILURE, epoch + 1)
+                raise
             print(
                 f"epoch {epoch + 1}/{config.epochs}: test/acc {record['test/acc']:.4f} "
                 f"test/loss {record['test/loss']:.4f} train/pri_acc {record['train/pri_acc']:.4f} "
