@@ -25,6 +25,7 @@ from maxl_tf import errors
 from maxl_tf import exports
 from maxl_tf import inputs
 from maxl_tf import labels as labels_lib
+from maxl_tf import models
 from maxl_tf import rundir
 from maxl_tf import signals
 from maxl_tf import state as state_lib
@@ -401,12 +402,20 @@ def hparam_values(config: config_lib.Config) -> dict:
 def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=None) -> dict:
     """Trains (or resumes) the run a Config describes; returns the content of its results.json.
 
+    A run leaves no traced graph behind, so a sweep's process does not grow run by run
+    (models.custom_gradients_released).
+
     Args:
       claim: a sweep worker's claims.Claim on the run; the run stops without writing once it is lost.
     Raises:
       errors.Error: bad flags, data or log directory (and its subclasses NonFiniteLoss,
         Interrupted and ClaimLost, which train_epoch raises).
     """
+    with models.custom_gradients_released():
+        return _train_and_evaluate(config, progress, claim)
+
+
+def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dict:
     config = config_lib.validate(config)
     strategy = distribute.make_strategy(config.strategy, config.batch_size)
     chief = distribute.is_chief(strategy)
