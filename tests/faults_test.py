@@ -20,6 +20,7 @@ import tensorflow as tf
 from maxl_tf import config as config_lib
 from maxl_tf import errors
 from maxl_tf import exports
+from maxl_tf import models
 from maxl_tf import predict
 from maxl_tf import rundir
 from maxl_tf import state as state_lib
@@ -45,6 +46,12 @@ def _checkpoints(logdir):
     return [os.path.basename(p) for p in state.all_model_checkpoint_paths]
 
 
+def _custom_gradient_names() -> set:
+    from tensorflow.python.framework import ops as tf_ops
+
+    return {name for name in tf_ops._gradient_registry._registry if name.startswith("CustomGradient-")}
+
+
 class _Killed(BaseException):
     """Stands for kill -9 at a chosen moment: nothing after it runs."""
 
@@ -56,7 +63,9 @@ class FinishedRunFaultsTest(tf.test.TestCase):
         cls.root = os.path.join(tf.test.TestCase().get_temp_dir(), "faults")
         shutil.rmtree(cls.root, ignore_errors=True)
         cls.finished = os.path.join(cls.root, "finished")
+        cls.registered_before = _custom_gradient_names()
         train.train_and_evaluate(_config(cls.finished), progress=False)
+        cls.registered_after = _custom_gradient_names()
         cls.expected = _numbers(cls.finished)
         cls.images = []
         rng = np.random.default_rng(0)
@@ -80,6 +89,11 @@ class FinishedRunFaultsTest(tf.test.TestCase):
             self.predictions,
         )
         self.assertFalse(os.path.exists(os.path.join(logdir, exports.STAGING)))
+
+    def test_a_run_leaves_no_traced_graph_registered(self):
+        """TensorFlow's gradient registry would keep each traced tf.custom_gradient, and its graph,
+        for the life of the process: a sweep grew run by run (docs/measurements.md)."""
+        self.assertEqual(self.registered_after, self.registered_before)
 
     def test_exports_cut_short_or_missing_are_written_again_by_the_rerun(self):
         """A complete run whose evaluator.keras was cut to 0 bytes and whose serving/ and
@@ -274,6 +288,20 @@ class WriteFaultsTest(tf.test.TestCase):
             [str(c.args[0]) for c in out.call_args_list],
         )
         self.assertEqual(_numbers(logdir), self._uninterrupted())
+
+
+class CustomGradientsReleasedTest(tf.test.TestCase):
+    def test_names_registered_inside_are_forgotten_on_leaving(self):
+        before = _custom_gradient_names()
+        with models.custom_gradients_released():
+
+            @tf.function
+            def identity(x):
+                return tf.custom_gradient(lambda x: (x, lambda dy: dy))(x)
+
+            identity(tf.constant(1.0))
+            self.assertLen(_custom_gradient_names() - before, 1)
+        self.assertEqual(_custom_gradient_names(), before)
 
 
 class QuotedErrorTest(tf.test.TestCase):
