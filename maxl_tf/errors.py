@@ -40,8 +40,12 @@ class ClaimLost(Error):
 def first_line(error: BaseException, limit: int = 300) -> str:
     """'TypeName: first line of its message', or just the type name for an empty message.
 
-    For quoting a third-party exception inside one of ours without its traceback.
+    For quoting a third-party exception inside one of ours without its traceback; a line over
+    `limit` characters is cut at a space and ends in " ...".
     """
     lines = str(error).strip().splitlines()
-    line = lines[0][:limit] if lines else ""
+    line = lines[0] if lines else ""
+    if len(line) > limit:  # cut at a word's end, never inside one ("Checksum does" + "n't")
+        cut = line[: limit + 1].rsplit(" ", 1)[0] if " " in line[:limit] else line[:limit]
+        line = cut.rstrip(" ,;:") + " ..."
     return f"{type(error).__name__}: {line}" if line else type(error).__name__

@@ -8,8 +8,14 @@ auxiliary head for the human, random and prototypical baselines (human runs name
 data names its classes); single-task runs have no auxiliary task. Images are sized and given
 channels as the run's training images were. Everything comes from the run's exports
 (maxl_tf/exports.py); the data set is not needed.
+
+The networks are read from the run's .keras files in Keras' safe mode, which refuses Python code
+(lambda layers) in them, with the project's own layers as the only custom ones: a run directory
+from elsewhere cannot make this command run code. The serving/ SavedModel is not used here: a
+SavedModel is a TensorFlow graph, and loading one runs whatever it holds.
 """
 
+import dataclasses
 import json
 import os
 
@@ -19,6 +25,7 @@ from maxl_tf import cli
 from maxl_tf import errors
 from maxl_tf import runtime
 from maxl_tf.experiment import config as config_lib
+from maxl_tf.experiment import rundir
 
 FLAGS = flags.FLAGS
 
@@ -29,6 +36,20 @@ def _read_json(path: str) -> dict:
             return json.load(f)
     except (OSError, ValueError) as e:
         raise errors.Error(f"{path} is unreadable ({errors.first_line(e)}); train the run again.") from None
+
+
+def _load_network(path: str):
+    """A .keras file in Keras' safe mode: no lambda layers, no code; the project's layers are
+    registered (maxl_tf.models)."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:  # Keras raises ValueError, TypeError, OSError, zipfile errors...
+        raise errors.Error(
+            f"{path} cannot be loaded in Keras' safe mode ({errors.first_line(e, 200)}); it is not "
+            f"a network this project exported: train the run again."
+        ) from None
 
 
 def predict(logdir: str, paths) -> tuple:
@@ -49,24 +70,26 @@ def predict(logdir: str, paths) -> tuple:
     from maxl_tf.data import images as images_lib
     from maxl_tf.experiment import exports
 
-    serving_path = os.path.join(logdir, exports.SERVING)
     if not os.path.isfile(os.path.join(logdir, "config.json")):
         raise errors.Error(
             f"--logdir={logdir} is not a maxl_tf run directory (no config.json); pass the "
             "--logdir of a run that main.py trained, e.g. runs/<name>."
         )
-    if not os.path.isdir(serving_path):
-        raise errors.Error(
-            f"--logdir={logdir} has no exported networks ({exports.SERVING}/): they are written "
-            f"when the last epoch ends; finish the run with python main.py "
-            f"--flagfile={os.path.join(logdir, 'flags.cfg')}."
-        )
     config = config_lib.Config.from_saved(_read_json(os.path.join(logdir, "config.json")))
+    config = dataclasses.replace(config, logdir=logdir)
+    if not rundir.exports_intact(config):
+        raise errors.Error(
+            f"--logdir={logdir} has no complete exported networks (they are written when the last "
+            f"epoch ends): run python main.py --flagfile={os.path.join(logdir, 'flags.cfg')}, which "
+            f"finishes the run or writes them again from its final checkpoint."
+        )
     names = _read_json(os.path.join(logdir, exports.CLASSES))
-    serving = tf.saved_model.load(serving_path)  # kept: its functions need its variables alive
-    serve = serving.signatures["serve"]
-    _, height, _, channels = serve.structured_input_signature[1]["images"].shape
-    outputs = serve(images=tf.constant(images_lib.load_images(paths, height, channels)))
+    evaluator = _load_network(os.path.join(logdir, exports.EVALUATOR))
+    generator = _load_network(os.path.join(logdir, exports.GENERATOR)) if config.method == "maxl" else None
+    psi = config.psi if config.method != "single" else ()
+    _, height, _, channels = evaluator.input_shape
+    serve = exports.serving_function(evaluator, generator, psi)
+    outputs = serve(tf.constant(images_lib.load_images(paths, height, channels)))
     principal = outputs["principal"].numpy()
     offsets = hierarchy.block_offsets(config.psi) if config.method != "single" else None
     results = []
@@ -124,7 +147,11 @@ def main(argv):
 
 def command() -> None:
     """maxl-tf predict and python -m maxl_tf.predict."""
-    flags.DEFINE_string("logdir", "", "Log directory of a finished run (it holds serving/ and classes.json).")
+    flags.DEFINE_string(
+        "logdir",
+        "",
+        "Log directory of a finished run (its .keras files, read in Keras' safe mode, and classes.json).",
+    )
     cli.run(main)
 
 

@@ -14,6 +14,7 @@ says so. It reads JSON only: TensorFlow is not imported.
 import collections
 import dataclasses
 import os
+import re
 import sys
 
 import matplotlib
@@ -88,14 +89,42 @@ def load_runs(runs_dirs: list) -> tuple:
         path = os.path.join(folder, "results.json")
         try:
             results = rundir.read_results(path)
-            if results["complete"] and not results.get("history"):
-                raise errors.Error(f"{path}: unreadable (complete but without a history)")
+            problem = _malformed(results)
+            if problem:
+                raise errors.Error(f"{path}: unreadable ({problem})")
         except errors.Error as e:
             warnings.append(f"warning: skipping {e}.")
             continue
         results["path"] = path
         (complete if results["complete"] else incomplete).append(results)
     return complete, incomplete, warnings
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _malformed(results: dict) -> str:
+    """What in a results.json the tables and figures cannot use, or '' (a hand-edited or foreign
+    file must cost a warning naming it, not the whole report)."""
+    history = results.get("history")
+    if results["complete"] and not history:
+        return "complete but without a history"
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        return "history is not a list of per-epoch records"
+    if results["complete"]:
+        if not _is_number(results["test_accuracy"]):
+            return f"test_accuracy is {results['test_accuracy']!r}, not a number"
+        if not all(_is_number(r.get("test/acc")) for r in history):
+            return "an epoch of its history has no numeric test/acc"
+    psi = results.get("psi", [])
+    if not isinstance(psi, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in psi):
+        return f"psi is {psi!r}, not a list of positive class counts"
+    for record in history:
+        used = record.get("labels/aux_used_per_pri")
+        if used is not None and (not isinstance(used, list) or len(used) != len(psi)):
+            return f"labels/aux_used_per_pri {used!r} does not match psi {psi}"
+    return ""
 
 
 def group_runs(runs: list) -> list:
@@ -356,6 +385,11 @@ def _figure_legend(fig, axes) -> None:
     )
 
 
+def _file_name(text: str) -> str:
+    """text as part of a file name: tfds:NAME/CONFIG -> tfds_NAME_CONFIG."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
 def _save(fig, path) -> str:
     if not fig.get_constrained_layout():
         fig.tight_layout()
@@ -393,7 +427,7 @@ def plot_learning_curves(groups, out) -> list:
             ax.yaxis.set_tick_params(labelleft=True)  # sharey hides them on all but the first column
             ax.grid(alpha=0.3)
         _figure_legend(fig, axes)
-        paths.append(_save(fig, os.path.join(out, f"learning_curves_{dataset}.png")))
+        paths.append(_save(fig, os.path.join(out, f"learning_curves_{_file_name(dataset)}.png")))
     return paths
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from unittest import mock
 
 import tensorflow as tf
 
@@ -230,13 +231,40 @@ class ClaimTest(tf.test.TestCase):
             self.assertEqual(_generations(run), [0, 1])
             self.assertEqual(won[0].previous["worker"], "elsewhere:1")
 
-    def test_unreadable_claim_is_judged_by_its_heartbeat(self):
+    def test_unparseable_claim_is_taken_over_without_waiting_the_timeout(self):
+        """A damaged generation file holds no heartbeat: a lone worker takes the run over after
+        one recheck, not after --heartbeat_timeout."""
         run = os.path.join(self.parent, "run")
         _write_foreign_claim(run, b"\x00 not json")
-        observer = claims.Worker(TIMEOUT)
-        self.assertIsNone(observer.claim(run))
-        time.sleep(TIMEOUT)
-        self.assertEqual(self._hold(observer.claim(run)).previous, {})
+        observer = claims.Worker(3600)
+        start = time.monotonic()
+        claim = self._hold(observer.claim(run))
+        self.assertLess(time.monotonic() - start, 2 * claims.UNPARSEABLE_RECHECK_SECONDS + 1)
+        self.assertEqual(claim.previous, {})
+        self.assertEqual(claim.generation, 1)
+
+    def test_a_torn_read_of_a_live_heartbeat_is_not_a_takeover(self):
+        """Unparseable at the first read, whole at the recheck (a heartbeat's write in progress):
+        the claim is judged by its heartbeat as before."""
+        run = os.path.join(self.parent, "run")
+        _write_foreign_claim(run, b'{"state": "he')
+        path = os.path.join(claims.claims_dir(run), "0")
+        sleep = time.sleep
+
+        def heartbeat_lands(seconds):
+            with open(path, "wb") as f:
+                f.write(_dead_claim())
+            sleep(seconds)
+
+        with mock.patch.object(claims.time, "sleep", heartbeat_lands):
+            self.assertIsNone(claims.Worker(3600).claim(run))
+
+    def test_a_dangling_claims_link_is_one_line(self):
+        run = os.path.join(self.parent, "run")
+        os.makedirs(run)
+        os.symlink(os.path.join(self.parent, "gone"), claims.claims_dir(run))
+        with self.assertRaisesRegex(errors.Error, r"claims is a symbolic link to .*gone, which does not exist; remove"):
+            claims.Worker(TIMEOUT).claim(run)
 
     def test_superseded_holder_learns_it(self):
         run = os.path.join(self.parent, "run")

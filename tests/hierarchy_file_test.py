@@ -132,6 +132,8 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
         ("string_value", '{"a": "cat"}', r"'a' must map to a non-empty list of class names, not \"cat\""),
         ("empty_list", '{"a": []}', r"'a' must map to a non-empty list"),
         ("number_in_list", '{"a": ["cat", 3]}', r"'a' must map to a non-empty list of class names"),
+        ("unnamed_principal", '{"": ["cat"], "b": ["dog"]}', r"a principal class is named ''; give each"),
+        ("blank_principal", '{" ": ["cat"], "b": ["dog"]}', r"a principal class is named ' '; give each"),
     )
     def test_malformed_json(self, text, pattern):
         self._assert_error(self._file("h.json", text), pattern)

@@ -1,6 +1,8 @@
 """maxl_tf.report on runs directories written by hand: numbers, figures and errors."""
 
 import dataclasses
+import glob
+import io
 import json
 import os
 import re
@@ -350,6 +352,42 @@ class ErrorTest(tf.test.TestCase):
         self.assertEqual(code, 0, stderr)
         self.assertRegex(stdout, r"\| maxl \(entropy 0.2\) − single \| \+0.0300 \|")
         self.assertIn(f"# Results of {base}, {variant}", stdout)
+
+    def test_a_tfds_config_name_makes_a_figure_file_name(self):
+        """tfds:NAME/CONFIG has a '/' that must not reach a file name."""
+        root = self.get_temp_dir() + "/tfds_config"
+        fake_run(root, "maxl", 0, [0.5] * 5, dataset="tfds:beans/small", pri=3, aux=6)
+        out = self.get_temp_dir() + "/tfds_config_out"
+        report.write_report([root], out)
+        self.assertTrue(os.path.isfile(f"{out}/learning_curves_tfds_beans_small.png"))
+
+    def test_malformed_history_accuracy_or_psi_is_one_warning_naming_the_file(self):
+        root = self.get_temp_dir() + "/malformed"
+        fake_run(root, "maxl", 0, [0.5] * 5)
+        damage = {
+            "history_not_a_list": lambda r: r.update(history={"epoch": 1}),
+            "record_not_a_dict": lambda r: r.update(history=[1, 2]),
+            "accuracy_a_string": lambda r: r.update(test_accuracy="0.5"),
+            "epoch_accuracy_missing": lambda r: r["history"][0].pop("test/acc"),
+            "psi_zero": lambda r: r.update(psi=[0, 5]),
+            "usage_of_other_psi": lambda r: r["history"][0].update({"labels/aux_used_per_pri": [1, 2, 3]}),
+        }
+        for seed, (name, damaged) in enumerate(damage.items(), 1):
+            fake_run(root, "maxl", seed, [0.6] * 5)
+            path = glob.glob(f"{root}/*seed{seed}/results.json")[0]
+            with open(path) as f:
+                results = json.load(f)
+            damaged(results)
+            os.rename(os.path.dirname(path), f"{root}/{name}")
+            with open(f"{root}/{name}/results.json", "w") as f:
+                json.dump(results, f)
+        with mock.patch("sys.stderr", new_callable=io.StringIO) as stderr:
+            text = report.write_report([root], self.get_temp_dir() + "/malformed_out")
+        warnings = stderr.getvalue().splitlines()
+        self.assertLen(warnings, len(damage))
+        for name, warning in zip(sorted(damage), warnings):
+            self.assertRegex(warning, rf"^warning: skipping {root}/{name}/results.json: unreadable \(.+\)\.$")
+        self.assertIn("| digits | 2 | 10 | 5 | maxl | 0.2 | 0.5000 | 1 |", text)
 
     def test_unreadable_results_are_named_and_skipped(self):
         root = self.get_temp_dir() + "/damaged"

@@ -20,6 +20,7 @@ import numpy as np
 
 from maxl_tf import errors
 from maxl_tf.core import hierarchy as hierarchy_lib
+from maxl_tf.data import safe_pickle
 from maxl_tf.data import source as source_lib
 from maxl_tf.data import tfds
 
@@ -402,14 +403,14 @@ def _unpickle_members(path: str, folder: str, members: Sequence[str]) -> dict[st
         pickles = {}
         for member in members:
             with open(os.path.join(path, member), "rb") as f:
-                pickles[member] = pickle.load(f, encoding="bytes")
+                pickles[member] = safe_pickle.load_arrays(f, os.path.join(path, member))
         return pickles
     wanted = {f"{folder}/{member}": member for member in members}
     pickles = {}
     with tarfile.open(path, "r:gz") as tar:
         for info in tar:
             if info.name in wanted and info.isfile():
-                pickles[wanted[info.name]] = pickle.load(tar.extractfile(info), encoding="bytes")
+                pickles[wanted[info.name]] = safe_pickle.load_arrays(tar.extractfile(info), f"{path}: {info.name}")
     missing = sorted(set(members) - set(pickles))
     if missing:
         raise KeyError(f"no {', '.join(f'{folder}/{m}' for m in missing)} in the archive")

@@ -112,6 +112,10 @@ def _parse_json(path: str, text: str) -> dict:
         raise errors.Error(f"--hierarchy={path}: the JSON must be a non-empty object: {_FORMAT}.")
     principal_of = {}
     for principal, children in tree.items():
+        if not principal.strip():
+            raise errors.Error(
+                f"--hierarchy={path}: a principal class is named {principal!r}; give each principal class a name."
+            )
         if not (isinstance(children, list) and children and all(isinstance(c, str) for c in children)):
             raise errors.Error(
                 f"--hierarchy={path}: principal class {principal!r} must map to a "

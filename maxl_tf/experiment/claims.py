@@ -26,7 +26,8 @@ a new one over it because NFS's close-to-open consistency makes an open see the 
 content, while a new name-to-file mapping can hide behind the client's directory cache. One
 shortcut: a claim written on this same machine (hostname, boot and PID namespace) by a process
 that no longer exists is stale at once, so rerunning a killed single-worker sweep resumes the
-run at once, as it did before claims.
+run at once, as it did before claims. And a generation file that does not parse, twice a moment
+apart, is stale at once: the protocol never leaves one so (see Worker._still_unparseable).
 
 Guaranteed: no two workers ever create the same generation, so at any moment at most one holds
 the newest. A superseded holder sees `lost` at its next heartbeat once its file system shows it
@@ -54,6 +55,7 @@ from maxl_tf import errors
 CLAIMS_DIR = "claims"  # inside a run directory
 BEATS_PER_TIMEOUT = 4  # heartbeats (and a waiting worker's polls) per heartbeat_timeout
 MAX_POLL_SECONDS = 10  # a waiting worker sees other workers' runs complete at least this often
+UNPARSEABLE_RECHECK_SECONDS = 1.0  # far longer than a torn read of one heartbeat's write lasts
 
 # A run's state, as a worker sees it.
 COMPLETE = "complete"  # the caller says so (its results are final)
@@ -290,6 +292,8 @@ class Worker:
         except OSError as e:
             raise _cannot(run_dir, e) from e
         record = _parse(content)
+        if not record and self._still_unparseable(directory, generation, content):
+            return Observation(STALE, generation, record)
         if record.get("state") == "released":
             return Observation(FREE, generation, record)
         if (
@@ -305,6 +309,24 @@ class Worker:
             return Observation(HELD, generation, record)
         return Observation(STALE if now - seen[2] >= self.heartbeat_timeout else HELD, generation, record)
 
+    def _still_unparseable(self, directory: str, generation: int, content: bytes) -> bool:
+        """Whether a generation file that did not parse still reads the same a moment later.
+
+        The protocol never leaves a claim unparseable: a generation is linked complete, and a
+        heartbeat rewrites it in place with content no shorter, so a read can catch one torn
+        only for the time of one write. A file that still does not parse was damaged outside
+        the protocol (or is not a claim) and holds no heartbeat to watch: waiting
+        --heartbeat_timeout for it to change would wait for nothing. It is stale; a live holder
+        it might have hidden learns at its next heartbeat that it lost the run.
+        """
+        time.sleep(min(UNPARSEABLE_RECHECK_SECONDS, self.heartbeat_timeout / BEATS_PER_TIMEOUT))
+        try:
+            with open(os.path.join(directory, str(generation)), "rb") as f:
+                again = f.read()
+        except OSError:
+            again = b""
+        return again == content
+
     def claim(self, run_dir: str) -> Claim | None:
         """Claims run_dir if it is free or stale.
 
@@ -318,10 +340,16 @@ class Worker:
         if seen.state == HELD:
             return None
         generation = seen.generation + 1
+        directory = claims_dir(run_dir)
+        if os.path.islink(directory) and not os.path.exists(directory):
+            raise errors.Error(
+                f"{directory} is a symbolic link to {os.readlink(directory)}, which does not exist; "
+                f"remove the link, or create the folder it points to."
+            )
         try:
-            os.makedirs(claims_dir(run_dir), exist_ok=True)
+            os.makedirs(directory, exist_ok=True)
             created = _create_exclusively(
-                os.path.join(claims_dir(run_dir), str(generation)),
+                os.path.join(directory, str(generation)),
                 _record(HELD, self.worker_id, self._machine, generation),
             )
         except OSError as e:

@@ -15,11 +15,14 @@ The auxiliary probabilities are the auxiliary labeller's, as maxl_tf.visualise s
 generator's for MAXL (the labels it taught the evaluator), the evaluator's auxiliary head for the
 human, random and prototypical baselines. They are written once, after the last epoch and before
 results.json says the run is complete (the checkpoints already keep every epoch; an export takes
-seconds), so a complete run always has them.
+seconds): into a staging folder, flushed to disk, then renamed into place, and exports.json
+(each file's size) last. A rerun of a complete run whose exports are missing or cut short writes
+them again from the final checkpoint (rundir.exports_intact, train.train_and_evaluate).
 """
 
 import json
 import os
+import shutil
 
 import keras
 import tensorflow as tf
@@ -31,10 +34,11 @@ from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import rundir
 from maxl_tf.models import vgg as models
 
-EVALUATOR = "evaluator.keras"
-GENERATOR = "generator.keras"
-SERVING = "serving"
-CLASSES = "classes.json"
+EVALUATOR = rundir.EVALUATOR
+GENERATOR = rundir.GENERATOR
+SERVING = rundir.SERVING
+CLASSES = rundir.CLASSES
+STAGING = "exports.tmp"  # inside the log directory: renames into place stay on one file system
 
 
 def serving_function(evaluator: keras.Model, generator: keras.Model | None, psi):
@@ -73,17 +77,29 @@ def portable(network: keras.Model) -> keras.Model:
 def write(
     logdir: str, evaluator: keras.Model, generator: keras.Model | None, psi, input_shape, class_names: dict
 ) -> None:
-    """Writes the .keras files, the serving SavedModel and classes.json into logdir.
+    """Writes the .keras files, the serving SavedModel and classes.json into logdir, each whole
+    or not at all (rundir.publish_exports).
 
     Args:
       generator: the MAXL generator, else None.
       psi: the run's psi; empty for single-task runs.
       input_shape: (H, W, C) of the run's images.
       class_names: inputs.RunData.class_names.
+    Raises:
+      errors.Error: logdir cannot be written (read-only, full disk).
     """
-    portable(evaluator).save(os.path.join(logdir, EVALUATOR))
+    staging = os.path.join(logdir, STAGING)
+    with rundir.storing("the exported networks", logdir):
+        shutil.rmtree(staging, ignore_errors=True)  # a killed export's
+        os.makedirs(staging)
+        _write_into(staging, evaluator, generator, psi, input_shape, class_names)
+        rundir.publish_exports(logdir, staging)
+
+
+def _write_into(folder: str, evaluator, generator, psi, input_shape, class_names: dict) -> None:
+    portable(evaluator).save(os.path.join(folder, EVALUATOR))
     if generator is not None:
-        portable(generator).save(os.path.join(logdir, GENERATOR))
+        portable(generator).save(os.path.join(folder, GENERATOR))
     # Not archive.track(network): that adds each Keras variable beside the tf.Variable the endpoint
     # captures, and the SavedModel would store every weight twice. The endpoint's own variables
     # are all that serve() (and TFLite's converter) need.
@@ -93,5 +109,5 @@ def write(
         serving_function(evaluator, generator, psi),
         input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name="images")],
     )
-    archive.write_out(os.path.join(logdir, SERVING), verbose=False)
-    rundir.write_atomically(os.path.join(logdir, CLASSES), json.dumps(class_names, indent=1))
+    archive.write_out(os.path.join(folder, SERVING), verbose=False)
+    rundir.write_atomically(os.path.join(folder, CLASSES), json.dumps(class_names, indent=1))

@@ -7,6 +7,7 @@
              events.out.*     TensorBoard summaries, with the run's hyperparameters (HParams)
              evaluator.keras, generator.keras, serving/, classes.json
                               the trained networks and class names, once complete (exports.py)
+             exports.json     each exported file's size, written once they are all in place
              claims/          which worker of a sweep trains the run (maxl_tf/claims.py)
 
 The training loop, sweeps, the report and the visualisations all go through here. TensorFlow is
@@ -14,10 +15,14 @@ imported only inside the functions that touch checkpoints, so that reading resul
 a sweep skipping complete runs) never starts it.
 """
 
+import contextlib
 import dataclasses
 import glob
 import json
 import os
+import shutil
+import sys
+import zipfile
 
 import numpy as np
 
@@ -28,15 +33,128 @@ from maxl_tf.experiment import config as config_lib
 LAST_EPOCHS_AVERAGED = 5  # the paper's metric: mean test accuracy of the last 5 epochs
 DATA_KEY = "data_identity"  # config.json's and results.json's record of the data a run saw
 
+# A finished run's exports (exports.py writes them; named here so that reading a run needs no
+# TensorFlow). EXPORTS_MANIFEST lists every exported file with its size.
+EVALUATOR = "evaluator.keras"
+GENERATOR = "generator.keras"
+SERVING = "serving"
+CLASSES = "classes.json"
+EXPORTS_MANIFEST = "exports.json"
+
 
 def write_atomically(path: str, text: str) -> None:
-    """A reader sees the old file or the new one, never half of one, even after a crash."""
+    """A reader sees the old file or the new one, never half of one, even after a crash; a failed
+    write (a full disk) leaves the old file and no temporary one."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    """An OSError, or a TensorFlow file-system error (a checkpoint or SavedModel write)."""
+    if isinstance(error, OSError):
+        return True
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.OpError)
+
+
+@contextlib.contextmanager
+def storing(what: str, directory: str):
+    """Turns a failed write of `what` into `directory` (read-only, full disk, gone) into one
+    errors.Error naming both; whatever was written before stays as it was."""
+    try:
+        yield
+    except Exception as e:
+        if not _is_storage_error(e):
+            raise
+        raise errors.Error(
+            f"cannot write {what} into {directory} ({errors.first_line(e, 160)}); free space on its "
+            f"disk or make it writable, then rerun the same command: it resumes from the last "
+            f"checkpoint saved."
+        ) from None
+
+
+def _fsync_tree(path: str) -> None:
+    """Flushes a file, or every file and folder under path, to the disk."""
+    paths = [path]
+    if os.path.isdir(path):
+        paths = [os.path.join(folder, name) for folder, dirs, files in os.walk(path) for name in dirs + files]
+        paths.append(path)
+    for name in paths:
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _export_sizes(logdir: str, names) -> dict:
+    """{path relative to logdir: size} of every file under `names`."""
+    sizes = {}
+    for name in names:
+        path = os.path.join(logdir, name)
+        found = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+        sizes.update({os.path.relpath(f, logdir): os.path.getsize(f) for f in sorted(found)})
+    return sizes
+
+
+def publish_exports(logdir: str, staging: str) -> None:
+    """Moves the exports written into `staging` into logdir, then writes their manifest.
+
+    Each file or folder is complete on disk (fsynced) before it is renamed into place, and the
+    manifest comes last; results.json says the run is complete only after this returns. A kill at
+    any moment leaves each export whole or absent, which exports_intact() tells apart.
+    """
+    names = sorted(os.listdir(staging))
+    for name in names:
+        _fsync_tree(os.path.join(staging, name))
+    for name in names:
+        target = os.path.join(logdir, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
+    os.rmdir(staging)
+    _fsync_tree(logdir)
+    write_atomically(os.path.join(logdir, EXPORTS_MANIFEST), json.dumps(_export_sizes(logdir, names), indent=1))
+
+
+def exports_intact(config: config_lib.Config) -> bool:
+    """Whether a run's exports are all there and whole: each file the manifest lists, at its size.
+
+    Runs exported before the manifest existed: each export present and each .keras file a whole
+    zip archive. False sends a complete run back to train.train_and_evaluate, which writes the
+    exports again from the final checkpoint.
+    """
+    logdir = config.logdir
+    expected = [EVALUATOR, CLASSES, os.path.join(SERVING, "saved_model.pb")]
+    if config.method == "maxl":
+        expected.append(GENERATOR)
+    if not all(os.path.isfile(os.path.join(logdir, name)) for name in expected):
+        return False
+    try:
+        with open(os.path.join(logdir, EXPORTS_MANIFEST)) as f:
+            sizes = json.load(f)
+    except FileNotFoundError:
+        return all(zipfile.is_zipfile(os.path.join(logdir, name)) for name in expected if name.endswith(".keras"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(sizes, dict):
+        return False
+    for name, size in sizes.items():
+        try:
+            if os.path.getsize(os.path.join(logdir, name)) != size:
+                return False
+        except (OSError, TypeError):
+            return False
+    return True
 
 
 def _checkpoint_dir(logdir: str) -> str:
@@ -159,6 +277,51 @@ def check_checkpoint_index(directory: str) -> None:
             f"checkpoint index {index} is missing or unreadable; restore it from a backup, "
             f"or delete {directory} to start over."
         )
+    if not _existing_checkpoints(state):
+        raise errors.Error(
+            f"checkpoint index {index} lists {os.path.basename(state.model_checkpoint_path)}, whose "
+            f"files are gone, and no earlier checkpoint; restore them from a backup, or delete "
+            f"{directory} to start over."
+        )
+
+
+def _existing_checkpoints(state) -> list:
+    """The checkpoints an index (a CheckpointState) lists whose files are there, oldest first."""
+    listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    if state.model_checkpoint_path not in listed:
+        listed.append(state.model_checkpoint_path)
+    return [path for path in listed if os.path.isfile(path + ".index")]
+
+
+def _repair_checkpoint_index(directory: str) -> None:
+    """Makes the index name the newest checkpoint left, when its latest was deleted (as the
+    damaged-checkpoint error advises), so the run resumes from there and not from scratch
+    (tf.train.latest_checkpoint returns None for a latest whose files are gone); and removes the
+    ckpt-N_temp folders a kill during a save leaves behind (a save writes there, then renames)."""
+    import tensorflow as tf
+
+    for temp in glob.glob(os.path.join(directory, "ckpt-*_temp")):
+        shutil.rmtree(temp, ignore_errors=True)
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception:  # check_checkpoint_index has refused a damaged index before this
+        return
+    if state is None or os.path.isfile(state.model_checkpoint_path + ".index"):
+        return
+    existing = _existing_checkpoints(state)
+    if not existing:
+        return
+    # The index is a text CheckpointState; the manager writes paths relative to the directory.
+    # The timestamps stay: without them the manager would never rotate those checkpoints away.
+    from google.protobuf import text_format
+
+    stamps = dict(zip(state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps))
+    state.model_checkpoint_path = os.path.basename(existing[-1])
+    del state.all_model_checkpoint_paths[:], state.all_model_checkpoint_timestamps[:]
+    state.all_model_checkpoint_paths.extend(os.path.basename(p) for p in existing)
+    if all(p in stamps for p in existing):
+        state.all_model_checkpoint_timestamps.extend(stamps[p] for p in existing)
+    write_atomically(os.path.join(directory, "checkpoint"), text_format.MessageToString(state))
 
 
 def checkpoint_manager(checkpoint, logdir: str, keep: int, worker: int | None = None):
@@ -168,7 +331,11 @@ def checkpoint_manager(checkpoint, logdir: str, keep: int, worker: int | None = 
     resumes from it)."""
     import tensorflow as tf
 
-    directory = _checkpoint_dir(logdir) if worker is None else os.path.join(logdir, "workers", f"worker{worker}")
+    if worker is None:
+        directory = _checkpoint_dir(logdir)
+        _repair_checkpoint_index(directory)
+    else:
+        directory = os.path.join(logdir, "workers", f"worker{worker}")
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
 
 
@@ -187,10 +354,21 @@ def restore(checkpoint, logdir: str) -> bool:
     try:
         checkpoint.restore(path).assert_existing_objects_matched()
     except Exception as e:  # the reader raises OpError, IndexError, ValueError... for damaged files
-        raise errors.Error(
-            f"checkpoint {path} is unreadable ({errors.first_line(e, 200)}). Delete {path}.* to "
-            f"resume from an earlier checkpoint, or {directory} to start over."
-        ) from None
+        if "incompatible tensor with shape" in str(e):  # it reads, but holds other networks
+            raise errors.Error(
+                f"checkpoint {path} holds networks of other shapes than this run builds "
+                f"({errors.first_line(e, 160)}): the data changed since it was saved (the images' "
+                f"size or channels, or the classes). Restore the data the run trained on, or pass a "
+                f"new --logdir to train on this data."
+            ) from None
+        earlier = [p for p in _existing_checkpoints(tf.train.get_checkpoint_state(directory)) if p != path]
+        way_back = (
+            f"Delete {path}.* to resume from {os.path.basename(earlier[-1])}, the checkpoint before it, "
+            f"or {directory} to start over."
+            if earlier
+            else f"No earlier checkpoint is kept: delete {directory} to start over."
+        )
+        raise errors.Error(f"checkpoint {path} is unreadable ({errors.first_line(e, 200)}). {way_back}") from None
     return True
 
 

@@ -33,6 +33,7 @@ from maxl_tf.experiment import rundir
 from maxl_tf.experiment import signals
 from maxl_tf.experiment import state as state_lib
 from maxl_tf.experiment import sweep
+from maxl_tf.models import vgg as models
 
 # Written once a run is complete: its rundir.metric_name, which the HParams dashboard compares.
 FINAL_METRIC = "results/test_accuracy"
@@ -326,7 +327,7 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
         if stop_agreed(loop, stop, vote=(step + 1) % config.log_every == 0):
             check_finite(loop, epoch)
             check_claim(loop, verify=True)
-            loop.checkpoints.save(checkpoint_number=int(state.global_step.numpy()))
+            save_checkpoint(loop)
             raise errors.Interrupted(
                 f"{stop.reason} at epoch {epoch + 1} step {step + 1}; checkpoint saved in "
                 f"{config.logdir}. Rerun the same command to resume.",
@@ -355,17 +356,10 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
     state.step_in_epoch.assign(0)
     state.sums.reset()
     check_claim(loop, verify=True)
-    loop.checkpoints.save(checkpoint_number=int(state.global_step.numpy()))
+    save_checkpoint(loop)
     write_summaries(loop.writer, record)
     if loop.chief and epoch + 1 == config.epochs:  # before results.json says the run is complete
-        exports.write(
-            config.logdir,
-            state.evaluator,
-            state.generator,
-            config.psi if config.method != "single" else (),
-            loop.data.input_shape,
-            loop.data.class_names,
-        )
+        write_exports(loop)
     if loop.chief:
         summary = rundir.results_summary(
             config, history, loop.data.source, loop.data.aux_label_info, loop.data.identity
@@ -374,8 +368,33 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
             with loop.writer.as_default(step=epoch + 1):
                 tf.summary.scalar(FINAL_METRIC, summary["test_accuracy"])
             write_session_status(loop.writer, hparams_pb2.STATUS_SUCCESS, epoch + 1)
-        rundir.write_results(config.logdir, summary)
+        write_results(config.logdir, summary)
     return record
+
+
+def save_checkpoint(loop: Loop) -> None:
+    """Saves the state; a full disk or read-only directory is one errors.Error, the checkpoints
+    already there intact (a save writes ckpt-N_temp, then renames it and updates the index)."""
+    with rundir.storing("a checkpoint", loop.checkpoints.directory):
+        loop.checkpoints.save(checkpoint_number=int(loop.state.global_step.numpy()))
+
+
+def write_results(logdir: str, summary: dict) -> None:
+    with rundir.storing("results.json", logdir):
+        rundir.write_results(logdir, summary)
+
+
+def write_exports(loop: Loop) -> None:
+    """The final networks, from the state as it is (the final checkpoint's)."""
+    config = loop.config
+    exports.write(
+        config.logdir,
+        loop.state.evaluator,
+        loop.state.generator,
+        config.psi if config.method != "single" else (),
+        loop.data.input_shape,
+        loop.data.class_names,
+    )
 
 
 def hparam_values(config: config_lib.Config) -> dict:
@@ -401,12 +420,20 @@ def write_session_status(writer, status: int, epoch: int) -> None:
 def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=None) -> dict:
     """Trains (or resumes) the run a Config describes; returns the content of its results.json.
 
+    A run leaves no traced graph behind, so a sweep's process does not grow run by run
+    (models.custom_gradients_released).
+
     Args:
       claim: a sweep worker's claims.Claim on the run; the run stops without writing once it is lost.
     Raises:
       errors.Error: bad flags, data or log directory (and its subclasses NonFiniteLoss,
         Interrupted and ClaimLost, which train_epoch raises).
     """
+    with models.custom_gradients_released():
+        return _train_and_evaluate(config, progress, claim)
+
+
+def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dict:
     config = config_lib.validate(config)
     strategy = distribute.make_strategy(config.strategy, config.batch_size)
     chief = distribute.is_chief(strategy)
@@ -494,14 +521,19 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
                 f"{record['perf/images_per_s']:.0f} images/s",
                 flush=True,
             )
-            if stop_agreed(loop, stop):
+            if epoch + 1 < config.epochs and stop_agreed(loop, stop):
                 raise errors.Interrupted(
                     f"{stop.reason} after epoch {epoch + 1}; checkpoint saved in "
                     f"{config.logdir}. Rerun the same command to resume.",
                     stop.exit_signal,
                 )
+        if stop.signum is not None:  # after the last epoch: nothing left to stop
+            print(f"{stop.reason} after the last epoch: the run is complete.", flush=True)
     summary = rundir.results_summary(config, state.history, run_data.source, run_data.aux_label_info, run_data.identity)
     if chief:
         check_claim(loop, verify=True)
-        rundir.write_results(config.logdir, summary)
+        if summary["complete"] and not rundir.exports_intact(config):  # killed while exporting, or damaged since
+            print(f"{config.logdir}: exports missing or incomplete; writing them from the final checkpoint", flush=True)
+            write_exports(loop)
+        write_results(config.logdir, summary)
     return summary

@@ -6,6 +6,8 @@ PyTorch's constants (epsilon 1e-5, momentum 0.1, i.e. Keras momentum 0.9): Keras
 (1e-3, 0.99) make the moving statistics lag badly in short runs.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -70,6 +72,29 @@ class BatchNormalization(keras.layers.BatchNormalization):
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             moving.assign(moving * self.momentum + tf.cast(batch, moving.dtype) * (1.0 - self.momentum))
         return tf.cast(outputs, self.compute_dtype)
+
+
+@contextlib.contextmanager
+def custom_gradients_released():
+    """Forgets, on leaving, the gradient functions tf.custom_gradient registered meanwhile.
+
+    In a traced function, each call of a tf.custom_gradient function registers its gradient
+    under a new name in TensorFlow's global gradient registry, which never lets go: the closure
+    keeps the whole traced graph alive (about 18 MiB per smoke run, so a sweep process grew run
+    by run: docs/measurements.md). Once the functions traced inside are dropped, nothing looks
+    those names up again. A private registry; where it is missing, nothing is done.
+    """
+    from tensorflow.python.framework import ops as tf_ops
+
+    registry = getattr(getattr(tf_ops, "_gradient_registry", None), "_registry", None)
+    before = set(registry) if isinstance(registry, dict) else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            for name in set(registry) - before:
+                if name.startswith("CustomGradient-"):
+                    del registry[name]
 
 
 def _fused_batch_norm_training(x, scale, offset, epsilon):
