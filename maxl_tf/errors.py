@@ -32,7 +32,7 @@ class Interrupted(Error):
 
 class ClaimLost(Error):
     """Another worker of the sweep took the run over (this one was paused or cut off for longer
-    than --heartbeat_timeout); nothing was written after that was seen (maxl_tf/claims.py)."""
+    than --heartbeat_timeout); nothing was written after that was seen (maxl_tf/experiment/claims.py)."""
 
     exit_code = 75  # EX_TEMPFAIL: the run goes on elsewhere
 

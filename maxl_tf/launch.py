@@ -1,4 +1,4 @@
-"""Starts N workers of one sweep command on this machine; they share its runs (maxl_tf/claims.py).
+"""Starts N workers of one sweep command on this machine; they share its runs (maxl_tf/experiment/claims.py).
 
   python -m maxl_tf.launch --workers=4 -- python main.py --flagfile=flags/fig3_sweep.cfg
   python -m maxl_tf.launch --workers=8 --gpus=0,1,2,3 -- python main.py ...   # two per GPU

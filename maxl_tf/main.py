@@ -11,9 +11,9 @@ The tools, each with its own --help (and each also python -m maxl_tf.<tool>):
 Every field of maxl_tf.experiment.config.Config is a flag of the same name. A sweep runs the product of
 --method (a comma list), --seeds, --pairs and --entropy_weights one run after another, each in
 <--logdir or runs>/<run name>; rerunning it skips complete runs and resumes the rest
-(maxl_tf/sweep.py). The same command started several times, on one machine or on several
+(maxl_tf/experiment/sweep.py). The same command started several times, on one machine or on several
 sharing the file system, shares the runs: each worker claims a run before training it
-(maxl_tf/claims.py; maxl-tf launch starts N workers).
+(maxl_tf/experiment/claims.py; maxl-tf launch starts N workers).
 """
 
 import functools
@@ -66,7 +66,7 @@ def define_flags(flag_values=flags.FLAGS) -> None:
         "serial",
         ["serial", "ray"],
         "Sweep: serial: this process trains the runs one after another (start several to share them); "
-        "ray: each run is a Ray task (maxl_tf/ray_engine.py; pip install .[ray]).",
+        "ray: each run is a Ray task (maxl_tf/experiment/ray_engine.py; pip install .[ray]).",
         flag_values=flag_values,
     )
     flags.DEFINE_string(

@@ -7,7 +7,7 @@ label for MAXL runs (numbered within its block: MAXL's classes have no names), t
 auxiliary head for the human, random and prototypical baselines (human runs name it where the
 data names its classes); single-task runs have no auxiliary task. Images are sized and given
 channels as the run's training images were. Everything comes from the run's exports
-(maxl_tf/exports.py); the data set is not needed.
+(maxl_tf/experiment/exports.py); the data set is not needed.
 
 The networks are read from the run's .keras files in Keras' safe mode, which refuses Python code
 (lambda layers) in them, with the project's own layers as the only custom ones: a run directory

@@ -8,7 +8,7 @@
              evaluator.keras, generator.keras, serving/, classes.json
                               the trained networks and class names, once complete (exports.py)
              exports.json     each exported file's size, written once they are all in place
-             claims/          which worker of a sweep trains the run (maxl_tf/claims.py)
+             claims/          which worker of a sweep trains the run (maxl_tf/experiment/claims.py)
 
 The training loop, sweeps, the report and the visualisations all go through here. TensorFlow is
 imported only inside the functions that touch checkpoints, so that reading results (the report,
