@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from maxl_tf import errors
-from maxl_tf.data import loaders
+from maxl_tf.data import registry
 from maxl_tf.data import safe_pickle
+from maxl_tf.data import source
 
 
 class _RunsCommand:
@@ -79,5 +80,5 @@ def test_a_crafted_cifar_archive_stops_the_run_naming_the_member(tmp_path):
         tar.add(folder, arcname="cifar-100-python")
     member = r"cifar-100-python.tar.gz: cifar-100-python/(train|test) is not a published"
     with pytest.raises(errors.Error, match=member):
-        loaders.load("cifar100", str(data_dir), download=False)
+        registry.get("cifar100", source.Options(data_dir=str(data_dir), download=False)).load()
     assert not marker.exists()
