@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from maxl_tf.core import hierarchy
+from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import steps
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.models import vgg as models
@@ -92,14 +93,15 @@ class TrainState:
         (train.label_changes), so the label-change counts resume exactly."""
         strategy = strategy or tf.distribute.get_strategy()
         synchronized_bn = strategy.num_replicas_in_sync > 1
-        aux = sum(config.psi) if config.method != "single" else 0
+        labels = labels_lib.source(config.method)
+        aux = sum(config.psi) if labels.auxiliary else 0
         with strategy.scope():
             self.evaluator = models.build_evaluator(
                 input_shape, config.pri, aux, config.model, config.width, config.precision, synchronized_bn
             )
             self.evaluator_optimizer = _optimizer(config.lr, config.precision, self.evaluator)
             self.generator = self.generator_optimizer = self.lookahead_model = None
-            if config.method == "maxl":
+            if labels.learned:
                 self.generator = models.build_generator(
                     input_shape, aux, config.model, config.width, config.precision, synchronized_bn
                 )
@@ -149,7 +151,7 @@ class TrainState:
 def task(config: config_lib.Config) -> steps.Task:
     """The steps' task of a validated config (its psi resolved)."""
     return steps.Task(
-        method=config.method,
+        method=labels_lib.source(config.method),  # the one place a --method string becomes a label source
         num_pri=config.pri,
         num_aux=sum(config.psi),
         mask_table=tf.constant(hierarchy.psi_mask(config.psi)),
@@ -158,4 +160,6 @@ def task(config: config_lib.Config) -> steps.Task:
         generator_labels_training=config.generator_labels_bn == "training",
         hypergradient=config.hypergradient,
         neumann_terms=config.neumann_terms,
+        generator_weight_decay=config.generator_weight_decay,
+        generator_weight_decay_type=config.generator_weight_decay_type,
     )
