@@ -18,6 +18,10 @@ from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import losses
 from maxl_tf.core import meta
 
+# How the generator's meta step differentiates through the evaluator (meta.py; config.HYPERGRADIENTS
+# lists the same for the flags, without importing TensorFlow).
+HYPERGRADIENTS = ("second_order", "first_order", "implicit")
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
