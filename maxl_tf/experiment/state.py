@@ -15,7 +15,9 @@ from maxl_tf.core import hierarchy
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import steps
 from maxl_tf.experiment import config as config_lib
+from maxl_tf.models import backbones
 from maxl_tf.models import vgg as models
+from maxl_tf.models.names import is_backbone_spec
 
 
 class EpochSums(tf.Module):
@@ -96,15 +98,24 @@ class TrainState:
         labels = labels_lib.source(config.method)
         aux = sum(config.psi) if labels.auxiliary else 0
         with strategy.scope():
-            self.evaluator = models.build_evaluator(
-                input_shape, config.pri, aux, config.model, config.width, config.precision, synchronized_bn
-            )
+            if is_backbone_spec(config.model):  # any Keras backbone (float32 only: config.check_flags)
+                psi = config.psi if labels.auxiliary else ()
+                self.evaluator = backbones.build_evaluator(
+                    config.model, input_shape, config.pri, psi, config.pretrained
+                )
+            else:
+                self.evaluator = models.build_evaluator(
+                    input_shape, config.pri, aux, config.model, config.width, config.precision, synchronized_bn
+                )
             self.evaluator_optimizer = _optimizer(config.lr, config.precision, self.evaluator)
             self.generator = self.generator_optimizer = self.lookahead_model = None
             if labels.learned:
-                self.generator = models.build_generator(
-                    input_shape, aux, config.model, config.width, config.precision, synchronized_bn
-                )
+                if is_backbone_spec(config.model):
+                    self.generator = backbones.build_generator(config.model, input_shape, config.psi, config.pretrained)
+                else:
+                    self.generator = models.build_generator(
+                        input_shape, aux, config.model, config.width, config.precision, synchronized_bn
+                    )
                 self.generator_optimizer = _optimizer(config.generator_lr, config.precision, self.generator)
                 # The lookahead runs in float32 (meta.py says why); this twin holds no state of
                 # its own: it is called with the evaluator's weights.
