@@ -295,7 +295,7 @@ def load_run(logdir: str, data_dir: str | None = None):
     Raises:
       errors.Error: logdir holds no run or no readable checkpoint; its data cannot be loaded.
     """
-    from maxl_tf import inputs  # TensorFlow and the models: only for this, not for reading results
+    from maxl_tf.experiment import inputs  # TensorFlow and the models: only for this, not for reading results
     from maxl_tf.experiment import state as state_lib
 
     config = read_config(logdir, data_dir)
