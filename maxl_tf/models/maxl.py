@@ -405,13 +405,18 @@ class MAXL(keras.Model):
         if learned:
             if not isinstance(meta, tf.data.Dataset):
                 raise TypeError(f"meta_data: a tf.data.Dataset of (images, labels) batches, not {type(meta).__name__}")
-            _check_element_spec(meta.element_spec, "meta_data", False)
-            self._meta_iterator = iter(distribute.distribute_dataset(self.distribute_strategy, meta.repeat()))
+            self.use_meta_data(meta)
         self._evaluator_steps = None
         try:
             return super().fit(x, y, batch_size=batch_size, **kwargs)
         finally:
             self._meta_iterator = None
+
+    def use_meta_data(self, meta_data: tf.data.Dataset) -> None:
+        """Draws the generator's meta batches from this dataset of batches, repeated (fit calls it;
+        the benchmark drives the train function without fit)."""
+        _check_element_spec(meta_data.element_spec, "meta_data", False)
+        self._meta_iterator = iter(distribute.distribute_dataset(self.distribute_strategy, meta_data.repeat()))
 
     # Diagnostics --------------------------------------------------------------------------------
 
