@@ -201,7 +201,7 @@ class AnyBackboneTest(tf.test.TestCase):
         self.assertIsInstance(evaluator.get_layer("trunk_features"), keras.layers.GlobalAveragePooling2D)
 
 
-def _model(labels=None, **options):
+def _model(labels=None, momentum=False, **options):
     keras.utils.set_random_seed(0)
     psi = (2, 2)
     learned = labels is None or labels_lib.source(labels).learned
@@ -212,7 +212,8 @@ def _model(labels=None, **options):
         labels=labels,
         **options,
     )
-    model.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.01))
+    momentum = 0.9 if momentum else 0.0  # optimiser state to restore
+    model.compile(keras.optimizers.SGD(0.05, momentum=momentum), keras.optimizers.SGD(0.01, momentum=momentum))
     return model
 
 
@@ -253,6 +254,31 @@ class FitTest(tf.test.TestCase):
         self.assertTrue(os.path.exists(os.path.join(logdir, "best.weights.h5")))
         loaded = keras.saving.load_model(os.path.join(logdir, "model.keras"))
         self.assertAllClose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+    def test_backup_and_restore_resumes_exactly(self):
+        """Interrupted after an epoch and fit again, BackupAndRestore gives the uninterrupted run:
+        weights, both optimisers' state and the meta batches' position (meta_every counts over
+        the run; the meta data resumes after the generator's last batch)."""
+        x, y = _arrays()
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+        backup = os.path.join(self.get_temp_dir(), "backup")
+
+        class Interrupt(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                raise KeyboardInterrupt
+
+        def fit(*extra):
+            model = _model(meta_every=3, momentum=True)
+            model.fit(data, meta_data=data, epochs=3, verbose=0, callbacks=list(extra))
+            return model
+
+        with self.assertRaises(KeyboardInterrupt):
+            fit(keras.callbacks.BackupAndRestore(backup), Interrupt())
+        resumed = fit(keras.callbacks.BackupAndRestore(backup))
+        uninterrupted = fit()
+        self.assertEqual(int(resumed.generator_optimizer.iterations.numpy()), 4)  # 12 evaluator steps / 3
+        for a, b in zip(resumed.get_weights(), uninterrupted.get_weights()):
+            self.assertAllEqual(a, b)
 
     def test_predict_and_evaluate_the_principal_task(self):
         x, y = _arrays()

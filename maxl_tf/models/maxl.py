@@ -229,7 +229,7 @@ class MAXL(keras.Model):
         names += _GENERATOR_METRICS if labels.learned else ()
         self._trackers = {name: keras.metrics.Mean(name=_LOG_NAMES[name]) for name in names}
         self.label_counts = LabelCounts(sum(psi))
-        self._meta_iterator = None
+        self._meta_data = self._meta_iterator = None
         self._evaluator_steps = None  # evaluator steps of the run, read from the optimiser at fit's first step
         self.built = True
 
@@ -330,8 +330,13 @@ class MAXL(keras.Model):
 
         def train_function(iterator):
             data = next(iterator)
-            if self._evaluator_steps is None:
+            if self._evaluator_steps is None:  # the first step of a fit: after BackupAndRestore restored
                 self._evaluator_steps = int(self.optimizer.iterations.numpy())
+                if self.generator is not None:
+                    # The meta batch after the last one used, so a restored run draws what an
+                    # uninterrupted one would (where the meta data's order is deterministic).
+                    skipped = self._meta_data.repeat().skip(int(self.generator_optimizer.iterations.numpy()))
+                    self._meta_iterator = iter(distribute.distribute_dataset(self.distribute_strategy, skipped))
             self._evaluator_steps += 1
             if self.generator is not None and self._evaluator_steps % self.meta_every == 0:
                 return step(data, next(self._meta_iterator))
@@ -410,13 +415,15 @@ class MAXL(keras.Model):
         try:
             return super().fit(x, y, batch_size=batch_size, **kwargs)
         finally:
-            self._meta_iterator = None
+            self._meta_data = self._meta_iterator = None
 
     def use_meta_data(self, meta_data: tf.data.Dataset) -> None:
-        """Draws the generator's meta batches from this dataset of batches, repeated (fit calls it;
-        the benchmark drives the train function without fit)."""
+        """Draws the generator's meta batches from this dataset of batches, repeated, from the one
+        after the generator's last step (fit calls it; the benchmark drives the train function
+        without fit)."""
         _check_element_spec(meta_data.element_spec, "meta_data", False)
-        self._meta_iterator = iter(distribute.distribute_dataset(self.distribute_strategy, meta_data.repeat()))
+        self._meta_data = meta_data
+        self._evaluator_steps = None
 
     # Diagnostics --------------------------------------------------------------------------------
 
