@@ -23,7 +23,6 @@ import re
 
 from maxl_tf import cli
 from maxl_tf import runtime
-from maxl_tf.core import evaluator as evaluator_lib
 
 with runtime.quiet_start_up():  # this command's first import of TensorFlow
     import tensorflow as tf
@@ -38,6 +37,7 @@ import sklearn.manifold
 from tensorboard.plugins import projector
 
 from maxl_tf import errors
+from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import hierarchy as hierarchy_lib
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import losses
