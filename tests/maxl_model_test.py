@@ -337,6 +337,12 @@ class BadInputTest(tf.test.TestCase):
             "x: a dataset": lambda: model.fit(images_only, verbose=0),
             "x: labels must be": lambda: model.fit(float_labels, verbose=0),
             "y: arrays": lambda: model.fit(x, verbose=0),
+            "x: images of shape \\(4, 4, 1\\)": lambda: model.fit(
+                tf.data.Dataset.from_tensor_slices((x[:, :4, :4], y)).batch(8), verbose=0
+            ),
+            "validation_data: a dataset": lambda: model.fit(
+                tf.data.Dataset.from_tensor_slices((x, y)).batch(8), validation_data=images_only, verbose=0
+            ),
             "meta_data: a dataset": lambda: model.fit(
                 tf.data.Dataset.from_tensor_slices((x, y)).batch(8), meta_data=images_only, verbose=0
             ),

@@ -92,14 +92,15 @@ def _as_batch(data, name: str) -> dict:
     return batch
 
 
-def _check_element_spec(spec, name: str, needs_aux: bool) -> None:
-    """Refuses, before anything is traced, a dataset whose elements carry no integer labels."""
+def _check_element_spec(spec, name: str, needs_aux: bool, image_shape=None) -> None:
+    """Refuses, before anything is traced, a dataset whose elements carry no integer labels, or
+    images of another shape than image_shape (H, W, C; None: any size)."""
     if isinstance(spec, dict):
-        labels, aux = spec.get("labels"), spec.get("aux_labels")
-        if "images" not in spec or labels is None:
+        images, labels, aux = spec.get("images"), spec.get("labels"), spec.get("aux_labels")
+        if images is None or labels is None:
             raise ValueError(f"{name}: dict elements need 'images' and 'labels' keys; it has {sorted(spec)}")
     elif isinstance(spec, (tuple, list)) and len(spec) in (2, 3):
-        labels, aux = spec[1], (spec[2] if len(spec) == 3 else None)
+        images, labels, aux = spec[0], spec[1], (spec[2] if len(spec) == 3 else None)
     else:
         raise ValueError(
             f"{name}: a dataset of (images, labels) or (images, labels, aux_labels) elements; "
@@ -109,6 +110,11 @@ def _check_element_spec(spec, name: str, needs_aux: bool) -> None:
         raise ValueError(f"{name}: labels must be a batch of integer class indices [batch]; got {labels}")
     if needs_aux and aux is None:
         raise ValueError(f"{name}: this label source needs (images, labels, aux_labels) elements")
+    if image_shape is not None and isinstance(images, tf.TensorSpec):
+        if not images.shape[1:].is_compatible_with(tf.TensorShape(image_shape)):
+            raise ValueError(
+                f"{name}: images of shape {tuple(images.shape[1:])}; the evaluator takes {tuple(image_shape)}"
+            )
 
 
 @keras.saving.register_keras_serializable(package="maxl_tf")
@@ -386,7 +392,7 @@ class MAXL(keras.Model):
                     "meta_fraction: splits arrays; a dataset's order may change every epoch, so pass "
                     "meta_data=<a dataset of held-out batches> instead"
                 )
-            _check_element_spec(x.element_spec, "x", needs_aux)
+            _check_element_spec(x.element_spec, "x", needs_aux, self._image_shape())
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself (Keras warns otherwise)
             meta = meta_data if meta_data is not None else x
         else:
@@ -407,6 +413,9 @@ class MAXL(keras.Model):
             if meta_data is None:
                 meta_data = tf.data.Dataset.from_tensor_slices(meta).shuffle(len(meta[1]), seed=seed).batch(batch_size)
             meta = meta_data
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, tf.data.Dataset):
+            _check_element_spec(validation.element_spec, "validation_data", False, self._image_shape())
         if learned:
             if not isinstance(meta, tf.data.Dataset):
                 raise TypeError(f"meta_data: a tf.data.Dataset of (images, labels) batches, not {type(meta).__name__}")
@@ -421,9 +430,16 @@ class MAXL(keras.Model):
         """Draws the generator's meta batches from this dataset of batches, repeated, from the one
         after the generator's last step (fit calls it; the benchmark drives the train function
         without fit)."""
-        _check_element_spec(meta_data.element_spec, "meta_data", False)
+        _check_element_spec(meta_data.element_spec, "meta_data", False, self._image_shape())
         self._meta_data = meta_data
         self._evaluator_steps = None
+
+    def _image_shape(self):
+        """(H, W, C) the evaluator takes, or None where it does not say."""
+        try:
+            return tuple(self.evaluator.inputs[0].shape[1:])
+        except (AttributeError, ValueError, TypeError, IndexError):
+            return None
 
     # Diagnostics --------------------------------------------------------------------------------
 
