@@ -12,6 +12,8 @@ set up as for training), and prints a markdown table and one JSON line:
   single     steps.evaluator_step of a single-task evaluator (method single)
   maxl       steps.evaluator_step + steps.generator_step (one iteration of Algorithm 1), second order
   maxl_first_order, maxl_implicit   the same with --hypergradient=first_order, implicit
+  maxl_fit   the maxl piece's iterations through MAXL.fit's train function (models/maxl.py), as
+             Keras' fit calls it once a step: the same networks, batches and process
   evaluator  the MAXL evaluator step alone (generator labels, both heads)
   generator  the second-order generator step alone
   generator_first_order, generator_implicit   the generator step alone with those hypergradients
@@ -54,12 +56,14 @@ from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import state as state_lib
 from maxl_tf.experiment import train
+from maxl_tf.models import maxl as maxl_lib
 
 WHATS = (
     "single",
     "maxl",
     "maxl_first_order",
     "maxl_implicit",
+    "maxl_fit",
     "evaluator",
     "generator",
     "generator_first_order",
@@ -157,6 +161,54 @@ def build_step(config: config_lib.Config, what: str) -> Timed:
     return Timed(what, run, config.batch_size * len(iterations))
 
 
+def build_fit_step(config: config_lib.Config) -> Timed:
+    """The maxl piece's iterations through the Keras model's path: MAXL over a TrainState's
+    networks, its train function called once per step on an iterator of the same fixed batches,
+    as Keras' fit calls it.
+
+    Raises:
+      errors.Error: a precision other than float32 (MAXL has no float32 lookahead twin), or as
+        build_step.
+    """
+    config = bench_config(config, "maxl")
+    if config.precision != "float32":
+        raise errors.Error(f"--precision={config.precision}: maxl_fit runs in float32 only; drop it from --what.")
+    strategy = distribute.make_strategy(config.strategy, config.batch_size)
+    state = state_lib.TrainState(config, IMAGE_SHAPE, strategy)
+    task = state_lib.task(config)
+    with strategy.scope():
+        model = maxl_lib.MAXL(
+            state.evaluator,
+            state.generator,
+            psi=config.psi,
+            hypergradient=task.hypergradient,
+            meta_every=config.meta_every,
+            entropy_weight=task.entropy_weight,
+            focal_gamma=task.gamma,
+            generator_weight_decay=task.generator_weight_decay,
+            generator_weight_decay_type=task.generator_weight_decay_type,
+            neumann_terms=task.neumann_terms,
+            generator_labels_training=task.generator_labels_training,
+        )
+        model.compile(
+            keras.optimizers.SGD(config.lr), keras.optimizers.SGD(config.generator_lr), jit_compile=config.jit
+        )
+
+    def fixed(seed):
+        return tf.data.Dataset.from_tensors(synthetic_batch(config.batch_size, config.pri, config.psi, seed))
+
+    train_batches = iter(distribute.distribute_dataset(strategy, fixed(1).repeat()))
+    model.use_meta_data(fixed(2))  # as fit does with meta_data
+    train_function = model.make_train_function()
+
+    def run():
+        for _ in range(config.meta_every):
+            logs = train_function(train_batches)
+        logs["loss"].numpy()  # waits for the steps
+
+    return Timed("maxl_fit", run, config.batch_size * config.meta_every)
+
+
 def build_pipeline(batch_size: int, num_examples: int = 5000) -> Timed:
     """The training input pipeline alone: gather, normalise, random crop + flip per batch.
 
@@ -204,7 +256,12 @@ def prepare(config: config_lib.Config, whats, warmup: int = 2):
     pieces, memory = [], {}
     for what in whats:
         keras.utils.set_random_seed(0)
-        piece = build_pipeline(config.batch_size) if what == "pipeline" else build_step(config, what)
+        if what == "pipeline":
+            piece = build_pipeline(config.batch_size)
+        elif what == "maxl_fit":
+            piece = build_fit_step(config)
+        else:
+            piece = build_step(config, what)
         _reset_gpu_peak()
         for _ in range(warmup):
             piece.run()

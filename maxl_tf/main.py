@@ -117,7 +117,7 @@ HELP_GROUPS = (
         ("dataset", "data_dir", "hierarchy", "image_size", "test_fraction", "stream", "max_train_examples"),
     ),
     ("Task: principal and auxiliary classes", ("pri", "aux", "psi")),
-    ("Model", ("model", "width")),
+    ("Model", ("model", "width", "pretrained")),
     ("Method", ("method", "embedder", "entropy_weight", "generator_lr", "hypergradient", "meta_every")),
     ("Training", ("epochs", "batch_size", "lr", "seed", "augment")),
     ("Output", ("logdir", "keep_checkpoints", "progress")),

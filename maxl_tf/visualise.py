@@ -46,7 +46,6 @@ from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
 from maxl_tf.experiment import state as state_lib
-from maxl_tf.models import vgg as models
 
 MIN_EXAMPLES = 10  # t-SNE needs a perplexity below the number of points
 
@@ -70,7 +69,8 @@ class RunOutputs:
 
 def feature_model(evaluator: keras.Model) -> keras.Model:
     """images -> [trunk features, principal logits, (auxiliary logits)] in one pass."""
-    features = evaluator.get_layer(models.TRUNK_PREFIX + "flatten").output
+    # The shared features: what the principal head's first layer takes, whatever the backbone.
+    features = next(layer for layer in evaluator.layers if layer.name.startswith("principal")).input
     return keras.Model(evaluator.inputs, [features, *evaluator.outputs])
 
 

@@ -214,3 +214,41 @@ class UsageSummaryTest(tf.test.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+class LabelSourceTest(tf.test.TestCase):
+    """One interface for every method: what the loop asks of a source, and its targets."""
+
+    def test_each_method_string_names_one_source(self):
+        expected = {
+            # name: (auxiliary, learned, uses_meta_data)
+            "maxl": (True, True, True),
+            "single": (False, False, False),
+            "human": (True, False, False),
+            "random": (True, False, False),
+            "prototypical": (True, False, True),
+        }
+        for name, properties in expected.items():
+            source = labels.source(name)
+            self.assertEqual(source.name, name)
+            self.assertEqual((source.auxiliary, source.learned, source.uses_meta_data), properties, name)
+            self.assertIs(labels.source(source), source)
+        with self.assertRaisesRegex(ValueError, "labels='magic'"):
+            labels.source("magic")
+
+    def test_fixed_labels_are_one_hot_and_need_them(self):
+        batch = {"images": tf.zeros([3, 8, 8, 1]), "labels": tf.constant([0, 1, 1], tf.int64)}
+        with self.assertRaisesRegex(ValueError, "aux_labels"):
+            labels.Human().targets(batch, 4)
+        batch["aux_labels"] = tf.constant([1, 2, 3], tf.int64)
+        self.assertAllEqual(labels.Random().targets(batch, 4), np.eye(4)[[1, 2, 3]])
+        self.assertIsNone(labels.Single().targets(batch, 4))
+
+    def test_random_labels_stay_in_their_block_and_follow_the_seed(self):
+        pri_labels = np.random.default_rng(0).integers(0, 3, 500)
+        psi = (2, 1, 3)
+        drawn = labels.Random().labels(pri_labels, psi, seed=4)
+        self.assertAllEqual(drawn, labels.Random().labels(pri_labels, psi, seed=4))
+        self.assertNotAllEqual(drawn, labels.Random().labels(pri_labels, psi, seed=5))
+        self.assertAllEqual(hierarchy.owners(psi)[drawn], pri_labels)
+        self.assertLen(np.unique(drawn), sum(psi))

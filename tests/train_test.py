@@ -16,6 +16,7 @@ import tensorflow as tf
 from maxl_tf import errors
 from maxl_tf.core import hierarchy
 from maxl_tf.core import labels as labels_lib
+from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
@@ -142,7 +143,8 @@ class SmokeRunTest(tf.test.TestCase):
         _, state, _ = rundir.load_run(logdir)
         self.assertLen(stored, len(state.evaluator.weights) + len(state.generator.weights))
 
-        images = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+        # Raw pixels in (uint8 here), probabilities out: the pipeline's normalisation is inside.
+        images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 1)).astype(np.uint8)
         out = os.path.join(self.get_temp_dir(), "fresh.npz")
         script = f"""
 import sys, keras, numpy as np
@@ -150,14 +152,27 @@ images = np.load({out!r} + ".in.npy")
 evaluator = keras.saving.load_model({os.path.join(logdir, "evaluator.keras")!r})
 generator = keras.saving.load_model({os.path.join(logdir, "generator.keras")!r})
 assert not any(name.startswith("maxl_tf") for name in sys.modules), "maxl_tf was imported"
-np.savez({out!r}, principal=evaluator(images, training=False)[0], auxiliary=generator(images, training=False))
+np.savez({out!r}, principal=evaluator(images, training=False)[0], auxiliary=generator(images, training=False),
+         from_floats=evaluator(images.astype("float32"), training=False)[0])
 """
         np.save(out + ".in.npy", images)
         process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
         self.assertEqual(process.returncode, 0, process.stderr[-2000:])
         fresh = np.load(out)
-        self.assertAllClose(fresh["principal"], state.evaluator(images, training=False)[0], atol=1e-5)
-        self.assertAllClose(fresh["auxiliary"], state.generator(images, training=False), atol=1e-5)
+        normalised = data_lib.normalise(images)
+        expected = tf.nn.softmax(state.evaluator(normalised, training=False)[0])
+        self.assertAllClose(fresh["principal"], expected, atol=1e-5)
+        self.assertAllClose(fresh["from_floats"], expected, atol=1e-5)
+        self.assertAllClose(fresh["principal"].sum(axis=1), np.ones(4), atol=1e-5)
+        self.assertAllClose(fresh["auxiliary"], state.generator(normalised, training=False), atol=1e-4)
+
+        # README's example, exactly as printed but for the run's directory, in a fresh process.
+        with open(os.path.join(smoke_util.REPO, "README.md")) as f:
+            example = next(b for b in f.read().split("```python\n")[1:] if "tf.saved_model.load" in b)
+        example = example.split("```")[0].replace("runs/digits_pri2_aux10_maxl_seed0", logdir)
+        process = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=300)
+        self.assertEqual(process.returncode, 0, process.stderr[-2000:])
+        self.assertRegex(process.stdout, r"^\[[01 ]+\] \[[0-9 ]+\]\n$")
 
     def test_baselines_run_with_their_targets(self):
         for method in ("single", "human", "random"):

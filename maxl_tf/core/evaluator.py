@@ -2,9 +2,11 @@
 
 import keras
 
-# Layers of the shared trunk are named with this prefix (models/vgg.py), so the steps find the
-# trunk's variables, for the gradient-cosine diagnostic, without knowing the architecture.
+# Layers of the VGG trunk are named with this prefix (models/vgg.py; checkpoints keep the names).
 TRUNK_PREFIX = "trunk_"
+# The heads' layers are named with these prefixes (models/vgg.py, models/heads.py); every other
+# trainable variable of an evaluator is its shared trunk, whatever the backbone.
+HEAD_PREFIXES = ("principal", "auxiliary")
 
 
 def outputs(model_outputs):
@@ -18,5 +20,15 @@ def outputs(model_outputs):
 
 
 def trunk_variable_indices(model: keras.Model) -> list:
-    """Positions in model.trainable_variables of the shared trunk's variables."""
-    return [i for i, v in enumerate(model.trainable_variables) if v.path.startswith(TRUNK_PREFIX)]
+    """Positions in model.trainable_variables of the shared trunk's variables: all but the heads'.
+
+    Found by layer, not by variable path: a backbone built before it was wrapped keeps the paths
+    it was built with, whatever the evaluator calls it.
+    """
+    heads = {
+        id(variable)
+        for layer in model.layers
+        if layer.name.startswith(HEAD_PREFIXES)
+        for variable in layer.trainable_variables
+    }
+    return [i for i, v in enumerate(model.trainable_variables) if id(v) not in heads]

@@ -7,6 +7,9 @@ random  a sub-class within psi drawn once per image and kept for the whole run (
 prototypical  the nearest prototype of a human sub-class, prototypes embedded from the meta
         split by a pre-trained network (paper's "Prototypical Net"), one-hot, fixed for the run
 single  no auxiliary task
+
+Each is a small class with one interface (LabelSource); the command line maps its --method
+string to one in one place (source()), the Python API takes the classes themselves.
 """
 
 import numpy as np
@@ -19,6 +22,120 @@ from maxl_tf.core import losses
 from maxl_tf.core import streams
 
 
+class LabelSource:
+    """Where the evaluator's auxiliary targets come from.
+
+    Attributes:
+      name: the --method string it stands for.
+      auxiliary: whether there is an auxiliary task (False: single-task).
+      learned: whether the labels come from a generator trained by the meta objective (MAXL).
+      uses_meta_data: whether it learns from held-out meta data, the evaluator training on the
+        rest (paper Section 4.1).
+    """
+
+    name = ""
+    auxiliary = True
+    learned = False
+    uses_meta_data = False
+
+    def targets(
+        self, batch, num_aux, generator=None, mask_table=None, generator_training=False, update_statistics=True
+    ):
+        """The evaluator's auxiliary targets of one batch, [batch, num_aux], or None (single-task).
+
+        batch: {"images", "labels"[, "aux_labels"]}; the rest as auxiliary_targets'.
+        """
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
+
+
+class Single(LabelSource):
+    """No auxiliary task: the evaluator's principal head alone."""
+
+    name, auxiliary = "single", False
+
+    def targets(
+        self, batch, num_aux, generator=None, mask_table=None, generator_training=False, update_statistics=True
+    ):
+        return None
+
+
+class FixedLabels(LabelSource):
+    """One-hot targets of labels fixed for the whole run, which the batches carry as "aux_labels"
+    (in psi's block layout): human, random and prototypical."""
+
+    def targets(
+        self, batch, num_aux, generator=None, mask_table=None, generator_training=False, update_statistics=True
+    ):
+        if "aux_labels" not in batch:
+            raise ValueError(f"labels={self!r}: the batches need auxiliary labels, (images, labels, aux_labels)")
+        return tf.one_hot(batch["aux_labels"], num_aux)
+
+
+class Human(FixedLabels):
+    """The human hierarchy's sub-class."""
+
+    name = "human"
+
+    def labels(self, hierarchy: hierarchy_lib.Hierarchy, pri: int, aux: int, finest_labels: np.ndarray) -> np.ndarray:
+        """[N] int64 auxiliary labels of examples with these finest labels."""
+        return hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)
+
+
+class Random(FixedLabels):
+    """A sub-class within the principal class's block, drawn once per example and kept."""
+
+    name = "random"
+
+    def labels(self, pri_labels: np.ndarray, psi, seed: int) -> np.ndarray:
+        """[N] int64 auxiliary labels of examples with these principal labels, a function of seed."""
+        pri_labels = np.asarray(pri_labels, np.int64)
+        draws = np.random.default_rng([seed, streams.RANDOM_LABEL_STREAM]).random(len(pri_labels))
+        within_block = np.floor(draws * np.asarray(psi)[pri_labels]).astype(np.int64)
+        return hierarchy_lib.block_offsets(psi)[pri_labels] + within_block
+
+
+class Prototypical(FixedLabels):
+    """The nearest prototype of a human sub-class (prototypical_aux_labels)."""
+
+    name, uses_meta_data = "prototypical", True
+
+
+class Maxl(LabelSource):
+    """The generator's masked softmax, soft labels learned through the meta objective."""
+
+    name, learned, uses_meta_data = "maxl", True, True
+
+    def targets(
+        self, batch, num_aux, generator=None, mask_table=None, generator_training=False, update_statistics=True
+    ):
+        return tf.stop_gradient(
+            generated_labels(
+                generator, batch["images"], batch["labels"], mask_table, generator_training, update_statistics
+            )
+        )
+
+
+SOURCES = {cls.name: cls for cls in (Maxl, Single, Human, Random, Prototypical)}
+
+
+def source(method) -> LabelSource:
+    """The label source a --method string names (a LabelSource is returned as it is)."""
+    if isinstance(method, LabelSource):
+        return method
+    if method not in SOURCES:
+        raise ValueError(f"labels={method!r}: one of {', '.join(SOURCES)} or a LabelSource")
+    return SOURCES[method]()
+
+
 def fixed_aux_labels(
     method: str, hierarchy: hierarchy_lib.Hierarchy, pri: int, aux: int, psi, finest_labels: np.ndarray, seed: int
 ) -> np.ndarray:
@@ -26,13 +143,11 @@ def fixed_aux_labels(
 
     maxl and single get zeros (unused); prototypical needs images: prototypical_aux_labels.
     """
-    if method == "human":
-        return hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)
-    if method == "random":
-        pri_labels = hierarchy.labels_at(pri, finest_labels)
-        draws = np.random.default_rng([seed, streams.RANDOM_LABEL_STREAM]).random(len(finest_labels))
-        within_block = np.floor(draws * np.asarray(psi)[pri_labels]).astype(np.int64)
-        return hierarchy_lib.block_offsets(psi)[pri_labels] + within_block
+    labels = source(method)
+    if isinstance(labels, Human):
+        return labels.labels(hierarchy, pri, aux, finest_labels)
+    if isinstance(labels, Random):
+        return labels.labels(hierarchy.labels_at(pri, finest_labels), psi, seed)
     return np.zeros(len(finest_labels), np.int64)
 
 
@@ -115,7 +230,7 @@ def generated_labels(generator, images, labels, mask_table, training: bool, upda
 
 
 def auxiliary_targets(
-    method: str,
+    method,
     batch: dict,
     aux: int,
     generator=None,
@@ -125,21 +240,14 @@ def auxiliary_targets(
 ):
     """The evaluator's auxiliary targets for one batch, [batch, aux], or None for single-task.
 
+    method: a LabelSource or the --method string naming one.
     generator_training (--generator_labels_bn): False labels with the generator's moving
     batch-norm statistics and leaves them as they are; True labels with the batch's statistics,
     as the meta step's outputs are computed, and, like PyTorch's train mode in the authors' code,
     updates the moving statistics (unless update_statistics is False: diagnostics). Either way
     only the meta step trains the generator's weights.
     """
-    if method == "single":
-        return None
-    if method == "maxl":
-        return tf.stop_gradient(
-            generated_labels(
-                generator, batch["images"], batch["labels"], mask_table, generator_training, update_statistics
-            )
-        )
-    return tf.one_hot(batch["aux_labels"], aux)
+    return source(method).targets(batch, aux, generator, mask_table, generator_training, update_statistics)
 
 
 def hard_generated_labels(generator, images, labels, mask_table, training: bool):

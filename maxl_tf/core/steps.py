@@ -1,7 +1,10 @@
 """One training step of each network and the evaluation step, as plain functions of their inputs.
 
-They run eagerly (tests) or inside tf.function (train.py wraps them). Each returns its metrics
-under the names they are logged by (train/..., meta/...); none of them reads flags or global state.
+They run eagerly (tests) or inside tf.function. `iteration` is one replica's iteration of
+Algorithm 1: the command line's loop (experiment/train.make_iteration) and the Keras model's
+train_step (models/maxl.py) both call it, so both share one set of numerics. Each returns its
+metrics under the names they are logged by (train/..., meta/...); none of them reads flags or
+global state.
 """
 
 import dataclasses
@@ -15,13 +18,18 @@ from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import losses
 from maxl_tf.core import meta
 
+# How the generator's meta step differentiates through the evaluator (meta.py; config.HYPERGRADIENTS
+# lists the same for the flags, without importing TensorFlow).
+HYPERGRADIENTS = ("second_order", "first_order", "implicit")
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
     """What the losses need to know about the run.
 
     Attributes:
-      method: one of config.METHODS.
+      method: where the auxiliary targets come from: a labels.LabelSource, or the --method string
+        naming one (labels.source).
       num_pri, num_aux: principal classes and sum(psi).
       mask_table: [num_pri, num_aux] float32 psi_mask.
       gamma: focal-loss focusing parameter (0 = cross-entropy).
@@ -30,6 +38,8 @@ class Task:
         (--generator_labels_bn=training).
       hypergradient: one of config.HYPERGRADIENTS, the meta step's gradient (meta.py).
       neumann_terms: Neumann-series terms of the implicit hypergradient.
+      generator_weight_decay, generator_weight_decay_type: the generator step's weight decay
+        (generator_step).
     """
 
     method: str
@@ -41,6 +51,12 @@ class Task:
     generator_labels_training: bool = False
     hypergradient: str = "second_order"
     neumann_terms: int = 3
+    generator_weight_decay: float = 5e-4
+    generator_weight_decay_type: str = "l1"
+
+    @property
+    def labels(self) -> labels_lib.LabelSource:
+        return labels_lib.source(self.method)
 
 
 def _global_norm(grads):
@@ -177,6 +193,44 @@ def generator_step(
     if scaling:  # what LossScaleOptimizer checks element by element, read off the norm
         metrics["meta/skipped_steps"] = 1.0 - tf.cast(tf.math.is_finite(grad_norm), tf.float32)
     return metrics
+
+
+def iteration(networks, train_batch, meta_batch, task: Task, train_evaluator: bool = True):
+    """One replica's iteration of Algorithm 1: an evaluator step on train_batch, then a generator
+    step on meta_batch (either may be None; train_evaluator=False skips the evaluator step with a
+    training batch at hand, for the implicit hypergradient's Hessian or a benchmark).
+
+    networks: anything with evaluator, evaluator_optimizer, generator, generator_optimizer and
+    lookahead_model attributes (experiment/state.TrainState, models/maxl.MAXL). The lookahead's
+    step size is the evaluator optimiser's current learning rate.
+
+    Returns:
+      (metrics, usage): the steps' metrics of this replica's slices; usage, [num_aux] int64
+      counts of the auxiliary targets' argmax (zeros without an evaluator step or auxiliary task).
+    """
+    metrics, usage = {}, tf.zeros([task.num_aux], tf.int64)
+    if train_batch is not None and train_evaluator:
+        metrics, assigned = evaluator_step(
+            networks.evaluator, networks.evaluator_optimizer, networks.generator, train_batch, task
+        )
+        if assigned is not None:  # counts per class: one_hot, as XLA cannot compile bincount
+            usage = tf.reduce_sum(tf.one_hot(assigned, task.num_aux, dtype=tf.int64), axis=0)
+    if meta_batch is not None:
+        metrics.update(
+            generator_step(
+                networks.generator,
+                networks.generator_optimizer,
+                networks.evaluator,
+                meta_batch,
+                task,
+                networks.evaluator_optimizer.learning_rate,
+                task.generator_weight_decay,
+                task.generator_weight_decay_type,
+                networks.lookahead_model,
+                train_batch,
+            )
+        )
+    return metrics, usage
 
 
 def evaluation_step(evaluator, batch, task: Task):

@@ -18,6 +18,7 @@ from maxl_tf.data import source as source_lib
 from maxl_tf.models.names import ARCHITECTURES
 from maxl_tf.models.names import IMAGENET
 from maxl_tf.models.names import UNTRAINED
+from maxl_tf.models.names import is_backbone_spec
 
 # Where auxiliary labels come from (labels.py): the paper's method and its four baselines.
 METHODS = ("maxl", "single", "human", "random", "prototypical")
@@ -103,7 +104,15 @@ class Config:
         EMBEDDER_FALLBACKS,
     )
     # Networks and data.
-    model: str = _field("vgg16", "Trunk of both networks.", tuple(ARCHITECTURES))
+    model: str = _field(
+        "vgg16",
+        f"Trunk of both networks: {', '.join(ARCHITECTURES)}, or module:function, a function of the input "
+        "shape (H, W, C) returning a Keras backbone (e.g. my_nets:resnet_small with my_nets.py on PYTHONPATH, "
+        "or keras.applications:MobileNetV3Small).",
+    )
+    pretrained: bool = _field(
+        True, "--model=keras.applications:NAME: start from its ImageNet weights (else random weights)."
+    )
     width: float = _field(1.0, "Channel width multiplier of both networks.")
     meta_split: float = _field(
         0.1, "Fraction of the training set held out as MAXL's meta data; 0 reuses the training set (the authors' code)."
@@ -327,6 +336,16 @@ def check_flags(config: Config) -> None:
         choices, value = field.metadata["choices"], getattr(config, field.name)
         if choices:
             check(value in choices, f"--{field.name}={value}: unknown; use one of {', '.join(choices)}.")
+    check(
+        config.model in ARCHITECTURES or is_backbone_spec(config.model),
+        f"--model={config.model}: unknown; use {' or '.join(ARCHITECTURES)}, or module:function (a function of "
+        "the input shape returning a Keras backbone).",
+    )
+    check(
+        config.model in ARCHITECTURES or config.precision == "float32",
+        f"--precision={config.precision}: only the built-in models ({', '.join(ARCHITECTURES)}) run in half "
+        f"precision; --model={config.model} needs --precision=float32.",
+    )
     registry.check_name(config.dataset)
     check(
         config.dataset != registry.FOLDER or config.data_dir,

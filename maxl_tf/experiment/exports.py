@@ -1,8 +1,12 @@
 """What a finished run leaves for using its networks after training.
 
     <logdir>/evaluator.keras   the evaluator: keras.saving.load_model, in any process (Keras'
-                               own layers only: portable())
-             generator.keras   the label generator (MAXL runs)
+                               own layers only: portable()); raw pixels [N, H, W, C] (uint8 or
+                               0-255 floats) -> [principal probabilities [N, pri], auxiliary
+                               head's probabilities [N, aux]] (the principal alone, single-task)
+             generator.keras   the label generator (MAXL runs): raw pixels -> its logits
+                               [N, aux] (the masked softmax over a principal class's block is
+                               serving/'s "auxiliary")
              serving/          a SavedModel: tf.saved_model.load(path).serve(images), images uint8
                                [N, H, W, C] as the run's data set had them; returns
                                {"principal": [N, pri] probabilities,
@@ -74,6 +78,20 @@ def portable(network: keras.Model) -> keras.Model:
     return copy
 
 
+def raw_pixel_model(network: keras.Model, input_shape, probabilities: bool) -> keras.Model:
+    """The portable network behind the pipeline's normalisation (data/pipeline.normalise, as a
+    Keras Rescaling layer), so that it takes raw pixels; with probabilities, softmax outputs."""
+    pixels = keras.Input(tuple(input_shape), name="pixels")  # float32: uint8 arrays are cast, 0-255 floats kept
+    normalised = keras.layers.Rescaling(
+        1.0 / (255.0 * data_lib.PIXEL_STD), offset=-data_lib.PIXEL_MEAN / data_lib.PIXEL_STD, name="normalise"
+    )(pixels)
+    outputs = portable(network)(normalised)
+    if probabilities:
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        outputs = [keras.layers.Softmax(dtype="float32", name=f"probabilities_{i}")(o) for i, o in enumerate(outputs)]
+    return keras.Model(pixels, outputs, name=network.name)
+
+
 def write(
     logdir: str, evaluator: keras.Model, generator: keras.Model | None, psi, input_shape, class_names: dict
 ) -> None:
@@ -97,9 +115,9 @@ def write(
 
 
 def _write_into(folder: str, evaluator, generator, psi, input_shape, class_names: dict) -> None:
-    portable(evaluator).save(os.path.join(folder, EVALUATOR))
+    raw_pixel_model(evaluator, input_shape, probabilities=True).save(os.path.join(folder, EVALUATOR))
     if generator is not None:
-        portable(generator).save(os.path.join(folder, GENERATOR))
+        raw_pixel_model(generator, input_shape, probabilities=False).save(os.path.join(folder, GENERATOR))
     # Not archive.track(network): that adds each Keras variable beside the tf.Variable the endpoint
     # captures, and the SavedModel would store every weight twice. The endpoint's own variables
     # are all that serve() (and TFLite's converter) need.

@@ -12,9 +12,12 @@ import keras
 import tensorflow as tf
 
 from maxl_tf.core import hierarchy
+from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import steps
 from maxl_tf.experiment import config as config_lib
+from maxl_tf.models import backbones
 from maxl_tf.models import vgg as models
+from maxl_tf.models.names import is_backbone_spec
 
 
 class EpochSums(tf.Module):
@@ -92,17 +95,27 @@ class TrainState:
         (train.label_changes), so the label-change counts resume exactly."""
         strategy = strategy or tf.distribute.get_strategy()
         synchronized_bn = strategy.num_replicas_in_sync > 1
-        aux = sum(config.psi) if config.method != "single" else 0
+        labels = labels_lib.source(config.method)
+        aux = sum(config.psi) if labels.auxiliary else 0
         with strategy.scope():
-            self.evaluator = models.build_evaluator(
-                input_shape, config.pri, aux, config.model, config.width, config.precision, synchronized_bn
-            )
+            if is_backbone_spec(config.model):  # any Keras backbone (float32 only: config.check_flags)
+                psi = config.psi if labels.auxiliary else ()
+                self.evaluator = backbones.build_evaluator(
+                    config.model, input_shape, config.pri, psi, config.pretrained
+                )
+            else:
+                self.evaluator = models.build_evaluator(
+                    input_shape, config.pri, aux, config.model, config.width, config.precision, synchronized_bn
+                )
             self.evaluator_optimizer = _optimizer(config.lr, config.precision, self.evaluator)
             self.generator = self.generator_optimizer = self.lookahead_model = None
-            if config.method == "maxl":
-                self.generator = models.build_generator(
-                    input_shape, aux, config.model, config.width, config.precision, synchronized_bn
-                )
+            if labels.learned:
+                if is_backbone_spec(config.model):
+                    self.generator = backbones.build_generator(config.model, input_shape, config.psi, config.pretrained)
+                else:
+                    self.generator = models.build_generator(
+                        input_shape, aux, config.model, config.width, config.precision, synchronized_bn
+                    )
                 self.generator_optimizer = _optimizer(config.generator_lr, config.precision, self.generator)
                 # The lookahead runs in float32 (meta.py says why); this twin holds no state of
                 # its own: it is called with the evaluator's weights.
@@ -149,7 +162,7 @@ class TrainState:
 def task(config: config_lib.Config) -> steps.Task:
     """The steps' task of a validated config (its psi resolved)."""
     return steps.Task(
-        method=config.method,
+        method=labels_lib.source(config.method),  # the one place a --method string becomes a label source
         num_pri=config.pri,
         num_aux=sum(config.psi),
         mask_table=tf.constant(hierarchy.psi_mask(config.psi)),
@@ -158,4 +171,6 @@ def task(config: config_lib.Config) -> steps.Task:
         generator_labels_training=config.generator_labels_bn == "training",
         hypergradient=config.hypergradient,
         neumann_terms=config.neumann_terms,
+        generator_weight_decay=config.generator_weight_decay,
+        generator_weight_decay_type=config.generator_weight_decay_type,
     )

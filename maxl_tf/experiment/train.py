@@ -51,29 +51,7 @@ def make_iteration(
     alone with a training batch at hand, as the benchmark times it."""
 
     def replica_iteration(train_batch, meta_batch, train_evaluator):
-        metrics, usage = {}, tf.zeros([task.num_aux], tf.int64)
-        if train_batch is not None and train_evaluator:
-            metrics, assigned = steps.evaluator_step(
-                state.evaluator, state.evaluator_optimizer, state.generator, train_batch, task
-            )
-            if assigned is not None:  # counts per class: one_hot, as XLA cannot compile bincount
-                usage = tf.reduce_sum(tf.one_hot(assigned, task.num_aux, dtype=tf.int64), axis=0)
-        if meta_batch is not None:
-            metrics.update(
-                steps.generator_step(
-                    state.generator,
-                    state.generator_optimizer,
-                    state.evaluator,
-                    meta_batch,
-                    task,
-                    state.evaluator_optimizer.learning_rate,
-                    config.generator_weight_decay,
-                    config.generator_weight_decay_type,
-                    state.lookahead_model,
-                    train_batch,
-                )
-            )
-        return metrics, usage
+        return steps.iteration(state, train_batch, meta_batch, task, train_evaluator)
 
     if config.jit:
         # XLA compiles each replica's work. It must be the function strategy.run calls: a
@@ -92,7 +70,7 @@ def make_iteration(
                 tf.add_n([metrics[k] for k in ("train/pri_loss", "train/aux_loss") if k in metrics])
             )
             state.sums.add(evaluator_metrics)
-            if task.method != "single":
+            if task.labels.auxiliary:
                 state.sums.label_usage.assign_add(strategy.reduce(tf.distribute.ReduceOp.SUM, usage, axis=None))
         if meta_batch is not None:
             generator_metrics = {k: v for k, v in metrics.items() if k.startswith("meta/")}
@@ -141,7 +119,7 @@ class Loop:
 
     @property
     def uses_generator(self) -> bool:
-        return self.config.method == "maxl"
+        return self.task.labels.learned
 
     @property
     def train_steps(self) -> int:
@@ -341,7 +319,7 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
         record["lr/generator"] = generator_lr
         if config.precision == "mixed_float16":
             record["meta/skipped_steps"] = state.sums.total("meta/skipped_steps")
-    if config.method != "single":
+    if loop.task.labels.auxiliary:
         record.update(labels_lib.usage_summary(state.sums.label_usage.numpy(), config.psi))
         record["train/trunk_grad_cosine"] = float(loop.trunk_cosine(loop.probe_batch))
     if loop.uses_generator:
@@ -391,7 +369,7 @@ def write_exports(loop: Loop) -> None:
         config.logdir,
         loop.state.evaluator,
         loop.state.generator,
-        config.psi if config.method != "single" else (),
+        config.psi if loop.task.labels.auxiliary else (),
         loop.data.input_shape,
         loop.data.class_names,
     )
@@ -483,7 +461,7 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
     principal = run_data.class_names["principal"]
     named = f" ({', '.join(principal[:10])}{', ...' if len(principal) > 10 else ''})" if principal else ""
     examples = f"{len(run_data.train_indices)} train"
-    if config.method in config_lib.USES_META_SPLIT:
+    if task.labels.uses_meta_data:
         examples += f" / {len(run_data.meta_indices)} meta"
     with signals.StopRequests() as stop:  # before the first line: a test (or a scheduler) may signal on it
         print(

@@ -7,3 +7,8 @@ ARCHITECTURES = {
 }
 # The Prototypical net's embedder (embedder.py): these two names, or a saved .keras file.
 IMAGENET, UNTRAINED = "imagenet", "untrained"
+
+
+def is_backbone_spec(model: str) -> bool:
+    """Whether --model names a backbone function, module:function (models/backbones.py)."""
+    return ":" in model

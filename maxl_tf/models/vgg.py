@@ -292,7 +292,10 @@ def _head(features, classes: int, name: str, precision):
 
 
 def check_input_size(architecture: str, image_size: int) -> None:
-    """Raises errors.Error if the architecture's pooling would shrink the image below 1x1."""
+    """Raises errors.Error if the architecture's pooling would shrink the image below 1x1 (a
+    module:function backbone checks its own input)."""
+    if architecture not in ARCHITECTURES:
+        return
     blocks = len(ARCHITECTURES[architecture])
     if image_size < 2**blocks:
         raise errors.Error(

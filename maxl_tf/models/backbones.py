@@ -1,0 +1,92 @@
+"""--model=module:function: MAXL's two networks over any Keras backbone, from the command line.
+
+The function gets the input shape (H, W, C) and returns a Keras backbone: a functional or
+Sequential model whose output is a feature vector or map (the exports are .keras files, which a
+subclassed model cannot promise). keras.applications:NAME is called as
+NAME(input_shape=..., include_top=False, weights="imagenet" or None), with ImageNet weights
+unless --nopretrained. Each network calls the function once: the evaluator and the generator
+get backbones of their own. The heads are models/heads.py's (linear, on global-average-pooled
+features).
+"""
+
+import importlib
+
+import keras
+
+from maxl_tf import errors
+from maxl_tf.models import heads
+
+APPLICATIONS = "keras.applications"
+
+
+def _function(spec: str):
+    module_name, _, function_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module: any failure to import it is the flag's
+        raise errors.Error(
+            f"--model={spec}: cannot import {module_name} ({errors.first_line(error)}); put its folder on PYTHONPATH."
+        ) from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise errors.Error(f"--model={spec}: {module_name} has no function {function_name}.")
+    return function
+
+
+def backbone(spec: str, input_shape, pretrained: bool = True) -> keras.Model:
+    """The backbone --model=spec names, built for images of input_shape.
+
+    Raises:
+      errors.Error: the module or function cannot be found, the function fails or returns no
+        functional model, or ImageNet weights cannot be downloaded.
+    """
+    function = _function(spec)
+    input_shape = tuple(int(n) for n in input_shape)
+    applications = spec.startswith(APPLICATIONS + ":")
+    try:
+        if applications:
+            network = function(input_shape=input_shape, include_top=False, weights="imagenet" if pretrained else None)
+        else:
+            network = function(input_shape)
+    except Exception as error:  # the user's function, or keras.utils.get_file's bare Exception offline
+        reason = errors.first_line(error)
+        if applications and pretrained and ("URL" in reason or "fetch" in reason or "download" in reason.lower()):
+            raise errors.Error(
+                f"--model={spec}: cannot download its ImageNet weights ({reason}). Run once with internet "
+                f"access (Keras keeps them in ~/.keras/models), or train from random weights with --nopretrained."
+            ) from None
+        raise errors.Error(f"--model={spec}: {spec.partition(':')[2]}({input_shape}) failed: {reason}") from None
+    if not isinstance(network, keras.Model):
+        raise errors.Error(
+            f"--model={spec}: returned {type(network).__name__}; it must return a built functional or "
+            f"Sequential keras.Model (start it with keras.Input(input_shape))."
+        )
+    try:
+        known = network.inputs
+    except (AttributeError, ValueError):
+        known = None
+    if not known:
+        raise errors.Error(
+            f"--model={spec}: returned a subclassed model; the command line needs a functional or Sequential "
+            f"one, whose .keras export loads anywhere (start it with keras.Input(input_shape))."
+        )
+    return network
+
+
+def _checked(build, spec: str):
+    try:
+        return build()
+    except (ValueError, TypeError) as error:
+        raise errors.Error(f"--model={spec}: {errors.first_line(error)}") from None
+
+
+def build_evaluator(spec: str, input_shape, pri: int, psi, pretrained: bool = True) -> keras.Model:
+    """Multi-task evaluator over the backbone; psi empty: the principal head alone (single-task)."""
+    network = backbone(spec, input_shape, pretrained)
+    if not psi:
+        return _checked(lambda: heads.single_task(network, pri), spec)
+    return _checked(lambda: heads.multitask(network, pri, psi), spec)
+
+
+def build_generator(spec: str, input_shape, psi, pretrained: bool = True) -> keras.Model:
+    return _checked(lambda: heads.generator(backbone(spec, input_shape, pretrained), psi), spec)

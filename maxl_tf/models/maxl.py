@@ -1,0 +1,452 @@
+"""MAXL as a Keras model: compile with two optimisers, fit on any tf.data pipeline or arrays.
+
+    model = MAXL(evaluator=heads.multitask(backbone, pri=10, psi=psi),
+                 generator=heads.generator(keras.models.clone_model(backbone), psi=psi), psi=psi)
+    model.compile(evaluator_optimizer=keras.optimizers.SGD(0.01), generator_optimizer=keras.optimizers.SGD(1e-3))
+    model.fit(train_ds, meta_data=meta_ds, validation_data=test_ds, epochs=10, callbacks=[...])
+
+Each training step is core/steps.iteration, the function the command line's loop calls
+(experiment/train.make_iteration), so fit and the CLI share one set of numerics
+(tests/maxl_model_test.py pins them equal). fit drives its own compiled step (make_train_function)
+because a step with a generator step and one without are two graphs: with meta_every=K the
+generator steps after every K-th evaluator step of the run, counted by the evaluator optimiser's
+iterations (so BackupAndRestore resumes the count), and meta batches are drawn only then, as the
+command line draws them.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from maxl_tf.core import distribute
+from maxl_tf.core import evaluator as evaluator_lib
+from maxl_tf.core import labels as labels_lib
+from maxl_tf.core import psi as psi_lib
+from maxl_tf.core import steps
+
+# Training metrics as fit logs them (Keras style, no slashes), from the steps' names.
+_LOG_NAMES = {
+    "train/pri_loss": "loss",
+    "train/pri_acc": "accuracy",
+    "train/aux_loss": "aux_loss",
+    "train/aux_acc": "aux_accuracy",
+    "train/grad_norm_evaluator": "grad_norm",
+    "meta/loss": "meta_loss",
+    "meta/loss_before": "meta_loss_before",
+    "meta/loss_after": "meta_loss_after",
+    "meta/entropy": "meta_entropy",
+    "meta/grad_norm_generator": "meta_grad_norm",
+}
+_EVALUATOR_METRICS = ("train/pri_loss", "train/pri_acc", "train/grad_norm_evaluator")
+_AUXILIARY_METRICS = ("train/aux_loss", "train/aux_acc")
+_GENERATOR_METRICS = ("meta/loss", "meta/loss_before", "meta/loss_after", "meta/entropy", "meta/grad_norm_generator")
+
+
+class LabelCounts(keras.metrics.Metric):
+    """How often each auxiliary class was the argmax target of an evaluator step, summed over
+    replicas; callbacks.LabelUsage reads and resets it every epoch. [num_aux] float32"""
+
+    def __init__(self, num_aux: int, name: str = "label_counts", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.counts = self.add_variable(shape=(max(num_aux, 1),), initializer="zeros", aggregation="sum")
+
+    def update_state(self, counts):
+        self.counts.assign_add(tf.cast(counts, self.counts.dtype))
+
+    def result(self):
+        return self.counts.value
+
+    def reset_state(self):
+        self.counts.assign(tf.zeros_like(self.counts))
+
+
+def _classes(model: keras.Model) -> list:
+    """The last dimension of each of a functional model's outputs (None: unknown)."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if outputs is None:
+        return None
+    return [o.shape[-1] for o in outputs]
+
+
+def _as_batch(data, name: str) -> dict:
+    """A dataset element (images, labels[, aux_labels]) or a dict with those keys -> the steps' batch."""
+    if isinstance(data, dict):
+        missing = {"images", "labels"} - set(data)
+        if missing:
+            raise ValueError(f"{name}: dict elements need 'images' and 'labels' keys; missing {sorted(missing)}")
+        batch = dict(data)
+    elif isinstance(data, (tuple, list)) and len(data) in (2, 3) and data[1] is not None:
+        batch = {"images": data[0], "labels": data[1]}
+        if len(data) == 3:
+            batch["aux_labels"] = data[2]
+    else:
+        raise ValueError(f"{name}: elements must be (images, labels) or (images, labels, aux_labels); got no labels")
+    if not batch["images"].dtype.is_floating:  # uint8 pixels: the losses' one-hots take the images' dtype
+        batch["images"] = tf.cast(batch["images"], keras.config.floatx())
+    batch["labels"] = tf.cast(batch["labels"], tf.int64)
+    if "aux_labels" in batch:
+        batch["aux_labels"] = tf.cast(batch["aux_labels"], tf.int64)
+    return batch
+
+
+def _check_element_spec(spec, name: str, needs_aux: bool, image_shape=None) -> None:
+    """Refuses, before anything is traced, a dataset whose elements carry no integer labels, or
+    images of another shape than image_shape (H, W, C; None: any size)."""
+    if isinstance(spec, dict):
+        images, labels, aux = spec.get("images"), spec.get("labels"), spec.get("aux_labels")
+        if images is None or labels is None:
+            raise ValueError(f"{name}: dict elements need 'images' and 'labels' keys; it has {sorted(spec)}")
+    elif isinstance(spec, (tuple, list)) and len(spec) in (2, 3):
+        images, labels, aux = spec[0], spec[1], (spec[2] if len(spec) == 3 else None)
+    else:
+        raise ValueError(
+            f"{name}: a dataset of (images, labels) or (images, labels, aux_labels) elements; "
+            f"this one's elements are {spec} (no labels)"
+        )
+    if not isinstance(labels, tf.TensorSpec) or not labels.dtype.is_integer or labels.shape.rank not in (None, 1):
+        raise ValueError(f"{name}: labels must be a batch of integer class indices [batch]; got {labels}")
+    if needs_aux and aux is None:
+        raise ValueError(f"{name}: this label source needs (images, labels, aux_labels) elements")
+    if image_shape is not None and isinstance(images, tf.TensorSpec):
+        if not images.shape[1:].is_compatible_with(tf.TensorShape(image_shape)):
+            raise ValueError(
+                f"{name}: images of shape {tuple(images.shape[1:])}; the evaluator takes {tuple(image_shape)}"
+            )
+
+
+@keras.saving.register_keras_serializable(package="maxl_tf")
+class MAXL(keras.Model):
+    """An evaluator trained with auxiliary labels: MAXL's learned ones (a generator) or a baseline's.
+
+    Calling it (and predict) returns the principal task's probabilities [batch, pri]; evaluate
+    reports the principal loss and accuracy. Build it inside strategy.scope() for data
+    parallelism; give batch-norm layers synchronized=True for replicas to match one device.
+    """
+
+    def __init__(
+        self,
+        evaluator: keras.Model,
+        generator: keras.Model | None = None,
+        psi=None,
+        labels: labels_lib.LabelSource | None = None,
+        hypergradient: str = "second_order",
+        meta_every: int = 1,
+        entropy_weight: float = 0.2,
+        focal_gamma: float = 2.0,
+        generator_weight_decay: float = 5e-4,
+        generator_weight_decay_type: str = "l1",
+        neumann_terms: int = 3,
+        generator_labels_training: bool = False,
+        **kwargs,
+    ):
+        """
+        Args:
+          evaluator: principal and auxiliary logits (heads.multitask; the principal alone for
+            labels=Single()).
+          generator: auxiliary logits [batch, sum(psi)] (heads.generator); MAXL's labels only.
+          psi: auxiliary classes per principal class (core/psi.py); not for labels=Single().
+          labels: a labels.LabelSource (default labels.Maxl()); human, random and prototypical
+            labels come with the data, (images, labels, aux_labels).
+          hypergradient: second_order, first_order or implicit (core/meta.py).
+          meta_every: a generator step after every meta_every-th evaluator step.
+          entropy_weight, focal_gamma (0: cross-entropy), generator_weight_decay,
+          generator_weight_decay_type (l1 | l2), neumann_terms, generator_labels_training: as the
+            command line's flags of the same names (README).
+        Raises:
+          ValueError / TypeError naming the argument.
+        """
+        super().__init__(**kwargs)
+        labels = labels_lib.source(labels if labels is not None else "maxl")
+        if not isinstance(evaluator, keras.Model):
+            raise TypeError(f"evaluator: a keras.Model, not {type(evaluator).__name__}")
+        if isinstance(meta_every, bool) or not isinstance(meta_every, (int, np.integer)) or meta_every < 1:
+            raise ValueError(f"meta_every={meta_every!r}: must be an integer >= 1")
+        if hypergradient not in steps.HYPERGRADIENTS:
+            raise ValueError(f"hypergradient={hypergradient!r}: one of {', '.join(steps.HYPERGRADIENTS)}")
+        if generator_weight_decay_type not in ("l1", "l2"):
+            raise ValueError(f"generator_weight_decay_type={generator_weight_decay_type!r}: l1 or l2")
+        if int(neumann_terms) < 0:
+            raise ValueError(f"neumann_terms={neumann_terms}: must be >= 0")
+        evaluator_classes = _classes(evaluator)
+        pri = evaluator_classes[0] if evaluator_classes else None
+        if pri is None:
+            raise ValueError(f"evaluator {evaluator.name!r}: needs known outputs [principal logits, auxiliary logits]")
+        if labels.auxiliary:
+            if psi is None:
+                raise ValueError(f"psi: labels={labels!r} needs psi, the auxiliary classes per principal class")
+            psi = psi_lib.check(psi, pri)
+            if len(evaluator_classes) < 2 or evaluator_classes[1] != sum(psi):
+                raise ValueError(
+                    f"psi={psi}: sums to {sum(psi)} auxiliary classes, but the evaluator's outputs have "
+                    f"{evaluator_classes} classes ([principal, auxiliary])"
+                )
+        else:
+            psi = ()
+        if labels.learned:
+            if not isinstance(generator, keras.Model):
+                raise TypeError(f"generator: labels={labels!r} needs a keras.Model generator (heads.generator)")
+            generator_classes = _classes(generator)
+            if generator_classes is not None and generator_classes != [sum(psi)]:
+                raise ValueError(
+                    f"psi={psi}: sums to {sum(psi)} auxiliary classes, but the generator outputs {generator_classes}"
+                )
+            shared = {id(v) for v in evaluator.weights} & {id(v) for v in generator.weights}
+            if shared:
+                raise ValueError(
+                    "generator: shares weights with the evaluator; give it its own backbone "
+                    "(e.g. keras.models.clone_model(backbone))"
+                )
+        elif generator is not None:
+            raise ValueError(f"generator: labels={labels!r} learns no labels; pass generator=None")
+        self.evaluator = evaluator
+        self.generator = generator if labels.learned else None
+        self.lookahead_model = None  # the evaluator itself (meta.py)
+        self.psi = tuple(psi)
+        self.meta_every = int(meta_every)
+        self.task = steps.Task(
+            method=labels,
+            num_pri=int(pri),
+            num_aux=sum(psi),
+            mask_table=tf.constant(psi_lib.mask(psi) if psi else np.zeros([pri, 1], np.float32)),
+            gamma=float(focal_gamma),
+            entropy_weight=float(entropy_weight),
+            generator_labels_training=bool(generator_labels_training),
+            hypergradient=hypergradient,
+            neumann_terms=int(neumann_terms),
+            generator_weight_decay=float(generator_weight_decay),
+            generator_weight_decay_type=generator_weight_decay_type,
+        )
+        self._options = dict(
+            psi=list(psi),
+            labels=labels.name,
+            hypergradient=hypergradient,
+            meta_every=int(meta_every),
+            entropy_weight=float(entropy_weight),
+            focal_gamma=float(focal_gamma),
+            generator_weight_decay=float(generator_weight_decay),
+            generator_weight_decay_type=generator_weight_decay_type,
+            neumann_terms=int(neumann_terms),
+            generator_labels_training=bool(generator_labels_training),
+        )
+        names = _EVALUATOR_METRICS + (_AUXILIARY_METRICS if labels.auxiliary else ())
+        names += _GENERATOR_METRICS if labels.learned else ()
+        self._trackers = {name: keras.metrics.Mean(name=_LOG_NAMES[name]) for name in names}
+        self.label_counts = LabelCounts(sum(psi))
+        self._meta_data = self._meta_iterator = None
+        self._evaluator_steps = None  # evaluator steps of the run, read from the optimiser at fit's first step
+        self.built = True
+
+    # Keras' API ---------------------------------------------------------------------------------
+
+    def get_config(self):
+        return {
+            "evaluator": keras.saving.serialize_keras_object(self.evaluator),
+            "generator": None if self.generator is None else keras.saving.serialize_keras_object(self.generator),
+            **self._options,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["evaluator"] = keras.saving.deserialize_keras_object(config["evaluator"])
+        if config.get("generator") is not None:
+            config["generator"] = keras.saving.deserialize_keras_object(config["generator"])
+        return cls(**config)
+
+    def get_compile_config(self):
+        """None: a loaded model is compiled again by its user, with both optimisers."""
+        return None
+
+    @property
+    def metrics(self):
+        """The scalar training metrics (label counts are read by callbacks.LabelUsage)."""
+        return list(self._trackers.values())
+
+    @property
+    def evaluator_optimizer(self):
+        return self.optimizer
+
+    def compile(self, evaluator_optimizer="sgd", generator_optimizer=None, run_eagerly=False, jit_compile=False):
+        """Both optimisers (Keras optimisers or their names). jit_compile: XLA for each replica's
+        step, as the command line's --jit.
+
+        Raises:
+          ValueError naming generator_optimizer: MAXL's labels need one.
+        """
+        if self.generator is not None and generator_optimizer is None:
+            raise ValueError(
+                "generator_optimizer: MAXL's generator needs its own optimiser, e.g. keras.optimizers.SGD(1e-3)"
+            )
+        super().compile(optimizer=evaluator_optimizer, run_eagerly=run_eagerly, jit_compile=jit_compile)
+        self.generator_optimizer = None
+        with self.distribute_strategy.scope():
+            self.optimizer.build(self.evaluator.trainable_variables)
+            if self.generator is not None:
+                self.generator_optimizer = keras.optimizers.get(generator_optimizer)
+                self.generator_optimizer.build(self.generator.trainable_variables)
+
+    def call(self, images, training=False):
+        pri_logits, _ = evaluator_lib.outputs(self.evaluator(images, training=training))
+        return tf.nn.softmax(tf.cast(pri_logits, tf.float32))
+
+    def train_step(self, data):
+        """One replica's iteration: data = (training element, meta element or None); the steps of
+        core/steps.iteration, then the metric trackers."""
+        train_data, meta_data = data
+        train_batch = _as_batch(train_data, "x")
+        meta_batch = None if meta_data is None else _as_batch(meta_data, "meta_data")
+        metrics, usage = steps.iteration(self, train_batch, meta_batch, self.task)
+        for name, value in metrics.items():
+            if name in self._trackers:
+                self._trackers[name].update_state(value)
+        if self.task.labels.auxiliary:
+            self.label_counts.update_state(usage)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        """The principal loss and accuracy, weighted by batch size so uneven batches add up exactly."""
+        sums = steps.evaluation_step(self.evaluator, _as_batch(data, "validation_data"), self.task)
+        for name, total in (("train/pri_loss", sums["loss_sum"]), ("train/pri_acc", sums["correct"])):
+            self._trackers[name].update_state(total / sums["count"], sample_weight=sums["count"])
+        return self._results(("train/pri_loss", "train/pri_acc"))
+
+    def _results(self, names) -> dict:
+        return {_LOG_NAMES[n]: self._trackers[n].result() for n in names}
+
+    def _compiled(self, replica_step, names):
+        """A function of the step's inputs: replica_step on every replica, then the metrics over
+        all of them (read in cross-replica context, where they are summed)."""
+        if self.jit_compile and not self.run_eagerly:
+            replica_step = tf.function(replica_step, jit_compile=True)
+
+        def step(*args):
+            self.distribute_strategy.run(replica_step, args=args)
+            return self._results(names)
+
+        return step if self.run_eagerly else tf.function(step)
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        step = self._compiled(lambda data, meta: self.train_step((data, meta)), tuple(self._trackers))
+
+        def train_function(iterator):
+            data = next(iterator)
+            if self._evaluator_steps is None:  # the first step of a fit: after BackupAndRestore restored
+                self._evaluator_steps = int(self.optimizer.iterations.numpy())
+                if self.generator is not None:
+                    # The meta batch after the last one used, so a restored run draws what an
+                    # uninterrupted one would (where the meta data's order is deterministic).
+                    skipped = self._meta_data.repeat().skip(int(self.generator_optimizer.iterations.numpy()))
+                    self._meta_iterator = iter(distribute.distribute_dataset(self.distribute_strategy, skipped))
+            self._evaluator_steps += 1
+            if self.generator is not None and self._evaluator_steps % self.meta_every == 0:
+                return step(data, next(self._meta_iterator))
+            return step(data, None)
+
+        self.train_function = train_function
+        return train_function
+
+    def make_test_function(self, force=False):
+        if self.test_function is not None and not force:
+            return self.test_function
+        step = self._compiled(self.test_step, ("train/pri_loss", "train/pri_acc"))
+
+        def test_function(iterator):
+            return step(next(iterator))
+
+        self.test_function = test_function
+        return test_function
+
+    def fit(self, x=None, y=None, *, meta_data=None, meta_fraction=None, batch_size=None, seed=0, **kwargs):
+        """Keras' fit, with MAXL's meta data.
+
+        Args:
+          x, y: a tf.data.Dataset of batches (images, labels[, aux_labels]), or arrays of images
+            and integer labels; the rest of Keras' fit arguments are accepted as they are.
+          meta_data: a dataset of batches the generator's meta objective is measured on (repeated
+            as needed); or
+          meta_fraction: the share of array examples held out as meta data (the same ones for a
+            seed; the evaluator trains on the rest). Neither: the meta batches are drawn from the
+            training data itself (the authors' code, --meta_split=0).
+        Raises:
+          ValueError / TypeError naming the argument, before anything is traced.
+        """
+        if not self.compiled:
+            raise ValueError("fit: call compile(evaluator_optimizer=..., generator_optimizer=...) first")
+        learned = self.generator is not None
+        needs_aux = isinstance(self.task.labels, labels_lib.FixedLabels)
+        if not learned and (meta_data is not None or meta_fraction is not None):
+            raise ValueError(f"meta_data: labels={self.task.labels!r} learns nothing from meta data; leave it out")
+        if meta_data is not None and meta_fraction is not None:
+            raise ValueError("meta_fraction: give meta_data or meta_fraction, not both")
+        if isinstance(x, tf.data.Dataset):
+            if y is not None:
+                raise ValueError("y: with a dataset x, the labels come with x's elements; leave y out")
+            if meta_fraction is not None:
+                raise TypeError(
+                    "meta_fraction: splits arrays; a dataset's order may change every epoch, so pass "
+                    "meta_data=<a dataset of held-out batches> instead"
+                )
+            _check_element_spec(x.element_spec, "x", needs_aux, self._image_shape())
+            kwargs.setdefault("shuffle", False)  # a dataset shuffles itself (Keras warns otherwise)
+            meta = meta_data if meta_data is not None else x
+        else:
+            if x is None or y is None:
+                raise ValueError("y: arrays need their integer labels (or give x as a dataset of (images, labels))")
+            x, y = np.asarray(x), np.asarray(y)
+            if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
+                raise ValueError(f"y: must be {len(x)} integer class indices; got {y.dtype} of shape {y.shape}")
+            batch_size = batch_size or 32
+            meta = (x, y)
+            if meta_fraction is not None:
+                if not 0 < meta_fraction < 1:
+                    raise ValueError(f"meta_fraction={meta_fraction}: must be between 0 and 1")
+                order = np.random.default_rng(seed).permutation(len(x))
+                held_out = max(1, round(len(x) * meta_fraction))
+                meta = (x[order[:held_out]], y[order[:held_out]])
+                x, y = x[order[held_out:]], y[order[held_out:]]
+            if meta_data is None:
+                meta_data = tf.data.Dataset.from_tensor_slices(meta).shuffle(len(meta[1]), seed=seed).batch(batch_size)
+            meta = meta_data
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, tf.data.Dataset):
+            _check_element_spec(validation.element_spec, "validation_data", False, self._image_shape())
+        if learned:
+            if not isinstance(meta, tf.data.Dataset):
+                raise TypeError(f"meta_data: a tf.data.Dataset of (images, labels) batches, not {type(meta).__name__}")
+            self.use_meta_data(meta)
+        self._evaluator_steps = None
+        try:
+            return super().fit(x, y, batch_size=batch_size, **kwargs)
+        finally:
+            self._meta_data = self._meta_iterator = None
+
+    def use_meta_data(self, meta_data: tf.data.Dataset) -> None:
+        """Draws the generator's meta batches from this dataset of batches, repeated, from the one
+        after the generator's last step (fit calls it; the benchmark drives the train function
+        without fit)."""
+        _check_element_spec(meta_data.element_spec, "meta_data", False, self._image_shape())
+        self._meta_data = meta_data
+        self._evaluator_steps = None
+
+    def _image_shape(self):
+        """(H, W, C) the evaluator takes, or None where it does not say."""
+        try:
+            return tuple(self.evaluator.inputs[0].shape[1:])
+        except (AttributeError, ValueError, TypeError, IndexError):
+            return None
+
+    # Diagnostics --------------------------------------------------------------------------------
+
+    def trunk_gradient_cosine(self, images, labels, aux_labels=None) -> float:
+        """Cosine of the principal and auxiliary losses' gradients on the shared trunk (any
+        backbone: every evaluator variable but the heads'), statistics untouched."""
+        batch = {"images": tf.convert_to_tensor(images), "labels": tf.cast(labels, tf.int64)}
+        if aux_labels is not None:
+            batch["aux_labels"] = tf.cast(aux_labels, tf.int64)
+        return float(steps.trunk_gradient_cosine(self.evaluator, self.generator, batch, self.task))
