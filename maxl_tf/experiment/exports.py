@@ -31,7 +31,6 @@ import shutil
 import keras
 import tensorflow as tf
 
-from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import hierarchy
 from maxl_tf.core import losses
 from maxl_tf.data import pipeline as data_lib
@@ -46,20 +45,25 @@ STAGING = "exports.tmp"  # inside the log directory: renames into place stay on 
 
 
 def serving_function(evaluator: keras.Model, generator: keras.Model | None, psi):
-    """images uint8 [N, H, W, C] -> {"principal": [N, pri], "auxiliary": [N, aux]} probabilities."""
+    """images [N, H, W, C] (uint8, or floats 0-255) -> {"principal": [N, pri], "auxiliary": [N, aux]}
+    probabilities, from the exported networks (raw_pixel_model: raw pixels in, the evaluator's
+    outputs probabilities): the serving SavedModel's endpoint and predict's, one function."""
     mask_table = tf.constant(hierarchy.psi_mask(psi)) if psi else None
 
     def serve(images):
-        normalised = data_lib.normalise(images)
-        pri_logits, aux_logits = evaluator_lib.outputs(evaluator(normalised, training=False))
-        principal = tf.nn.softmax(tf.cast(pri_logits, tf.float32))
-        outputs = {"principal": principal}
+        pixels = tf.cast(images, tf.float32)
+        outputs = evaluator(pixels, training=False)
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        served = {"principal": outputs[0]}
+        if mask_table is None:
+            return served
+        mask = tf.gather(mask_table, tf.argmax(outputs[0], axis=-1))  # [N, aux]
         if generator is not None:
-            aux_logits = generator(normalised, training=False)
-        if aux_logits is not None:
-            mask = tf.gather(mask_table, tf.argmax(principal, axis=-1))  # [N, aux]
-            outputs["auxiliary"] = losses.masked_softmax(tf.cast(aux_logits, tf.float32), mask)
-        return outputs
+            served["auxiliary"] = losses.masked_softmax(tf.cast(generator(pixels, training=False), tf.float32), mask)
+        elif len(outputs) > 1:  # the auxiliary head's softmax, renormalised within the block: its masked softmax
+            within = outputs[1] * mask
+            served["auxiliary"] = within / tf.reduce_sum(within, axis=-1, keepdims=True)
+        return served
 
     return serve
 
@@ -115,9 +119,11 @@ def write(
 
 
 def _write_into(folder: str, evaluator, generator, psi, input_shape, class_names: dict) -> None:
-    raw_pixel_model(evaluator, input_shape, probabilities=True).save(os.path.join(folder, EVALUATOR))
+    evaluator = raw_pixel_model(evaluator, input_shape, probabilities=True)
+    evaluator.save(os.path.join(folder, EVALUATOR))
     if generator is not None:
-        raw_pixel_model(generator, input_shape, probabilities=False).save(os.path.join(folder, GENERATOR))
+        generator = raw_pixel_model(generator, input_shape, probabilities=False)
+        generator.save(os.path.join(folder, GENERATOR))
     # Not archive.track(network): that adds each Keras variable beside the tf.Variable the endpoint
     # captures, and the SavedModel would store every weight twice. The endpoint's own variables
     # are all that serve() (and TFLite's converter) need.
