@@ -104,6 +104,13 @@ class HierarchyFileTest(tf.test.TestCase, parameterized.TestCase):
             r"\(did you mean 'bus'\?\)",
         )
 
+    def test_a_header_other_than_fine_principal_says_what_it_must_be(self):
+        rows = "class,principal\nbus,vehicle\ncar,vehicle\ncat,animal\ndog,animal\nowl,animal\ntruck,vehicle\n"
+        self._assert_error(
+            self._file("hierarchy.csv", rows),
+            r"line 1: class,principal reads as a header; a header must be exactly 'fine,principal'",
+        )
+
     def test_class_left_out(self):
         tree = {"vehicle": ["truck", "car"], "animal": ["cat", "dog"]}
         self._assert_error(self._json(tree), r"leaves out 2 class\(es\) of the data \('bus', 'owl'\)")

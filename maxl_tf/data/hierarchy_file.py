@@ -60,6 +60,12 @@ def load(path: str, dataset_name: str, class_names: Sequence[str]) -> hierarchy_
         one per fine class (then it adds nothing).
     """
     principal_of = _read(path)  # fine name -> principal name
+    child, principal = next(iter(principal_of.items()))  # the file's first row (dicts keep order)
+    if path.lower().endswith(".csv") and principal.lower() == "principal" and child not in class_names:
+        raise errors.Error(
+            f"--hierarchy={path} line 1: {child},{principal} reads as a header; a header must be exactly "
+            "'fine,principal' (or leave it out)."
+        )
     _check_classes(path, principal_of, class_names)
     principal_names = tuple(dict.fromkeys(principal_of.values()))  # the file's order
     fine, pri = len(class_names), len(principal_names)
