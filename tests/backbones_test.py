@@ -6,6 +6,7 @@ import textwrap
 from unittest import mock
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from maxl_tf import errors
@@ -17,6 +18,7 @@ from tests import smoke_util
 
 _NETS = """
 import keras
+import numpy as np
 
 def small(input_shape):
     return keras.Sequential([keras.Input(input_shape), keras.layers.Conv2D(4, 3, activation="relu", name="c1"),
@@ -61,8 +63,14 @@ class BackboneSpecTest(tf.test.TestCase):
         with mock.patch("keras.src.utils.file_utils.get_file", side_effect=failure):
             with self.assertRaisesRegex(errors.Error, "cannot download its ImageNet weights.*--nopretrained"):
                 backbones.backbone("keras.applications:MobileNetV3Small", (32, 32, 3))
-        network = backbones.backbone("keras.applications:MobileNetV3Small", (32, 32, 3), pretrained=False)
+        network = backbones.backbone(
+            "keras.applications:MobileNetV3Small", (32, 32, 3), pretrained=False, to_pixels=(51.0, 127.5)
+        )
         self.assertEqual(len(network.outputs[0].shape), 4)
+        # The pipeline's normalised images reach the application as the 0-255 pixels it expects.
+        to_pixels = keras.Model(network.inputs, network.get_layer("trunk_to_pixels").output)
+        normalised = np.broadcast_to(np.float32([-2.5, 0.0, 2.5]), (1, 32, 32, 3))
+        self.assertAllClose(to_pixels(normalised)[0, 0, 0], [0.0, 127.5, 255.0])
 
     def test_unknown_model_and_half_precision_are_refused(self):
         with self.assertRaisesRegex(errors.Error, "--model=resnet: unknown"):

@@ -14,10 +14,15 @@ import tensorflow as tf
 from maxl_tf.core import hierarchy
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import steps
+from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.models import backbones
 from maxl_tf.models import vgg as models
 from maxl_tf.models.names import is_backbone_spec
+
+# (scale, offset) from the pipeline's normalised images back to 0-255 pixels, for the
+# keras.applications backbones that preprocess their own input (models/backbones.py).
+TO_PIXELS = (255.0 * data_lib.PIXEL_STD, 255.0 * data_lib.PIXEL_MEAN)
 
 
 class EpochSums(tf.Module):
@@ -101,7 +106,7 @@ class TrainState:
             if is_backbone_spec(config.model):  # any Keras backbone (float32 only: config.check_flags)
                 psi = config.psi if labels.auxiliary else ()
                 self.evaluator = backbones.build_evaluator(
-                    config.model, input_shape, config.pri, psi, config.pretrained
+                    config.model, input_shape, config.pri, psi, config.pretrained, TO_PIXELS
                 )
             else:
                 self.evaluator = models.build_evaluator(
@@ -111,7 +116,9 @@ class TrainState:
             self.generator = self.generator_optimizer = self.lookahead_model = None
             if labels.learned:
                 if is_backbone_spec(config.model):
-                    self.generator = backbones.build_generator(config.model, input_shape, config.psi, config.pretrained)
+                    self.generator = backbones.build_generator(
+                        config.model, input_shape, config.psi, config.pretrained, TO_PIXELS
+                    )
                 else:
                     self.generator = models.build_generator(
                         input_shape, aux, config.model, config.width, config.precision, synchronized_bn
