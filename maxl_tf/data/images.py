@@ -135,13 +135,36 @@ def _decode_error(path: str, err) -> errors.Error:
     )
 
 
+def decode(encoded, size: int, channels: int):
+    """An encoded image (PNG, JPEG, BMP, GIF bytes) as uint8 [size, size, channels]; eager or in tf.data."""
+    tf = _tf()
+    return to_shape(tf.io.decode_image(encoded, channels=0, expand_animations=False), size, channels)
+
+
+def fill_rows(images, out, on_error=None) -> int:
+    """Writes a tf.data stream of decoded images into out[0], out[1], ... in order, 256 at a time;
+    returns how many it wrote. libjpeg's own stderr lines are kept out of the output. On a decoding
+    error, on_error(rows written) runs before the error is raised again (to name the bad file)."""
+    tf = _tf()
+    written = 0
+    try:
+        with runtime.quiet_start_up():
+            for batch in images.batch(256).prefetch(2):
+                out[written : written + len(batch)] = batch.numpy()
+                written += len(batch)
+    except tf.errors.OpError:
+        if on_error is not None:
+            on_error(written)
+        raise
+    return written
+
+
 def decode_file(path: str, size: int, channels: int) -> np.ndarray:
     """One image file as uint8 [size, size, channels] (eager; names the file on any failure)."""
     tf = _tf()
     try:
         with runtime.quiet_start_up():  # libjpeg writes "Premature end of JPEG file" to stderr itself
-            raw = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
-        return to_shape(raw, size, channels).numpy()
+            return decode(tf.io.read_file(path), size, channels).numpy()
     except tf.errors.OpError as err:
         raise _decode_error(path, err) from None
 
@@ -166,21 +189,15 @@ def decode_paths(paths, size: int, channels: int, out) -> None:
     """Decodes files into out[i] (an array or a writable row file), in parallel with tf.data; on a
     failure, finds the file by decoding one by one, so the message names it."""
     tf = _tf()
+    images = tf.data.Dataset.from_tensor_slices(list(paths)).map(
+        lambda path: decode(tf.io.read_file(path), size, channels), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
-    def decode(path):
-        return to_shape(tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False), size, channels)
-
-    dataset = tf.data.Dataset.from_tensor_slices(list(paths)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    i = 0
-    try:
-        with runtime.quiet_start_up():
-            for batch in dataset.batch(256).prefetch(2):
-                out[i : i + len(batch)] = batch.numpy()
-                i += len(batch)
-    except tf.errors.OpError:
-        for path in paths[i:]:
+    def name_the_bad_file(written: int) -> None:
+        for path in paths[written:]:
             decode_file(path, size, channels)  # raises, naming the file
-        raise
+
+    i = fill_rows(images, out, on_error=name_the_bad_file)
     if i != len(paths):
         raise errors.Error(f"{len(paths) - i} images were not decoded; run again.")
 

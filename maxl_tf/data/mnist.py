@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from maxl_tf.core import hierarchy as hierarchy_lib
+from maxl_tf.data import digits
 from maxl_tf.data import idx
 from maxl_tf.data import source as source_lib
 from maxl_tf.data import tfds
@@ -36,7 +37,6 @@ FASHION_MNIST_NAMES = (
 )
 FASHION_MNIST_6_NAMES = ("tops", "bottoms", "dresses", "outers", "accessories", "shoes")
 FASHION_MNIST_2_NAMES = ("clothes", "goods")
-DIGIT_NAMES = tuple(str(d) for d in range(10))
 _IMAGE_SHAPE = (32, 32, 1)
 
 
@@ -52,7 +52,7 @@ class IdxSource(source_lib.Source):
 
     def levels(self) -> hierarchy_lib.Hierarchy:
         if self.name == "mnist":
-            return hierarchy_lib.Hierarchy("MNIST", {10: np.arange(10)}, {10: DIGIT_NAMES})
+            return hierarchy_lib.Hierarchy("MNIST", {10: np.arange(10)}, {10: digits.DIGIT_NAMES})
         fine_to_6 = np.asarray(FASHION_MNIST_TO_6)
         return hierarchy_lib.Hierarchy(
             "Fashion-MNIST",

@@ -241,18 +241,17 @@ class TfdsSource(source_lib.Source):
         def decode(size, channels, out):
             import tensorflow as tf
 
-            i = 0
-            for split in parts:
-                encoded = found.as_dataset(split=split, decoders={"image": _tfds().decode.SkipDecoding()})
-                shaped = encoded.map(
-                    lambda example: images_lib.to_shape(
-                        tf.io.decode_image(example["image"], channels=0, expand_animations=False), size, channels
-                    ),
+            undecoded = {"image": _tfds().decode.SkipDecoding()}
+            encoded = [found.as_dataset(split=split, decoders=undecoded) for split in parts]  # train, then test
+            for more in encoded[1:]:
+                encoded[0] = encoded[0].concatenate(more)
+            images_lib.fill_rows(
+                encoded[0].map(
+                    lambda example: images_lib.decode(example["image"], size, channels),
                     num_parallel_calls=tf.data.AUTOTUNE,
-                )
-                for batch in shaped.batch(256).prefetch(2):
-                    out[i : i + len(batch)] = batch.numpy()
-                    i += len(batch)
+                ),
+                out,
+            )
 
         return images_lib.decode_set(
             labels,
