@@ -243,9 +243,6 @@ class DiskImages:
             out[i] = np.frombuffer(self._read(int(index)), np.uint8).reshape(self.shape[1:])
         return out
 
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_fd"} | {"_fd": None}
-
     def __del__(self):
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
