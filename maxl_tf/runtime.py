@@ -69,8 +69,8 @@ def start_tensorflow(deterministic: bool = True, start_runtime: bool = True):
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
-        if not gpus:
-            tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+        if not gpus and "TF_NUM_INTRAOP_THREADS" not in os.environ:  # TensorFlow's own variable wins
+            tf.config.threading.set_intra_op_parallelism_threads(len(os.sched_getaffinity(0)))
             tf.config.threading.set_inter_op_parallelism_threads(1)
         if deterministic:
             tf.config.experimental.enable_op_determinism()

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import dataclasses
 
 import numpy as np
-import scipy.stats
 
 CONFIDENCE = 0.95
 # Accuracies closer than this are a tie. A test set of N images averaged over 5 epochs moves in
@@ -69,6 +68,8 @@ def paired(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Comparison
     mean = float(differences.mean())
     interval = None
     if n > 1:
+        import scipy.stats  # here: it costs most of a second of every command's start, tables or not
+
         quantile = scipy.stats.t.ppf((1 + confidence) / 2, df=n - 1)
         half_width = quantile * differences.std(ddof=1) / np.sqrt(n)
         interval = (mean - half_width, mean + half_width)

@@ -56,9 +56,9 @@ def make_iteration(
     if config.jit:
         # XLA compiles each replica's work. It must be the function strategy.run calls: a
         # tf.function nested inside it cannot hold the optimisers' cross-replica sums.
-        replica_iteration = tf.function(replica_iteration, jit_compile=True)
+        replica_iteration = steps.compiled(replica_iteration, jit_compile=True)
 
-    @tf.function
+    @steps.compiled
     def iteration(train_batch, meta_batch, train_evaluator=True):
         metrics, usage = strategy.run(replica_iteration, args=(train_batch, meta_batch, train_evaluator))
         # Replicas hold equal slices: the mean of their means.
@@ -436,10 +436,10 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
         strategy=strategy,
         task=task,
         iteration=make_iteration(config, state, task, strategy),
-        evaluate_batch=tf.function(lambda b: steps.evaluation_step(state.evaluator, b, task)),
-        trunk_cosine=tf.function(lambda b: steps.trunk_gradient_cosine(state.evaluator, state.generator, b, task)),
-        any_worker=tf.function(lambda flag: distribute.any_replica(strategy, flag)),
-        label_batch=tf.function(
+        evaluate_batch=steps.compiled(lambda b: steps.evaluation_step(state.evaluator, b, task)),
+        trunk_cosine=steps.compiled(lambda b: steps.trunk_gradient_cosine(state.evaluator, state.generator, b, task)),
+        any_worker=steps.compiled(lambda flag: distribute.any_replica(strategy, flag)),
+        label_batch=steps.compiled(
             lambda b: labels_lib.hard_generated_labels(
                 state.generator, b["images"], b["labels"], task.mask_table, task.generator_labels_training
             )

@@ -321,13 +321,13 @@ class MAXL(keras.Model):
         """A function of the step's inputs: replica_step on every replica, then the metrics over
         all of them (read in cross-replica context, where they are summed)."""
         if self.jit_compile and not self.run_eagerly:
-            replica_step = tf.function(replica_step, jit_compile=True)
+            replica_step = steps.compiled(replica_step, jit_compile=True)
 
         def step(*args):
             self.distribute_strategy.run(replica_step, args=args)
             return self._results(names)
 
-        return step if self.run_eagerly else tf.function(step)
+        return step if self.run_eagerly else steps.compiled(step)
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
