@@ -14,7 +14,7 @@ from maxl_tf import bench
 from maxl_tf import errors
 from maxl_tf.experiment import config as config_lib
 
-TINY = config_lib.Config(model="vgg_small", pri=2, aux=4, batch_size=4)
+TINY = config_lib.Config(model="vgg_small", width=0.125, pri=2, aux=4, batch_size=4)
 
 # A stand-in for benchmarks/torch_reference.py: same flags, fixed rates, so CI needs no torch.
 FAKE_REFERENCE = textwrap.dedent("""
