@@ -7,9 +7,10 @@ TensorFlow initialises, which no test in a shared process can arrange.
 The first takes one MAXL iteration (evaluator step, then generator meta step) with each
 hypergradient on one device and on a MirroredStrategy of two CPU replicas, each replica holding
 half of the same global batch, in float64, and prints one JSON line of relative differences per
-hypergradient. It runs eagerly: tracing the second-order graphs of two replicas costs six times
-the arithmetic, and the compiled step is what the second check trains with. The second trains the smoke preset with
---strategy=none and --strategy=mirrored under LOGDIR and prints both runs' per-epoch losses.
+hypergradient. It runs eagerly: compiling the second-order graphs of two replicas takes six
+times as long as running them, and the second check trains the compiled step. The second trains
+the smoke preset with --strategy=none and --strategy=mirrored under LOGDIR and prints both runs'
+per-epoch losses.
 """
 
 import json
