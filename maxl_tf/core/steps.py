@@ -61,9 +61,9 @@ class Task:
 
 def compiled(function, jit_compile=None):
     """tf.function without AutoGraph, for these steps and what calls them. They branch on Python
-    values only (the task, a missing batch), and converting them to graphs of tf.cond costs
-    seconds of every run's start. A backbone must write a branch on tensors with tf.cond or
-    keras.ops.cond, as Keras 3 asks of code that also runs on its other backends."""
+    values only (the task, a missing batch), so the graph is the same, and AutoGraph's rewriting
+    of their source cost seconds of every run's start. A backbone must write a branch on tensors
+    with tf.cond or keras.ops.cond, as Keras 3 asks of code that also runs on its other backends."""
     return tf.function(function, autograph=False, jit_compile=jit_compile)
 
 
