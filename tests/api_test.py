@@ -1,9 +1,6 @@
 """The public API: `import maxl_tf` gives MAXL, heads, psi, labels, callbacks and the data
 registry, and starts no TensorFlow until one of them is used."""
 
-import os
-import subprocess
-import sys
 import unittest
 
 from tests import smoke_util
@@ -22,14 +19,7 @@ print(sorted(maxl_tf.__all__))
 
 class PublicApiTest(unittest.TestCase):
     def test_import_starts_no_tensorflow(self):
-        result = subprocess.run(
-            [sys.executable, "-c", _SCRIPT],
-            cwd=smoke_util.REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
-        )
+        result = smoke_util.run_python("-c", _SCRIPT, timeout=120)
         self.assertEqual(result.returncode, 0, result.stderr[-2000:])
         self.assertIn("'MAXL'", result.stdout)
 

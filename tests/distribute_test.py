@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -27,14 +26,7 @@ CHECK = os.path.join(smoke_util.REPO, "tests", "two_replica_check.py")
 
 
 def _run_check(*args):
-    result = subprocess.run(
-        [sys.executable, CHECK, *args],
-        cwd=smoke_util.REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
-    )
+    result = smoke_util.run_python(CHECK, *args, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -2,8 +2,6 @@
 
 import os
 import re
-import subprocess
-import sys
 import unittest
 
 from tests import smoke_util
@@ -11,13 +9,8 @@ from tests import smoke_util
 
 class ExamplesTest(unittest.TestCase):
     def test_train_own_backbone(self):
-        result = subprocess.run(
-            [sys.executable, os.path.join("examples", "train_own_backbone.py"), "--epochs=2", "--examples=300"],
-            cwd=smoke_util.REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+        result = smoke_util.run_python(
+            os.path.join("examples", "train_own_backbone.py"), "--epochs=2", "--examples=300", timeout=600
         )
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         self.assertIn("trunk_grad_cosine", result.stdout)

@@ -171,14 +171,7 @@ class StartUpTest(tf.test.TestCase, parameterized.TestCase):
         script = f"import sys; sys.argv[0] = 'maxl-tf'; from {module} import {function}; {function}()"
 
         def console(*args):
-            return subprocess.run(
-                [sys.executable, "-c", script, *args],
-                cwd=smoke_util.REPO,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
-            )
+            return smoke_util.run_python("-c", script, *args, timeout=60)
 
         training = console("--help")
         self.assertEqual(training.returncode, 0, training.stderr)

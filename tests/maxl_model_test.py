@@ -3,8 +3,6 @@ loop, two replicas as one device, any backbone, Keras' callbacks, and errors tha
 
 import json
 import os
-import subprocess
-import sys
 import types
 
 import keras
@@ -129,14 +127,7 @@ class SameNumericsAsTheCommandLineTest(float64_case.Float64TestCase):
 class TwoReplicasTest(tf.test.TestCase):
     def test_two_cpu_replicas_fit_as_one_device(self):
         # Logical CPU devices must be set before TensorFlow starts: a process of its own.
-        result = subprocess.run(
-            [sys.executable, os.path.join(smoke_util.REPO, "tests", "maxl_replica_check.py")],
-            cwd=smoke_util.REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
-        )
+        result = smoke_util.run_python(os.path.join(smoke_util.REPO, "tests", "maxl_replica_check.py"), timeout=600)
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         report = json.loads(result.stdout.strip().splitlines()[-1])
         self.assertGreater(report["moved"], 1e-2)

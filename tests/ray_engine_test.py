@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import unittest
@@ -128,13 +127,8 @@ class WithoutRayTest(tf.test.TestCase):
             "import runpy, sys; sys.modules['ray'] = None; sys.argv = sys.argv[1:]; "
             "runpy.run_path(sys.argv[0], run_name='__main__')"
         )
-        process = subprocess.run(
-            [sys.executable, "-c", blocked, *smoke_util.main_command(*SWEEP, "--engine=ray")[1:]],
-            cwd=smoke_util.REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+        process = smoke_util.run_python(
+            "-c", blocked, *smoke_util.main_command(*SWEEP, "--engine=ray")[1:], timeout=120
         )
         self.assertEqual(process.returncode, 2)
         self.assertEqual(

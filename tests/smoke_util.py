@@ -54,13 +54,19 @@ def run_recording_imports(target: str, *args, timeout=120) -> tuple:
     return process.returncode, process.stdout, stderr, imported.strip() == "True"
 
 
-def run_main(*args, timeout=300) -> subprocess.CompletedProcess:
-    """Runs main.py to completion; returns the process with text stdout/stderr."""
+def run_python(*args, timeout=300, **env) -> subprocess.CompletedProcess:
+    """Runs `python ARGS` in the repository, as a user runs it from the clone, to completion;
+    returns the process with text stdout/stderr. env: variables to add to the environment."""
     return subprocess.run(
-        main_command(*args),
+        [sys.executable, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=REPO),
+        env=dict(os.environ, PYTHONPATH=REPO, **env),
     )
+
+
+def run_main(*args, timeout=300) -> subprocess.CompletedProcess:
+    """Runs main.py to completion; returns the process with text stdout/stderr."""
+    return run_python(*main_command(*args)[1:], timeout=timeout)

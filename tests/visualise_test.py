@@ -3,8 +3,6 @@
 import dataclasses
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 from google.protobuf import text_format
@@ -157,13 +155,8 @@ class VisualiseTest(tf.test.TestCase):
         self.assertEqual(visualise.aux_class_label(human, 5), "aux 5 (8)")
 
     def test_the_command_prints_no_warnings(self):
-        process = subprocess.run(
-            [sys.executable, "-m", "maxl_tf.visualise", self.logdirs[0], f"--out={os.path.join(self.root, 'quiet')}"],
-            cwd=smoke_util.REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+        process = smoke_util.run_python(
+            "-m", "maxl_tf.visualise", self.logdirs[0], f"--out={os.path.join(self.root, 'quiet')}"
         )
         self.assertEqual(process.returncode, 0, process.stderr)
         self.assertEqual(process.stderr, "")  # e.g. none about checkpoint values left unrestored
@@ -233,13 +226,13 @@ class VisualiseTest(tf.test.TestCase):
             visualise.visualise([untrained], os.path.join(self.root, "refused"))
         self.assertFalse(os.path.exists(os.path.join(self.root, "refused")))
 
-        process = subprocess.run(
-            [sys.executable, "-m", "maxl_tf.visualise", empty, f"--out={os.path.join(self.root, 'refused')}"],
-            cwd=smoke_util.REPO,
-            capture_output=True,
-            text=True,
+        process = smoke_util.run_python(
+            "-m",
+            "maxl_tf.visualise",
+            empty,
+            f"--out={os.path.join(self.root, 'refused')}",
             timeout=120,
-            env=dict(os.environ, PYTHONPATH=smoke_util.REPO, TF_CPP_MIN_LOG_LEVEL="2"),
+            TF_CPP_MIN_LOG_LEVEL="2",
         )
         self.assertEqual(process.returncode, 2)
         self.assertNotIn("Traceback", process.stderr)
