@@ -24,6 +24,7 @@ from maxl_tf.data import images as images_lib
 from maxl_tf.data import source
 from maxl_tf.data import tfds as tfds_source
 from tests import smoke_util
+from tests import tfds_fakes
 
 
 def _load_folder(root: str, image_size: int = 0, test_fraction: float = 0.2, cache_dir: str = "", **options):
@@ -555,11 +556,7 @@ class TfdsTest(tf.test.TestCase):
     def _prepared(self, name: str, splits=("train", "test"), num_examples: int = 6) -> str:
         """A tfds folder where `name` counts as prepared; mock_data supplies the examples."""
         data_dir = os.path.join(self.get_temp_dir(), "tfds")
-        builder = tfds.builder(name, data_dir=data_dir)
-        infos = [tfds.core.SplitInfo(name=s, shard_lengths=[num_examples], num_bytes=0) for s in splits]
-        builder.info.set_splits(tfds.core.SplitDict(infos))
-        builder.data_path.mkdir(parents=True, exist_ok=True)
-        builder.info.write_to_directory(builder.data_path)
+        tfds_fakes.fake_prepare(tfds.builder(name, data_dir=data_dir), splits, num_examples)
         return data_dir
 
     def test_set_with_train_and_test(self):

@@ -20,6 +20,7 @@ from maxl_tf.data import registry
 from maxl_tf.data import source
 from maxl_tf.data import tfds as tfds_source
 from tests import idx_test
+from tests import tfds_fakes
 
 _TABLE = np.asarray(cifar.CIFAR100_FINE_TO_COARSE)
 
@@ -316,19 +317,10 @@ class SourcesTest(tf.test.TestCase, parameterized.TestCase):
         ):
             self.assertFalse(tfds_source.offline())
 
-    def _fake_prepare(self, builder, num_examples: int = 6) -> None:
-        """Writes what preparing leaves behind but the records (mock_data supplies the examples)."""
-        split_infos = [
-            tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0) for split in ("train", "test")
-        ]
-        builder.info.set_splits(tfds.core.SplitDict(split_infos))
-        builder.data_path.mkdir(parents=True, exist_ok=True)
-        builder.info.write_to_directory(builder.data_path)
-
     def _prepared_tfds_dir(self, *names: str) -> str:
         data_dir = self._dir("tfds")
         for name in names:
-            self._fake_prepare(tfds.builder(name, data_dir=data_dir))
+            tfds_fakes.fake_prepare(tfds.builder(name, data_dir=data_dir))
         return data_dir
 
     def test_tfds_prepared_cifar10(self):
@@ -359,7 +351,7 @@ class SourcesTest(tf.test.TestCase, parameterized.TestCase):
 
         def fake_download_and_prepare(builder, *args, **kwargs):
             prepared.append(builder.info.full_name)
-            self._fake_prepare(builder)
+            tfds_fakes.fake_prepare(builder)
 
         with tfds.testing.mock_data(num_examples=6, data_dir=data_dir):
             with (
