@@ -1,6 +1,10 @@
 """pytest settings for the tf.test suites."""
 
 import os
+import shutil
+import tempfile
+
+from tests import smoke_util
 
 
 def pytest_collection_modifyitems(items):
@@ -13,3 +17,11 @@ def pytest_configure(config):
     workers' thread pools of two spinning threads each would compete for the two cores."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+
+
+def pytest_sessionstart(session):
+    """One folder for smoke_util.finished_run, made by the first process (pytest, or xdist's
+    controller, which starts the workers after this and so hands them the variable)."""
+    if smoke_util.SHARED_RUNS not in os.environ:
+        os.environ[smoke_util.SHARED_RUNS] = tempfile.mkdtemp(prefix="maxl_tf_tests_")
+        session.config.add_cleanup(lambda: shutil.rmtree(os.environ.pop(smoke_util.SHARED_RUNS), ignore_errors=True))

@@ -19,7 +19,6 @@ import tensorflow as tf
 from maxl_tf import errors
 from maxl_tf.core import distribute
 from maxl_tf.experiment import config as config_lib
-from maxl_tf.experiment import train
 from tests import smoke_util
 
 CHECK = os.path.join(smoke_util.REPO, "tests", "two_replica_check.py")
@@ -119,7 +118,8 @@ class MultiWorkerTest(tf.test.TestCase):
 
     def test_workers_stop_together_resume_and_match_one_device(self):
         root = self.get_temp_dir()
-        expected = train.train_and_evaluate(smoke_util.smoke_config(os.path.join(root, "one")), progress=False)
+        with open(os.path.join(smoke_util.finished_run(), "results.json")) as f:
+            expected = json.load(f)  # the same preset on one device
         logdir = os.path.join(root, "cluster")
 
         # A preempted worker: SIGTERM to worker 1 once it trains; both stop at the same step.

@@ -1,9 +1,10 @@
 """Fault injection: each kind of fault BUILD.md's "Faults" table lists, injected, then the rerun.
 
-A finished smoke run is trained once per class; each test damages a copy of it (or trains one
-with a fault mocked in: a read-only directory and a full disk are mocked, as root writes
-everywhere) and checks the promise: one `error:` line naming the path and the fix, nothing
-already written lost, and after the rerun a complete run equal to an uninterrupted one.
+The finished smoke run is trained once per test session (smoke_util.finished_run); each test
+damages a copy of it (or trains one with a fault mocked in: a read-only directory and a full
+disk are mocked, as root writes everywhere) and checks the promise: one `error:` line naming the
+path and the fix, nothing already written lost, and after the rerun a complete run equal to an
+uninterrupted one.
 """
 
 import errno
@@ -62,10 +63,7 @@ class FinishedRunFaultsTest(tf.test.TestCase):
         super().setUpClass()
         cls.root = os.path.join(tf.test.TestCase().get_temp_dir(), "faults")
         shutil.rmtree(cls.root, ignore_errors=True)
-        cls.finished = os.path.join(cls.root, "finished")
-        cls.registered_before = _custom_gradient_names()
-        train.train_and_evaluate(_config(cls.finished), progress=False)
-        cls.registered_after = _custom_gradient_names()
+        cls.finished = smoke_util.finished_run()
         cls.expected = _numbers(cls.finished)
         cls.images = []
         rng = np.random.default_rng(0)
@@ -78,8 +76,7 @@ class FinishedRunFaultsTest(tf.test.TestCase):
     def _copy(self, name):
         logdir = os.path.join(self.root, name)
         shutil.rmtree(logdir, ignore_errors=True)
-        shutil.copytree(self.finished, logdir)
-        return logdir
+        return smoke_util.copy_run(self.finished, logdir)
 
     def _assert_complete_and_usable(self, logdir):
         self.assertEqual(_numbers(logdir), self.expected)
@@ -89,11 +86,6 @@ class FinishedRunFaultsTest(tf.test.TestCase):
             self.predictions,
         )
         self.assertFalse(os.path.exists(os.path.join(logdir, exports.STAGING)))
-
-    def test_a_run_leaves_no_traced_graph_registered(self):
-        """TensorFlow's gradient registry would keep each traced tf.custom_gradient, and its graph,
-        for the life of the process: a sweep grew run by run (docs/measurements.md)."""
-        self.assertEqual(self.registered_after, self.registered_before)
 
     def test_exports_cut_short_or_missing_are_written_again_by_the_rerun(self):
         """A complete run whose evaluator.keras was cut to 0 bytes and whose serving/ and
@@ -127,9 +119,12 @@ class FinishedRunFaultsTest(tf.test.TestCase):
 
     def test_kill_while_exports_are_moved_into_place(self):
         """Killed after the evaluator was renamed into place, before the rest: results.json still
-        says epoch 1 of 2, and the rerun ends as an uninterrupted run."""
+        says epoch 1 of 2, and the rerun ends as an uninterrupted run. Neither run leaves a traced
+        graph registered: TensorFlow's gradient registry would keep each traced tf.custom_gradient,
+        and its graph, for the life of the process (a sweep grew run by run, docs/measurements.md)."""
         logdir = os.path.join(self.root, "killed_exporting")
         publish = rundir.publish_exports
+        registered_before = _custom_gradient_names()
 
         def killed_midway(target, staging):
             os.replace(os.path.join(staging, exports.EVALUATOR), os.path.join(target, exports.EVALUATOR))
@@ -141,6 +136,7 @@ class FinishedRunFaultsTest(tf.test.TestCase):
         self.assertIs(rundir.publish_exports, publish)
         train.train_and_evaluate(_config(logdir), progress=False)
         self._assert_complete_and_usable(logdir)
+        self.assertEqual(_custom_gradient_names(), registered_before)
 
     def test_the_damaged_checkpoint_advice_resumes_from_the_earlier_one(self):
         """A damaged latest checkpoint: the error names it and the earlier one; deleting it as told
@@ -220,10 +216,7 @@ class WriteFaultsTest(tf.test.TestCase):
     rerun completes as an uninterrupted run."""
 
     def _uninterrupted(self):
-        logdir = os.path.join(self.get_temp_dir(), "uninterrupted")
-        if not os.path.exists(logdir):
-            train.train_and_evaluate(_config(logdir), progress=False)
-        return _numbers(logdir)
+        return _numbers(smoke_util.finished_run())
 
     def _assert_epoch_one_kept_and_rerun_completes(self, logdir):
         self.assertEqual(_numbers(logdir)["history"], self._uninterrupted()["history"][:1])

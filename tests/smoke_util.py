@@ -1,9 +1,12 @@
 """Shared by the end-to-end suites: the smoke preset as a Config, and main.py as a subprocess."""
 
 import dataclasses
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 from absl import flags
 
@@ -21,6 +24,42 @@ def smoke_config(logdir: str, **overrides) -> config_lib.Config:
     main.define_flags(flag_values)
     flag_values(["main.py", f"--flagfile={SMOKE_FLAGFILE}"])
     return dataclasses.replace(cli.config_from_flags(flag_values), logdir=logdir, **overrides)
+
+
+SHARED_RUNS = "MAXL_TF_TEST_SHARED_RUNS"  # set by conftest.py: a folder the test session's processes share
+
+
+def finished_run(**overrides) -> str:
+    """The log directory of a complete run of flags/smoke.cfg with overrides, trained once per test
+    session and shared by the suites that read it or compare with it: copy it before changing it.
+    The first process to ask trains it in-process; under pytest-xdist the others wait on a lock.
+    Its numbers equal a main.py process's: conftest.py gives the workers and what they start the
+    same TensorFlow threads."""
+    if SHARED_RUNS not in os.environ:  # a suite run without pytest
+        os.environ[SHARED_RUNS] = tempfile.mkdtemp(prefix="maxl_tf_tests_")
+    name = "_".join(["smoke", *(f"{key}={value}" for key, value in sorted(overrides.items()))])
+    logdir = os.path.join(os.environ[SHARED_RUNS], name)
+    with open(logdir + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(logdir + ".done"):  # trained where it stays: its flags.cfg names it
+            from maxl_tf.experiment import train  # here: most users of this module never train
+
+            train.train_and_evaluate(smoke_config(logdir, **overrides), progress=False)
+            open(logdir + ".done", "w").close()
+    return logdir
+
+
+def copy_run(source: str, logdir: str) -> str:
+    """A copy of the run in source at logdir, its recorded --logdir made logdir's, as if it had
+    been trained there (a rerun of a moved run rewrites them first). Returns logdir."""
+    shutil.copytree(source, logdir)
+    for name in ("config.json", "flags.cfg", "results.json"):
+        path = os.path.join(logdir, name)
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace(source, logdir))
+    return logdir
 
 
 def main_command(*args) -> list:

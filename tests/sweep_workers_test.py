@@ -20,13 +20,8 @@ from tests import smoke_util
 
 SWEEP = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--epochs=1", "--method=single,random,human", "--seeds=0,1")
 # One run whose epochs are long enough (38 steps) to kill its worker mid-epoch.
-LONG_RUN = (
-    f"--flagfile={smoke_util.SMOKE_FLAGFILE}",
-    "--method=single",
-    "--epochs=3",
-    "--max_train_examples=600",
-    "--batch_size=16",
-)
+LONG_RUN = dict(method="single", epochs=3, max_train_examples=600, batch_size=16)
+LONG_RUN_FLAGS = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", *(f"--{key}={value}" for key, value in LONG_RUN.items()))
 HEARTBEAT = 3.0  # seconds; --heartbeat_timeout shortened for the test
 
 
@@ -175,10 +170,11 @@ class SharedSweepTest(tf.test.TestCase):
 
     def test_a_killed_workers_run_is_taken_over_once_its_heartbeat_lapses(self):
         root = self.get_temp_dir()
-        reference = smoke_util.run_main(*LONG_RUN, f"--logdir={root}/reference")
-        self.assertEqual(reference.returncode, 0, reference.stderr[-2000:])
+        reference = smoke_util.finished_run(**LONG_RUN)  # trained in-process: the same numbers as main.py's
 
-        command = smoke_util.main_command(*LONG_RUN, f"--logdir={root}/shared", f"--heartbeat_timeout={HEARTBEAT}")
+        command = smoke_util.main_command(
+            *LONG_RUN_FLAGS, f"--logdir={root}/shared", f"--heartbeat_timeout={HEARTBEAT}"
+        )
         first = subprocess.Popen(
             command, cwd=smoke_util.REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
@@ -204,7 +200,7 @@ class SharedSweepTest(tf.test.TestCase):
         self.assertEqual(second.returncode, 0, stderr[-2000:])
         self.assertGreaterEqual(took_over - killed, HEARTBEAT)  # it first saw the claim after the kill
         self.assertRegex("".join(lines) + stdout, r"resuming at epoch 2 step \d+")
-        self.assertEqual(_numbers(f"{root}/shared"), _numbers(f"{root}/reference"))
+        self.assertEqual(_numbers(f"{root}/shared"), _numbers(reference))
 
 
 @pytest.mark.slow
