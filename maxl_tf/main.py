@@ -120,7 +120,7 @@ HELP_GROUPS = (
     ("Model", ("model", "width", "pretrained")),
     ("Method", ("method", "embedder", "entropy_weight", "generator_lr", "hypergradient", "meta_every")),
     ("Training", ("epochs", "batch_size", "lr", "seed", "augment")),
-    ("Output", ("logdir", "keep_checkpoints", "progress")),
+    ("Output", ("logdir", "keep_checkpoints", "export", "progress")),
     ("Sweep: one command, many runs", ("seeds", "pairs", "entropy_weights", "engine")),
 )
 # What a Ray task runs for one run: the clone's main.py, at the same path on every node.

@@ -80,8 +80,8 @@ def predict(logdir: str, paths) -> tuple:
     if not rundir.exports_intact(config):
         raise errors.Error(
             f"--logdir={logdir} has no complete exported networks (they are written when the last "
-            f"epoch ends): run python main.py --flagfile={os.path.join(logdir, 'flags.cfg')}, which "
-            f"finishes the run or writes them again from its final checkpoint."
+            f"epoch ends, unless --noexport): run python main.py --flagfile={os.path.join(logdir, 'flags.cfg')} "
+            f"--export, which finishes the run or writes them from its final checkpoint."
         )
     names = _read_json(os.path.join(logdir, exports.CLASSES))
     evaluator = _load_network(os.path.join(logdir, exports.EVALUATOR))

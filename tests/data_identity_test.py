@@ -49,6 +49,7 @@ def folder_config(data_dir: str, logdir: str = "", **overrides) -> config_lib.Co
         lr_decay_every=10,
         logdir=logdir,
         cache_dir="",
+        export=False,  # these tests read what a run records of its data, not its networks
     )
     values.update(overrides)
     return config_lib.Config(**values)

@@ -106,7 +106,10 @@ class MultiWorkerTest(tf.test.TestCase):
             processes.append(
                 subprocess.Popen(
                     smoke_util.main_command(
-                        f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--strategy=multi_worker", f"--logdir={logdir}"
+                        f"--flagfile={smoke_util.SMOKE_FLAGFILE}",
+                        "--strategy=multi_worker",
+                        "--noexport",
+                        f"--logdir={logdir}",
                     ),
                     cwd=smoke_util.REPO,
                     stdout=subprocess.PIPE,

@@ -98,7 +98,7 @@ class FinishedRunFaultsTest(tf.test.TestCase):
         os.remove(os.path.join(logdir, exports.CLASSES))
         config = _config(logdir)
         self.assertFalse(rundir.exports_intact(config))
-        with self.assertRaisesRegex(errors.Error, "no complete exported networks.*writes them again"):
+        with self.assertRaisesRegex(errors.Error, "no complete exported networks.*--export, which finishes the run"):
             predict.predict(logdir, self.images)
         with mock.patch("builtins.print") as printed:
             sweep.run([config], lambda c, claim=None: train.train_and_evaluate(c, progress=False, claim=claim))

@@ -20,7 +20,7 @@ from maxl_tf.experiment import config as config_lib
 from tests import smoke_util
 
 # Long enough epochs (34 steps of 16) that signals land mid-epoch; three epochs.
-RESUME = dict(epochs=3, max_train_examples=600, batch_size=16)
+RESUME = dict(epochs=3, max_train_examples=600, batch_size=16, export=False)
 RESUME_FLAGS = ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, *(f"--{key}={value}" for key, value in RESUME.items()))
 
 

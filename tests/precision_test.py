@@ -76,7 +76,7 @@ class MixedPrecisionTest(tf.test.TestCase):
 
 class LoopTest(tf.test.TestCase):
     def test_float16_run_scales_losses_and_counts_skipped_steps(self):
-        config = smoke_util.smoke_config(self.get_temp_dir(), precision="mixed_float16")
+        config = smoke_util.smoke_config(self.get_temp_dir(), precision="mixed_float16", export=False)
         results = train.train_and_evaluate(config, progress=False)
         self.assertTrue(results["complete"])
         for record in results["history"]:
@@ -87,7 +87,7 @@ class LoopTest(tf.test.TestCase):
         histories = []
         for jit in (False, True):
             config = smoke_util.smoke_config(
-                os.path.join(self.get_temp_dir(), f"jit{jit}"), jit=jit, epochs=1, deterministic=False
+                os.path.join(self.get_temp_dir(), f"jit{jit}"), jit=jit, epochs=1, deterministic=False, export=False
             )  # XLA has no deterministic max-pool gradient
             histories.append(train.train_and_evaluate(config, progress=False)["history"])
         for key in ("train/pri_loss", "meta/loss", "test/loss"):

@@ -196,7 +196,7 @@ class PrototypicalRunTest(tf.test.TestCase):
 
     def test_tiny_run_records_its_embedder(self):
         logdir = os.path.join(self.get_temp_dir(), "prototypical")
-        config = smoke_util.smoke_config(logdir, method="prototypical", embedder="untrained", epochs=1)
+        config = smoke_util.smoke_config(logdir, method="prototypical", embedder="untrained", epochs=1, export=False)
         results = train.train_and_evaluate(config, progress=False)
         record = results["history"][0]
         self.assertGreater(record["train/aux_loss"], 0.0)

@@ -40,6 +40,7 @@ SWEEP = (
     "--seeds=0,1",
     "--epochs=3",
     f"--heartbeat_timeout={HEARTBEAT:g}",
+    "--noexport",
 )
 LONG_EPOCHS = 12
 KILLED = "digits_pri2_aux10_single_seed0"

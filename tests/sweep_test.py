@@ -173,7 +173,13 @@ class SweepCommandTest(tf.test.TestCase):
 
     def test_sweep_skips_complete_runs_and_stops_at_an_error(self):
         root = os.path.join(self.get_temp_dir(), "sweep")
-        args = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--epochs=1", "--method=single,random", f"--logdir={root}")
+        args = (
+            f"--flagfile={smoke_util.SMOKE_FLAGFILE}",
+            "--epochs=1",
+            "--method=single,random",
+            "--noexport",
+            f"--logdir={root}",
+        )
         first = smoke_util.run_main(*args, "--seeds=0")
         self.assertEqual(first.returncode, 0, first.stderr[-2000:])
         progress = [line for line in first.stdout.splitlines() if line.startswith("[")]

@@ -18,9 +18,15 @@ from maxl_tf.experiment import rundir
 from maxl_tf.experiment import train
 from tests import smoke_util
 
-SWEEP = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--epochs=1", "--method=single,random,human", "--seeds=0,1")
+SWEEP = (
+    f"--flagfile={smoke_util.SMOKE_FLAGFILE}",
+    "--epochs=1",
+    "--method=single,random,human",
+    "--seeds=0,1",
+    "--noexport",
+)
 # One run whose epochs are long enough (38 steps) to kill its worker mid-epoch.
-LONG_RUN = dict(method="single", epochs=3, max_train_examples=600, batch_size=16)
+LONG_RUN = dict(method="single", epochs=3, max_train_examples=600, batch_size=16, export=False)
 LONG_RUN_FLAGS = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", *(f"--{key}={value}" for key, value in LONG_RUN.items()))
 HEARTBEAT = 3.0  # seconds; --heartbeat_timeout shortened for the test
 

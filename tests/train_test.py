@@ -1,5 +1,6 @@
 """End-to-end runs of the training loop, in-process, on the smoke preset (digits, seconds)."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -14,6 +15,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 import tensorflow as tf
 
 from maxl_tf import errors
+from maxl_tf import predict
 from maxl_tf.core import hierarchy
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.data import pipeline as data_lib
@@ -173,11 +175,30 @@ np.savez({out!r}, principal=evaluator(images, training=False)[0], auxiliary=gene
         self.assertEqual(process.returncode, 0, process.stderr[-2000:])
         self.assertRegex(process.stdout, r"^\[[01 ]+\] \[[0-9 ]+\]\n$")
 
+    def test_noexport_runs_are_complete_and_export_when_asked(self):
+        logdir = os.path.join(self.get_temp_dir(), "noexport")
+        config = config_lib.validate(smoke_util.smoke_config(logdir, method="single", epochs=1, export=False))
+        train.train_and_evaluate(config, progress=False)
+        self.assertFalse(any(os.path.exists(os.path.join(logdir, name)) for name in ("evaluator.keras", "serving")))
+        with mock.patch("builtins.print") as printed:
+            sweep.run([config], lambda c, claim=None: self.fail("a complete --noexport run was trained again"))
+        self.assertIn("skipped (complete)", " ".join(str(call.args[0]) for call in printed.call_args_list))
+        image = os.path.join(self.get_temp_dir(), "image.png")
+        tf.io.write_file(image, tf.io.encode_png(tf.zeros([8, 8, 1], tf.uint8)))
+        with self.assertRaisesRegex(errors.Error, r"no complete exported networks .*flags\.cfg --export, which"):
+            predict.predict(logdir, [image])
+        # --export is bookkeeping: the same run, asked for its networks, writes them from its last checkpoint.
+        with mock.patch("builtins.print") as printed:
+            train.train_and_evaluate(dataclasses.replace(config, export=True), progress=False)
+        self.assertIn("writing them from the final checkpoint", str(printed.call_args_list))
+        self.assertTrue(rundir.exports_intact(config))
+        self.assertLen(predict.predict(logdir, [image])[1], 1)
+
     def test_baselines_run_with_their_targets(self):
         for method in ("single", "human", "random"):
             with self.subTest(method=method):
                 logdir = os.path.join(self.get_temp_dir(), method)
-                config = smoke_util.smoke_config(logdir, method=method, epochs=1)
+                config = smoke_util.smoke_config(logdir, method=method, epochs=1, export=False)
                 record = train.train_and_evaluate(config, progress=False)["history"][0]
                 self.assertNotIn("meta/loss", record)
                 if method == "single":  # no auxiliary task: no auxiliary metrics, not flat zeros
@@ -199,7 +220,7 @@ np.savez({out!r}, principal=evaluator(images, training=False)[0], auxiliary=gene
 
     def test_alternating_schedule_runs_an_epoch_of_each(self):
         logdir = os.path.join(self.get_temp_dir(), "alternating")
-        config = smoke_util.smoke_config(logdir, epochs=1, schedule="alternating", meta_split=0.0)
+        config = smoke_util.smoke_config(logdir, epochs=1, schedule="alternating", meta_split=0.0, export=False)
         record = train.train_and_evaluate(config, progress=False)["history"][0]
         self.assertIn("meta/loss", record)
         self.assertIn("train/pri_loss", record)
@@ -214,7 +235,9 @@ class LabelChangeTest(tf.test.TestCase):
 
     def test_changes_are_counted_against_the_stored_labels(self):
         logdir = os.path.join(self.get_temp_dir(), "changes")
-        history = train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=3), progress=False)["history"]
+        history = train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=3, export=False), progress=False)[
+            "history"
+        ]
         first, latest = self._stored(logdir, "first_labels"), self._stored(logdir, "previous_labels")
         self.assertLen(first, 200)  # every training image, the meta split's too
         # The latest labels are the final generator's, recomputed here from the checkpoint.
@@ -239,14 +262,14 @@ class LabelChangeTest(tf.test.TestCase):
 
     def test_baselines_have_no_generator_labels(self):
         logdir = os.path.join(self.get_temp_dir(), "random")
-        record = train.train_and_evaluate(smoke_util.smoke_config(logdir, method="random", epochs=1), progress=False)[
-            "history"
-        ][0]
+        record = train.train_and_evaluate(
+            smoke_util.smoke_config(logdir, method="random", epochs=1, export=False), progress=False
+        )["history"][0]
         self.assertNotIn("labels/changed_since_first", record)
 
     def test_training_mode_labels_run_under_their_own_name(self):
         logdir = os.path.join(self.get_temp_dir(), "bn")
-        config = smoke_util.smoke_config(logdir, epochs=1, generator_labels_bn="training")
+        config = smoke_util.smoke_config(logdir, epochs=1, generator_labels_bn="training", export=False)
         self.assertEqual(config.name, "digits_pri2_aux10_maxl_labelsbntraining_seed0")
         record = train.train_and_evaluate(config, progress=False)["history"][0]
         self.assertBetween(record["labels/changed_since_previous"], 0.0, 1.0)
@@ -285,6 +308,7 @@ class MetaEveryTest(tf.test.TestCase):
                         os.path.join(self.get_temp_dir(), hypergradient, name),
                         hypergradient=hypergradient,
                         meta_every=3,
+                        export=False,
                     )
 
                 reference = train.train_and_evaluate(config("reference"), progress=False)
@@ -368,7 +392,7 @@ class RefusalTest(tf.test.TestCase):
             train.train_and_evaluate(smoke_util.smoke_config(logdir, lr=1e30), progress=False)
         self.assertTrue(os.path.isfile(os.path.join(logdir, "config.json")))
         # ... so another experiment may start there, and its flags replace the failed run's.
-        results = train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1), progress=False)
+        results = train.train_and_evaluate(smoke_util.smoke_config(logdir, epochs=1, export=False), progress=False)
         self.assertTrue(results["complete"])
         self.assertIn("--lr=0.01", _read(os.path.join(logdir, "flags.cfg")).decode())
 
@@ -382,7 +406,7 @@ class RefusalTest(tf.test.TestCase):
             check_finite(loop, epoch)
 
         with mock.patch.object(train, "check_finite", diverge_in_epoch_2), self.assertRaises(errors.NonFiniteLoss):
-            train.train_and_evaluate(smoke_util.smoke_config(logdir, method="single"), progress=False)
+            train.train_and_evaluate(smoke_util.smoke_config(logdir, method="single", export=False), progress=False)
         events = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
         events.Reload()
         self.assertEqual(_session_status(events), [hparams_api_pb2.STATUS_FAILURE])

@@ -156,7 +156,7 @@ def train_mirrored(logdir):
     from maxl_tf.experiment import train
     from tests import smoke_util
 
-    config = smoke_util.smoke_config(os.path.join(logdir, "mirrored"), strategy="mirrored")
+    config = smoke_util.smoke_config(os.path.join(logdir, "mirrored"), strategy="mirrored", export=False)
     results = train.train_and_evaluate(config, progress=False)
     history = [
         {k: v for k, v in record.items() if k.startswith(("train/", "meta/", "test/"))} for record in results["history"]

@@ -46,7 +46,8 @@ class VisualiseTest(tf.test.TestCase):
         cls.logdirs = []
         for method in ("maxl", "single"):
             logdir = os.path.join(cls.root, method)
-            train.train_and_evaluate(smoke_util.smoke_config(logdir, method=method, epochs=1), progress=False)
+            config = smoke_util.smoke_config(logdir, method=method, epochs=1, export=False)  # it reads checkpoints
+            train.train_and_evaluate(config, progress=False)
             cls.logdirs.append(logdir)
         cls.out = os.path.join(cls.root, "out")
         cls.written = visualise.visualise(cls.logdirs, cls.out, max_examples=MAX_EXAMPLES, aux_classes=3, top_k=5)

@@ -210,6 +210,12 @@ class Config:
         "Checkpoints kept in <logdir>/checkpoints, the newest ones (one per epoch and on a stop); "
         "the second is a spare should the newest be damaged.",
     )
+    export: bool = _field(
+        True,
+        "Write the final networks (evaluator.keras, generator.keras, serving/, classes.json) when the run "
+        "completes; --noexport for a sweep that only needs the numbers (rerun with --export to write "
+        "them from the final checkpoint).",
+    )
     deterministic: bool = _field(True, "Deterministic ops, so a resumed run equals an uninterrupted one.")
     log_every: int = _field(10, "Steps between progress-bar updates and non-finite checks.")
 
@@ -239,7 +245,8 @@ class Config:
 
     def experiment(self) -> dict:
         """The fields that decide the results; a log directory holds one experiment."""
-        bookkeeping = {"logdir", "keep_checkpoints", "data_dir", "download", "deterministic", "log_every", "strategy"}
+        bookkeeping = {"logdir", "keep_checkpoints", "export", "data_dir", "download", "deterministic", "log_every"}
+        bookkeeping.add("strategy")
         bookkeeping |= {"jit", "cache_dir", "cache_limit_mb", "max_image_pixels", "stream", "memory_budget_mb"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 

@@ -179,7 +179,7 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
         start = time.perf_counter()
         try:
             results = rundir.completed_results(config, config_lib.source(config).identity())
-            if results is not None and rundir.exports_intact(config):  # else the rerun writes them again
+            if results is not None and (not config.export or rundir.exports_intact(config)):  # else rerun: exports
                 results_of[config.logdir] = results
                 report(config, "skipped (complete)", results, start)
                 continue

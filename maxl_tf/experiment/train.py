@@ -336,7 +336,7 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
     check_claim(loop, verify=True)
     save_checkpoint(loop)
     write_summaries(loop.writer, record)
-    if loop.chief and epoch + 1 == config.epochs:  # before results.json says the run is complete
+    if loop.chief and config.export and epoch + 1 == config.epochs:  # before results.json says it is complete
         write_exports(loop)
     if loop.chief:
         summary = rundir.results_summary(
@@ -510,7 +510,8 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
     summary = rundir.results_summary(config, state.history, run_data.source, run_data.aux_label_info, run_data.identity)
     if chief:
         check_claim(loop, verify=True)
-        if summary["complete"] and not rundir.exports_intact(config):  # killed while exporting, or damaged since
+        # Exports asked for and missing: killed while exporting, damaged since, or a --noexport run.
+        if summary["complete"] and config.export and not rundir.exports_intact(config):
             print(f"{config.logdir}: exports missing or incomplete; writing them from the final checkpoint", flush=True)
             write_exports(loop)
         write_results(config.logdir, summary)
