@@ -275,6 +275,11 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
         )
         self._assert_one_line_error(process, 1, r"non-finite loss at step \d+")
 
+
+@pytest.mark.slow
+class ResumeTest(tf.test.TestCase):
+    """Its own class, so that pytest-xdist runs it beside the other command-line tests."""
+
     def test_interrupted_runs_resume_to_identical_results(self):
         """Killed (SIGKILL) in epoch 2, resumed, the resumed process stopped (SIGTERM) in epoch 3,
         resumed again: the results equal the uninterrupted run's."""

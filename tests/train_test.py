@@ -278,8 +278,7 @@ class LabelChangeTest(tf.test.TestCase):
 
 
 class MetaEveryTest(tf.test.TestCase):
-    """--meta_every=K and each hypergradient: the generator steps where it should, and a run
-    stopped mid-epoch resumes to the uninterrupted run's results."""
+    """--meta_every=K: the generator steps where it should (and resumes mid-epoch, below)."""
 
     def test_generator_steps_after_every_kth_evaluator_step_of_the_run(self):
         # 2 epochs of 11 steps, K = 3: after global steps 3, 6, ..., 21, across the epoch boundary.
@@ -294,37 +293,54 @@ class MetaEveryTest(tf.test.TestCase):
         # Longer than an epoch: every other epoch's last step.
         self.assertEqual([e for e in range(4) if train.generator_step_follows(22, 11, e, 10)], [1, 3])
 
+
+class _StoppedMidEpoch:
+    """A run of --meta_every=3 and HYPERGRADIENT stopped mid-epoch resumes to the uninterrupted
+    run's results. One class per hypergradient, so that pytest-xdist spreads them over workers."""
+
+    HYPERGRADIENT = ""
+
     def test_stopped_mid_epoch_resumes_to_identical_results(self):
         def numbers(results):
             return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in results["history"]]
 
+        def config(name):
+            return smoke_util.smoke_config(
+                os.path.join(self.get_temp_dir(), name), hypergradient=self.HYPERGRADIENT, meta_every=3, export=False
+            )
+
         # 5 steps per epoch, generator steps after global steps 3, 6 and 9; stopped after global
         # step 7 (epoch 2, step 2): the resumed epoch starts between its two generator steps.
-        for hypergradient in config_lib.HYPERGRADIENTS:
-            with self.subTest(hypergradient):
+        reference = train.train_and_evaluate(config("reference"), progress=False)
+        for record in reference["history"]:  # a smoke run: the meta step ran, and is finite
+            for name in ("meta/loss", "meta/loss_before", "meta/entropy", "meta/grad_norm_generator"):
+                self.assertTrue(np.isfinite(record[name]), name)
+            self.assertGreater(record["meta/grad_norm_generator"], 0.0)
 
-                def config(name):
-                    return smoke_util.smoke_config(
-                        os.path.join(self.get_temp_dir(), hypergradient, name),
-                        hypergradient=hypergradient,
-                        meta_every=3,
-                        export=False,
-                    )
+        def stop_after_step_7(loop, stop, vote=True):
+            return int(loop.state.global_step.numpy()) == 7
 
-                reference = train.train_and_evaluate(config("reference"), progress=False)
-                for record in reference["history"]:  # a smoke run: the meta step ran, and is finite
-                    for name in ("meta/loss", "meta/loss_before", "meta/entropy", "meta/grad_norm_generator"):
-                        self.assertTrue(np.isfinite(record[name]), name)
-                    self.assertGreater(record["meta/grad_norm_generator"], 0.0)
+        with mock.patch.object(train, "stop_agreed", stop_after_step_7):
+            with self.assertRaisesRegex(errors.Interrupted, "at epoch 2 step 2"):
+                train.train_and_evaluate(config("stopped"), progress=False)
+        resumed = train.train_and_evaluate(config("stopped"), progress=False)
+        self.assertEqual(numbers(resumed), numbers(reference))
 
-                def stop_after_step_7(loop, stop, vote=True):
-                    return int(loop.state.global_step.numpy()) == 7
 
-                with mock.patch.object(train, "stop_agreed", stop_after_step_7):
-                    with self.assertRaisesRegex(errors.Interrupted, "at epoch 2 step 2"):
-                        train.train_and_evaluate(config("stopped"), progress=False)
-                resumed = train.train_and_evaluate(config("stopped"), progress=False)
-                self.assertEqual(numbers(resumed), numbers(reference))
+class SecondOrderStoppedMidEpochTest(_StoppedMidEpoch, tf.test.TestCase):
+    HYPERGRADIENT = "second_order"
+
+
+class FirstOrderStoppedMidEpochTest(_StoppedMidEpoch, tf.test.TestCase):
+    HYPERGRADIENT = "first_order"
+
+
+class ImplicitStoppedMidEpochTest(_StoppedMidEpoch, tf.test.TestCase):
+    HYPERGRADIENT = "implicit"
+
+    def test_every_hypergradient_has_its_class(self):
+        classes = (SecondOrderStoppedMidEpochTest, FirstOrderStoppedMidEpochTest, ImplicitStoppedMidEpochTest)
+        self.assertCountEqual([c.HYPERGRADIENT for c in classes], config_lib.HYPERGRADIENTS)
 
 
 class RefusalTest(tf.test.TestCase):
