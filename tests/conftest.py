@@ -8,15 +8,22 @@ from tests import smoke_util
 
 
 def pytest_collection_modifyitems(items):
-    """tf.test.TestCase has a `test_session` helper that pytest collects and reports as skipped."""
+    """tf.test.TestCase has a `test_session` helper that pytest collects and reports as skipped.
+    The end-to-end classes (marked slow) come first: pytest-xdist hands out classes in this order
+    (pytest_configure), so the many short ones fill the workers' ends, not a minute-long class."""
     items[:] = [item for item in items if item.name != "test_session"]
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
 
 
 def pytest_configure(config):
     """Under pytest-xdist, each worker (and what it starts) runs TensorFlow on one thread: two
-    workers' thread pools of two spinning threads each would compete for the two cores."""
+    workers' thread pools of two spinning threads each would compete for the two cores. Its
+    --dist loadscope keeps the collection's order of classes instead of putting the classes with
+    the fewest tests (here the longest) last."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_sessionstart(session):
