@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -74,6 +75,11 @@ def _training_process(logdir: str) -> int | None:
         if f"--logdir={logdir}" in arguments and any(a.endswith("main.py") for a in arguments):
             return int(pid)
     return None
+
+
+def _read_lines(stream, lines: list) -> None:
+    for line in stream:
+        lines.append(line)
 
 
 def _parent(pid: int) -> int:
@@ -167,7 +173,7 @@ class RaySweepTest(tf.test.TestCase):
                 *SWEEP, *flags, f"--logdir={logdir}", "--engine=ray", f"--ray_address={self.address}"
             ),
             cwd=smoke_util.REPO,
-            env=dict(os.environ, PYTHONPATH=smoke_util.REPO),
+            env=dict(os.environ, PYTHONPATH=smoke_util.REPO, PYTHONUNBUFFERED="1"),  # the tasks' lines as they come
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -189,15 +195,30 @@ class RaySweepTest(tf.test.TestCase):
         # it is released, then train it once.
         claim = claims.Worker(HEARTBEAT, worker_id="plain worker").claim(f"{logdir}/{HELD}")
         process = self._start_on_ray(logdir)
+        output = {"stdout": [], "stderr": []}  # read as they come: the test waits for a line
+        readers = [
+            threading.Thread(target=_read_lines, args=(stream, output[name]), daemon=True)
+            for name, stream in (("stdout", process.stdout), ("stderr", process.stderr))
+        ]
+        for reader in readers:
+            reader.start()
         try:
             # Once the run saved its first epoch, kill its Ray worker (the training process's parent).
             self._wait_for_first_epoch(f"{logdir}/{KILLED}", process)
             training = _training_process(f"{logdir}/{KILLED}")
             self.assertIsNotNone(training, "the run's training process was not found")
             os.kill(_parent(training), signal.SIGKILL)
+            # Released once the held run's task found it held (under load its task may start late).
+            deadline = time.monotonic() + 240
+            while not any("waiting for 1 runs held by other workers" in line for line in list(output["stdout"])):
+                self.assertLess(time.monotonic(), deadline, "the held run's task never found it held")
+                time.sleep(0.05)
             self.assertEqual(_epochs_done(f"{logdir}/{HELD}"), 0)
             claim.release()
-            stdout, stderr = process.communicate(timeout=300)
+            process.wait(timeout=300)
+            for reader in readers:
+                reader.join(timeout=60)
+            stdout, stderr = "".join(output["stdout"]), "".join(output["stderr"])
         finally:
             claim.release()
             if process.poll() is None:
