@@ -17,8 +17,8 @@ def pytest_collection_modifyitems(items):
 
 def pytest_configure(config):
     """Under pytest-xdist, each worker (and what it starts) runs TensorFlow on one thread: two
-    workers' thread pools of two spinning threads each would compete for the two cores. Its
-    --dist loadscope keeps the collection's order of classes instead of putting the classes with
+    workers' thread pools of two spinning threads each would compete for the two cores. And its
+    --dist loadscope keeps the collection's order of classes, instead of putting the classes with
     the fewest tests (here the longest) last."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = "1"

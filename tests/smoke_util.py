@@ -1,4 +1,5 @@
-"""Shared by the end-to-end suites: the smoke preset as a Config, and main.py as a subprocess."""
+"""Shared by the end-to-end suites: the smoke preset as a Config, the runs a test session trains
+once for several suites, and main.py as a subprocess."""
 
 import dataclasses
 import fcntl

@@ -246,8 +246,8 @@ class Config:
     def experiment(self) -> dict:
         """The fields that decide the results; a log directory holds one experiment."""
         bookkeeping = {"logdir", "keep_checkpoints", "export", "data_dir", "download", "deterministic", "log_every"}
-        bookkeeping.add("strategy")
-        bookkeeping |= {"jit", "cache_dir", "cache_limit_mb", "max_image_pixels", "stream", "memory_budget_mb"}
+        bookkeeping |= {"strategy", "jit"}
+        bookkeeping |= {"cache_dir", "cache_limit_mb", "max_image_pixels", "stream", "memory_budget_mb"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
 
     @classmethod
