@@ -19,8 +19,9 @@ from maxl_tf import main
 from maxl_tf.experiment import config as config_lib
 from tests import smoke_util
 
-# Long enough epochs (34 steps of 16) that signals land mid-epoch; three epochs.
-RESUME = dict(epochs=3, max_train_examples=600, batch_size=16, export=False)
+# Long enough epochs (34 steps of 16) that signals land mid-epoch; four, so that the second
+# signal (in epoch 3) leaves an epoch to resume.
+RESUME = dict(epochs=4, max_train_examples=600, batch_size=16, export=False)
 RESUME_FLAGS = ("--flagfile=" + smoke_util.SMOKE_FLAGFILE, *(f"--{key}={value}" for key, value in RESUME.items()))
 
 
@@ -282,11 +283,11 @@ class ResumeTest(tf.test.TestCase):
 
     def test_interrupted_runs_resume_to_identical_results(self):
         """Killed (SIGKILL) in epoch 2, resumed, the resumed process stopped (SIGTERM) in epoch 3,
-        resumed again: the results equal the uninterrupted run's."""
+        resumed again: the results equal the uninterrupted run's (4 epochs)."""
         root = self.get_temp_dir()
         reference = smoke_util.finished_run(**RESUME)  # trained in-process: the same numbers as main.py's
         expected = _numbers(f"{reference}/results.json")
-        self.assertLen(expected["history"], 3)
+        self.assertLen(expected["history"], 4)
 
         logdir = f"{root}/interrupted"
         checkpoints = f"{logdir}/checkpoints"
@@ -313,7 +314,7 @@ class ResumeTest(tf.test.TestCase):
                 self.assertNotIn("Traceback", stderr)
         resumed = smoke_util.run_main(*RESUME_FLAGS, f"--logdir={logdir}")
         self.assertEqual(resumed.returncode, 0, resumed.stderr[-2000:])
-        self.assertIn("resuming at epoch 3", resumed.stdout)
+        self.assertRegex(resumed.stdout, r"resuming at epoch [34] step")
         self.assertEqual(_numbers(f"{logdir}/results.json"), expected)
 
         # The saved flags replay the run: it is complete, so nothing is built or retrained.
