@@ -429,6 +429,7 @@ class FolderFaultsTest(tf.test.TestCase):
     def test_link_to_its_own_folder_is_a_loop(self):
         link = os.path.join(self.cat, "loop")
         os.symlink(".", link)
+        self.addCleanup(os.remove, link)  # tf.test's temp-folder cleanup would walk the loop
         self._assert_refused(
             rf"^{re.escape(link)} is a link to {re.escape(os.path.realpath(self.cat))}, a folder that holds it "
             r"\(a loop\): remove the link\.$"
@@ -441,7 +442,9 @@ class FolderFaultsTest(tf.test.TestCase):
         self._assert_refused(rf"^{re.escape(link)} is a link to {re.escape(os.path.realpath(self.root))}, .*a loop")
 
     def test_a_loop_stops_the_command_before_training(self):
-        os.symlink(".", os.path.join(self.cat, "loop"))
+        link = os.path.join(self.cat, "loop")
+        os.symlink(".", link)
+        self.addCleanup(os.remove, link)
         logdir = os.path.join(self.get_temp_dir(), "runs")
         process = smoke_util.run_main(
             "--dataset=folder", f"--data_dir={self.root}", "--pri=2", "--aux=4", f"--logdir={logdir}"
