@@ -24,6 +24,7 @@ from absl import flags
 from maxl_tf import cli
 from maxl_tf import errors
 from maxl_tf import runtime
+from maxl_tf.data import images as images_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import rundir
 
@@ -52,6 +53,25 @@ def _load_network(path: str):
         ) from None
 
 
+def _finished_run(logdir: str) -> config_lib.Config:
+    """The Config of the finished, exported run in logdir. Reads files only, no TensorFlow, so that
+    main can refuse a wrong --logdir before starting it."""
+    if not os.path.isfile(os.path.join(logdir, "config.json")):
+        raise errors.Error(
+            f"--logdir={logdir} is not a maxl_tf run directory (no config.json); pass the "
+            "--logdir of a run that main.py trained, e.g. runs/<name>."
+        )
+    config = config_lib.Config.from_saved(_read_json(os.path.join(logdir, "config.json")))
+    config = dataclasses.replace(config, logdir=logdir)
+    if not rundir.exports_intact(config):
+        raise errors.Error(
+            f"--logdir={logdir} has no complete exported networks (they are written when the last "
+            f"epoch ends, unless --noexport): run python main.py --flagfile={os.path.join(logdir, 'flags.cfg')} "
+            f"--export, which finishes the run or writes them from its final checkpoint."
+        )
+    return config
+
+
 def predict(logdir: str, paths) -> tuple:
     """The run's predictions for image files.
 
@@ -67,22 +87,10 @@ def predict(logdir: str, paths) -> tuple:
     import tensorflow as tf  # after runtime.start_tensorflow, when run as a command
 
     from maxl_tf.core import hierarchy
-    from maxl_tf.data import images as images_lib
     from maxl_tf.experiment import exports
 
-    if not os.path.isfile(os.path.join(logdir, "config.json")):
-        raise errors.Error(
-            f"--logdir={logdir} is not a maxl_tf run directory (no config.json); pass the "
-            "--logdir of a run that main.py trained, e.g. runs/<name>."
-        )
-    config = config_lib.Config.from_saved(_read_json(os.path.join(logdir, "config.json")))
-    config = dataclasses.replace(config, logdir=logdir)
-    if not rundir.exports_intact(config):
-        raise errors.Error(
-            f"--logdir={logdir} has no complete exported networks (they are written when the last "
-            f"epoch ends, unless --noexport): run python main.py --flagfile={os.path.join(logdir, 'flags.cfg')} "
-            f"--export, which finishes the run or writes them from its final checkpoint."
-        )
+    config = _finished_run(logdir)
+    images_lib.require_files(paths)
     names = _read_json(os.path.join(logdir, exports.CLASSES))
     evaluator = _load_network(os.path.join(logdir, exports.EVALUATOR))
     generator = _load_network(os.path.join(logdir, exports.GENERATOR)) if config.method == "maxl" else None
@@ -139,6 +147,8 @@ def main(argv):
             f"{folders[0]} is a folder; predict takes image files (PNG, JPEG, BMP, GIF): pass them, "
             f"e.g. {os.path.join(folders[0], '*.jpg')}."
         )
+    _finished_run(FLAGS.logdir)  # a wrong --logdir or image path fails at once, not after TensorFlow starts
+    images_lib.require_files(paths)
     runtime.start_tensorflow(deterministic=False)
     config, results = predict(FLAGS.logdir, paths)
     for result in results:

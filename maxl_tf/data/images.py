@@ -175,14 +175,20 @@ def load_images(paths, size: int, channels: int) -> np.ndarray:
     Raises:
       errors.Error: a path that is a folder or no file, or a file that cannot be decoded.
     """
+    require_files(paths)
     images = np.empty((len(paths), size, size, channels), np.uint8)
     for i, path in enumerate(paths):
+        images[i] = decode_file(path, size, channels)
+    return images
+
+
+def require_files(paths) -> None:
+    """Raises errors.Error naming the first path that is a folder or no file."""
+    for path in paths:
         if os.path.isdir(path):
             raise errors.Error(f"{path} is a folder; pass image files (e.g. {os.path.join(path, '*.png')}).")
         if not os.path.isfile(path):
             raise errors.Error(f"{path}: no such image file.")
-        images[i] = decode_file(path, size, channels)
-    return images
 
 
 def decode_paths(paths, size: int, channels: int, out) -> None:
