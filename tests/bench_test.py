@@ -8,6 +8,7 @@ import tempfile
 import textwrap
 from unittest import mock
 
+import pytest
 import tensorflow as tf
 
 from maxl_tf import bench
@@ -30,6 +31,7 @@ FAKE_REFERENCE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 class BenchTest(tf.test.TestCase):
     @mock.patch.object(bench, "PIPELINE_EPOCH", 40)  # 10 batches of 4 per repeat, not an epoch
     def test_every_piece_is_timed_and_tabled(self):

@@ -11,6 +11,7 @@ from unittest import mock
 
 import numpy as np
 from PIL import Image
+import pytest
 import tensorflow as tf
 
 from maxl_tf import errors
@@ -79,6 +80,7 @@ class NamesTest(tf.test.TestCase):
         self.assertEqual(listed.call_count, 1)
 
 
+@pytest.mark.slow
 class RunKnowsItsDataTest(tf.test.TestCase):
     def setUp(self):
         super().setUp()
@@ -136,6 +138,7 @@ class RunKnowsItsDataTest(tf.test.TestCase):
         self.assertLen(report.group_runs(same), 1)
 
 
+@pytest.mark.slow
 class StreamingTest(tf.test.TestCase):
     def test_streamed_and_in_memory_runs_are_identical_and_resume_exactly(self):
         data = os.path.join(self.get_temp_dir(), "stream_data")
@@ -181,6 +184,7 @@ class StreamingTest(tf.test.TestCase):
         self.assertIsInstance(loaded.train.images, np.ndarray)
 
 
+@pytest.mark.slow
 class OwnSourceTest(tf.test.TestCase):
     def test_registered_from_python(self):
         class Tiny(source_lib.Source):

@@ -4,9 +4,12 @@ import os
 import re
 import unittest
 
+import pytest
+
 from tests import smoke_util
 
 
+@pytest.mark.slow
 class ExamplesTest(unittest.TestCase):
     def test_train_own_backbone(self):
         result = smoke_util.run_python(

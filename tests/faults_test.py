@@ -16,6 +16,7 @@ from unittest import mock
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from maxl_tf import errors
@@ -57,6 +58,7 @@ class _Killed(BaseException):
     """Stands for kill -9 at a chosen moment: nothing after it runs."""
 
 
+@pytest.mark.slow
 class FinishedRunFaultsTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -210,6 +212,7 @@ class FinishedRunFaultsTest(tf.test.TestCase):
             rundir.check(_config(logdir))
 
 
+@pytest.mark.slow
 class WriteFaultsTest(tf.test.TestCase):
     """A read-only directory or a full disk while the second epoch is saved (mocked: root writes
     everywhere): one error naming the directory, epoch 1's checkpoint and results intact, and the

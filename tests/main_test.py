@@ -96,6 +96,7 @@ class ValidationTest(parameterized.TestCase):
         self.assertEqual(name(method="single", meta_every=10), "cifar10_pri10_aux20_single_seed0")
 
 
+@pytest.mark.slow
 class StartUpTest(tf.test.TestCase, parameterized.TestCase):
     """What a user sees first: help, and flag mistakes caught before TensorFlow starts."""
 

@@ -7,6 +7,7 @@ import types
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from maxl_tf.core import evaluator as evaluator_lib
@@ -46,6 +47,7 @@ def _dataset(batches):
     )
 
 
+@pytest.mark.slow
 class SameNumericsAsTheCommandLineTest(float64_case.Float64TestCase):
     """N steps of fit equal N iterations of train.make_iteration, from the same weights on the
     same batches, in float64."""
@@ -124,6 +126,7 @@ class SameNumericsAsTheCommandLineTest(float64_case.Float64TestCase):
         self._check("implicit", meta_every=2)
 
 
+@pytest.mark.slow
 class TwoReplicasTest(tf.test.TestCase):
     def test_two_cpu_replicas_fit_as_one_device(self):
         # Logical CPU devices must be set before TensorFlow starts: a process of its own.

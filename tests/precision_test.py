@@ -4,6 +4,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from maxl_tf.core import hierarchy
@@ -74,6 +75,7 @@ class MixedPrecisionTest(tf.test.TestCase):
         self.assertEqual((conv.compute_dtype, conv.variable_dtype), ("bfloat16", "float32"))
 
 
+@pytest.mark.slow
 class LoopTest(tf.test.TestCase):
     def test_float16_run_scales_losses_and_counts_skipped_steps(self):
         config = smoke_util.smoke_config(self.get_temp_dir(), precision="mixed_float16", export=False)

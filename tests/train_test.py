@@ -9,6 +9,7 @@ import sys
 from unittest import mock
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2 as hparams_api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
@@ -49,6 +50,7 @@ def _read(path):
         return f.read()
 
 
+@pytest.mark.slow
 class SmokeRunTest(tf.test.TestCase):
     def test_maxl_run_writes_events_checkpoint_and_results(self):
         logdir = os.path.join(self.get_temp_dir(), "maxl")
@@ -226,6 +228,7 @@ np.savez({out!r}, principal=evaluator(images, training=False)[0], auxiliary=gene
         self.assertIn("train/pri_loss", record)
 
 
+@pytest.mark.slow
 class LabelChangeTest(tf.test.TestCase):
     """The generator's hard labels of the training images, tracked per epoch in the checkpoint."""
 
@@ -327,14 +330,17 @@ class _StoppedMidEpoch:
         self.assertEqual(numbers(resumed), numbers(reference))
 
 
+@pytest.mark.slow
 class SecondOrderStoppedMidEpochTest(_StoppedMidEpoch, tf.test.TestCase):
     HYPERGRADIENT = "second_order"
 
 
+@pytest.mark.slow
 class FirstOrderStoppedMidEpochTest(_StoppedMidEpoch, tf.test.TestCase):
     HYPERGRADIENT = "first_order"
 
 
+@pytest.mark.slow
 class ImplicitStoppedMidEpochTest(_StoppedMidEpoch, tf.test.TestCase):
     HYPERGRADIENT = "implicit"
 
@@ -343,6 +349,7 @@ class ImplicitStoppedMidEpochTest(_StoppedMidEpoch, tf.test.TestCase):
         self.assertCountEqual([c.HYPERGRADIENT for c in classes], config_lib.HYPERGRADIENTS)
 
 
+@pytest.mark.slow
 class RefusalTest(tf.test.TestCase):
     def _finished_run(self):
         logdir = os.path.join(self.get_temp_dir(), "run")

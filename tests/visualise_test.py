@@ -9,6 +9,7 @@ import tempfile
 from google.protobuf import text_format
 import matplotlib.image
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing import data_provider
 from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.plugins import base_plugin
@@ -39,6 +40,7 @@ def _trunk_by_hand(evaluator, images):
     raise AssertionError("no trunk_flatten layer")
 
 
+@pytest.mark.slow
 class VisualiseTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
