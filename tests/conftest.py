@@ -9,8 +9,9 @@ from tests import smoke_util
 
 def pytest_collection_modifyitems(items):
     """tf.test.TestCase has a `test_session` helper that pytest collects and reports as skipped.
-    The end-to-end classes (marked slow) come first: pytest-xdist hands out classes in this order
-    (pytest_configure), so the many short ones fill the workers' ends, not a minute-long class."""
+    The classes that train whole runs (marked slow) come first: pytest-xdist hands out classes in
+    this order (pytest_configure), so the many short ones fill the workers' ends, not a minute-long
+    class."""
     items[:] = [item for item in items if item.name != "test_session"]
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
 
