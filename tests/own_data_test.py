@@ -235,28 +235,24 @@ np.savez({out!r}, principal=evaluator(images, training=False)[0].numpy(),
             self.assertRegex(line, expected)
 
     def test_predict_bad_input(self):
-        cases = [
-            ([f"--logdir={self.logdir}", os.path.join(self.tmp, "missing.png")], r"missing\.png: no such image"),
-            ([f"--logdir={self.folder}", self.images[0]], r"not a maxl_tf run directory"),
-            ([self.images[0]], r"--logdir is required"),
-            ([f"--logdir={self.logdir}", self.folder], r"is a folder; predict takes image files"),
-        ]
+        """One line and exit 2; a wrong path fails before TensorFlow starts, only an image that must
+        be decoded to be found bad needs it."""
         broken = os.path.join(self.tmp, "broken.png")
         with open(broken, "w") as f:
             f.write("not a png")
-        cases.append(([f"--logdir={self.logdir}", broken], r"broken\.png cannot be decoded"))
-        for args, pattern in cases:
-            process = subprocess.run(
-                [sys.executable, "-m", "maxl_tf.predict", *args],
-                cwd=self.tmp,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                env=_env(self.tmp),
-            )
-            self.assertEqual(process.returncode, 2)
-            self.assertRegex(process.stderr, rf"^error: .*{pattern}")
-            self.assertLen(process.stderr.strip().splitlines(), 1)
+        cases = [
+            ([f"--logdir={self.logdir}", os.path.join(self.tmp, "missing.png")], r"missing\.png: no such image", False),
+            ([f"--logdir={self.folder}", self.images[0]], r"not a maxl_tf run directory", False),
+            ([self.images[0]], r"--logdir is required", False),
+            ([f"--logdir={self.logdir}", self.folder], r"is a folder; predict takes image files", False),
+            ([f"--logdir={self.logdir}", broken], r"broken\.png cannot be decoded", True),
+        ]
+        for args, pattern, needs_tensorflow in cases:
+            code, _, stderr, imported = smoke_util.run_recording_imports("maxl_tf.predict", *args)
+            self.assertEqual(code, 2)
+            self.assertRegex(stderr, rf"^error: .*{pattern}")
+            self.assertLen(stderr.strip().splitlines(), 1)
+            self.assertEqual(imported, needs_tensorflow, args)
 
 
 if __name__ == "__main__":
