@@ -83,14 +83,20 @@ def predict(logdir: str, paths) -> tuple:
     Raises:
       errors.Error: logdir holds no finished run, or an image is missing or undecodable.
     """
+    config = _finished_run(logdir)
+    images_lib.require_files(paths)  # before the networks load
+    return config, _predictions(config, paths)
+
+
+def _predictions(config: config_lib.Config, paths) -> list:
+    """predict's per-image results, for a run that _finished_run checked and files that exist."""
     import numpy as np
     import tensorflow as tf  # after runtime.start_tensorflow, when run as a command
 
     from maxl_tf.core import hierarchy
     from maxl_tf.experiment import exports
 
-    config = _finished_run(logdir)
-    images_lib.require_files(paths)
+    logdir = config.logdir
     names = _read_json(os.path.join(logdir, exports.CLASSES))
     evaluator = _load_network(os.path.join(logdir, exports.EVALUATOR))
     generator = _load_network(os.path.join(logdir, exports.GENERATOR)) if config.method == "maxl" else None
@@ -119,7 +125,7 @@ def predict(logdir: str, paths) -> tuple:
                 auxiliary_name=names["auxiliary"][aux] if names["auxiliary"] else None,
             )
         results.append(result)
-    return config, results
+    return results
 
 
 def describe(result: dict, psi, method: str) -> str:
@@ -147,11 +153,11 @@ def main(argv):
             f"{folders[0]} is a folder; predict takes image files (PNG, JPEG, BMP, GIF): pass them, "
             f"e.g. {os.path.join(folders[0], '*.jpg')}."
         )
-    _finished_run(FLAGS.logdir)  # a wrong --logdir or image path fails at once, not after TensorFlow starts
+    # predict's checks, before TensorFlow starts: a wrong --logdir or image path fails at once.
+    config = _finished_run(FLAGS.logdir)
     images_lib.require_files(paths)
     runtime.start_tensorflow(deterministic=False)
-    config, results = predict(FLAGS.logdir, paths)
-    for result in results:
+    for result in _predictions(config, paths):
         print(describe(result, config.psi, config.method), flush=True)
 
 
