@@ -4,7 +4,7 @@
 
 Writes the folder once (10 class folders of random 32x32 RGB PNGs), then runs each mode in a
 fresh process (so peak RSS is the mode's own): decodes the folder into an empty cache, reads an
-epoch of the training pipeline (the batches a run sees, normalised), and times single-task
+epoch of the training pipeline (the batches a run sees, raw float pixels), and times single-task
 steps of vgg_small on them. Prints one line per mode and a markdown table for
 docs/measurements.md.
 """

@@ -41,7 +41,6 @@ from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import hierarchy as hierarchy_lib
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import losses
-from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
@@ -92,7 +91,7 @@ def run_on_test_set(
             )
         elif aux_logits is not None:
             parts["aux"].append(losses.masked_softmax(aux_logits, tf.gather(mask_table, batch["labels"])).numpy())
-        parts["images"].append(batch["images"].numpy() * data_lib.PIXEL_STD + data_lib.PIXEL_MEAN)
+        parts["images"].append(batch["images"].numpy() / 255.0)  # raw pixels, shown in [0, 1]
         parts["labels"].append(batch["labels"].numpy())
         parts["predicted"].append(tf.argmax(pri_logits, axis=-1).numpy())
         parts["features"].append(features.numpy())

@@ -6,7 +6,6 @@ import textwrap
 from unittest import mock
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from maxl_tf import errors
@@ -14,6 +13,7 @@ from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import exports
 from maxl_tf.experiment import train
 from maxl_tf.models import backbones
+from maxl_tf.models import heads
 from tests import smoke_util
 
 _NETS = """
@@ -63,14 +63,19 @@ class BackboneSpecTest(tf.test.TestCase):
         with mock.patch("keras.src.utils.file_utils.get_file", side_effect=failure):
             with self.assertRaisesRegex(errors.Error, "cannot download its ImageNet weights.*--nopretrained"):
                 backbones.backbone("keras.applications:MobileNetV3Small", (32, 32, 3))
-        network = backbones.backbone(
-            "keras.applications:MobileNetV3Small", (32, 32, 3), pretrained=False, to_pixels=(51.0, 127.5)
-        )
+        network = backbones.backbone("keras.applications:MobileNetV3Small", (32, 32, 3), pretrained=False)
         self.assertEqual(len(network.outputs[0].shape), 4)
-        # The pipeline's normalised images reach the application as the 0-255 pixels it expects.
-        to_pixels = keras.Model(network.inputs, network.get_layer("trunk_to_pixels").output)
-        normalised = np.broadcast_to(np.float32([-2.5, 0.0, 2.5]), (1, 32, 32, 3))
-        self.assertAllClose(to_pixels(normalised)[0, 0, 0], [0.0, 127.5, 255.0])
+        # The application is the backbone itself: it gets the raw 0-255 pixels it expects, as every
+        # network does (models/pixels.py), with no layer of ours in front.
+        self.assertEqual(network.layers[0].__class__.__name__, "InputLayer")
+        self.assertNotIn("maxl_tf", {type(layer).__module__.split(".")[0] for layer in network.layers})
+
+    def test_a_classifier_is_not_a_backbone(self):
+        classifier = keras.applications.MobileNetV3Small(
+            input_shape=(32, 32, 3), include_top=True, weights=None, classes=7
+        )
+        with self.assertRaisesRegex(ValueError, "softmax classifier .*include_top=False"):
+            heads.multitask(classifier, pri=2, psi=(2, 2))
 
     def test_unknown_model_and_half_precision_are_refused(self):
         with self.assertRaisesRegex(errors.Error, "--model=resnet: unknown"):

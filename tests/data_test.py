@@ -9,8 +9,9 @@ from maxl_tf.data import pipeline as data
 from maxl_tf.data import registry
 from maxl_tf.data import source
 from maxl_tf.data import tfds
+from maxl_tf.models import pixels
 
-_BLACK = -data.PIXEL_MEAN / data.PIXEL_STD  # normalised value of a 0 pixel: -2.5
+_BLACK = 0.0  # the padding: a black raw pixel
 
 
 class SplitMetaTest(tf.test.TestCase):
@@ -104,7 +105,7 @@ class EpochOrderTest(tf.test.TestCase):
 
 
 def _distinct_images(batch, height, width, channels):
-    """Normalised-looking images whose pixels are all distinct and differ from the padding."""
+    """Float images whose pixels are all distinct and differ from the padding."""
     values = np.arange(batch * height * width * channels, dtype=np.float32) + 1.0
     return values.reshape(batch, height, width, channels)
 
@@ -195,12 +196,14 @@ class AugmentTest(tf.test.TestCase):
         self.assertEqual(tfds.TfdsSource.augmentation, data.CIFAR_AUGMENTATION)
         self.assertEqual(data.CIFAR_AUGMENTATION, source.Augmentation(crop_padding=4, horizontal_flip=True))
 
-    def test_padding_is_normalised_black(self):
+    def test_padding_is_black(self):
         images = np.full((32, 8, 8, 1), 7.0, np.float32)
         out = data.augment(tf.constant(images), tf.constant([0, 9], tf.int64)).numpy()
         self.assertAllEqual(np.unique(out), [_BLACK, 7.0])
-        self.assertAllClose(data.normalise(np.zeros((1,), np.uint8)), [_BLACK])
-        self.assertAllClose(data.normalise(np.asarray([255], np.uint8)), [2.5])
+        # The networks' first layer maps black to exactly the normalised black the pipeline padded
+        # with before networks took raw pixels, so augmented runs keep their numbers.
+        normalise = pixels.Normalise()
+        self.assertAllEqual(normalise(np.float32([[0.0, 255.0]])), [[-2.5, np.float32((1.0 - 0.5) / 0.2)]])
 
 
 def _examples(n=23, size=8):

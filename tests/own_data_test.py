@@ -17,7 +17,6 @@ from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import hierarchy
 from maxl_tf.core import losses
 from maxl_tf.data import images as images_lib
-from maxl_tf.data import pipeline as data_lib
 from maxl_tf.data import registry
 from maxl_tf.data import source
 from maxl_tf.experiment import config as config_lib
@@ -162,7 +161,7 @@ class OwnDataEndToEndTest(tf.test.TestCase):
         """The restored in-training networks on the images: principal probabilities [N, 2] and the
         generator's masked softmax [N, 6] under the predicted principal class."""
         config, state, _ = rundir.load_run(self.logdir)
-        images = data_lib.normalise(images_lib.load_images(self.images, 12, 3))
+        images = images_lib.load_images(self.images, 12, 3).astype("float32")
         pri_logits, _ = evaluator_lib.outputs(state.evaluator(images, training=False))
         principal = tf.nn.softmax(pri_logits).numpy()
         mask = tf.gather(hierarchy.psi_mask(config.psi), np.argmax(principal, axis=1))

@@ -19,7 +19,6 @@ from maxl_tf import errors
 from maxl_tf import predict
 from maxl_tf.core import hierarchy
 from maxl_tf.core import labels as labels_lib
-from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
@@ -162,12 +161,11 @@ np.savez({out!r}, principal=evaluator(images, training=False)[0], auxiliary=gene
         process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
         self.assertEqual(process.returncode, 0, process.stderr[-2000:])
         fresh = np.load(out)
-        normalised = data_lib.normalise(images)
-        expected = tf.nn.softmax(state.evaluator(normalised, training=False)[0])
+        expected = tf.nn.softmax(state.evaluator(images.astype("float32"), training=False)[0])
         self.assertAllClose(fresh["principal"], expected, atol=1e-5)
         self.assertAllClose(fresh["from_floats"], expected, atol=1e-5)
         self.assertAllClose(fresh["principal"].sum(axis=1), np.ones(4), atol=1e-5)
-        self.assertAllClose(fresh["auxiliary"], state.generator(normalised, training=False), atol=1e-4)
+        self.assertAllClose(fresh["auxiliary"], state.generator(images.astype("float32"), training=False), atol=1e-4)
 
         # README's example, exactly as printed but for the run's directory, in a fresh process.
         with open(os.path.join(smoke_util.REPO, "README.md")) as f:

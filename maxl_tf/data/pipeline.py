@@ -3,7 +3,8 @@
 The whole data set lives in memory (CIFAR is 150 MB of uint8), so "shuffle" is a permutation
 drawn from (seed, epoch) and "cache" is the array itself. Batches are gathered by index and
 augmented with stateless random ops seeded by (seed, epoch, step): a run resumed at any step
-of any epoch sees exactly the batches an uninterrupted run would have seen.
+of any epoch sees exactly the batches an uninterrupted run would have seen. Batches hold raw
+pixels as float32 0..255: the networks scale their own input (models/pixels.py).
 """
 
 import dataclasses
@@ -14,8 +15,6 @@ import tensorflow as tf
 from maxl_tf.core import streams
 from maxl_tf.data import source as source_lib
 
-# Normalisation of the authors' code: pixels in [0, 1], then (x - 0.5) / 0.2.
-PIXEL_MEAN, PIXEL_STD = 0.5, 0.2
 CROP_PADDING = 4
 
 
@@ -70,24 +69,19 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, num_examples // batch_size)
 
 
-def normalise(images_uint8):
-    return (tf.cast(images_uint8, tf.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
-
-
 def augment(images, seed, augmentation: source_lib.Augmentation = CIFAR_AUGMENTATION):
     """Random crop with zero padding and, where the data set allows it, horizontal flip, per image.
 
     Args:
-      images: [batch, H, W, C] float, already normalised (padding is the normalised black).
+      images: [batch, H, W, C] float32 pixels (padding is black, 0).
       seed: [2] int64 stateless seed.
       augmentation: the crop padding and whether to flip.
     """
     batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    black = -PIXEL_MEAN / PIXEL_STD
     p = augmentation.crop_padding
     # fmt: off
-    padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=black)    # [B, H+2p, W+2p, C]
+    padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]])                           # [B, H+2p, W+2p, C]
     offsets = tf.random.stateless_uniform([batch, 2], crop_seed, 0, 2 * p + 1, tf.int32)
     rows = offsets[:, :1] + tf.range(height)[None, :]                                   # [B, H]
     cols = offsets[:, 1:] + tf.range(width)[None, :]                                    # [B, W]
@@ -124,7 +118,7 @@ class Pipeline:
 
     def _gather(self, indices):
         return {
-            "images": normalise(self._take(indices)),
+            "images": tf.cast(self._take(indices), tf.float32),
             "labels": tf.gather(self._labels, indices),
             "aux_labels": tf.gather(self._aux_labels, indices),
             "indices": indices,

@@ -108,7 +108,8 @@ class Config:
         "vgg16",
         f"Trunk of both networks: {', '.join(ARCHITECTURES)}, or module:function, a function of the input "
         "shape (H, W, C) returning a Keras backbone (e.g. my_nets:resnet_small with my_nets.py on PYTHONPATH, "
-        "or keras.applications:MobileNetV3Small).",
+        "or keras.applications:MobileNetV3Small). Every network takes raw pixels, float32 0..255: a backbone "
+        "scales its own input (keras.layers.Rescaling(1/255), or maxl_tf.pixels.Normalise()).",
     )
     pretrained: bool = _field(
         True, "--model=keras.applications:NAME: start from its ImageNet weights (else random weights)."

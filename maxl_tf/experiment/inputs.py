@@ -13,6 +13,7 @@ from maxl_tf.data import pipeline as data_lib
 from maxl_tf.data import source as source_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.models import embedder as embedder_lib
+from maxl_tf.models import pixels
 from maxl_tf.models import vgg as models
 
 
@@ -55,6 +56,26 @@ def class_names(levels: hierarchy_lib.Hierarchy, config: config_lib.Config) -> d
     return named
 
 
+def check_loaded(raw: source_lib.Loaded, levels: hierarchy_lib.Hierarchy, dataset: str) -> None:
+    """The door every Source's arrays pass (models/pixels.py's contract): images uint8 or 0..255
+    floats [N, H, W, C], one finest label in range per image, a test split that is not empty.
+
+    Raises:
+      errors.Error: one line naming --dataset, the split, what was found and the fix.
+    """
+    for name, split in (("train", raw.train), ("test", raw.test)):
+        where = f"--dataset={dataset}: the {name} split"
+        try:
+            pixels.check_images(split.images, where)
+            pixels.check_labels(split.labels, len(split.images), levels.finest, where)
+        except ValueError as error:
+            raise errors.Error(f"{error}.") from None
+        if not len(split.labels):
+            raise errors.Error(
+                f"{where} holds no images; a run trains on the train split and reports on the test split."
+            )
+
+
 def check_available(configs: list) -> None:
     """Finds every run's data and loads each Prototypical embedder once, before any run trains.
 
@@ -81,6 +102,7 @@ def prepare(config: config_lib.Config) -> RunData:
     source = config_lib.source(config)
     hierarchy = source.levels()
     raw = source.load()
+    check_loaded(raw, hierarchy, config.dataset)
     train, test = _subset(raw.train, config.max_train_examples), _subset(raw.test, config.max_test_examples)
     models.check_input_size(config.model, train.images.shape[1])
 

@@ -339,6 +339,20 @@ def checkpoint_manager(checkpoint, logdir: str, keep: int, worker: int | None = 
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
 
 
+def saved_variables(logdir: str) -> set | None:
+    """The variable names in the run's latest checkpoint (state.TrainState.checkpoint asks which
+    layout it has); None when there is none, or it cannot be read (restore says why)."""
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(_checkpoint_dir(logdir))
+    if path is None:
+        return None
+    try:
+        return {name for name, _ in tf.train.list_variables(path)}
+    except Exception:  # damaged: restore() names it and the way back
+        return None
+
+
 def restore(checkpoint, logdir: str) -> bool:
     """Restores the run's latest checkpoint into `checkpoint`; False when there is none yet.
 
@@ -488,5 +502,5 @@ def load_run(logdir: str, data_dir: str | None = None):
     # With every variable of training's state (the generator's label record too), so the
     # checkpoint restores whole and TensorFlow warns of no value left unread.
     state = state_lib.TrainState(config, run_data.input_shape, num_labelled=len(run_data.train))
-    restore(state.checkpoint(), logdir)
+    restore(state.checkpoint(saved_variables(logdir)), logdir)
     return config, state, run_data

@@ -11,18 +11,15 @@ import json
 import keras
 import tensorflow as tf
 
+from maxl_tf import errors
 from maxl_tf.core import hierarchy
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import steps
-from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.models import backbones
+from maxl_tf.models import pixels
 from maxl_tf.models import vgg as models
 from maxl_tf.models.names import is_backbone_spec
-
-# (scale, offset) from the pipeline's normalised images back to 0-255 pixels, for the
-# keras.applications backbones that preprocess their own input (models/backbones.py).
-TO_PIXELS = (255.0 * data_lib.PIXEL_STD, 255.0 * data_lib.PIXEL_MEAN)
 
 
 class EpochSums(tf.Module):
@@ -87,6 +84,19 @@ GENERATOR_METRICS = (
 )
 
 
+# Saved in every checkpoint since networks take raw pixels (models/pixels.py); absent before.
+INPUT_CONTRACT = "raw_pixels"
+
+
+class _BeforeRawPixels(tf.__internal__.tracking.AutoTrackable):
+    """A built-in VGG's checkpoint layout from before it took raw pixels: its operations without
+    the weightless pixels.Normalise in front, so each layer keeps the position it was saved at.
+    The network computes what the old one did on the pipeline's normalised images."""
+
+    def __init__(self, network: keras.Model):
+        self._operations = [op for op in network.operations if not isinstance(op, pixels.Normalise)]
+
+
 class TrainState:
     """Everything a checkpoint restores."""
 
@@ -98,6 +108,7 @@ class TrainState:
         when there are several. With a generator and num_labelled > 0 it also holds the generator's
         hard labels of that many training images after the first and the latest labelling pass
         (train.label_changes), so the label-change counts resume exactly."""
+        self.config = config
         strategy = strategy or tf.distribute.get_strategy()
         synchronized_bn = strategy.num_replicas_in_sync > 1
         labels = labels_lib.source(config.method)
@@ -106,7 +117,7 @@ class TrainState:
             if is_backbone_spec(config.model):  # any Keras backbone (float32 only: config.check_flags)
                 psi = config.psi if labels.auxiliary else ()
                 self.evaluator = backbones.build_evaluator(
-                    config.model, input_shape, config.pri, psi, config.pretrained, TO_PIXELS
+                    config.model, input_shape, config.pri, psi, config.pretrained
                 )
             else:
                 self.evaluator = models.build_evaluator(
@@ -116,9 +127,7 @@ class TrainState:
             self.generator = self.generator_optimizer = self.lookahead_model = None
             if labels.learned:
                 if is_backbone_spec(config.model):
-                    self.generator = backbones.build_generator(
-                        config.model, input_shape, config.psi, config.pretrained, TO_PIXELS
-                    )
+                    self.generator = backbones.build_generator(config.model, input_shape, config.psi, config.pretrained)
                 else:
                     self.generator = models.build_generator(
                         input_shape, aux, config.model, config.width, config.precision, synchronized_bn
@@ -143,10 +152,29 @@ class TrainState:
                 self.previous_labels = tf.Variable(tf.fill([num_labelled], tf.constant(-1, tf.int64)))
         # Outside the strategy: collectives cannot broadcast strings, and only the host reads it.
         self.history_json = tf.Variable("[]")
+        self.input_contract = tf.Variable(INPUT_CONTRACT)
 
-    def checkpoint(self) -> tf.train.Checkpoint:
+    def checkpoint(self, saved=None) -> tf.train.Checkpoint:
+        """What a checkpoint saves and restores.
+
+        saved: the variable names of the checkpoint to restore (rundir.saved_variables), None for
+        none. One saved before networks took raw pixels is restored, and the run goes on saving,
+        in its own layout (_BeforeRawPixels).
+
+        Raises:
+          errors.Error: saved is a --model backbone's from before raw pixels: its backbone saw
+            normalised images, and resuming would change what it sees mid-run.
+        """
+        before_raw_pixels = saved is not None and INPUT_CONTRACT not in {name.partition("/")[0] for name in saved}
+        if before_raw_pixels and is_backbone_spec(self.config.model):
+            raise errors.Error(
+                f"{self.config.logdir}: its checkpoints come from a maxl_tf before networks took raw pixels, "
+                f"and its --model={self.config.model} backbone saw normalised images; resuming would change its "
+                f"input mid-run. Train it afresh with another --logdir."
+            )
+        layout = _BeforeRawPixels if before_raw_pixels else (lambda network: network)
         parts = dict(
-            evaluator=self.evaluator,
+            evaluator=layout(self.evaluator),
             evaluator_optimizer=self.evaluator_optimizer,
             epoch=self.epoch,
             step_in_epoch=self.step_in_epoch,
@@ -154,8 +182,10 @@ class TrainState:
             sums=self.sums,
             history=self.history_json,
         )
+        if not before_raw_pixels:
+            parts.update(input_contract=self.input_contract)
         if self.generator is not None:
-            parts.update(generator=self.generator, generator_optimizer=self.generator_optimizer)
+            parts.update(generator=layout(self.generator), generator_optimizer=self.generator_optimizer)
         if self.first_labels is not None:
             parts.update(first_labels=self.first_labels, previous_labels=self.previous_labels)
         return tf.train.Checkpoint(**parts)

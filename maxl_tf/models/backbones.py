@@ -1,12 +1,12 @@
 """--model=module:function: MAXL's two networks over any Keras backbone, from the command line.
 
 The function gets the input shape (H, W, C) and returns a Keras backbone: a functional or
-Sequential model whose output is a feature vector or map (the exports are .keras files, which a
+Sequential model from raw pixels (float32 0..255, the one input contract of models/pixels.py: it
+scales its own input) to a feature vector or map (the exports are .keras files, which a
 subclassed model cannot promise). keras.applications:NAME is called as
 NAME(input_shape=..., include_top=False, weights="imagenet" or None), with ImageNet weights
-unless --nopretrained, behind a Rescaling layer that turns the pipeline's normalised images back
-into 0-255 pixels: what the applications that include their preprocessing (MobileNetV3,
-EfficientNet, ConvNeXt, ...) expect; the others' preprocess_input is not applied. Each network
+unless --nopretrained: the applications that include their preprocessing (MobileNetV3,
+EfficientNet, ConvNeXt, ...) take such pixels; the others' preprocess_input is not applied. Each network
 calls the function once: the evaluator and the generator get backbones of their own. The heads
 are models/heads.py's (linear, on global-average-pooled features).
 """
@@ -35,11 +35,8 @@ def _function(spec: str):
     return function
 
 
-def backbone(spec: str, input_shape, pretrained: bool = True, to_pixels=None) -> keras.Model:
+def backbone(spec: str, input_shape, pretrained: bool = True) -> keras.Model:
     """The backbone --model=spec names, built for images of input_shape.
-
-    to_pixels: (scale, offset) taking the pipeline's images back to 0-255 pixels, applied in
-    front of a keras.applications backbone.
 
     Raises:
       errors.Error: the module or function cannot be found, the function fails or returns no
@@ -75,10 +72,6 @@ def backbone(spec: str, input_shape, pretrained: bool = True, to_pixels=None) ->
             f"--model={spec}: returned a subclassed model; the command line needs a functional or Sequential "
             f"one, whose .keras export loads anywhere (start it with keras.Input(input_shape))."
         )
-    if applications and to_pixels is not None:
-        images = keras.Input(input_shape, name="images")
-        pixels = keras.layers.Rescaling(to_pixels[0], offset=to_pixels[1], name="trunk_to_pixels")(images)
-        network = keras.Model(images, network(pixels), name=network.name)
     return network
 
 
@@ -89,14 +82,14 @@ def _checked(build, spec: str):
         raise errors.Error(f"--model={spec}: {errors.first_line(error)}") from None
 
 
-def build_evaluator(spec: str, input_shape, pri: int, psi, pretrained: bool = True, to_pixels=None) -> keras.Model:
+def build_evaluator(spec: str, input_shape, pri: int, psi, pretrained: bool = True) -> keras.Model:
     """Multi-task evaluator over the backbone; psi empty: the principal head alone (single-task).
     Args as backbone's."""
-    network = backbone(spec, input_shape, pretrained, to_pixels)
+    network = backbone(spec, input_shape, pretrained)
     if not psi:
         return _checked(lambda: heads.single_task(network, pri), spec)
     return _checked(lambda: heads.multitask(network, pri, psi), spec)
 
 
-def build_generator(spec: str, input_shape, psi, pretrained: bool = True, to_pixels=None) -> keras.Model:
-    return _checked(lambda: heads.generator(backbone(spec, input_shape, pretrained, to_pixels), psi), spec)
+def build_generator(spec: str, input_shape, psi, pretrained: bool = True) -> keras.Model:
+    return _checked(lambda: heads.generator(backbone(spec, input_shape, pretrained), psi), spec)

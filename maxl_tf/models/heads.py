@@ -1,7 +1,8 @@
 """MAXL's two networks over any Keras backbone: a multi-task evaluator and a label generator.
 
 The backbone (functional, Sequential, subclassed, or keras.applications with include_top=False)
-maps images to a feature vector [batch, D] or a feature map [batch, H, W, C]. A feature map is
+maps raw pixels (float32 0..255, models/pixels.py: it scales its own input, with a Rescaling
+layer or pixels.Normalise) to a feature vector [batch, D] or a feature map [batch, H, W, C]. A feature map is
 global-average-pooled, not flattened: the heads then have the same size whatever the input
 resolution (ResNet50's 7x7x2048 map would give a flattened head 49 times larger), and it is what
 keras.applications' own `pooling="avg"` classifiers do. VGG's 1x1 final map (models/vgg.py) is
@@ -41,6 +42,12 @@ def _features(backbone, input_shape, role: str):
     features = backbone(images)
     if not hasattr(features, "shape") or isinstance(features, (list, tuple, dict)):
         raise ValueError(f"backbone {backbone.name!r}: returns several outputs; the {role} needs one feature tensor")
+    last = (getattr(backbone, "layers", None) or [None])[-1]
+    if getattr(last, "activation", None) is keras.activations.softmax:
+        raise ValueError(
+            f"backbone {backbone.name!r}: ends in a softmax classifier ({last.name!r}); the {role} needs its "
+            f"features, not class probabilities (keras.applications: include_top=False)"
+        )
     if len(features.shape) not in (2, 4) or features.shape[-1] is None:
         raise ValueError(
             f"backbone {backbone.name!r}: its output has shape {tuple(features.shape)}; the {role} needs a "

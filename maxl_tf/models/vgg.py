@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from maxl_tf import errors
 from maxl_tf.core import evaluator as evaluator_lib
+from maxl_tf.models import pixels
 from maxl_tf.models.names import ARCHITECTURES
 
 TRUNK_PREFIX = evaluator_lib.TRUNK_PREFIX
@@ -221,8 +222,8 @@ def _small_map_product(inputs, kernel):
     the kernel's 9 taps: its gradient is a product too (a gather's would be a segment sum).
     """
     size, cin, cout = inputs.shape[1], kernel.shape[2], kernel.shape[3]
-    pixels = [(row, col) for row in range(size) for col in range(size)]
-    tap = [(qr - pr + 1) * 3 + (qc - pc + 1) for pr, pc in pixels for qr, qc in pixels]  # [p * q]
+    places = [(row, col) for row in range(size) for col in range(size)]
+    tap = [(qr - pr + 1) * 3 + (qc - pc + 1) for pr, pc in places for qr, qc in places]  # [p * q]
     select = tf.constant(np.eye(9)[tap], kernel.dtype)  # [p * q, 9]
     weights = tf.matmul(select, tf.reshape(kernel, [9, cin * cout]))
     weights = tf.reshape(weights, [size * size, size * size * cin, cout])  # [p, q * cin, cout]
@@ -263,7 +264,9 @@ def _side_by_side(inputs, kernel):
 
 
 def _trunk(images, architecture: str, width: float, precision, synchronized_bn: bool):
-    """Shared feature extractor. images: [batch, H, W, C] -> features [batch, hidden].
+    """Shared feature extractor. images: raw pixels [batch, H, W, C] -> features [batch, hidden].
+
+    It starts with the authors' normalisation (pixels.Normalise, in float32 under mixed precision).
 
     Under mixed precision, convolutions and dense layers compute in half precision with float32
     weights; batch norm keeps its statistics in float32, and max-pooling computes in float32:
@@ -271,7 +274,7 @@ def _trunk(images, architecture: str, width: float, precision, synchronized_bn: 
     """
     dtype = precision  # None: Keras' global dtype policy (the float64 gradient tests set it)
     pool_dtype = "float32" if precision and precision.startswith("mixed") else dtype
-    x = images
+    x = pixels.Normalise(dtype=pool_dtype)(images)
     for block, (filters, convs) in enumerate(ARCHITECTURES[architecture], start=1):
         for conv in range(1, convs + 1):
             name = f"{TRUNK_PREFIX}block{block}_conv{conv}"
@@ -314,7 +317,8 @@ def build_evaluator(
     precision: str | None = None,
     synchronized_bn: bool = False,
 ) -> keras.Model:
-    """Multi-task evaluator f(x) -> [principal logits, auxiliary logits] (paper Section 3.1).
+    """Multi-task evaluator f(x) -> [principal logits, auxiliary logits] (paper Section 3.1), x raw
+    pixels (models/pixels.py).
 
     aux_classes=0 builds a single-task network whose only output is the principal logits, still
     returned as a one-element list so callers unpack it the same way.
