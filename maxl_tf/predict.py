@@ -95,6 +95,7 @@ def _predictions(config: config_lib.Config, paths) -> list:
 
     from maxl_tf.core import hierarchy
     from maxl_tf.experiment import exports
+    from maxl_tf.models import export as export_lib
 
     logdir = config.logdir
     names = _read_json(os.path.join(logdir, exports.CLASSES))
@@ -102,7 +103,7 @@ def _predictions(config: config_lib.Config, paths) -> list:
     generator = _load_network(os.path.join(logdir, exports.GENERATOR)) if config.method == "maxl" else None
     psi = config.psi if config.method != "single" else ()
     _, height, _, channels = evaluator.input_shape
-    serve = exports.serving_function(evaluator, generator, psi)
+    serve = export_lib.serving_function(evaluator, generator, psi)
     outputs = serve(tf.constant(images_lib.load_images(paths, height, channels)))
     principal = outputs["principal"].numpy()
     offsets = hierarchy.block_offsets(config.psi) if config.method != "single" else None

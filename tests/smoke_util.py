@@ -94,12 +94,12 @@ def run_recording_imports(target: str, *args, timeout=120) -> tuple:
     return process.returncode, process.stdout, stderr, imported.strip() == "True"
 
 
-def run_python(*args, timeout=300, **env) -> subprocess.CompletedProcess:
-    """Runs `python ARGS` in the repository, as a user runs it from the clone, to completion;
-    returns the process with text stdout/stderr. env: variables to add to the environment."""
+def run_python(*args, timeout=300, cwd=REPO, **env) -> subprocess.CompletedProcess:
+    """Runs `python ARGS` in the repository (or cwd), as a user runs it from the clone, to
+    completion; returns the process with text stdout/stderr. env: variables to add to the environment."""
     return subprocess.run(
         [sys.executable, *args],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -67,10 +67,6 @@ def compiled(function, jit_compile=None):
     return tf.function(function, autograph=False, jit_compile=jit_compile)
 
 
-def _global_norm(grads):
-    return tf.linalg.global_norm([g for g in grads if g is not None])
-
-
 def _multitask_losses(evaluator_output, labels, targets, task: Task):
     """(principal loss, auxiliary loss or 0, principal logits, auxiliary logits or None)."""
     pri_logits, aux_logits = evaluator_lib.outputs(evaluator_output)
@@ -84,10 +80,14 @@ def _loss_scale(optimizer):
     return optimizer.scale_loss(tf.constant(1.0))
 
 
-def _replica_grad_norm(grads, loss_scale):
-    """Norm of the gradient of this replica's mean loss (unscaled, undivided by the replica count);
-    with one replica, the gradient norm of the step."""
-    return tf.cast(_global_norm(grads), tf.float32) * distribute.num_replicas() / loss_scale
+def _step_grad_norm(grads, loss_scale):
+    """Norm of the step's gradient, of the global batch's mean loss (unscaled): every replica's
+    share summed first, as the optimiser sums them, so 1 and N replicas read the same. The sum is
+    one more all-reduce per step, only with several replicas."""
+    grads = [g for g in grads if g is not None]
+    if distribute.num_replicas() > 1:
+        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    return tf.cast(tf.linalg.global_norm(grads), tf.float32) / loss_scale
 
 
 def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
@@ -112,7 +112,7 @@ def evaluator_step(evaluator, optimizer, generator, batch, task: Task):
         loss = pri_loss + aux_loss
         scaled_loss = optimizer.scale_loss(distribute.replica_share(loss))
     grads = tape.gradient(scaled_loss, evaluator.trainable_variables)
-    grad_norm = _replica_grad_norm(grads, _loss_scale(optimizer))  # before apply moves a float16 scale
+    grad_norm = _step_grad_norm(grads, _loss_scale(optimizer))  # before apply moves a float16 scale
     optimizer.apply(grads, evaluator.trainable_variables)
     metrics = {
         "train/pri_loss": pri_loss,
@@ -185,7 +185,7 @@ def generator_step(
         grads, stats = hypergradient(
             evaluator, generator, batch["images"], batch["labels"], task.mask_table, inner_lr, **options
         )
-    grad_norm = _replica_grad_norm(grads, loss_scale)
+    grad_norm = _step_grad_norm(grads, loss_scale)
     if weight_decay:
         decay = tf.sign if weight_decay_type == "l1" else tf.identity
         share = weight_decay * loss_scale / distribute.num_replicas()

@@ -370,7 +370,6 @@ def write_exports(loop: Loop) -> None:
         loop.state.evaluator,
         loop.state.generator,
         config.psi if loop.task.labels.auxiliary else (),
-        loop.data.input_shape,
         loop.data.class_names,
     )
 
@@ -419,7 +418,7 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
     run_data = inputs.prepare(config)
     keras.utils.set_random_seed(config.seed)
     state = state_lib.TrainState(config, run_data.input_shape, strategy, num_labelled=len(run_data.train))
-    checkpoint = state.checkpoint()
+    checkpoint = state.checkpoint(rundir.saved_variables(config.logdir))
     if chief:
         rundir.create(config, run_data.identity)
     # Every worker saves (a multi-worker save is collective); only the chief's copy is the run's.

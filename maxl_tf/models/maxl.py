@@ -14,6 +14,8 @@ iterations (so BackupAndRestore resumes the count), and meta batches are drawn o
 command line draws them.
 """
 
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -23,13 +25,18 @@ from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import psi as psi_lib
 from maxl_tf.core import steps
+from maxl_tf.models import export as export_lib
+from maxl_tf.models import pixels
 
-# Training metrics as fit logs them (Keras style, no slashes), from the steps' names.
+# Training metrics as fit logs them (Keras style, no slashes), from the steps' names. The losses
+# say which loss they are: "{loss}" is focal_loss (focal_gamma > 0, the paper's) or cross_entropy.
+# "loss" is Keras' slot for what the evaluator's optimiser minimises: principal + auxiliary loss
+# in training, the principal loss in evaluate (validation data has no auxiliary labels).
 _LOG_NAMES = {
-    "train/pri_loss": "loss",
-    "train/pri_acc": "accuracy",
-    "train/aux_loss": "aux_loss",
-    "train/aux_acc": "aux_accuracy",
+    "train/pri_loss": "principal_{loss}",
+    "train/pri_acc": "principal_accuracy",
+    "train/aux_loss": "auxiliary_{loss}",
+    "train/aux_acc": "auxiliary_accuracy",
     "train/grad_norm_evaluator": "grad_norm",
     "meta/loss": "meta_loss",
     "meta/loss_before": "meta_loss_before",
@@ -37,9 +44,14 @@ _LOG_NAMES = {
     "meta/entropy": "meta_entropy",
     "meta/grad_norm_generator": "meta_grad_norm",
 }
-_EVALUATOR_METRICS = ("train/pri_loss", "train/pri_acc", "train/grad_norm_evaluator")
+_LOSS = "loss"
+_EVALUATOR_METRICS = (_LOSS, "train/pri_loss", "train/pri_acc", "train/grad_norm_evaluator")
 _AUXILIARY_METRICS = ("train/aux_loss", "train/aux_acc")
 _GENERATOR_METRICS = ("meta/loss", "meta/loss_before", "meta/loss_after", "meta/entropy", "meta/grad_norm_generator")
+_EVALUATION_METRICS = (_LOSS, "train/pri_loss", "train/pri_acc")
+# The generator's optimiser where compile is given none: the command line's --generator_lr
+# default (the paper's).
+DEFAULT_GENERATOR_LR = 1e-5
 
 
 class LabelCounts(keras.metrics.Metric):
@@ -92,29 +104,42 @@ def _as_batch(data, name: str) -> dict:
     return batch
 
 
+def _parts(element, name: str) -> tuple:
+    """(images, labels, aux_labels or None) of a dataset element or its spec: (images, labels[,
+    aux_labels]) or a dict with those keys."""
+    if isinstance(element, dict):
+        if "images" not in element or "labels" not in element:
+            raise ValueError(f"{name}: dict elements need 'images' and 'labels' keys; it has {sorted(element)}")
+        return element["images"], element["labels"], element.get("aux_labels")
+    if isinstance(element, (tuple, list)) and len(element) in (2, 3):
+        return element[0], element[1], (element[2] if len(element) == 3 else None)
+    raise ValueError(
+        f"{name}: a dataset of (images, labels) or (images, labels, aux_labels) elements; "
+        f"this one's elements are {element} (no labels)"
+    )
+
+
 def _check_element_spec(spec, name: str, needs_aux: bool, image_shape=None) -> None:
-    """Refuses, before anything is traced, a dataset whose elements carry no integer labels, or
-    images of another shape than image_shape (H, W, C; None: any size)."""
-    if isinstance(spec, dict):
-        images, labels, aux = spec.get("images"), spec.get("labels"), spec.get("aux_labels")
-        if images is None or labels is None:
-            raise ValueError(f"{name}: dict elements need 'images' and 'labels' keys; it has {sorted(spec)}")
-    elif isinstance(spec, (tuple, list)) and len(spec) in (2, 3):
-        images, labels, aux = spec[0], spec[1], (spec[2] if len(spec) == 3 else None)
-    else:
-        raise ValueError(
-            f"{name}: a dataset of (images, labels) or (images, labels, aux_labels) elements; "
-            f"this one's elements are {spec} (no labels)"
-        )
+    """Refuses, before anything is traced, a dataset whose elements carry no integer labels, images
+    that are not [batch, H, W, C] uint8 or floats, or of another shape than image_shape (H, W, C;
+    None: any size)."""
+    images, labels, aux = _parts(spec, name)
     if not isinstance(labels, tf.TensorSpec) or not labels.dtype.is_integer or labels.shape.rank not in (None, 1):
         raise ValueError(f"{name}: labels must be a batch of integer class indices [batch]; got {labels}")
     if needs_aux and aux is None:
         raise ValueError(f"{name}: this label source needs (images, labels, aux_labels) elements")
-    if image_shape is not None and isinstance(images, tf.TensorSpec):
-        if not images.shape[1:].is_compatible_with(tf.TensorShape(image_shape)):
-            raise ValueError(
-                f"{name}: images of shape {tuple(images.shape[1:])}; the evaluator takes {tuple(image_shape)}"
-            )
+    if not isinstance(images, tf.TensorSpec):
+        raise ValueError(f"{name}: images must be one tensor [batch, height, width, channels]; got {images}")
+    if images.dtype != tf.uint8 and not images.dtype.is_floating:
+        raise ValueError(f"{name}: images must be uint8, or floats 0..255 (raw pixels); got {images.dtype.name}")
+    if images.shape.rank is not None and images.shape.rank != 4:
+        hint = " (add a channel axis)" if images.shape.rank == 3 else ""
+        raise ValueError(
+            f"{name}: images must be batches [batch, height, width, channels]; got shape {tuple(images.shape)}{hint} "
+            f"(a dataset of single images: .batch(batch_size))"
+        )
+    if image_shape is not None and not images.shape[1:].is_compatible_with(tf.TensorShape(image_shape)):
+        raise ValueError(f"{name}: images of shape {tuple(images.shape[1:])}; the evaluator takes {tuple(image_shape)}")
 
 
 @keras.saving.register_keras_serializable(package="maxl_tf")
@@ -233,9 +258,12 @@ class MAXL(keras.Model):
         )
         names = _EVALUATOR_METRICS + (_AUXILIARY_METRICS if labels.auxiliary else ())
         names += _GENERATOR_METRICS if labels.learned else ()
-        self._trackers = {name: keras.metrics.Mean(name=_LOG_NAMES[name]) for name in names}
+        loss = "focal_loss" if focal_gamma else "cross_entropy"
+        self._log_names = {name: _LOG_NAMES.get(name, name).format(loss=loss) for name in names}
+        self._trackers = {name: keras.metrics.Mean(name=self._log_names[name]) for name in names}
         self.label_counts = LabelCounts(sum(psi))
-        self._meta_data = self._meta_iterator = None
+        self._meta_data = self._meta_iterator = self._meta_name = None
+        self.generator_optimizer = None
         self._evaluator_steps = None  # evaluator steps of the run, read from the optimiser at fit's first step
         self.built = True
 
@@ -258,8 +286,25 @@ class MAXL(keras.Model):
         return cls(**config)
 
     def get_compile_config(self):
-        """None: a loaded model is compiled again by its user, with both optimisers."""
-        return None
+        """Both optimisers, so keras.models.load_model compiles the loaded model and restores
+        their state (compile_from_config)."""
+        if not self.compiled:
+            return None
+        serialize = keras.saving.serialize_keras_object
+        return {
+            "optimizer": serialize(self.optimizer),
+            "generator_optimizer": None if self.generator_optimizer is None else serialize(self.generator_optimizer),
+            "jit_compile": bool(self.jit_compile),
+        }
+
+    def compile_from_config(self, config):
+        deserialize = keras.saving.deserialize_keras_object
+        generator_optimizer = config.get("generator_optimizer")
+        self.compile(
+            optimizer=deserialize(config["optimizer"]),
+            generator_optimizer=None if generator_optimizer is None else deserialize(generator_optimizer),
+            jit_compile=config.get("jit_compile", False),
+        )
 
     @property
     def metrics(self):
@@ -270,22 +315,40 @@ class MAXL(keras.Model):
     def evaluator_optimizer(self):
         return self.optimizer
 
-    def compile(self, evaluator_optimizer="sgd", generator_optimizer=None, run_eagerly=False, jit_compile=False):
-        """Both optimisers (Keras optimisers or their names). jit_compile: XLA for each replica's
-        step, as the command line's --jit.
+    def compile(
+        self,
+        optimizer="sgd",
+        generator_optimizer=None,
+        *,
+        evaluator_optimizer=None,
+        run_eagerly=False,
+        jit_compile=False,
+        **kwargs,
+    ):
+        """The evaluator's optimiser (Keras' `optimizer`, or its older name evaluator_optimizer)
+        and the generator's (MAXL's labels; default SGD(DEFAULT_GENERATOR_LR), the command line's
+        default), Keras optimisers or their names. jit_compile: XLA for each replica's step, as the
+        command line's --jit. The losses are MAXL's own (focal_gamma): no loss or metrics.
 
         Raises:
-          ValueError naming generator_optimizer: MAXL's labels need one.
+          ValueError naming the argument.
         """
-        if self.generator is not None and generator_optimizer is None:
+        if kwargs:
             raise ValueError(
-                "generator_optimizer: MAXL's generator needs its own optimiser, e.g. keras.optimizers.SGD(1e-3)"
+                f"compile: {', '.join(sorted(kwargs))} not taken; MAXL's losses are its own (focal_gamma) and it "
+                f"logs its own metrics: pass optimizer=, generator_optimizer=, run_eagerly=, jit_compile="
             )
-        super().compile(optimizer=evaluator_optimizer, run_eagerly=run_eagerly, jit_compile=jit_compile)
+        if evaluator_optimizer is not None:
+            if optimizer != "sgd":
+                raise ValueError("evaluator_optimizer: the same as optimizer; give one of them")
+            optimizer = evaluator_optimizer
+        super().compile(optimizer=optimizer, run_eagerly=run_eagerly, jit_compile=jit_compile)
         self.generator_optimizer = None
         with self.distribute_strategy.scope():
             self.optimizer.build(self.evaluator.trainable_variables)
             if self.generator is not None:
+                if generator_optimizer is None:
+                    generator_optimizer = keras.optimizers.SGD(DEFAULT_GENERATOR_LR)
                 self.generator_optimizer = keras.optimizers.get(generator_optimizer)
                 self.generator_optimizer.build(self.generator.trainable_variables)
 
@@ -300,6 +363,8 @@ class MAXL(keras.Model):
         train_batch = _as_batch(train_data, "x")
         meta_batch = None if meta_data is None else _as_batch(meta_data, "meta_data")
         metrics, usage = steps.iteration(self, train_batch, meta_batch, self.task)
+        if "train/pri_loss" in metrics:
+            metrics[_LOSS] = metrics["train/pri_loss"] + metrics.get("train/aux_loss", 0.0)
         for name, value in metrics.items():
             if name in self._trackers:
                 self._trackers[name].update_state(value)
@@ -310,12 +375,16 @@ class MAXL(keras.Model):
     def test_step(self, data):
         """The principal loss and accuracy, weighted by batch size so uneven batches add up exactly."""
         sums = steps.evaluation_step(self.evaluator, _as_batch(data, "validation_data"), self.task)
-        for name, total in (("train/pri_loss", sums["loss_sum"]), ("train/pri_acc", sums["correct"])):
+        for name, total in (
+            (_LOSS, sums["loss_sum"]),
+            ("train/pri_loss", sums["loss_sum"]),
+            ("train/pri_acc", sums["correct"]),
+        ):
             self._trackers[name].update_state(total / sums["count"], sample_weight=sums["count"])
-        return self._results(("train/pri_loss", "train/pri_acc"))
+        return self._results(_EVALUATION_METRICS)
 
     def _results(self, names) -> dict:
-        return {_LOG_NAMES[n]: self._trackers[n].result() for n in names}
+        return {self._log_names[n]: self._trackers[n].result() for n in names}
 
     def _compiled(self, replica_step, names):
         """A function of the step's inputs: replica_step on every replica, then the metrics over
@@ -337,6 +406,7 @@ class MAXL(keras.Model):
         def train_function(iterator):
             data = next(iterator)
             if self._evaluator_steps is None:  # the first step of a fit: after BackupAndRestore restored
+                self._check_contents(data, "x")
                 self._evaluator_steps = int(self.optimizer.iterations.numpy())
                 if self.generator is not None:
                     # The meta batch after the last one used, so a restored run draws what an
@@ -345,7 +415,11 @@ class MAXL(keras.Model):
                     self._meta_iterator = iter(distribute.distribute_dataset(self.distribute_strategy, skipped))
             self._evaluator_steps += 1
             if self.generator is not None and self._evaluator_steps % self.meta_every == 0:
-                return step(data, next(self._meta_iterator))
+                meta = next(self._meta_iterator)
+                if self._meta_name is not None:  # the first meta batch of this fit
+                    self._check_contents(meta, self._meta_name)
+                    self._meta_name = None
+                return step(data, meta)
             return step(data, None)
 
         self.train_function = train_function
@@ -354,10 +428,15 @@ class MAXL(keras.Model):
     def make_test_function(self, force=False):
         if self.test_function is not None and not force:
             return self.test_function
-        step = self._compiled(self.test_step, ("train/pri_loss", "train/pri_acc"))
+        step = self._compiled(self.test_step, _EVALUATION_METRICS)
+        first = [True]
 
         def test_function(iterator):
-            return step(next(iterator))
+            data = next(iterator)
+            if first[0]:
+                self._check_contents(data, "validation data")
+                first[0] = False
+            return step(data)
 
         self.test_function = test_function
         return test_function
@@ -377,7 +456,7 @@ class MAXL(keras.Model):
           ValueError / TypeError naming the argument, before anything is traced.
         """
         if not self.compiled:
-            raise ValueError("fit: call compile(evaluator_optimizer=..., generator_optimizer=...) first")
+            raise ValueError("fit: call compile(optimizer=..., generator_optimizer=...) first")
         learned = self.generator is not None
         needs_aux = isinstance(self.task.labels, labels_lib.FixedLabels)
         if not learned and (meta_data is not None or meta_fraction is not None):
@@ -394,15 +473,14 @@ class MAXL(keras.Model):
                 )
             _check_element_spec(x.element_spec, "x", needs_aux, self._image_shape())
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself (Keras warns otherwise)
-            meta = meta_data if meta_data is not None else x
+            meta, meta_name = (meta_data, "meta_data") if meta_data is not None else (x, "x")
         else:
             if x is None or y is None:
                 raise ValueError("y: arrays need their integer labels (or give x as a dataset of (images, labels))")
             x, y = np.asarray(x), np.asarray(y)
-            if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
-                raise ValueError(f"y: must be {len(x)} integer class indices; got {y.dtype} of shape {y.shape}")
+            self._check_arrays(x, y, "x", "y")
             batch_size = batch_size or 32
-            meta = (x, y)
+            meta, meta_name = (x, y), "x"
             if meta_fraction is not None:
                 if not 0 < meta_fraction < 1:
                     raise ValueError(f"meta_fraction={meta_fraction}: must be between 0 and 1")
@@ -412,26 +490,53 @@ class MAXL(keras.Model):
                 x, y = x[order[held_out:]], y[order[held_out:]]
             if meta_data is None:
                 meta_data = tf.data.Dataset.from_tensor_slices(meta).shuffle(len(meta[1]), seed=seed).batch(batch_size)
+            else:
+                meta_name = "meta_data"
             meta = meta_data
         validation = kwargs.get("validation_data")
         if isinstance(validation, tf.data.Dataset):
             _check_element_spec(validation.element_spec, "validation_data", False, self._image_shape())
+        elif isinstance(validation, (tuple, list)) and len(validation) >= 2:
+            self._check_arrays(
+                np.asarray(validation[0]), np.asarray(validation[1]), "validation_data", "validation_data"
+            )
         if learned:
             if not isinstance(meta, tf.data.Dataset):
                 raise TypeError(f"meta_data: a tf.data.Dataset of (images, labels) batches, not {type(meta).__name__}")
-            self.use_meta_data(meta)
+            self.use_meta_data(meta, meta_name)
         self._evaluator_steps = None
         try:
             return super().fit(x, y, batch_size=batch_size, **kwargs)
         finally:
             self._meta_data = self._meta_iterator = None
 
-    def use_meta_data(self, meta_data: tf.data.Dataset) -> None:
+    def _check_arrays(self, images, labels, images_name: str, labels_name: str) -> None:
+        """Arrays at the door: pixels.check_images and check_labels, and the evaluator's size."""
+        pixels.check_images(images, images_name)
+        pixels.check_labels(labels, len(images), self.task.num_pri, labels_name)
+        expected = self._image_shape()
+        if expected is not None and not tf.TensorShape(images.shape[1:]).is_compatible_with(expected):
+            raise ValueError(f"{images_name}: images of shape {images.shape[1:]}; the evaluator takes {expected}")
+
+    def _check_contents(self, data, name: str) -> None:
+        """The first batch a fit or evaluate draws from a pipeline, checked as arrays are (the
+        element spec was checked before; the values only show in a batch). Nothing is drawn for
+        it: peeking a shuffled dataset would move its order on by an epoch."""
+        local = self.distribute_strategy.experimental_local_results
+        images, labels, aux = _parts(data, name)
+        images = np.concatenate([np.asarray(part) for part in local(images)])
+        labels = np.concatenate([np.asarray(part) for part in local(labels)])
+        self._check_arrays(images, labels, f"{name} (its first batch)", f"{name} (its first batch)")
+        if aux is not None and self.task.num_aux:
+            aux = np.concatenate([np.asarray(part) for part in local(aux)])
+            pixels.check_labels(aux, len(images), self.task.num_aux, f"{name} (its first batch's auxiliary labels)")
+
+    def use_meta_data(self, meta_data: tf.data.Dataset, name: str = "meta_data") -> None:
         """Draws the generator's meta batches from this dataset of batches, repeated, from the one
         after the generator's last step (fit calls it; the benchmark drives the train function
-        without fit)."""
-        _check_element_spec(meta_data.element_spec, "meta_data", False, self._image_shape())
-        self._meta_data = meta_data
+        without fit). name: what errors call it (fit's x, where the meta batches come from x)."""
+        _check_element_spec(meta_data.element_spec, name, False, self._image_shape())
+        self._meta_data, self._meta_name = meta_data, name
         self._evaluator_steps = None
 
     def _image_shape(self):
@@ -440,6 +545,26 @@ class MAXL(keras.Model):
             return tuple(self.evaluator.inputs[0].shape[1:])
         except (AttributeError, ValueError, TypeError, IndexError):
             return None
+
+    def export(self, filepath: str, class_names: dict | None = None) -> None:
+        """Writes into the folder filepath what a command-line run leaves in its log directory
+        (models/export.py): evaluator.keras and generator.keras taking raw pixels, serving/ (a
+        SavedModel taking uint8 or 0..255 float images of any size), classes.json and
+        preprocessing.json (input size, resize). They load in processes without maxl_tf.
+
+        Args:
+          class_names: {"principal": names, "auxiliary": names or None}, for classes.json.
+        """
+        os.makedirs(filepath, exist_ok=True)
+        export_lib.write_into(filepath, self.evaluator, self.generator, self.psi, class_names)
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        if save_type == "savedmodel":
+            raise TypeError(
+                "tf.saved_model.save(MAXL): not supported; call model.export(path) for the command line's "
+                "exports (serving/ is a SavedModel), or model.save('m.keras') to resume training"
+            )
+        return super()._trackable_children(save_type, **kwargs)
 
     # Diagnostics --------------------------------------------------------------------------------
 
