@@ -123,6 +123,11 @@ def _backbone(input_shape=(8, 8, 1)):
     return keras.Model(images, keras.layers.ReLU()(x))
 
 
+def cli_backbone(input_shape):
+    """_backbone for --model=tests.input_contract_test:cli_backbone."""
+    return _backbone(tuple(input_shape))
+
+
 def _model():
     evaluator, generator = heads.multitask(_backbone(), len(PSI), PSI), heads.generator(_backbone(), PSI)
     return maxl.MAXL(evaluator, generator, psi=PSI, hypergradient="first_order")
@@ -267,6 +272,60 @@ class SavingAndExportTest(tf.test.TestCase):
         self.assertEqual((fresh["resized"], fresh["size"]), (8, 8))
         with open(os.path.join(folder, "preprocessing.json")) as f:
             self.assertEqual(json.load(f)["input_shape"], [8, 8, 1])
+
+
+@pytest.mark.slow
+class SameBackboneBothWaysTest(tf.test.TestCase):
+    """A backbone with its own Rescaling, trained by the command line (--model=module:function)
+    and by MAXL.fit from the same weights on the command line's own batches: the same first epoch.
+    Before the one contract, the command line's backbone saw normalised images and stayed at the
+    majority class."""
+
+    def test_first_epoch_alike(self):
+        from maxl_tf.core import streams
+        from maxl_tf.data import pipeline as data_lib
+        from maxl_tf.experiment import config as config_lib
+        from maxl_tf.experiment import rundir
+        from maxl_tf.experiment import state as state_lib
+
+        logdir = os.path.join(self.get_temp_dir(), "run")
+        overrides = dict(model="tests.input_contract_test:cli_backbone", epochs=1, export=False)
+        config = config_lib.validate(smoke_util.smoke_config(logdir, **overrides))
+        record = train.train_and_evaluate(config, progress=False)["history"][0]
+        _, trained, _ = rundir.load_run(logdir)
+
+        run_data = inputs.prepare(config)
+        keras.utils.set_random_seed(config.seed)  # as the command line builds its networks
+        state = state_lib.TrainState(config, run_data.input_shape, num_labelled=len(run_data.train))
+        initial = state.evaluator.weights[0].numpy()
+        model = maxl.MAXL(state.evaluator, state.generator, psi=config.psi)  # the flags' defaults
+        model.compile(
+            optimizer=keras.optimizers.SGD(config.lr), generator_optimizer=keras.optimizers.SGD(config.generator_lr)
+        )
+        batch = config.batch_size
+        steps = data_lib.steps_per_epoch(len(run_data.train_indices), batch)
+
+        def batches(indices, stream):  # epoch 0 of a stream, as train.epoch_batches draws it
+            order = data_lib.epoch_order(indices, steps * batch, config.seed, 0, stream)
+            return run_data.train.batches(order, batch)
+
+        history = model.fit(
+            batches(run_data.train_indices, streams.TRAIN_STREAM),
+            meta_data=batches(run_data.meta_indices, streams.META_STREAM),
+            epochs=1,
+            verbose=0,
+        ).history
+        # Two traced graphs of the same float32 operations over a handful of steps: equal to
+        # float32 rounding, accumulated (Keras' Mean is float32, the command line's sums float64).
+        self.assertAllClose(history["principal_focal_loss"][0], record["train/pri_loss"], rtol=1e-4)
+        self.assertAllClose(history["principal_accuracy"][0], record["train/pri_acc"], rtol=1e-4)
+        self.assertAllClose(history["meta_loss"][0], record["meta/loss"], rtol=1e-4, atol=1e-5)
+        for fitted, cli in zip(
+            state.evaluator.weights + state.generator.weights, trained.evaluator.weights + trained.generator.weights
+        ):
+            self.assertAllClose(fitted.numpy(), cli.numpy(), rtol=1e-4, atol=1e-5, msg=cli.path)
+        moved = np.abs(state.evaluator.weights[0].numpy() - initial).max()
+        self.assertGreater(moved, 1e-4)  # trained: the equality is not of two untouched networks
 
 
 @pytest.mark.slow

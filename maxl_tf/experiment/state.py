@@ -84,8 +84,9 @@ GENERATOR_METRICS = (
 )
 
 
-# Saved in every checkpoint since networks take raw pixels (models/pixels.py); absent before.
-INPUT_CONTRACT = "raw_pixels"
+# Saved in every checkpoint, under this name, since networks take raw pixels (models/pixels.py);
+# absent before.
+INPUT_CONTRACT = "input_contract"
 
 
 class _BeforeRawPixels(tf.__internal__.tracking.AutoTrackable):
@@ -152,7 +153,7 @@ class TrainState:
                 self.previous_labels = tf.Variable(tf.fill([num_labelled], tf.constant(-1, tf.int64)))
         # Outside the strategy: collectives cannot broadcast strings, and only the host reads it.
         self.history_json = tf.Variable("[]")
-        self.input_contract = tf.Variable(INPUT_CONTRACT)
+        self.input_contract = tf.Variable("raw pixels, float32 0..255")
 
     def checkpoint(self, saved=None) -> tf.train.Checkpoint:
         """What a checkpoint saves and restores.
@@ -183,7 +184,7 @@ class TrainState:
             history=self.history_json,
         )
         if not before_raw_pixels:
-            parts.update(input_contract=self.input_contract)
+            parts[INPUT_CONTRACT] = self.input_contract
         if self.generator is not None:
             parts.update(generator=layout(self.generator), generator_optimizer=self.generator_optimizer)
         if self.first_labels is not None:
