@@ -5,7 +5,7 @@
     model = maxl_tf.MAXL(
         evaluator=maxl_tf.heads.multitask(backbone, pri=10, psi=psi),
         generator=maxl_tf.heads.generator(keras.models.clone_model(backbone), psi=psi), psi=psi)
-    model.compile(evaluator_optimizer=keras.optimizers.SGD(0.01), generator_optimizer=keras.optimizers.SGD(1e-3))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), generator_optimizer=keras.optimizers.SGD(1e-3))
     model.fit(train_ds, meta_data=meta_ds, callbacks=[maxl_tf.callbacks.LabelUsage()])
 
 The names below resolve on first use (PEP 562): `import maxl_tf` starts no TensorFlow, so the

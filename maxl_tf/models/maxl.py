@@ -2,8 +2,12 @@
 
     model = MAXL(evaluator=heads.multitask(backbone, pri=10, psi=psi),
                  generator=heads.generator(keras.models.clone_model(backbone), psi=psi), psi=psi)
-    model.compile(evaluator_optimizer=keras.optimizers.SGD(0.01), generator_optimizer=keras.optimizers.SGD(1e-3))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), generator_optimizer=keras.optimizers.SGD(1e-3))
     model.fit(train_ds, meta_data=meta_ds, validation_data=test_ds, epochs=10, callbacks=[...])
+    model.save("m.keras"); model.export("exported")  # load_model after import maxl_tf; serve anywhere
+
+Images are raw pixels (models/pixels.py), checked at the door (arrays whole, a pipeline's first
+batch).
 
 Each training step is core/steps.iteration, the function the command line's loop calls
 (experiment/train.make_iteration), so fit and the CLI share one set of numerics
@@ -146,9 +150,11 @@ def _check_element_spec(spec, name: str, needs_aux: bool, image_shape=None) -> N
 class MAXL(keras.Model):
     """An evaluator trained with auxiliary labels: MAXL's learned ones (a generator) or a baseline's.
 
-    Calling it (and predict) returns the principal task's probabilities [batch, pri]; evaluate
-    reports the principal loss and accuracy. Build it inside strategy.scope() for data
-    parallelism; give batch-norm layers synchronized=True for replicas to match one device.
+    It takes raw pixels, [batch, H, W, C] uint8 or float32 0..255 (models/pixels.py): the
+    networks scale their own input. Calling it (and predict) returns the principal task's
+    probabilities [batch, pri]; evaluate reports the principal loss and accuracy. Build it inside
+    strategy.scope() for data parallelism; give batch-norm layers synchronized=True for replicas
+    to match one device.
     """
 
     def __init__(
