@@ -28,7 +28,7 @@ class Normalise(keras.layers.Layer):
 
     The same three operations, in the same order, that the pipeline applied before networks took
     raw pixels, so runs and checkpoints of the built-in VGGs keep their numbers (tested). No
-    weights. exports.portable swaps it for Keras' Rescaling, so exported files load without maxl_tf.
+    weights. export.portable swaps it for Keras' Rescaling, so exported files load without maxl_tf.
     """
 
     def __init__(self, mean: float = PIXEL_MEAN, std: float = PIXEL_STD, **kwargs):
