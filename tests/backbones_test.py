@@ -1,6 +1,7 @@
 """--model=module:function: the command line over any Keras backbone (models/backbones.py)."""
 
 import os
+import subprocess
 import sys
 import textwrap
 from unittest import mock
@@ -33,6 +34,43 @@ def subclassed(input_shape):
 
 def broken(input_shape):
     raise RuntimeError("no such layer size")
+
+def with_lambda(input_shape):
+    pixels = keras.Input(input_shape)
+    scaled = keras.layers.Lambda(lambda x: x / 255.0, name="scale")(pixels)
+    return keras.Model(pixels, keras.layers.Conv2D(4, 3)(scaled))
+
+class Scale(keras.layers.Layer):
+    def call(self, x):
+        return x / 255.0
+
+def with_unregistered(input_shape):
+    return keras.Sequential([keras.Input(input_shape), Scale(name="own"), keras.layers.Conv2D(4, 3)])
+
+@keras.saving.register_keras_serializable(package="my_nets_for_test")
+class Registered(keras.layers.Layer):
+    def call(self, x):
+        return x / 255.0
+
+def with_registered(input_shape):
+    return keras.Sequential([keras.Input(input_shape), Registered(), keras.layers.Conv2D(4, 3)])
+
+@keras.saving.register_keras_serializable(package="my_nets_for_test")
+class NoConfig(keras.layers.Layer):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+def without_config(input_shape):
+    return keras.Sequential([keras.Input(input_shape), NoConfig(1 / 255), keras.layers.Conv2D(4, 3)])
+
+def nested_lambda(input_shape):
+    inner = with_lambda(input_shape)
+    pixels = keras.Input(input_shape)
+    return keras.Model(pixels, inner(pixels))
 """
 
 
@@ -57,6 +95,47 @@ class BackboneSpecTest(tf.test.TestCase):
                 with self.assertRaisesRegex(errors.Error, f"--model={spec}: .*{message}") as raised:
                     backbones.backbone(spec, (8, 8, 1))
                 self.assertNotIn("\n", str(raised.exception))
+
+    def test_what_the_export_cannot_hold_is_refused_before_training(self):
+        """A Lambda, an unregistered layer class, a layer without get_config: one line at build
+        (the export after the last epoch would fail on every rerun); a registered layer is fine."""
+        cases = {
+            "my_nets_for_test:with_lambda": r"layer 'scale' is a Lambda, .*keras.layers.Rescaling",
+            "my_nets_for_test:nested_lambda": r"layer 'scale' is a Lambda",
+            "my_nets_for_test:with_unregistered": (
+                r"layer 'own' is of class my_nets_for_test.Scale, which is not registered for saving.*"
+                r"@keras.saving.register_keras_serializable\(\)\.$"
+            ),
+            "my_nets_for_test:without_config": r"the backbone cannot be rebuilt .*get_config\(\).*\*\*kwargs",
+        }
+        for spec, message in cases.items():
+            with self.subTest(spec):
+                with self.assertRaisesRegex(errors.Error, f"^--model={spec}: {message}") as raised:
+                    backbones.build_evaluator(spec, (8, 8, 1), 2, (2, 2))
+                self.assertNotIn("\n", str(raised.exception))
+        network = backbones.build_evaluator("my_nets_for_test:with_registered", (8, 8, 1), 2, (2, 2))
+        self.assertEqual([o.shape[-1] for o in network.outputs], [2, 4])
+
+    def test_a_lambda_backbone_stops_main_py_before_training_with_one_line(self):
+        logdir = os.path.join(self.get_temp_dir(), "lambda_run")
+        folder = self.get_temp_dir()  # setUp's my_nets_for_test.py
+        process = subprocess.run(
+            smoke_util.main_command(
+                f"--flagfile={smoke_util.SMOKE_FLAGFILE}", "--model=my_nets_for_test:with_lambda", f"--logdir={logdir}"
+            ),
+            cwd=smoke_util.REPO,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join([smoke_util.REPO, folder])),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(process.returncode, 2, process.stderr[-2000:])
+        self.assertNotIn("Traceback", process.stderr)
+        errors_printed = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+        self.assertEqual(len(errors_printed), 1, process.stderr[-2000:])
+        self.assertRegex(errors_printed[0], r"^error: --model=my_nets_for_test:with_lambda: layer 'scale' is a Lambda")
+        self.assertNotIn("epoch 1/", process.stdout)  # nothing trained
+        self.assertEqual(os.listdir(logdir), ["claims"])  # the sweep worker's claim alone: no run to rerun into
 
     def test_imagenet_weights_offline_say_what_to_do(self):
         failure = Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- name resolution")

@@ -16,6 +16,7 @@ import importlib
 import keras
 
 from maxl_tf import errors
+from maxl_tf.models import export
 from maxl_tf.models import heads
 
 APPLICATIONS = "keras.applications"
@@ -72,7 +73,57 @@ def backbone(spec: str, input_shape, pretrained: bool = True) -> keras.Model:
             f"--model={spec}: returned a subclassed model; the command line needs a functional or Sequential "
             f"one, whose .keras export loads anywhere (start it with keras.Input(input_shape))."
         )
+    if not applications:
+        check_exportable(spec, network)
     return network
+
+
+def _layers(network: keras.Model):
+    """Every layer of a model, those of nested models included."""
+    for layer in network.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+
+
+def check_exportable(spec: str, network: keras.Model) -> None:
+    """Refuses, before any training, a backbone that the run's exports (evaluator.keras,
+    generator.keras: models/export.py) could not hold, which would otherwise fail after the last
+    epoch, on every rerun.
+
+    A Lambda layer's code is refused by Keras' safe loading (predict, keras.saving.load_model), and
+    a layer class that is not registered for saving cannot be rebuilt from its config; anything
+    else the export's copy (export.portable) cannot rebuild fails here, as it would there.
+
+    Raises:
+      errors.Error: naming --model, the layer and the fix.
+    """
+    for layer in _layers(network):
+        cls = type(layer)
+        where = f"--model={spec}: layer {layer.name!r}"
+        if isinstance(layer, keras.layers.Lambda):
+            raise errors.Error(
+                f"{where} is a Lambda, whose code the run's exported networks (evaluator.keras) cannot "
+                f"hold: Keras refuses to load it. Use Keras' own layers (e.g. keras.layers.Rescaling) or a "
+                f"layer class decorated with @keras.saving.register_keras_serializable()."
+            )
+        if cls.__module__.split(".")[0] in ("keras", "maxl_tf"):
+            continue
+        if keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is not cls:
+            raise errors.Error(
+                f"{where} is of class {cls.__module__}.{cls.__qualname__}, which is not registered for saving, "
+                f"so the run's exported networks (evaluator.keras) could not be written; decorate the class "
+                f"with @keras.saving.register_keras_serializable()."
+            )
+    try:
+        export.portable(network, weights=False)
+    except Exception as error:  # the user's layers' get_config/from_config: whatever they raise
+        raise errors.Error(
+            f"--model={spec}: the backbone cannot be rebuilt from its config, as the run's export "
+            f"(evaluator.keras) must ({errors.first_line(error)}); give each layer class of your own a "
+            f"get_config() that returns its constructor's arguments, and an __init__ that passes **kwargs on "
+            f"to keras.layers.Layer."
+        ) from None
 
 
 def _checked(build, spec: str):

@@ -86,10 +86,13 @@ def serving_function(evaluator: keras.Model, generator: keras.Model | None, psi)
     return serve
 
 
-def portable(network: keras.Model) -> keras.Model:
+def portable(network: keras.Model, weights: bool = True) -> keras.Model:
     """The network with Keras' own layers in place of maxl_tf's (vgg.Conv2D, vgg.BatchNormalization:
     the same configuration and weights; pixels.Normalise: Rescaling), so that its .keras file loads
-    in a process that never imported maxl_tf: Keras imports no module a file names."""
+    in a process that never imported maxl_tf: Keras imports no module a file names.
+
+    Every layer is rebuilt from its config, as loading the .keras file will: weights=False only
+    checks that it can be (backbones.check_exportable, before a run trains), without copying them."""
     ours = {vgg.Conv2D: keras.layers.Conv2D, vgg.BatchNormalization: keras.layers.BatchNormalization}
 
     def keras_layer(layer):
@@ -98,7 +101,8 @@ def portable(network: keras.Model) -> keras.Model:
         return ours.get(type(layer), type(layer)).from_config(layer.get_config())
 
     copy = keras.models.clone_model(network, clone_function=keras_layer)
-    copy.set_weights(network.get_weights())
+    if weights:
+        copy.set_weights(network.get_weights())
     return copy
 
 
