@@ -6,6 +6,8 @@ The sweep test connects to a local Ray of 2 CPUs started here; the bad-input tes
 command start its own, as on a user's machine.
 """
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ import subprocess
 import threading
 import time
 import unittest
+from unittest import mock
 
 from absl import flags
 import pytest
@@ -23,8 +26,11 @@ from maxl_tf import cli
 from maxl_tf import errors
 from maxl_tf import main
 from maxl_tf.experiment import claims
+from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import ray_engine
+from maxl_tf.experiment import sweep
 from tests import smoke_util
+from tests import sweep_test
 
 try:
     import ray
@@ -124,6 +130,92 @@ class RunFlagsTest(tf.test.TestCase):
             ray_engine.check_resources(0.25, 0)
         ray_engine.check_resources(None, 0.5)
         ray_engine.check_resources(2, 1)
+
+
+class _Reference:  # an ObjectRef's stand-in: hashable by identity
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+
+class _FakeRay:
+    """Enough of Ray for the driver's loop (ray_engine._run_tasks): every submitted run's task ends
+    at once, as if main.py had trained it; the submissions are recorded."""
+
+    class exceptions:  # noqa: N801 (as Ray names it)
+        RayError = RayTaskError = TaskCancelledError = type("NeverRaised", (Exception,), {})
+
+    def __init__(self):
+        self.submitted = []
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": 2.0}}]
+
+    def remote(self, **resources):
+        fake = self
+
+        class Task:
+            def options(self, name):
+                return self
+
+            def remote(self, config, *args):
+                fake.submitted.append(config.name)
+                outcome = ray_engine.Outcome(0, line=f"{config.name}: done (resumed)", results={"run": config.name})
+                return _Reference(outcome)
+
+        return lambda function: Task()
+
+    def wait(self, refs, num_returns, timeout):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        return ref.outcome
+
+    def cancel(self, ref, force=False):
+        pass
+
+
+class DriverDecisionTest(tf.test.TestCase):
+    """The driver skips exactly what the serial sweep skips (sweep.finished); the rest goes to the
+    runs' tasks, whose main.py repairs or refuses them (sweep_test.SkipDecisionTest)."""
+
+    def setUp(self):
+        super().setUp()
+        self.config = config_lib.validate(
+            smoke_util.smoke_config(os.path.join(self.get_temp_dir(), self._testMethodName), method="single", epochs=1)
+        )
+        self.identity = sweep.data_identity(self.config)
+
+    def _drive(self) -> tuple:
+        """(the runs submitted, the driver's output)."""
+        fake, output = _FakeRay(), io.StringIO()
+        with contextlib.redirect_stdout(output):
+            ray_engine._run_tasks(fake, [self.config], "main.py", None, 1.0, HEARTBEAT)
+        return fake.submitted, output.getvalue()
+
+    def test_a_whole_run_is_skipped(self):
+        sweep_test.complete_run(self.config, self.identity)
+        submitted, output = self._drive()
+        self.assertEqual(submitted, [])
+        self.assertIn(f"[1/1] {self.config.name}: skipped (complete)", output)
+
+    def test_a_truncated_export_goes_to_its_task(self):
+        sweep_test.complete_run(self.config, self.identity)
+        sweep_test.truncate_evaluator(self.config)
+        submitted, output = self._drive()
+        self.assertEqual(submitted, [self.config.name])
+        self.assertNotIn("skipped", output)
+
+    def test_a_run_on_other_data_goes_to_its_task(self):
+        sweep_test.complete_run(self.config, self.identity, recorded=sweep_test.other_data(self.identity))
+        submitted, output = self._drive()
+        self.assertEqual(submitted, [self.config.name])
+        self.assertNotIn("skipped", output)
+
+    def test_data_the_driver_cannot_find_leaves_the_decision_to_the_task(self):
+        sweep_test.complete_run(self.config, self.identity)
+        with mock.patch.object(sweep, "data_identity", side_effect=errors.Error("no data on this machine")):
+            submitted, _ = self._drive()
+        self.assertEqual(submitted, [self.config.name])
 
 
 class WithoutRayTest(tf.test.TestCase):

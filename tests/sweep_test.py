@@ -1,8 +1,11 @@
 """Sweeps: the expansion of list flags into runs, the presets, and a real sweep through main.py."""
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
+import threading
 import time
 
 from absl import flags
@@ -14,6 +17,7 @@ from maxl_tf import cli
 from maxl_tf import errors
 from maxl_tf import main
 from maxl_tf import report
+from maxl_tf.experiment import claims
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import rundir
 from maxl_tf.experiment import sweep
@@ -165,6 +169,99 @@ class CompletedResultsTest(tf.test.TestCase):
         self.assertIsNone(rundir.completed_results(config))
         write("{not json")
         self.assertIsNone(rundir.completed_results(config))
+
+
+def complete_run(config: config_lib.Config, identity: dict, recorded: dict | None = None) -> None:
+    """A complete run of config in its logdir, as train.train_and_evaluate leaves one (without
+    training): config.json and results.json recording `recorded` (default: identity) as its data,
+    and stand-in exports with their manifest."""
+    recorded = identity if recorded is None else recorded
+    rundir.create(config, recorded)
+    history = [{"test/acc": 0.5}] * config.epochs
+    rundir.write_results(config.logdir, rundir.results_summary(config, history, "digits", identity=recorded))
+    staging = os.path.join(config.logdir, "exports.tmp")
+    os.makedirs(os.path.join(staging, rundir.SERVING))
+    for name in (rundir.EVALUATOR, rundir.CLASSES, os.path.join(rundir.SERVING, "saved_model.pb")):
+        with open(os.path.join(staging, name), "w") as f:
+            f.write("stand-in for an export " * 10)
+    rundir.publish_exports(config.logdir, staging)
+    assert rundir.exports_intact(config)
+
+
+def truncate_evaluator(config: config_lib.Config) -> None:
+    with open(os.path.join(config.logdir, rundir.EVALUATOR), "r+") as f:
+        f.truncate(10)
+
+
+def other_data(identity: dict) -> dict:
+    """A record of other data than identity (the folder changed, another version of the set)."""
+    return dict(identity, version="0.0") if "version" in identity else dict(identity, images=-1)
+
+
+class SkipDecisionTest(tf.test.TestCase):
+    """sweep.finished decides for the serial sweep, its workers and Ray's driver (ray_engine_test):
+    a run is skipped only when complete on the same data with its exports whole."""
+
+    def setUp(self):
+        super().setUp()
+        self.config = config_lib.validate(
+            smoke_util.smoke_config(os.path.join(self.get_temp_dir(), self._testMethodName), method="single", epochs=1)
+        )
+        self.identity = sweep.data_identity(self.config)
+        self.trained = []
+
+    def _train(self, config, claim=None):
+        """train.train_and_evaluate's stand-in: records the call; the run (its exports) repaired."""
+        self.trained.append((config.logdir, claim is not None))
+        return rundir.completed_results(config, self.identity)
+
+    def _sweep(self, worker=None) -> str:
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            sweep.run([self.config], self._train, worker)
+        return output.getvalue()
+
+    def test_a_whole_run_is_skipped_by_the_serial_sweep_and_a_worker(self):
+        complete_run(self.config, self.identity)
+        for worker in (None, claims.Worker(60)):
+            self.assertIn("[1/1] digits_pri2_aux10_single_seed0: skipped (complete)", self._sweep(worker))
+        self.assertEqual(self.trained, [])
+        self.assertFalse(os.path.exists(claims.claims_dir(self.config.logdir)))  # nothing claimed
+
+    def test_a_truncated_export_is_rewritten_not_skipped(self):
+        complete_run(self.config, self.identity)
+        truncate_evaluator(self.config)
+        self.assertIsNone(sweep.finished(self.config, self.identity))
+        self.assertRegex(self._sweep(), r"\[1/1\] digits_pri2_aux10_single_seed0: done \(resumed\)")
+        self.assertRegex(self._sweep(claims.Worker(60)), r"done \(resumed\)")
+        self.assertEqual(self.trained, [(self.config.logdir, False), (self.config.logdir, True)])
+
+    def test_a_run_on_other_data_is_refused_not_skipped(self):
+        complete_run(self.config, self.identity, recorded=other_data(self.identity))
+        self.assertIsNone(sweep.finished(self.config, self.identity))
+        for worker in (None, claims.Worker(60)):
+            with self.assertRaisesRegex(errors.Error, r"holds a run on other data"):
+                self._sweep(worker)
+        self.assertEqual(self.trained, [])
+        self.assertFalse(os.path.exists(claims.claims_dir(self.config.logdir)))  # refused before claiming
+
+    def test_a_waiting_worker_repairs_a_released_run_it_would_not_skip(self):
+        """Another worker holds the run, then releases it with its exports cut short: the waiting
+        worker takes it (the decision of its first pass), not "done by another worker"."""
+        complete_run(self.config, self.identity)
+        truncate_evaluator(self.config)
+        held = claims.Worker(0.4, worker_id="other").claim(self.config.logdir)
+        release = threading.Timer(0.5, held.release)
+        release.start()
+        try:
+            output = self._sweep(claims.Worker(0.4))
+        finally:
+            release.cancel()
+            held.release()
+        self.assertIn("[1/1] digits_pri2_aux10_single_seed0: held by another worker", output)
+        self.assertIn("[1/1] digits_pri2_aux10_single_seed0: done (resumed)", output)
+        self.assertNotIn("done by another worker", output)
+        self.assertEqual(self.trained, [(self.config.logdir, True)])
 
 
 @pytest.mark.slow

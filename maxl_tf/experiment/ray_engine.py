@@ -6,7 +6,8 @@ any sweep worker does (claims.py; plain workers and Ray tasks on one log directo
 run twice), resumes from its checkpoint, and ends with main.py's exit status and `error:` line.
 
 The driver (main.py) imports neither TensorFlow nor data: the machine it runs on may have no GPU
-and no data set. It skips complete runs, submits the rest, prints a line per finished run, and
+and no data set. It skips the runs the serial sweep skips (sweep.finished: complete on the same
+data, exports whole), submits the rest, prints a line per finished run, and
 retries a run whose worker or node died, or whose training process was killed, up to
 MAX_ATTEMPTS times: the retry resumes from the run's last checkpoint. A run that ends with an
 error of its own (bad input, a diverged loss) is not retried. Ctrl-C or SIGTERM asks every running
@@ -15,6 +16,7 @@ run to stop at its next step after a checkpoint; rerunning the command finishes 
 Ray is imported only here, and only for --engine=ray (pip install .[ray]).
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -81,9 +83,13 @@ def run_flags(config: config_lib.Config, heartbeat_timeout: float) -> list:
 
 def _die_with_parent(parent: int) -> None:
     """In the training process, before exec: unblock the stop signals (Ray's worker blocks them
-    and a child inherits the mask) and die when the task's worker dies (Linux), so a killed worker
-    leaves no training process behind holding the run's claim."""
+    and a child inherits the mask), give them their default action (a Ray started from a
+    background job, `cmd &`, passes SIGINT on ignored, and an ignored signal stays so across exec),
+    and die when the task's worker dies (Linux), so a killed worker leaves no training process
+    behind holding the run's claim."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    for stop in (signal.SIGINT, signal.SIGTERM):  # ignored where Ray was started by a background job
+        signal.signal(stop, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -111,7 +117,32 @@ def _relay(source, destination, last: dict, run_line: str | None = None) -> None
             last["message"] = line.strip()
 
 
+@contextlib.contextmanager
+def _cancellable():
+    """Lets the driver's ray.cancel reach the task as KeyboardInterrupt.
+
+    Ray raises it with _thread.interrupt_main, which does nothing where Python does not handle
+    SIGINT: in the workers of a Ray started from a script (`cmd &` starts the driver, and with it
+    the local Ray, with SIGINT ignored) or by a scheduler that ignores it. For the task's duration
+    SIGINT gets Python's default handler, as in a worker started from a terminal.
+    """
+    try:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the worker's main thread: Ray runs tasks there, so never seen
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def train_run(config: config_lib.Config, main_py: str, cwd: str, heartbeat_timeout: float) -> Outcome:
+    with _cancellable():
+        return _train_run(config, main_py, cwd, heartbeat_timeout)
+
+
+def _train_run(config: config_lib.Config, main_py: str, cwd: str, heartbeat_timeout: float) -> Outcome:
     """The body of a run's Ray task: main.py trains the run in a process of its own.
 
     A cancellation (the driver's Ctrl-C) arrives as KeyboardInterrupt; it is passed on to the
@@ -261,7 +292,7 @@ def _run_tasks(ray, configs, main_py, gpus_per_run, cpus_per_run, heartbeat_time
 
     with _StopRequests() as stopping:  # before the first submission: no signal is missed
         for config in configs:
-            results = rundir.completed_results(config)
+            results = _finished_here(config)
             if results is not None:
                 results_of[config.logdir] = results
                 say(config, "skipped (complete)", results)
@@ -305,6 +336,17 @@ def _run_tasks(ray, configs, main_py, gpus_per_run, cpus_per_run, heartbeat_time
     if failures:
         raise _failure(failures, total)
     return [results_of[config.logdir] for config in configs]
+
+
+def _finished_here(config: config_lib.Config) -> dict | None:
+    """The run's results if the driver skips it: sweep.finished, the serial sweep's and the workers'
+    decision. Where this machine cannot identify the run's data (not here: it is on the nodes),
+    the driver cannot tell, and the run's task decides, as main.py does for any run."""
+    try:
+        identity = sweep.data_identity(config)
+    except errors.Error:
+        return None
+    return sweep.finished(config, identity)
 
 
 def _result(ray, ref) -> tuple:

@@ -125,6 +125,31 @@ def outcome_line(number: int, total: int, config, outcome: str, results=None, se
     return line
 
 
+def data_identity(config: config_lib.Config) -> dict:
+    """The data's identity as this machine sees it (Source.identity), for finished().
+
+    Raises:
+      errors.Error: the data cannot be found or listed here.
+    """
+    return config_lib.source(config).identity()
+
+
+def finished(config: config_lib.Config, identity: dict) -> dict | None:
+    """A run's results.json if every engine skips the run as complete; else None.
+
+    The one skip-and-resume decision of the serial sweep, its workers (claims.py's is_complete)
+    and Ray's driver: a run is skipped only if its results.json is complete for this experiment
+    on this data (identity: data_identity(config), never None: an engine that cannot tell the
+    data must not skip), and, when it exports, its exports are whole (rundir.exports_intact).
+    None sends the run to train.train_and_evaluate, which resumes it, writes its exports again
+    from the final checkpoint, or refuses its directory (rundir.check: a run on other data).
+    """
+    results = rundir.completed_results(config, identity)
+    if results is None or (config.export and not rundir.exports_intact(config)):
+        return None
+    return results
+
+
 def run(configs: list, train_and_evaluate, worker=None) -> list:
     """Trains, resumes or skips each run of a sweep in order; returns their results.json contents.
 
@@ -178,14 +203,13 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
     for config in configs:
         start = time.perf_counter()
         try:
-            results = rundir.completed_results(config, config_lib.source(config).identity())
-            if results is not None and (not config.export or rundir.exports_intact(config)):  # else rerun: exports
+            identity = data_identity(config)
+            results = finished(config, identity)
+            if results is not None:
                 results_of[config.logdir] = results
                 report(config, "skipped (complete)", results, start)
                 continue
-            rundir.check(
-                config, identity=config_lib.source(config).identity()
-            )  # before claiming: nothing is written into a directory it refuses
+            rundir.check(config, identity=identity)  # before claiming: nothing is written into a directory it refuses
             claim = worker.claim(config.logdir) if worker else None
         except errors.Error as e:
             raise failed(config, e) from None
@@ -195,11 +219,8 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
         elif not attempt(config, claim):
             waiting.append(config.logdir)
 
-    def complete(logdir):
-        return (
-            logdir in results_of
-            or rundir.completed_results(by_logdir[logdir], config_lib.source(by_logdir[logdir]).identity()) is not None
-        )
+    def complete(logdir):  # another worker's run: finished as this worker would skip it
+        return logdir in results_of or finished(by_logdir[logdir], data_identity(by_logdir[logdir])) is not None
 
     # Until the other workers finish their runs, or one of them stops and its run is taken over.
     unfinished = [logdir for logdir in waiting if not complete(logdir)]
@@ -213,8 +234,6 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
             attempt(by_logdir[claim.run_dir], claim)
     for logdir in waiting:
         if logdir not in results_of:
-            results_of[logdir] = rundir.completed_results(
-                by_logdir[logdir], config_lib.source(by_logdir[logdir]).identity()
-            )
+            results_of[logdir] = finished(by_logdir[logdir], data_identity(by_logdir[logdir]))
             report(by_logdir[logdir], "done by another worker", results_of[logdir])
     return [results_of[config.logdir] for config in configs]
