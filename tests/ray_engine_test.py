@@ -379,5 +379,52 @@ class RaySweepTest(tf.test.TestCase):
         self.assertNotIn("Traceback", process.stderr)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cmd &` starts a background job
+
+
+@pytest.mark.slow
+@unittest.skipIf(ray is None, "Ray is not installed (pip install .[ray])")
+class BackgroundDriverTest(tf.test.TestCase):
+    """A driver started from a script: SIGINT ignored in it, and so in the Ray it starts."""
+
+    def test_ctrl_c_stops_the_runs_of_a_driver_started_with_sigint_ignored(self):
+        logdir = os.path.join(self.get_temp_dir(), HELD)
+        # No --ray_address: the driver starts its Ray, whose workers inherit SIGINT ignored.
+        process = subprocess.Popen(
+            smoke_util.main_command(
+                *SWEEP, "--seeds=1", f"--epochs={LONG_EPOCHS}", f"--logdir={logdir}", "--engine=ray"
+            ),
+            cwd=smoke_util.REPO,
+            env=dict(os.environ, PYTHONPATH=smoke_util.REPO, PYTHONUNBUFFERED="1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_ignore_sigint,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while _epochs_done(logdir) < 1 and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(_epochs_done(logdir), 1, "the run did not save its first epoch")
+            training = _training_process(logdir)
+            sent = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=180)
+            stopped_in = time.monotonic() - sent
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        self.assertEqual(process.returncode, 128 + signal.SIGINT, stderr[-3000:])
+        self.assertIn(f"[1/1] {HELD}: stopped", stdout)
+        self.assertEqual(stderr.strip().splitlines()[-1], "stopped: interrupted; rerun the same command to resume.")
+        self.assertLess(_epochs_done(logdir), LONG_EPOCHS)  # stopped mid-run, at a checkpoint: not trained on
+        self.assertLess(stopped_in, 90)
+        self.assertIsNotNone(training)
+        self.assertFalse(os.path.exists(f"/proc/{training}"), "the run's training process outlived the sweep")
+        self.assertNotIn("Traceback", stderr)
+
+
 if __name__ == "__main__":
     tf.test.main()
