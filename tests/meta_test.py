@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from maxl_tf.core import hierarchy
 from maxl_tf.core import meta
+from maxl_tf.models import pixels
 from maxl_tf.models import vgg as models
 from tests import float64_case
 
@@ -15,12 +16,17 @@ PSI = (2, 3)
 INNER_LR = 0.1
 
 
+def _pixels(normalised):
+    """The raw pixels the networks' first layer (pixels.Normalise) maps to these values."""
+    return 255.0 * (pixels.PIXEL_MEAN + pixels.PIXEL_STD * normalised)
+
+
 class MetaGradientTest(float64_case.Float64TestCase):
     def setUp(self):
         super().setUp()
         self.evaluator = models.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.05)
         self.generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.05)
-        self.images = tf.constant(np.random.default_rng(0).normal(size=(6, 8, 8, 1)))
+        self.images = tf.constant(_pixels(np.random.default_rng(0).normal(size=(6, 8, 8, 1))))
         self.labels = tf.constant([0, 1, 0, 1, 1, 0])
         self.mask = tf.constant(hierarchy.psi_mask(PSI), tf.float64)
 
@@ -130,7 +136,7 @@ class FusedBatchNormTest(tf.test.TestCase):
                 self.assertAllClose(tf.cast(f, tf.float64), r, rtol=0, atol=tolerance * scale, msg=name)
 
     def test_meta_gradient_matches_keras_batch_norm(self):
-        psi, images = (2, 3), tf.constant(np.random.default_rng(0).normal(size=(6, 8, 8, 1)), tf.float32)
+        psi, images = (2, 3), tf.constant(_pixels(np.random.default_rng(0).normal(size=(6, 8, 8, 1))), tf.float32)
         labels, mask = tf.constant([0, 1, 0, 1, 1, 0]), tf.constant(hierarchy.psi_mask(psi))
         results = []
         for cls in (models.BatchNormalization, keras.layers.BatchNormalization):
@@ -138,7 +144,7 @@ class FusedBatchNormTest(tf.test.TestCase):
                 keras.utils.set_random_seed(0)
                 evaluator = models.build_evaluator((8, 8, 1), 2, sum(psi), "vgg_small", 0.125)
                 generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.125)
-            self.assertEqual(type(evaluator.layers[2]), cls)
+            self.assertEqual(type(evaluator.get_layer("trunk_block1_conv1_bn")), cls)
             results.append(meta.second_order_meta_gradient(evaluator, generator, images, labels, mask, INNER_LR))
         (fused_grads, fused_stats), (keras_grads, keras_stats) = results
         self.assertAllClose(fused_stats, keras_stats, rtol=1e-5)

@@ -18,7 +18,7 @@ PSI = (2, 3)
 def _batch(seed=0, size=8):
     rng = np.random.default_rng(seed)
     return {
-        "images": tf.constant(rng.normal(size=(size, 8, 8, 1)), tf.float32),
+        "images": tf.constant(rng.uniform(0, 255, size=(size, 8, 8, 1)), tf.float32),  # raw pixels
         "labels": tf.constant(rng.integers(0, 2, size), tf.int64),
         "aux_labels": tf.constant([0, 2, 1, 3, 0, 4, 1, 2][:size], tf.int64),
     }

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from maxl_tf.core import hierarchy
 from maxl_tf.core import meta
+from maxl_tf.models import pixels
 from maxl_tf.models import vgg as models
 from tests import float64_case
 
@@ -52,7 +53,8 @@ class TorchCrossCheckTest(float64_case.Float64TestCase):
         grads, stats = meta.second_order_meta_gradient(
             evaluator,
             generator,
-            tf.constant(golden["images"]),
+            # The golden images are normalised; the networks take the raw pixels that normalise to them.
+            tf.constant(255.0 * (pixels.PIXEL_MEAN + pixels.PIXEL_STD * golden["images"])),
             tf.constant(golden["labels"]),
             tf.constant(hierarchy.psi_mask(psi), tf.float64),
             float(golden["inner_lr"]),
