@@ -13,11 +13,14 @@ from maxl_tf.core import hierarchy
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import losses
 from maxl_tf.core import meta
+from maxl_tf.models import pixels
 from maxl_tf.models import vgg as models
 from tests import float64_case
+from tests import tolerances
 
 PSI = (2, 3)
 INNER_LR = 0.1
+ENTROPY_WEIGHT = 0.2  # MixedPrecisionTest's w_H, meta's default
 
 
 def _flat(tensors):
@@ -27,6 +30,12 @@ def _flat(tensors):
 def _cosine(a, b):
     a, b = _flat(a), _flat(b)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _pixels(normalised):
+    """The raw pixels the networks' first layer (pixels.Normalise) maps to these values: standard
+    normal draws become images whose normalised values are standard normal."""
+    return 255.0 * (pixels.PIXEL_MEAN + pixels.PIXEL_STD * normalised)
 
 
 def _entropy_gradient(generator, images, labels, mask):
@@ -49,7 +58,7 @@ class FirstOrderTest(Float64TestCase):
         super().setUp()
         self.evaluator = models.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.05)
         self.generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.05)
-        self.images = tf.constant(np.random.default_rng(0).normal(size=(6, 8, 8, 1)))
+        self.images = tf.constant(_pixels(np.random.default_rng(0).normal(size=(6, 8, 8, 1))))
         self.labels = tf.constant([0, 1, 0, 1, 1, 0])
 
     def _gradient(self, function, entropy_weight, **kwargs):
@@ -209,7 +218,10 @@ class QuickstartModelsTest(tf.test.TestCase):
         self.mask = tf.constant(hierarchy.psi_mask(psi))
         rng = np.random.default_rng(0)
         self.batches = [
-            (tf.constant(rng.uniform(size=(16, 8, 8, 1)), tf.float32), tf.constant(rng.integers(0, 2, 16), tf.int64))
+            (
+                tf.constant(rng.uniform(0, 255, size=(16, 8, 8, 1)), tf.float32),
+                tf.constant(rng.integers(0, 2, 16), tf.int64),
+            )
             for _ in range(2)
         ]
 
@@ -252,7 +264,7 @@ class BatchNormSecondDerivativeTest(tf.test.TestCase):
     def test_fused_float32_matches_exact_float64(self):
         psi = (3, 2)
         rng = np.random.default_rng(0)
-        batches = [(rng.normal(size=(8, 8, 8, 1)), rng.integers(0, len(psi), 8)) for _ in range(2)]
+        batches = [(_pixels(rng.normal(size=(8, 8, 8, 1))), rng.integers(0, len(psi), 8)) for _ in range(2)]
         results = []
         for dtype in ("float64", "float32"):
             keras.config.set_dtype_policy(dtype)
@@ -296,6 +308,7 @@ class MixedPrecisionTest(tf.test.TestCase):
     evaluator's side, and the half-precision gradient points the float32 way."""
 
     def _gradient(self, function, precision, loss_scale=None):
+        """(flat gradient, stats, flat entropy term w_H grad H: float32 only, else None)."""
         psi = (3, 2)
         keras.utils.set_random_seed(0)  # same float32 weights whatever the compute precision
         evaluator = models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.25, precision)
@@ -308,30 +321,56 @@ class MixedPrecisionTest(tf.test.TestCase):
         rng = np.random.default_rng(0)
         batches = [
             (
-                tf.constant(rng.normal(size=(64, 8, 8, 1)), tf.float32),
+                tf.constant(_pixels(rng.normal(size=(64, 8, 8, 1))), tf.float32),
                 tf.constant(rng.integers(0, len(psi), 64), tf.int64),
             )
             for _ in range(2)
         ]
         mask = tf.constant(hierarchy.psi_mask(psi))
+        args = (mask, 0.1, 2.0, ENTROPY_WEIGHT)
         options = dict(loss_scale=loss_scale, lookahead_model=twin)
+        # The generator labels the training batch for the implicit gradient, the meta batch for the others.
+        labelled = batches[0] if function is meta.implicit_meta_gradient else batches[1]
         if function is meta.implicit_meta_gradient:
-            grads, stats = function(evaluator, generator, *batches[0], *batches[1], mask, 0.1, **options)
+            grads, stats = function(evaluator, generator, *batches[0], *batches[1], *args, **options)
         else:
-            grads, stats = function(evaluator, generator, *batches[1], mask, 0.1, **options)
+            grads, stats = function(evaluator, generator, *batches[1], *args, **options)
         flat = tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in grads], 0)
-        return flat if loss_scale is None else flat / loss_scale, stats
+        entropy_term = (
+            ENTROPY_WEIGHT * _flat(_entropy_gradient(generator, *labelled, mask)) if precision == "float32" else None
+        )
+        return (flat if loss_scale is None else flat / loss_scale), stats, entropy_term
 
     def test_half_precision_points_the_float32_way(self):
+        # Not a multiple of u. Half precision moves this gradient less by rounding than by the ReLU
+        # and max-pool decisions its rounding flips, each an O(1) change to one term of a nearly
+        # cancelling sum: float16 (u = 2^-11) errs about as much as bfloat16 (2^-8), and errors of
+        # rounding at different places do not add up (docs/measurements.md, issue 28). So the
+        # bound is what the check must tell apart: the half-precision gradient must point nearer
+        # the float32 one than halfway (in angle) to the float32 gradient missing its smallest term.
+        # For first_order that is the entropy term (52% of the norm: cos >= 0.966); a lookahead in
+        # half precision (cos 0.45) or a dropped entropy term (0.85) fails. The implicit gradient's
+        # entropy term, 0.3% of it, is below what half precision resolves (ImplicitTest checks it
+        # in float64): there the hypergradient term is the one told apart (cos >= 0.87).
         for function in (meta.first_order_meta_gradient, meta.implicit_meta_gradient):
-            reference, reference_stats = self._gradient(function, "float32")
-            self.assertGreater(float(tf.norm(reference)), 1e-3)
+            reference, reference_stats, entropy_term = self._gradient(function, "float32")
+            self.assertGreater(float(tf.norm(reference)), 1e-3)  # non-zero: 10^4 float32 roundings of its O(1) losses
+            terms = [reference.numpy() - entropy_term]
+            if function is not meta.implicit_meta_gradient:
+                terms.append(entropy_term)
+            floor = tolerances.cosine_floor(tolerances.halfway_to_nearest_wrong(reference.numpy(), terms))
             for precision, loss_scale in (("mixed_bfloat16", None), ("mixed_float16", 2.0**10)):
                 with self.subTest(function=function.__name__, precision=precision):
-                    grads, stats = self._gradient(function, precision, loss_scale)
+                    grads, stats, _ = self._gradient(function, precision, loss_scale)
                     self.assertEqual(grads.dtype, tf.float32)
-                    self.assertGreaterEqual(_cosine([grads], [reference]), 0.99)
-                    self.assertAllClose(stats["meta_loss"], reference_stats["meta_loss"], rtol=0.01)
+                    self.assertGreaterEqual(_cosine([grads], [reference]), floor)
+                    # A forward value, continuous where ReLU and max-pool switch: rounding alone
+                    # moves it, as much as the labels' sqrt(16) u (tolerances.py): 1.6% in
+                    # bfloat16, 0.2% in float16. Without the entropy term it moves by 12%.
+                    rtol = tolerances.probabilistic_error(
+                        tolerances.VGG_SMALL_LABEL_ROUNDINGS, tolerances.UNIT_ROUNDOFF[precision]
+                    )
+                    self.assertAllClose(stats["meta_loss"], reference_stats["meta_loss"], rtol=rtol)
 
 
 if __name__ == "__main__":
