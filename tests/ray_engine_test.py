@@ -28,6 +28,7 @@ from maxl_tf import main
 from maxl_tf.experiment import claims
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import ray_engine
+from maxl_tf.experiment import rundir
 from maxl_tf.experiment import sweep
 from tests import smoke_util
 from tests import sweep_test
@@ -359,6 +360,38 @@ class RaySweepTest(tf.test.TestCase):
         self.assertEqual(rerun.returncode, 0, stderr[-3000:])
         self.assertIn(f"[1/1] {name}: done (resumed)", stdout)
         self.assertEqual(_numbers(logdir)["history"][:3], _numbers(self.serial[name])["history"])
+
+    def test_a_cut_export_is_rewritten_and_a_run_on_other_data_refused_as_serially(self):
+        """What the serial sweep does (sweep_test.SkipDecisionTest), through Ray's driver and task."""
+        logdir = smoke_util.copy_run(smoke_util.finished_run(), os.path.join(self.get_temp_dir(), "finished"))
+        config = smoke_util.smoke_config(logdir)
+        with open(os.path.join(logdir, "evaluator.keras"), "r+") as f:
+            f.truncate(100)
+        command = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", f"--logdir={logdir}", "--engine=ray")
+        rerun = smoke_util.run_main(*command, f"--ray_address={self.address}")
+        self.assertEqual(rerun.returncode, 0, rerun.stderr[-3000:])
+        self.assertIn("exports missing or incomplete; writing them from the final checkpoint", rerun.stdout)
+        self.assertIn(f"[1/1] {config.name}: done (resumed)", rerun.stdout)
+        self.assertTrue(rundir.exports_intact(config))
+
+        for name in ("config.json", "results.json"):  # the run now records other data than digits'
+            path = os.path.join(logdir, name)
+            with open(path) as f:
+                recorded = json.load(f)
+            recorded[rundir.DATA_KEY] = sweep_test.other_data(recorded[rundir.DATA_KEY])
+            with open(path, "w") as f:
+                json.dump(recorded, f)
+        refused = smoke_util.run_main(*command, f"--ray_address={self.address}")
+        self.assertEqual(refused.returncode, 2, refused.stderr[-3000:])
+        self.assertRegex(
+            refused.stderr.strip().splitlines()[-1],
+            rf"^error: {config.name}: --logdir={logdir} holds a run on other data: package .*version=0\.0;",
+        )
+        self.assertIn(
+            f"[1/1] {config.name}: failed: error: --logdir={logdir} holds a run on other data", refused.stdout
+        )
+        self.assertNotIn("skipped", refused.stdout)
+        self.assertNotIn("Traceback", refused.stderr)
 
     def test_a_bad_input_run_fails_once_with_its_error_line(self):
         logdir = os.path.join(self.get_temp_dir(), "run")
