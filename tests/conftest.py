@@ -18,11 +18,14 @@ def pytest_collection_modifyitems(items):
 
 def pytest_configure(config):
     """Under pytest-xdist, each worker (and what it starts) runs TensorFlow on one thread: two
-    workers' thread pools of two spinning threads each would compete for the two cores. And its
-    --dist loadscope keeps the collection's order of classes, instead of putting the classes with
-    the fewest tests (here the longest) last."""
+    workers' thread pools of two spinning threads each would compete for the two cores. Thread
+    counts set in the environment win, as in runtime.start_tensorflow, so the precision checks can
+    be run under other counts (TF_NUM_INTRAOP_THREADS=2 pytest -n 2 ...). And its --dist
+    loadscope keeps the collection's order of classes, instead of putting the classes with the
+    fewest tests (here the longest) last."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
 
