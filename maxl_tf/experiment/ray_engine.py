@@ -138,16 +138,17 @@ def _cancellable():
 
 
 def train_run(config: config_lib.Config, main_py: str, cwd: str, heartbeat_timeout: float) -> Outcome:
+    """The body of a run's Ray task: main.py trains the run in a process of its own.
+
+    A cancellation (the driver's Ctrl-C or SIGTERM) arrives as KeyboardInterrupt, however the
+    worker was started (_cancellable); it is passed on to the training process as SIGINT, which
+    stops it after a checkpoint, and waited for.
+    """
     with _cancellable():
         return _train_run(config, main_py, cwd, heartbeat_timeout)
 
 
 def _train_run(config: config_lib.Config, main_py: str, cwd: str, heartbeat_timeout: float) -> Outcome:
-    """The body of a run's Ray task: main.py trains the run in a process of its own.
-
-    A cancellation (the driver's Ctrl-C) arrives as KeyboardInterrupt; it is passed on to the
-    training process as SIGINT, which stops it after a checkpoint, and waited for.
-    """
     for path, what in ((main_py, "main.py"), (cwd, "the command's working directory")):
         if not os.path.exists(path):
             return Outcome(
