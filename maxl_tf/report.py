@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import os
 import re
+import stat
 import sys
 
 import matplotlib
@@ -88,6 +89,8 @@ def load_runs(runs_dirs: list) -> tuple:
             continue
         path = os.path.join(folder, "results.json")
         try:
+            if not _is_regular_file(path):  # a FIFO would wait for a writer forever
+                raise errors.Error(f"{path}: not a regular file (a pipe, socket or device)")
             results = rundir.read_results(path)
             problem = _malformed(results)
             if problem:
@@ -98,6 +101,13 @@ def load_runs(runs_dirs: list) -> tuple:
         results["path"] = path
         (complete if results["complete"] else incomplete).append(results)
     return complete, incomplete, warnings
+
+
+def _is_regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # read_results names what is wrong with it
 
 
 def _is_number(value) -> bool:

@@ -312,6 +312,21 @@ class ClaimTest(tf.test.TestCase):
         self.assertEqual(again.generation, 2)
         self.assertIsNone(again.previous)
 
+    def test_an_infinite_timeout_holds_the_claim_and_never_goes_stale(self):
+        """--heartbeat_timeout=inf (or any timeout beyond what a wait takes): the heartbeat thread
+        lives on (it died of an OverflowError, leaving the run unguarded), the claim is never stale
+        to an observer, and it is released as any."""
+        run = os.path.join(self.parent, "run")
+        for timeout in (float("inf"), 1e300):
+            with self.subTest(timeout), claims.Worker(timeout, worker_id="a").claim(run) as claim:
+                time.sleep(0.2)
+                self.assertTrue(claim._thread.is_alive())
+                observer = claims.Worker(timeout, worker_id="b")
+                self.assertEqual(observer.observe(run).state, claims.HELD)
+                self.assertIsNone(observer.claim(run))
+            self.assertFalse(claim._thread.is_alive())
+            self.assertEqual(claims.Worker(timeout).observe(run).state, claims.FREE)
+
     def test_unwritable_run_directory_is_one_line(self):
         not_a_directory = os.path.join(self.parent, "file")
         open(not_a_directory, "w").close()

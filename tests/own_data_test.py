@@ -234,8 +234,8 @@ np.savez({out!r}, principal=evaluator(images, training=False)[0].numpy(),
             self.assertRegex(line, expected)
 
     def test_predict_bad_input(self):
-        """One line and exit 2; a wrong path fails before TensorFlow starts, only an image that must
-        be decoded to be found bad needs it."""
+        """One line and exit 2, before TensorFlow starts: a wrong path, and an image whose header
+        does not read as one."""
         broken = os.path.join(self.tmp, "broken.png")
         with open(broken, "w") as f:
             f.write("not a png")
@@ -244,7 +244,8 @@ np.savez({out!r}, principal=evaluator(images, training=False)[0].numpy(),
             ([f"--logdir={self.folder}", self.images[0]], r"not a maxl_tf run directory", False),
             ([self.images[0]], r"--logdir is required", False),
             ([f"--logdir={self.logdir}", self.folder], r"is a folder; predict takes image files", False),
-            ([f"--logdir={self.logdir}", broken], r"broken\.png cannot be decoded", True),
+            # Every image's header is read before TensorFlow starts (and its pixels counted: --max_image_pixels).
+            ([f"--logdir={self.logdir}", broken], r"broken\.png cannot be read as an image", False),
         ]
         for args, pattern, needs_tensorflow in cases:
             code, _, stderr, imported = smoke_util.run_recording_imports("maxl_tf.predict", *args)

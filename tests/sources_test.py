@@ -1,9 +1,11 @@
 """Tests for the built-in sources (maxl_tf.data cifar, mnist, digits, through the registry) and
 tfds.py's download checks, on tiny data sets written in the published formats (no network)."""
 
+import json
 import os
 import pickle
 import socket
+import subprocess
 import sys
 import tarfile
 from unittest import mock
@@ -20,6 +22,7 @@ from maxl_tf.data import registry
 from maxl_tf.data import source
 from maxl_tf.data import tfds as tfds_source
 from tests import idx_test
+from tests import smoke_util
 from tests import tfds_fakes
 
 _TABLE = np.asarray(cifar.CIFAR100_FINE_TO_COARSE)
@@ -573,6 +576,38 @@ def not_a_source(options):
 
 
 INSTANCE = Named(source.Options())
+
+NOT_CALLABLE = 42
+
+
+class Failing(source.Source):
+    def __init__(self, options):
+        raise RuntimeError("cannot reach the bucket")
+
+
+class Escaping(Named):
+    name = "../../escaped"
+
+
+class Broken(Named):
+    # Every method fails as a user's code might.
+
+    def levels(self):
+        raise KeyError("labels")
+
+    def load(self):
+        raise ZeroDivisionError("division by zero")
+
+    def find(self):
+        raise OSError("mount gone")
+
+    def identity(self):
+        return {"opened": object()}
+
+
+class TupleIdentity(Named):
+    def identity(self):
+        return {"files": ("a.png", "b.png"), "count": 2}
 """
 
 
@@ -591,9 +626,9 @@ class RegistryTest(tf.test.TestCase):
     def test_a_source_class_or_instance(self):
         options = source.Options(data_dir="/my/data")
         built = registry.get(f"{_USER_MODULE}:Named", options)
-        self.assertEqual((type(built).__name__, built.name, built.options), ("Named", "mine", options))
+        self.assertEqual((type(built.source).__name__, built.name, built.options), ("Named", "mine", options))
         instance = registry.get(f"{_USER_MODULE}:INSTANCE")
-        self.assertIs(instance, sys.modules[_USER_MODULE].INSTANCE)
+        self.assertIs(instance.source, sys.modules[_USER_MODULE].INSTANCE)
 
     def test_what_is_not_a_usable_source(self):
         for attribute, pattern in (
@@ -607,6 +642,70 @@ class RegistryTest(tf.test.TestCase):
             errors.Error, r"^--dataset=no_such_module_here:Source: cannot import no_such_module_here .*PYTHONPATH\.$"
         ):
             registry.get("no_such_module_here:Source")
+
+    def test_what_fails_in_the_users_code_is_one_line_naming_the_flag(self):
+        spec = f"--dataset={_USER_MODULE}"
+        for attribute, pattern in (
+            ("NOT_CALLABLE", rf"^{spec}:NOT_CALLABLE: NOT_CALLABLE is a int, not a Source class, instance or function"),
+            ("Failing", rf"^{spec}:Failing: Failing\(options\) failed: RuntimeError: cannot reach the bucket$"),
+            ("Escaping", rf"^{spec}:Escaping: the source's name '\.\./\.\./escaped' is not a plain file name"),
+        ):
+            with self.subTest(attribute), self.assertRaisesRegex(errors.Error, pattern):
+                registry.get(f"{_USER_MODULE}:{attribute}")
+        broken = registry.get(f"{_USER_MODULE}:Broken")
+        for method, pattern in (
+            ("levels", r"its levels\(\) failed: KeyError: 'labels'; fix the source\.$"),
+            ("load", r"its load\(\) failed: ZeroDivisionError: division by zero; fix the source\.$"),
+            ("find", r"its find\(\) failed: OSError: mount gone; fix the source\.$"),
+            ("identity", r"its identity\(\) gave what JSON cannot hold \(TypeError: Object of type object"),
+        ):
+            with self.subTest(method), self.assertRaisesRegex(errors.Error, rf"^{spec}:Broken: {pattern}"):
+                getattr(broken, method)()
+        # What a run records is the JSON form, so the saved copy equals a fresh one.
+        identity = registry.get(f"{_USER_MODULE}:TupleIdentity").identity()
+        self.assertEqual(identity, json.loads(json.dumps(identity)))
+
+    def test_a_module_that_fails_to_import(self):
+        folder = self.get_temp_dir()
+        for module, text, pattern in (
+            ("maxl_syntax_error_source", "class Source(:\n", r"SyntaxError"),
+            ("maxl_raising_source", "raise RuntimeError('no credentials')\n", r"RuntimeError: no credentials"),
+        ):
+            with open(os.path.join(folder, f"{module}.py"), "w") as f:
+                f.write(text)
+            self.addCleanup(sys.modules.pop, module, None)
+            with (
+                self.subTest(module),
+                self.assertRaisesRegex(
+                    errors.Error, rf"^--dataset={module}:Source: cannot import {module} \({pattern}.*PYTHONPATH\.$"
+                ),
+            ):
+                registry.get(f"{module}:Source")
+
+    def test_a_failing_source_is_one_line_from_main(self):
+        """The whole command: one error line, exit 2, no traceback, and no run folder outside runs/."""
+        tmp = self.get_temp_dir()
+        work = os.path.join(tmp, "work")
+        os.makedirs(work)
+        for attribute, pattern in (
+            ("Escaping", r"is not a plain file name"),
+            ("Failing", r"Failing\(options\) failed: RuntimeError: cannot reach the bucket"),
+        ):
+            process = subprocess.run(
+                smoke_util.main_command(f"--dataset={_USER_MODULE}:{attribute}", "--pri=2", "--aux=4", "--epochs=1"),
+                cwd=work,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=dict(os.environ, PYTHONPATH=os.pathsep.join([sys.path[0], smoke_util.REPO])),
+            )
+            with self.subTest(attribute):
+                self.assertEqual(process.returncode, 2, process.stderr)
+                self.assertRegex(process.stderr, rf"^error: --dataset={_USER_MODULE}:{attribute}: .*{pattern}")
+                self.assertLen(process.stderr.strip().splitlines(), 1)
+                self.assertNotIn("Traceback", process.stderr)
+        self.assertFalse(os.path.exists(os.path.join(tmp, "escaped_pri2_aux4_maxl_seed0")))
+        self.assertEqual(os.listdir(work), [])
 
     def test_checking_a_name_imports_nothing(self):
         registry.check_name(f"{_USER_MODULE}:Named")  # flags are checked in a second, without user code

@@ -51,9 +51,28 @@ class Listing:
 
 
 def _visible(entries) -> tuple:
-    """(visible entries sorted by name, hidden names)."""
+    """(visible entries sorted by name, hidden names, as they can be shown)."""
     entries = sorted(entries, key=lambda e: e.name)
-    return [e for e in entries if not e.name.startswith(".")], [e.name for e in entries if e.name.startswith(".")]
+    hidden = [_shown(e.name) for e in entries if e.name.startswith(".")]
+    return [e for e in entries if not e.name.startswith(".")], hidden
+
+
+def _shown(name: str) -> str:
+    """A file name as a message can print it: bytes that are not UTF-8 (which Python lists as
+    lone surrogates) as \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _require_utf8(path: str) -> None:
+    """Raises errors.Error naming a file or folder whose name is not valid UTF-8 (TensorFlow, which
+    decodes the images, takes UTF-8 paths only)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.Error(
+            f"{_shown(path)}: its name is not valid UTF-8, so the images cannot be read; rename it "
+            "(e.g. convmv -f latin1 -t utf8 -r --notest <folder>)."
+        ) from None
 
 
 def _is_image(name: str) -> bool:
@@ -85,6 +104,7 @@ class _Walker:
         self.stats = []  # (path, size, mtime_ns)
 
     def enter(self, path: str) -> None:
+        _require_utf8(path)
         real = os.path.realpath(path)
         if real in self.seen_dirs:
             raise errors.Error(
@@ -113,6 +133,7 @@ class _Walker:
                 continue
             if not _is_image(entry.name):
                 continue
+            _require_utf8(path)
             try:
                 info = entry.stat()
             except OSError as err:
@@ -141,9 +162,10 @@ def list_folder(folder: str) -> Listing:
     root = os.path.abspath(os.path.expanduser(folder))
     if not folder or not os.path.isdir(root):
         raise errors.Error(
-            f"--data_dir={folder} does not exist or is not a folder: pass the folder that holds one "
+            f"--data_dir={_shown(folder)} does not exist or is not a folder: pass the folder that holds one "
             "subfolder of images per class."
         )
+    _require_utf8(root)
     entries, hidden = _visible(_scan(root))
     subfolders = [e.name for e in entries if _is_dir(e)]
     has = {split: split in subfolders for split in ("train", "test")}
@@ -217,6 +239,19 @@ def _class_files(root: str, walker: _Walker) -> tuple:
     return classes, hidden
 
 
+def read_headers(paths, max_pixels: int) -> list:
+    """images.read_header of each file, under max_pixels (--max_image_pixels) alone: PIL's own
+    decompression-bomb limits (a warning above 89,478,485 pixels, an error above twice that, which
+    read_header would report as an unreadable file) are lifted while the headers are read."""
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        return [images_lib.read_header(path, path, max_pixels) for path in paths]
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 class Folder(source_lib.Source):
     """A folder of class folders (module docstring); Options.data_dir is the folder."""
 
@@ -268,6 +303,6 @@ class Folder(source_lib.Source):
             cache_key=["folder", self.identity()],
             what=f"image folder {listing.root} ({len(listing.class_names)} classes)",
             where=f"--data_dir={listing.root}",
-            read_headers=lambda: [images_lib.read_header(p, p, max_pixels) for p in listing.paths],
+            read_headers=lambda: read_headers(listing.paths, max_pixels),
             decode=lambda size, channels, out: images_lib.decode_paths(listing.paths, size, channels, out),
         )

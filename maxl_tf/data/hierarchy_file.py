@@ -24,6 +24,7 @@ import csv
 import difflib
 import json
 import os
+import stat
 
 import numpy as np
 
@@ -88,7 +89,13 @@ def _read(path: str) -> dict:
     if extension not in (".json", ".csv"):
         raise errors.Error(f"--hierarchy={path}: name it .json or .csv to say its format: {_FORMAT}.")
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        # Opened without blocking and checked to be a regular file before it is read: a FIFO (or a
+        # device) would wait for a writer, or never end.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise errors.Error(f"--hierarchy={path}: not a regular file (a pipe, socket or device); pass a {_FORMAT}.")
+        with open(fd, encoding="utf-8-sig", newline="") as f:
             text = f.read()
     except FileNotFoundError:
         raise errors.Error(f"--hierarchy={path}: no such file; pass an existing {_FORMAT}.") from None

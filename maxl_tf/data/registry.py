@@ -14,6 +14,8 @@ Sources, so a sweep lists its folder once, not once per run.
 from __future__ import annotations
 
 import importlib
+import json
+import re
 
 from maxl_tf import errors
 from maxl_tf.data import cifar
@@ -102,22 +104,91 @@ def _build(dataset: str, options: source_lib.Options) -> source_lib.Source:
     module_name, _, attribute = dataset.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
+    except Exception as err:  # the user's module: a syntax error or anything it raises is the flag's
         raise errors.Error(
-            f"--dataset={dataset}: cannot import {module_name} ({errors.first_line(err)}); put it on PYTHONPATH."
+            f"--dataset={dataset}: cannot import {module_name} ({errors.first_line(err)}); fix it, or put it on "
+            "PYTHONPATH."
         ) from None
     factory = getattr(module, attribute, None)
     if factory is None:
         raise errors.Error(f"--dataset={dataset}: {module_name} has no {attribute}.")
-    source = factory if isinstance(factory, source_lib.Source) else factory(options)
+    if not isinstance(factory, source_lib.Source) and not callable(factory):
+        raise errors.Error(
+            f"--dataset={dataset}: {attribute} is a {type(factory).__name__}, not a Source class, instance or "
+            "function; name a maxl_tf.data.Source subclass."
+        )
+    try:
+        source = factory if isinstance(factory, source_lib.Source) else factory(options)
+    except errors.Error:
+        raise
+    except Exception as err:
+        raise errors.Error(f"--dataset={dataset}: {attribute}(options) failed: {errors.first_line(err)}") from None
     if not isinstance(source, source_lib.Source):
         raise errors.Error(
             f"--dataset={dataset}: {attribute} gave a {type(source).__name__}, not a maxl_tf.data.Source; "
             "subclass Source (maxl_tf/data/source.py says what it implements)."
         )
-    if not source.name:
+    name = getattr(source, "name", "")
+    if not name:
         raise errors.Error(f"--dataset={dataset}: the source has no name; set its `name` attribute.")
-    return source
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise errors.Error(
+            f"--dataset={dataset}: the source's name {name!r} is not a plain file name (it starts the run "
+            "folder's name under runs/); use letters, digits and ._- only, not starting with '.'."
+        )
+    return UserSource(source, dataset)
+
+
+# A module:Source's name starts the default run folder's name (runs/<name>_pri...): one file-name
+# part of letters, digits and ._-, never a path (tfds:NAME's names are made so by tfds.py).
+_SAFE_NAME = re.compile(r"\w[\w.-]*", re.ASCII)
+
+
+class UserSource(source_lib.Source):
+    """A module:Source, each of whose methods' failures is one line naming --dataset (the user's
+    code raising anything, identity() giving what JSON cannot hold); its other attributes are the
+    source's own (`source` is the source itself)."""
+
+    def __init__(self, source: source_lib.Source, dataset: str):
+        self.source, self.dataset = source, dataset
+        self.name = source.name
+        self.augmentation = source.augmentation
+
+    def __getattr__(self, attribute):  # only for what __init__ did not set
+        if attribute in ("source", "dataset"):
+            raise AttributeError(attribute)
+        return getattr(self.source, attribute)
+
+    def _call(self, method: str):
+        try:
+            return getattr(self.source, method)()
+        except errors.Error:
+            raise
+        except Exception as err:
+            raise errors.Error(
+                f"--dataset={self.dataset}: its {method}() failed: {errors.first_line(err)}; fix the source."
+            ) from None
+
+    def levels(self):
+        return self._call("levels")
+
+    def identity(self) -> dict:
+        identity = self._call("identity")
+        try:
+            # A run records it in results.json and compares the saved copy with a fresh one: give
+            # the JSON form (tuples become lists), so the two compare equal.
+            return json.loads(json.dumps(identity, allow_nan=False))
+        except (TypeError, ValueError) as err:
+            raise errors.Error(
+                f"--dataset={self.dataset}: its identity() gave what JSON cannot hold ({errors.first_line(err)}); "
+                "return a dict of strings, numbers, lists and dicts."
+            ) from None
+
+    def find(self) -> None:
+        return self._call("find")
+
+    def load(self):
+        return self._call("load")
 
 
 for _name, _factory in (

@@ -223,7 +223,9 @@ class Claim:
 
     def _heartbeat(self) -> None:
         last_beat, beat = time.monotonic(), 0
-        while not self._stop.wait(self._timeout / BEATS_PER_TIMEOUT):
+        # A timeout beyond what a wait can take (--heartbeat_timeout=inf: a claim never goes stale)
+        # beats at the longest wait there is, rather than the thread dying of an OverflowError.
+        while not self._stop.wait(min(self._timeout / BEATS_PER_TIMEOUT, threading.TIMEOUT_MAX)):
             if not self.verify():
                 return
             try:

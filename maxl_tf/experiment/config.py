@@ -37,6 +37,9 @@ DEFAULT_NEUMANN_TERMS = 3
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("none", "mirrored", "multi_worker")
 EMBEDDER_FALLBACKS = ("none", UNTRAINED)
+# PIL reads the images' headers (data/images.py) and refuses an image of more pixels than twice its
+# Image.MAX_IMAGE_PIXELS (a DecompressionBombError); --max_image_pixels stays within it.
+PIL_MAX_PIXELS = 2 * 89_478_485
 
 
 def _field(default, help_text, choices=None):
@@ -392,6 +395,15 @@ def check_flags(config: Config) -> None:
     ):
         value = getattr(config, name)
         check(value >= 0, f"--{name}={value}: must not be negative.")
+    check(
+        0 <= config.seed < 2**32,
+        f"--seed={config.seed}: must be between 0 and {2**32 - 1} (NumPy's seeds are 32-bit).",
+    )
+    check(
+        config.max_image_pixels <= PIL_MAX_PIXELS,
+        f"--max_image_pixels={config.max_image_pixels}: above {PIL_MAX_PIXELS:,}, where PIL, which reads the "
+        f"images' headers, refuses an image itself; pass at most --max_image_pixels={PIL_MAX_PIXELS}.",
+    )
     check(not (config.jit and config.deterministic), JIT_NEEDS_NODETERMINISTIC)
     check(
         config.hypergradient == "implicit" or config.neumann_terms == DEFAULT_NEUMANN_TERMS,
