@@ -6,6 +6,7 @@ say which file each example came from.
 """
 
 import io
+import json
 import os
 import re
 import shutil
@@ -235,7 +236,7 @@ class ImageFolderTest(tf.test.TestCase):
         self._make({"a": 3, "b": 3})
         cache_dir = os.path.join(self.get_temp_dir(), "cache")
         first = _load_folder(self.root, cache_dir=cache_dir)
-        [cache_file] = os.listdir(cache_dir)
+        [cache_file] = [n for n in os.listdir(cache_dir) if n != "content"]
         self.assertEndsWith(cache_file, ".npy")
         self.assertIn(f"cached in {os.path.join(cache_dir, cache_file)}", first.description)
 
@@ -249,14 +250,14 @@ class ImageFolderTest(tf.test.TestCase):
             self.assertAllEqual(a.images, b.images)
             self.assertAllEqual(a.labels, b.labels)
 
-        # Another size is another key; so is a changed folder (the key is its file list, sizes and
-        # modification times): its old file stays until the size limit evicts it.
+        # Another size is another key; so is a changed folder (the key is its content hash): its
+        # old file stays until the size limit evicts it.
         _load_folder(self.root, image_size=4, cache_dir=cache_dir)
-        self.assertLen(os.listdir(cache_dir), 2)
+        self.assertLen(os.listdir(cache_dir), 3)  # two .npy and content/
         _write(os.path.join(self.root, "b", "new.png"), _square([250, 250, 250]))
         third = _load_folder(self.root, cache_dir=cache_dir)
         self.assertIn("cached in", third.description)
-        self.assertLen(os.listdir(cache_dir), 3)
+        self.assertLen(os.listdir(cache_dir), 4)
         self.assertIn(cache_file, os.listdir(cache_dir))
         self.assertNotEqual(os.path.basename(_cache_file(third)), cache_file)
         self.assertEqual(len(third.train.labels) + len(third.test.labels), 7)
@@ -265,8 +266,8 @@ class ImageFolderTest(tf.test.TestCase):
         # Three folders of four images decoded at 256x256x3: 0.75 MB each, two fit in 2 MB.
         cache_dir = os.path.join(self.get_temp_dir(), "cache")
         roots = {name: os.path.join(self.get_temp_dir(), name) for name in ("first", "second", "third")}
-        for root in roots.values():
-            self._make({"a": 2, "b": 2}, root)
+        for size, root in enumerate(roots.values(), start=8):  # other images each (the cache is by content)
+            self._make({"a": 2, "b": 2}, root, size=size)
 
         def load(name):
             # Files' times tick with the kernel's coarse clock (a few ms): loads closer than that
@@ -283,7 +284,8 @@ class ImageFolderTest(tf.test.TestCase):
         self.assertFalse(os.path.exists(files["second"]))
         # Evicted means decoded again (and now "first" is the least recently used).
         self.assertIn("cached in", load("second").description)
-        self.assertCountEqual(os.listdir(cache_dir), [os.path.basename(files[n]) for n in ("second", "third")])
+        cached = [n for n in os.listdir(cache_dir) if n != "content"]  # content/: the folders' file digests
+        self.assertCountEqual(cached, [os.path.basename(files[n]) for n in ("second", "third")])
 
     def test_damaged_cache_is_decoded_again(self):
         self._make({"a": 2, "b": 2})
@@ -402,6 +404,125 @@ class ImageFolderTest(tf.test.TestCase):
         self._assert_error(r"--test_fraction=1\.0: must be between", test_fraction=1.0)
         # 0.05 of 8 images is 1 test image for 2 classes.
         self._assert_error(r"--test_fraction=0\.05: gives 1 test and 7 training", test_fraction=0.05)
+
+
+class VerifiedCacheTest(tf.test.TestCase):
+    """Each cache file carries an HMAC of its shape and pixels, checked whenever it is opened; a
+    streamed set reads through the file it checked, whatever happens to the name meanwhile."""
+
+    def setUp(self):
+        super().setUp()
+        self.root = os.path.join(self.get_temp_dir(), "images")
+        self.other = os.path.join(self.get_temp_dir(), "other_images")
+        for root, offset in ((self.root, 0), (self.other, 3)):
+            for label in range(2):
+                for i in range(3):
+                    _write(os.path.join(root, "ab"[label], f"{i}.png"), _square(_colour(label, i + offset)))
+        self.cache_dir = os.path.join(self.get_temp_dir(), "cache")
+        self.first = _load_folder(self.root, test_fraction=0.5, cache_dir=self.cache_dir)
+        self.path = _cache_file(self.first)
+        with open(self.path, "rb") as f:
+            self.whole = f.read()
+
+    def _assert_decoded_again(self, why: str, **options) -> source.Loaded:
+        again = _load_folder(self.root, test_fraction=0.5, cache_dir=self.cache_dir, **options)
+        self.assertIn(f"cached in {self.path} (the cache file there was {why}: decoded again)", again.description)
+        self.assertAllEqual(again.train.images[:], self.first.train.images)
+        self.assertAllEqual(again.test.images[:], self.first.test.images)
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), self.whole)  # rewritten
+        return again
+
+    def test_another_sets_pixels_under_a_valid_header_are_decoded_again(self):
+        other = _cache_file(_load_folder(self.other, test_fraction=0.5, cache_dir=self.cache_dir))
+        with open(other, "rb") as f:
+            planted = f.read()
+        self.assertLen(planted, len(self.whole))
+        self.assertNotEqual(planted, self.whole)
+        with open(self.path, "wb") as f:  # same size, valid header and trailer: another set's file
+            f.write(planted)
+        self._assert_decoded_again("written for other data")
+        # The same with the trailer made to name this file: the HMAC is over the name too.
+        digest = os.path.basename(self.path)[: -len(".npy")]
+        trailer = json.loads(planted[-images_lib._TRAILER :][len(images_lib._MAGIC) :])
+        forged = planted[: -images_lib._TRAILER] + images_lib._trailer(digest, (6, 8, 8, 3), trailer["mac"])
+        with open(self.path, "wb") as f:
+            f.write(forged)
+        self._assert_decoded_again("its checksum does not match its content", stream="on")
+
+    def test_pixels_changed_in_place_are_decoded_again(self):
+        changed = bytearray(self.whole)
+        changed[200] ^= 0xFF  # one pixel of the first image
+        with open(self.path, "wb") as f:
+            f.write(bytes(changed))
+        self._assert_decoded_again("its checksum does not match its content")
+        with open(self.path, "wb") as f:
+            f.write(bytes(changed))
+        self._assert_decoded_again("its checksum does not match its content", stream="on")
+
+    def test_a_file_of_another_shape_is_decoded_again_not_blamed_on_the_model(self):
+        # Right image count, valid .npy, another shape: before, the run failed in --model's check.
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros((6, 4, 4, 3), np.uint8))
+        with open(self.path, "wb") as f:
+            f.write(buffer.getvalue())
+        self._assert_decoded_again("cut short or of another size")
+        # With a self-consistent trailer of that shape, written under another user's key.
+        digest = os.path.basename(self.path)[: -len(".npy")]
+        with mock.patch.object(images_lib, "secret", return_value=b"someone else's key"):
+            written = images_lib._write_rows(
+                self.path, (6, 4, 4, 3), lambda out: out.__setitem__(slice(0, 6), np.zeros((6, 4, 4, 3)))
+            )
+            written.close()
+        with open(self.path, "rb") as f:
+            self.assertIn(f'"key": "{digest}"'.encode(), f.read())
+        again = self._assert_decoded_again("its checksum does not match its content")
+        self.assertEqual(again.train.images.shape[1:], (8, 8, 3))
+
+    def test_the_checksum_is_checked_at_open_and_costs_one_read(self):
+        # In memory: the file is read once (checked while it is copied into the array).
+        with mock.patch.object(np, "load", side_effect=AssertionError("read twice")):
+            again = _load_folder(self.root, test_fraction=0.5, cache_dir=self.cache_dir)
+        self.assertIn(f"from the cache {self.path}", again.description)
+        self.assertAllEqual(again.train.images, self.first.train.images)
+
+    def test_a_streamed_set_survives_its_cache_file_being_deleted_or_evicted(self):
+        for how in ("deleted", "evicted by another run's --cache_limit_mb"):
+            with self.subTest(how):
+                streamed = _load_folder(self.root, test_fraction=0.5, cache_dir=self.cache_dir, stream="on")
+                self.assertTrue(streamed.streamed)
+                if how == "deleted":
+                    os.remove(self.path)
+                else:
+                    images_lib.trim_cache(self.cache_dir, 0)  # another run's trim, to nothing
+                self.assertFalse(os.path.exists(self.path))
+                self.assertAllEqual(streamed.train.images[:], self.first.train.images)
+                self.assertAllEqual(streamed.test.images[np.arange(3)], self.first.test.images)
+                _load_folder(self.root, test_fraction=0.5, cache_dir=self.cache_dir)  # write it again
+
+    def test_a_freshly_written_file_evicted_before_it_is_read_back(self):
+        # Another run's trim between this run's write and its read: it reads its own open file.
+        trim = images_lib.trim_cache
+
+        def trim_everything(cache_dir, limit_mb, keep=""):
+            trim(cache_dir, 0)
+
+        os.remove(self.path)
+        for stream in ("on", "off"):
+            with self.subTest(stream=stream), mock.patch.object(images_lib, "trim_cache", trim_everything):
+                loaded = _load_folder(self.root, test_fraction=0.5, cache_dir=self.cache_dir, stream=stream)
+                self.assertFalse(os.path.exists(self.path))
+                self.assertAllEqual(loaded.train.images[:], self.first.train.images)
+
+    def test_no_cache_file_runs_code(self):
+        _UNPICKLED.clear()
+        with open(self.path, "wb") as f:
+            f.write(_pickled_npy())
+        self._assert_decoded_again("not a C-order uint8 [N, H, W, C] array")
+        self.assertEqual(_UNPICKLED, [])
+        cached = np.load(self.path, allow_pickle=False)  # still a plain .npy, its checksum after the rows
+        train_idx, _ = images_lib.hold_out(np.asarray([0, 0, 0, 1, 1, 1]), 0.5, ("a", "b"), self.root)
+        self.assertAllEqual(cached[train_idx], self.first.train.images)
 
 
 class FolderFaultsTest(tf.test.TestCase):

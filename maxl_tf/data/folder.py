@@ -11,12 +11,22 @@ that dangles, leads back to a folder that holds it, or reaches a folder or image
 is refused by name, as is an "image" that is not a regular file (a FIFO would hang the run).
 The folder is listed once per Source: the listing gives the classes, the run name's fingerprint
 and what the run records of its data. images.py decodes, caches and streams the images.
+
+What decides "the same data" is the content hash (content_hash): sha256 over every image's
+relative path and the sha256 of its bytes. Hashing reads every file, so each file's digest is
+kept in the cache folder (`content/`, one file per folder, under the user's cache checksum key)
+with the file's device, inode, size, modification time and change time, and read again only when
+one of those differs. The change time is the one no copy tool can set (`cp -p`, `rsync -a` and
+`tar x` restore the modification time): a file rewritten in place with its size and modification
+time kept is hashed again and caught, while a `touch`, a renamed folder or a folder named through
+a link only costs a rehash and is the same data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import os
 import stat
@@ -38,7 +48,10 @@ class Listing:
     paths, labels, in_test: per image (class folders in sorted order, files sorted within each).
     class_names: sorted class folder names, the labels' order.
     hidden: names starting with "." in the folder and its split folders, not used as classes.
-    fingerprint: sha256 of every image's relative path, size and modification time.
+    fingerprint: sha256 of every image's relative path, size and modification time (what a run
+      recorded of its data before content hashes: still compared with such records).
+    stats: per image (relative path, device, inode, size, modification and change time in ns), in
+      relative path order: whether its content digest must be computed again (content_hash).
     """
 
     root: str
@@ -48,6 +61,7 @@ class Listing:
     class_names: tuple
     hidden: tuple
     fingerprint: str
+    stats: tuple = ()
 
 
 def _visible(entries) -> tuple:
@@ -101,7 +115,7 @@ class _Walker:
     def __init__(self):
         self.seen_dirs = {}  # realpath -> the path it was listed under
         self.seen_files = {}
-        self.stats = []  # (path, size, mtime_ns)
+        self.stats = []  # (path, size, mtime_ns, ctime_ns, device, inode)
 
     def enter(self, path: str) -> None:
         _require_utf8(path)
@@ -147,7 +161,7 @@ class _Walker:
                     "twice, perhaps under two classes; remove one."
                 )
             self.seen_files[real] = path
-            self.stats.append((path, info.st_size, info.st_mtime_ns))
+            self.stats.append((path, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_dev, info.st_ino))
             found.append(path)
         return found
 
@@ -205,9 +219,100 @@ def list_folder(folder: str) -> Listing:
             paths += files[name]
             labels += [label] * len(files[name])
             in_test += [split == "test"] * len(files[name])
-    listed = sorted((os.path.relpath(p, root), size, mtime) for p, size, mtime in walker.stats)
-    fingerprint = hashlib.sha256(json.dumps(listed).encode()).hexdigest()
-    return Listing(root, tuple(paths), tuple(labels), tuple(in_test), class_names, tuple(hidden), fingerprint)
+    stats = sorted(
+        (os.path.relpath(p, root), dev, ino, size, mtime, ctime) for p, size, mtime, ctime, dev, ino in walker.stats
+    )
+    fingerprint = hashlib.sha256(json.dumps([[s[0], s[3], s[4]] for s in stats]).encode()).hexdigest()
+    return Listing(
+        root, tuple(paths), tuple(labels), tuple(in_test), class_names, tuple(hidden), fingerprint, tuple(stats)
+    )
+
+
+def _file_digest(root: str, relative: str) -> tuple:
+    """(the file's stat key as content_hash keeps it, sha256 of its bytes); the key is taken before
+    the bytes are read, so a file changed while it is read is hashed again next time."""
+    path = os.path.join(root, relative)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            info, digest = os.fstat(fd), hashlib.sha256()
+            while chunk := os.read(fd, 1 << 20):  # plain reads: half the time of a file object's
+                digest.update(chunk)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise errors.Error(f"{path}: vanished while the data was read; run again once the folder is stable.") from None
+    except OSError as err:
+        raise errors.Error(f"{path} cannot be read ({err.strerror}); fix or delete it.") from None
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns], digest.hexdigest()
+
+
+_MEMO_HEADER = b"maxl_tf content digests 1 "
+
+
+def _memo_path(cache_dir: str, root: str) -> str:
+    user = hashlib.sha256(images_lib.secret()).hexdigest()[:16]
+    name = hashlib.sha256(json.dumps([user, os.path.realpath(root)]).encode()).hexdigest()[:32]
+    return os.path.join(cache_dir, "content", name)
+
+
+def _memo_mac(body: bytes) -> bytes:
+    return hmac.new(images_lib.secret(), body, hashlib.sha256).hexdigest().encode()
+
+
+def _read_memo(path: str) -> dict:
+    """{relative path (bytes): (stat key, digest)} kept at path, or {} when there is none or it
+    fails its checksum (then every file is hashed again).
+
+    The file: a line of _MEMO_HEADER and the HMAC of the rest, then per image
+    "device inode size mtime_ns ctime_ns<TAB>sha256 hex<TAB>relative path<NUL>" (a path holds no NUL)."""
+    try:
+        with open(path, "rb") as f:
+            header, _, body = f.read().partition(b"\n")
+    except OSError:
+        return {}
+    if not header.startswith(_MEMO_HEADER) or not hmac.compare_digest(header[len(_MEMO_HEADER) :], _memo_mac(body)):
+        return {}
+    kept = {}
+    for record in body.split(b"\0")[:-1]:
+        key, digest, relative = record.split(b"\t", 2)
+        kept[relative] = (key, digest)
+    return kept
+
+
+def content_hash(listing: Listing, cache_dir: str = "") -> tuple:
+    """(sha256 hex of the folder's images: each one's relative path and the sha256 of its bytes;
+    how many files were read to get it). With a cache folder, a file whose device, inode, size,
+    modification and change time are those kept there is not read again (module docstring).
+
+    Raises:
+      errors.Error: an image vanished or cannot be read (naming it).
+    """
+    path = _memo_path(cache_dir, listing.root) if cache_dir else ""
+    kept = _read_memo(path) if path else {}
+    content, records, read = hashlib.sha256(), [], 0
+    for relative, *key in listing.stats:
+        name, stat_key = os.fsencode(relative), b"%d %d %d %d %d" % tuple(key)
+        entry = kept.get(name)
+        if entry is not None and entry[0] == stat_key:
+            digest = entry[1]
+        else:
+            stat_now, text = _file_digest(listing.root, relative)
+            stat_key, digest = b"%d %d %d %d %d" % tuple(stat_now), text.encode()
+            read += 1
+        content.update(name + b"\0" + digest + b"\0")
+        records.append(b"%s\t%s\t%s\0" % (stat_key, digest, name))
+    if path and (read or len(kept) != len(records)):
+        body = b"".join(records)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(_MEMO_HEADER + _memo_mac(body) + b"\n" + body)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # the next run hashes again: slower, never wrong
+    return content.hexdigest(), read
 
 
 def _class_files(root: str, walker: _Walker) -> tuple:
@@ -267,6 +372,7 @@ class Folder(source_lib.Source):
         # taken for the other's.
         self.name = f"{NAME}_{base}_{hashlib.sha256(root.encode()).hexdigest()[:6]}"
         self._listing = None
+        self._content = None
 
     def listing(self) -> Listing:
         if self._listing is None:
@@ -283,11 +389,21 @@ class Folder(source_lib.Source):
             return hierarchy_file.load(self.options.hierarchy, described, listing.class_names)
         return hierarchy_file.flat(described, listing.class_names)
 
+    def content(self) -> str:
+        """The folder's content hash (content_hash), computed once per Source."""
+        if self._content is None:
+            self._content = content_hash(self.listing(), self.options.cache_dir)[0]
+        return self._content
+
     def identity(self) -> dict:
+        """The content hash and image count decide "same data" (experiment/rundir.same_data); the
+        path and the fingerprint of sizes and modification times are kept to name the folder and to
+        compare with runs recorded before content hashes."""
         listing = self.listing()
         return {
             "kind": "folder",
             "path": listing.root,
+            "content": self.content()[:32],
             "fingerprint": listing.fingerprint[:16],
             "images": len(listing.paths),
         }
@@ -300,7 +416,7 @@ class Folder(source_lib.Source):
             listing.in_test,
             listing.class_names,
             self.options,
-            cache_key=["folder", self.identity()],
+            cache_key=["folder", self.content(), len(listing.paths)] if self.options.cache_dir else None,
             what=f"image folder {listing.root} ({len(listing.class_names)} classes)",
             where=f"--data_dir={listing.root}",
             read_headers=lambda: read_headers(listing.paths, max_pixels),

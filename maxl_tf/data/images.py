@@ -12,18 +12,20 @@ Size and channels are decided from every image's header before anything is decod
   small PNG can hold a 20000x20000 image: 1.2 GB decoded).
 
 The decoded set is one uint8 [N, S, S, C] array. With a cache folder it is written there once as
-a .npy (no pickles) keyed by what was decoded (a folder's file list, sizes and modification
-times; a tfds set's name and version) and the size policy, so later runs do not decode; the
-cache keeps to Options.cache_limit_mb, the least recently used files going first. A set larger
-than Options.memory_budget_mb (or any, with stream="on") is not loaded into memory: its rows are
-read from the cache file per batch (DiskImages), so memory stays bounded whatever the set's size.
-Both ways read the same bytes, so a run gives the same results streamed or in memory.
+a .npy (no pickles) keyed by what was decoded (a folder's content hash, folder.py; a tfds set's
+name and version) and the size policy, with a checksum of its pixels and shape that is checked
+whenever it is opened, so later runs do not decode; the cache keeps to Options.cache_limit_mb,
+the least recently used files going first. A set larger than Options.memory_budget_mb (or any,
+with stream="on") is not loaded into memory: its rows are read from the cache file per batch
+(DiskImages, which holds the file open from the check on), so memory stays bounded whatever the
+set's size. Both ways read the same bytes, so a run gives the same results streamed or in memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import io
 import json
 import math
@@ -38,7 +40,6 @@ from maxl_tf import runtime
 from maxl_tf.data import source as source_lib
 
 DEFAULT_SIZE = 32
-_CACHE_VERSION = 2  # bump when decoding changes, so old cache files are not read
 _GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 
 
@@ -213,20 +214,16 @@ def decode_paths(paths, size: int, channels: int, out) -> None:
 
 
 class DiskImages:
-    """A .npy uint8 [N, S, S, C] array read from disk a batch of rows at a time (pread), so memory
-    holds the rows asked for, never the set. Indexing gives numpy arrays, as an array's does."""
+    """A cache file's uint8 [N, S, S, C] rows read from disk a batch at a time (pread), so memory
+    holds the rows asked for, never the set. Indexing gives numpy arrays, as an array's does.
 
-    def __init__(self, path: str):
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read(f)
-            self._offset = f.tell()
-        if dtype != np.uint8 or fortran or len(shape) != 4:
-            raise ValueError(f"{path} is not a C-order uint8 [N, H, W, C] array")
-        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(np.uint8)
+    It reads through the file it was given, opened when the cache was checked: a file another run's
+    --cache_limit_mb trim (or a user) deletes meanwhile stays readable until this object goes."""
+
+    def __init__(self, file, path: str, shape: tuple, offset: int):
+        self._file, self.path, self.shape, self._offset = file, path, tuple(shape), offset
+        self.dtype = np.dtype(np.uint8)
         self._row = int(np.prod(shape[1:]))
-        self._fd = None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -236,9 +233,10 @@ class DiskImages:
         return 4
 
     def _read(self, index: int) -> bytes:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        return os.pread(self._fd, self._row, self._offset + index * self._row)
+        data = os.pread(self._file.fileno(), self._row, self._offset + index * self._row)
+        if len(data) != self._row:  # cut short in place after it was checked
+            raise errors.Error(f"the cache file {self.path} was cut short while this run read it; run again.")
+        return data
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
@@ -249,9 +247,13 @@ class DiskImages:
             out[i] = np.frombuffer(self._read(int(index)), np.uint8).reshape(self.shape[1:])
         return out
 
+    def close(self) -> None:
+        self._file.close()
+
     def __del__(self):
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()
 
 
 class Subset:
@@ -270,32 +272,149 @@ class Subset:
 
 # ----------------------------------------------------------------------------------------------
 # The cache.
+#
+# A cache file is a .npy (uint8 [N, S, S, C], C order, header 1.0: np.load(allow_pickle=False)
+# reads it) followed by a trailer of _TRAILER bytes: _MAGIC and JSON {"key", "shape", "mac"}, where
+# key names what was decoded (the file's name is made from it) and mac is an HMAC-SHA256, under this
+# user's secret (secret()), of [key, shape] and every pixel byte. A file is used only when its
+# trailer names the key asked for, the header's shape and the trailer's agree, and the HMAC of what
+# is read matches: a damaged, truncated, swapped or planted file (one of another shape, or another
+# set's pixels under a valid header) is decoded again and rewritten. Nothing in it is executed:
+# the header is parsed by numpy's literal reader, the trailer by json.
+
+_CACHE_VERSION = 3  # bump when decoding or the file format changes, so old cache files are not read
+_MAGIC = b"MAXL_TF_CACHE "
+_TRAILER = 256
+_CHUNK = 16 * 2**20  # bytes read per step while a file is checked
+
+
+def _secret_path() -> str:
+    return os.path.join(os.path.dirname(source_lib.default_cache_dir()), "cache.key")
+
+
+_SECRET = {}
+
+
+def secret() -> bytes:
+    """This user's key for the cache's checksums: 32 random bytes in
+    $XDG_CACHE_HOME/maxl_tf/cache.key (mode 0600), made on first use. Another user sharing a
+    --cache_dir has another key, so files written by someone else are never read (each user's files
+    get their own names). Where no key can be kept (a read-only home) the key is empty: the
+    checksums then still catch damage, not a file planted by someone who knows this format."""
+    path = _secret_path()
+    if path not in _SECRET:
+        key = b""
+        try:
+            with open(path, "rb") as f:
+                key = f.read()
+        except FileNotFoundError:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.{os.getpid()}.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(os.urandom(32))
+                try:
+                    os.link(tmp, path)  # the first process to get there wins; the others read its key
+                except FileExistsError:
+                    pass
+                finally:
+                    os.remove(tmp)
+                with open(path, "rb") as f:
+                    key = f.read()
+            except OSError:
+                key = b""
+        except OSError:
+            key = b""
+        _SECRET[path] = key
+    return _SECRET[path]
+
+
+def _key_digest(key) -> str:
+    """The cache file's name for `key` (JSON-serialisable), this user's (see secret())."""
+    user = hashlib.sha256(secret()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([_CACHE_VERSION, user, key], sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _cache_path(cache_dir: str, key) -> str:
-    digest = hashlib.sha256(json.dumps([_CACHE_VERSION, key], sort_keys=True).encode()).hexdigest()[:32]
-    return os.path.join(cache_dir, f"{digest}.npy")
+    return os.path.join(cache_dir, f"{_key_digest(key)}.npy")
 
 
-def _read_cached(path: str, num_images: int, options: source_lib.Options):
-    """(the cached array, in memory or DiskImages when streamed; streamed), or None if the file is
-    absent or unusable (it is then written again)."""
+def _mac(digest: str, shape: tuple):
+    mac = hmac.new(secret(), digestmod=hashlib.sha256)
+    mac.update(json.dumps([digest, list(shape)]).encode())
+    return mac
+
+
+def _trailer(digest: str, shape: tuple, mac: str) -> bytes:
+    text = _MAGIC + json.dumps({"key": digest, "shape": list(shape), "mac": mac}).encode()
+    return text.ljust(_TRAILER - 1) + b"\n"
+
+
+def _open_cached(path: str, num_images: int, options: source_lib.Options) -> tuple:
+    """(the cached array, in memory or DiskImages when streamed; streamed; why not) from the cache
+    file at path: (None, False, "") when there is none, (None, False, reason) when it fails its
+    checks (it is then decoded again and rewritten)."""
+    digest = os.path.basename(path)[: -len(".npy")]
     try:
-        images = DiskImages(path)
-        complete = os.path.getsize(path) == images._offset + int(np.prod(images.shape))
-    except (OSError, ValueError, EOFError):
-        return None
-    if len(images) != num_images or not complete:
-        return None
-    streamed = _streams(images.shape, options)
-    if not streamed:
-        try:
-            images = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None
+        file = open(path, "rb")
+    except FileNotFoundError:
+        return None, False, ""
+    except OSError as err:
+        return None, False, f"unreadable ({err.strerror})"
+    try:
+        result = _check_cached(file, path, digest, num_images, options)
+    except (OSError, ValueError, EOFError) as err:
+        result = None, False, f"unreadable ({errors.first_line(err)})"
+    if not isinstance(result[0], DiskImages):
+        file.close()
+    return result
+
+
+def _check_cached(file, path: str, digest: str, num_images: int, options: source_lib.Options) -> tuple:
+    version = np.lib.format.read_magic(file)
+    if version != (1, 0):
+        return None, False, "not a cache file"
+    shape, fortran, dtype = np.lib.format.read_array_header_1_0(file)
+    offset = file.tell()
+    if dtype != np.uint8 or fortran or len(shape) != 4:
+        return None, False, "not a C-order uint8 [N, H, W, C] array"
+    if shape[0] != num_images:
+        return None, False, f"{shape[0]} images, not {num_images}"
+    nbytes = int(np.prod(shape))
+    if os.fstat(file.fileno()).st_size != offset + nbytes + _TRAILER:
+        return None, False, "cut short or of another size"
+    end = os.pread(file.fileno(), _TRAILER, offset + nbytes)
+    if not end.startswith(_MAGIC):
+        return None, False, "no checksum"
+    try:
+        trailer = json.loads(end[len(_MAGIC) :])
+    except ValueError:
+        return None, False, "no checksum"
+    if not isinstance(trailer, dict) or trailer.get("key") != digest:
+        return None, False, "written for other data"
+    if trailer.get("shape") != list(shape):
+        return None, False, f"its checksum is of shape {trailer.get('shape')}, its header says {list(shape)}"
+    streamed = _streams(tuple(shape), options)
+    images = None if streamed else np.empty(shape, np.uint8)
+    flat = None if streamed else images.reshape(-1)
+    mac = _mac(digest, tuple(shape))
+    position = 0
+    while position < nbytes:
+        block = os.pread(file.fileno(), min(_CHUNK, nbytes - position), offset + position)
+        if not block:
+            return None, False, "cut short"
+        mac.update(block)
+        if flat is not None:
+            flat[position : position + len(block)] = np.frombuffer(block, np.uint8)
+        position += len(block)
+    if not hmac.compare_digest(mac.hexdigest(), str(trailer.get("mac"))):
+        return None, False, "its checksum does not match its content"
     os.utime(path, ns=(time.time_ns(), time.time_ns()))  # recently used: the last to be evicted (file
     # systems' own times move in ticks of milliseconds, too coarse to order two uses)
-    return images, streamed
+    if streamed:
+        images = DiskImages(file, path, tuple(shape), offset)
+    return images, streamed, ""
 
 
 def _streams(shape: tuple, options: source_lib.Options) -> bool:
@@ -305,7 +424,9 @@ def _streams(shape: tuple, options: source_lib.Options) -> bool:
 
 
 def trim_cache(cache_dir: str, limit_mb: int, keep: str = "") -> None:
-    """Deletes the least recently used cache files until the folder holds at most limit_mb."""
+    """Deletes the least recently used cache files until the folder holds at most limit_mb. A run
+    streaming from a deleted file keeps reading it (DiskImages holds it open); its space is freed
+    when that run ends."""
     try:
         entries = [os.path.join(cache_dir, n) for n in os.listdir(cache_dir) if n.endswith((".npy", ".tmp"))]
         stats = sorted(((os.stat(p).st_mtime_ns, os.stat(p).st_size, p) for p in entries), reverse=True)
@@ -322,12 +443,13 @@ def trim_cache(cache_dir: str, limit_mb: int, keep: str = "") -> None:
 
 
 class _RowWriter:
-    """Rows of a .npy file written in order with plain writes (`out[i:j] = rows`), so decoding a
+    """Rows of a cache file written in order with plain writes (`out[i:j] = rows`), so decoding a
     set larger than memory never holds more than a batch (a memory map would keep every page it
-    wrote resident until the file is closed)."""
+    wrote resident until the file is closed); the checksum is computed as they go."""
 
-    def __init__(self, f, shape: tuple):
+    def __init__(self, f, shape: tuple, digest: str):
         self._f, self._next, self._row = f, 0, int(np.prod(shape[1:]))
+        self._mac = _mac(digest, shape)
         np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
 
     def __setitem__(self, rows: slice, values) -> None:
@@ -335,24 +457,47 @@ class _RowWriter:
             raise ValueError("rows must be written in order")
         data = np.ascontiguousarray(values, np.uint8)
         self._f.write(data.tobytes())
+        self._mac.update(data.tobytes())
         self._next += len(data)
 
 
-def _write_rows(path: str, shape: tuple, fill) -> None:
-    """Writes a .npy of `shape` whose rows fill(out) assigns in order, atomically (temp file, rename)."""
+def _write_rows(path: str, shape: tuple, fill):
+    """Writes a cache file of `shape` whose rows fill(out) assigns in order, atomically (temp file,
+    rename); returns it open for reading, so a trim by another run before it is read cannot take it."""
     tmp = f"{path}.{os.getpid()}.tmp"
+    digest = os.path.basename(path)[: -len(".npy")]
     try:
-        with open(tmp, "wb") as f:
-            writer = _RowWriter(f, shape)
+        f = open(tmp, "w+b")
+        try:
+            writer = _RowWriter(f, shape, digest)
             fill(writer)
             if writer._next != shape[0]:
                 raise OSError(f"{shape[0] - writer._next} images were not written")
+            f.write(_trailer(digest, shape, writer._mac.hexdigest()))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
+        except BaseException:
+            f.close()
+            raise
+        return f
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _read_written(f, path: str, shape: tuple, options: source_lib.Options):
+    """The file _write_rows returned, as the array (read back, then closed) or DiskImages."""
+    f.seek(0)
+    np.lib.format.read_magic(f)
+    np.lib.format.read_array_header_1_0(f)
+    offset = f.tell()
+    if _streams(shape, options):
+        return DiskImages(f, path, shape, offset)
+    with f:
+        images = np.empty(shape, np.uint8)
+        f.readinto(memoryview(images.reshape(-1)))
+    return images
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,22 +564,20 @@ def decode_set(
         train_idx, test_idx = hold_out(labels, options.test_fraction, class_names, where)
         how = f"{options.test_fraction:g} of each class held out as test"
     path = _cache_path(options.cache_dir, [cache_key, options.image_size]) if options.cache_dir else ""
-    cached = _read_cached(path, len(labels), options) if path else None
-    note = f", from the cache {path}" if cached else ""
-    if cached:
-        images, streamed = cached
-    else:
+    images, streamed, refused = _open_cached(path, len(labels), options) if path else (None, False, "")
+    note = f", from the cache {path}" if images is not None else ""
+    if images is None:
         size, channels = target_shape(read_headers(), options.image_size)
         shape = (len(labels), size, size, channels)
         streamed = _streams(shape, options)
-        images = None
         if path:
+            again = f" (the cache file there was {refused}: decoded again)" if refused else ""
             try:
                 os.makedirs(options.cache_dir, exist_ok=True)
-                _write_rows(path, shape, lambda out: decode(size, channels, out))
+                written = _write_rows(path, shape, lambda out: decode(size, channels, out))
                 trim_cache(options.cache_dir, options.cache_limit_mb, keep=path)
-                images, streamed = _read_cached(path, len(labels), options)
-                note = f", cached in {path}"
+                images = _read_written(written, path, shape, options)
+                note = f", cached in {path}{again}"
             except OSError as err:
                 if streamed:
                     raise errors.Error(
@@ -442,7 +585,7 @@ def decode_set(
                         f"({errors.first_line(err)}); pass --cache_dir=<a folder with room for "
                         f"{int(np.prod(shape)) / 2**20:.0f} MB>, or --stream=off."
                     ) from None
-                note = f", not cached: {errors.first_line(err)}"
+                note = f", not cached: {errors.first_line(err)}{again}"
         elif streamed:
             raise errors.Error(
                 f"{where}: streaming reads the decoded-image cache; pass a --cache_dir, or --stream=off."

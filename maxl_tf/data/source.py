@@ -3,7 +3,7 @@
     source = registry.get("cifar100", Options(data_dir="~/data"))
     source.name          the run-name part: "cifar100", "folder_pets-3f9a2c", "tfds_mnist"
     source.levels()      its label levels (core.hierarchy.Hierarchy), class names where it has them
-    source.identity()    what a run saw: a folder's path and fingerprint, an archive's path and size...
+    source.identity()    what a run saw: a folder's content hash, an archive's path and size...
     source.find()        checks the data is there without reading it (a sweep asks before training)
     source.load()        Loaded: the train and test splits, uint8 images and finest labels
 

@@ -18,6 +18,7 @@ a sweep skipping complete runs) never starts it.
 import contextlib
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -168,12 +169,20 @@ def holds_training(logdir: str) -> bool:
     )
 
 
-def describe_data(identity: dict) -> str:
-    """A data identity (Source.identity) in a few words, for messages and reports."""
+def describe_data(identity: dict, where: bool = False) -> str:
+    """A data identity (Source.identity) in a few words, for messages and reports: equal for the
+    same data (same_data), so the report groups runs by it. A folder recorded with its content hash
+    is described by that and its image count, not its path (a renamed folder holds the same data);
+    where=True adds the path, for messages."""
     if not identity:
         return "data not recorded (a run of an older version)"
+    if not isinstance(identity, dict):  # a hand-edited record
+        return f"data {json.dumps(identity, default=str)[:80]}"
     kind = identity.get("kind", "data")
-    if kind == "folder":
+    if kind == "folder" and "content" in identity:
+        described = f"folder of {identity.get('images')} images, content {str(identity['content'])[:16]}"
+        return f"{described} at {identity.get('path')}" if where else described
+    if kind == "folder":  # recorded before content hashes
         images, fingerprint = identity.get("images"), identity.get("fingerprint")
         return f"folder {identity.get('path')} ({images} images, fingerprint {fingerprint})"
     if kind == "archive":
@@ -184,10 +193,40 @@ def describe_data(identity: dict) -> str:
     return f"{kind} {details}"
 
 
+_FOLDER_BEFORE_CONTENT = ("path", "fingerprint", "images")  # what a folder's record held before content hashes
+
+
 def same_data(saved: dict | None, identity: dict | None) -> bool:
-    """Whether a run recorded as having seen `saved` saw `identity`; a run without a record (older
-    versions) or a caller without an identity cannot tell, and counts as the same."""
-    return not saved or not identity or saved == identity
+    """Whether a run recorded as having seen `saved` saw `identity`.
+
+    A folder is the same data when its content hash and image count are (data/folder.py): its
+    path, modification times and the link it was named through do not matter. A folder recorded
+    before content hashes is compared as it was then: the same path, image count and fingerprint of
+    sizes and modification times (resuming it records the content hash). Other data: the records
+    are equal. A run without a record (older versions) or a caller without an identity cannot tell,
+    and counts as the same.
+    """
+    if not saved or not identity:
+        return True
+    if isinstance(saved, dict) and isinstance(identity, dict) and saved.get("kind") == identity.get("kind") == "folder":
+        if "content" in saved and "content" in identity:
+            return saved["content"] == identity["content"] and saved.get("images") == identity.get("images")
+        if "content" not in saved:
+            return all(saved.get(k) == identity.get(k) for k in _FOLDER_BEFORE_CONTENT)
+    return saved == identity
+
+
+def _other_logdir(logdir: str, identity: dict | None) -> str:
+    """A --logdir beside logdir, named after the data identity, for the refusal's advice (the
+    default name would be the same directory when a path now holds other data, e.g. a re-pointed
+    link)."""
+    content = identity.get("content") if isinstance(identity, dict) else None
+    digest = (
+        str(content)[:8]
+        if content
+        else hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    )
+    return f"{logdir.rstrip(os.sep)}_data{digest}"
 
 
 def _saved_identity(logdir: str):
@@ -223,9 +262,9 @@ def check(config: config_lib.Config, chief: bool = True, identity: dict | None =
         saved_data = saved.get(DATA_KEY) if isinstance(saved, dict) else None
         if not same_data(saved_data, identity) and holds_training(logdir):
             raise errors.Error(
-                f"--logdir={logdir} holds a run on other data: {describe_data(saved_data)}; this run's is "
-                f"{describe_data(identity)}. Pass another --logdir (or leave it out: runs of different "
-                "folders get different names), or restore that data."
+                f"--logdir={logdir} holds a run on other data: {describe_data(saved_data, where=True)}; this "
+                f"run's is {describe_data(identity, where=True)}. Restore the data that run trained on to "
+                f"resume it, or pass a new --logdir for this data (e.g. --logdir={_other_logdir(logdir, identity)})."
             )
         if differences and holds_training(logdir):
             raise errors.Error(
