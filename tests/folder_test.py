@@ -426,7 +426,9 @@ class VerifiedCacheTest(tf.test.TestCase):
 
     def _assert_decoded_again(self, why: str, **options) -> source.Loaded:
         again = _load_folder(self.root, test_fraction=0.5, cache_dir=self.cache_dir, **options)
-        self.assertIn(f"cached in {self.path} (the cache file there was {why}: decoded again)", again.description)
+        self.assertIn(
+            f"cached in {self.path} (the cache file there failed its check: {why}; decoded again)", again.description
+        )
         self.assertAllEqual(again.train.images[:], self.first.train.images)
         self.assertAllEqual(again.test.images[:], self.first.test.images)
         with open(self.path, "rb") as f:

@@ -571,7 +571,7 @@ def decode_set(
         shape = (len(labels), size, size, channels)
         streamed = _streams(shape, options)
         if path:
-            again = f" (the cache file there was {refused}: decoded again)" if refused else ""
+            again = f" (the cache file there failed its check: {refused}; decoded again)" if refused else ""
             try:
                 os.makedirs(options.cache_dir, exist_ok=True)
                 written = _write_rows(path, shape, lambda out: decode(size, channels, out))
