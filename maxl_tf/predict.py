@@ -88,7 +88,14 @@ def _finished_run(logdir: str) -> config_lib.Config:
 
 def check_headers(paths, max_pixels: int) -> None:
     """Refuses, from its header and before anything is decoded, an image that is not one or has
-    more than max_pixels pixels (--max_image_pixels), as training does (data/images.py)."""
+    more than max_pixels pixels (--max_image_pixels), as training does (data/images.py), or whose
+    name is not UTF-8 (TensorFlow, which decodes them, takes UTF-8 paths only)."""
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise errors.Error(f"{shown}: its name is not valid UTF-8, so it cannot be read; rename it.") from None
     folder.read_headers(paths, max_pixels)
 
 

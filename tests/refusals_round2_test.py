@@ -111,6 +111,16 @@ class PredictTest(tf.test.TestCase):
             predict.predict(self.finished, [self.image, huge_files[0]])
         self.assertLen(predict.predict(self.finished, [self.image], max_pixels=64)[1], 1)
 
+    def test_an_image_name_that_is_not_utf8_is_named(self):
+        """TensorFlow takes UTF-8 paths only: such a name was a traceback naming no file."""
+        latin1 = os.path.join(os.fsencode(self.get_temp_dir()), b"caf\xe9.png")
+        shutil.copy(self.image, latin1)
+        code, stdout, stderr, imported = smoke_util.run_recording_imports(
+            "maxl_tf.predict", f"--logdir={self.finished}", os.fsdecode(latin1)
+        )
+        assert_one_error_line(self, code, stderr, r"/caf\\xe9\.png: its name is not valid UTF-8, .* rename it\.$")
+        self.assertFalse(imported)
+
     def _forge(self, logdir: str, name: str, forged) -> None:
         """Puts forged (a network, or classes.json's content) in place of the run's export `name`,
         its manifest entry rewritten to fit."""
