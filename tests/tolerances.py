@@ -31,7 +31,8 @@ VGG_SMALL_LABEL_ROUNDINGS = 1 + 3 * 4 + 3
 
 def probabilistic_error(roundings: int, unit_roundoff: float) -> float:
     """sqrt(n) u: the relative error of a result after n roundings of independent sign, which add
-    in quadrature (Higham and Mary, SIAM J. Sci. Comput. 2019), instead of the worst case n u."""
+    in quadrature (Higham and Mary, SIAM J. Sci. Comput. 2019), instead of the worst case n u.
+    Callers multiply it by lambda, the number of such standard deviations they allow."""
     return math.sqrt(roundings) * unit_roundoff
 
 
