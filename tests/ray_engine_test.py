@@ -7,6 +7,7 @@ command start its own, as on a user's machine.
 """
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -101,6 +102,27 @@ class RunFlagsTest(tf.test.TestCase):
         self.assertEqual(cli.config_from_flags(flag_values), config)
         self.assertEqual(flag_values.heartbeat_timeout, 7.5)
         self.assertEqual((flag_values.seeds, flag_values.pairs, flag_values.method), ("", "", "maxl"))
+
+    def test_the_training_process_takes_the_stop_signals_its_worker_ignores(self):
+        """A Ray worker of a driver started by `cmd &` ignores SIGINT (and a scheduler may make it
+        ignore SIGTERM); an ignored signal stays so across exec, but not in the training process."""
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            child = subprocess.Popen(
+                ["sleep", "60"], preexec_fn=functools.partial(ray_engine._die_with_parent, os.getpid())
+            )
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        try:
+            with open(f"/proc/{child.pid}/status") as f:
+                ignored = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+            self.assertEqual(ignored & (1 << (signal.SIGINT - 1) | 1 << (signal.SIGTERM - 1)), 0)
+            child.send_signal(signal.SIGTERM)
+            self.assertEqual(child.wait(timeout=10), -signal.SIGTERM)
+        finally:
+            child.kill()
+            child.wait()
 
     def test_only_a_killed_or_signalled_run_is_retried(self):
         retried = {code: ray_engine.worth_retrying(ray_engine.Outcome(code)) for code in (-9, 130, 143, 0, 1, 2, 75)}
