@@ -228,8 +228,7 @@ class PipelineTest(tf.test.TestCase):
             self.assertAllEqual(batch["indices"], idx)
             self.assertAllEqual(batch["labels"], examples.labels[idx])
             self.assertAllEqual(batch["aux_labels"], examples.aux_labels[idx])
-            expected = (examples.images[idx].astype(np.float32) / 255.0 - 0.5) / 0.2
-            self.assertAllClose(batch["images"], expected, rtol=1e-6, atol=1e-6)
+            self.assertAllEqual(batch["images"], examples.images[idx].astype(np.float32))  # raw pixels
             self.assertEqual(batch["images"].dtype, np.float32)
 
     def test_resume_matches_full_stream(self):
@@ -271,8 +270,7 @@ class PipelineTest(tf.test.TestCase):
         self.assertAllEqual(np.concatenate([b["labels"] for b in batches]), examples.labels)
         self.assertAllEqual(np.concatenate([b["aux_labels"] for b in batches]), examples.aux_labels)
         images = np.concatenate([b["images"] for b in batches])
-        expected = (examples.images.astype(np.float32) / 255.0 - 0.5) / 0.2
-        self.assertAllClose(images, expected, rtol=1e-6, atol=1e-6)
+        self.assertAllEqual(images, examples.images.astype(np.float32))  # raw pixels
 
     def test_evaluation_batches_exact_multiple(self):
         batches = _collect(data.Pipeline(_examples(n=20)).evaluation_batches(5))
