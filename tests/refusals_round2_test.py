@@ -295,6 +295,15 @@ class FilesTest(tf.test.TestCase):
         self.assertRegex(lines[1], r"^error: .* has no readable results\.json")
         self.assertLen(lines, 2)
 
+    def test_a_fifo_named_results_json_does_not_hang_a_sweeps_check(self):
+        # main.py asks rundir.completed_results whether a run is done: read_results, bounded.
+        from maxl_tf.experiment import rundir
+
+        fifo = os.path.join(self.get_temp_dir(), "results.json")
+        os.mkfifo(fifo)
+        with self.assertRaisesRegex(errors.Error, r"results\.json: unreadable \(ValueError: not a regular file\)$"):
+            rundir.read_results(fifo)
+
 
 if __name__ == "__main__":
     tf.test.main()

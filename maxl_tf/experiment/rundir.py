@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import zipfile
 
@@ -468,7 +469,12 @@ def read_results(path: str) -> dict:
       errors.Error: naming the file and what is wrong with it.
     """
     try:
-        with open(path) as f:
+        # Without blocking, and only a regular file: a FIFO named results.json would wait forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError("not a regular file")
+        with open(fd) as f:
             summary = json.load(f)
         config_lib.Config.from_saved(summary["config"])
         if summary["complete"] and summary["test_accuracy"] is None:
