@@ -460,6 +460,7 @@ def main(argv):
                 "framework": f"tensorflow {tf.__version__}",
                 "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
                 "cpus": os.cpu_count(),
+                "cpu": runtime.cpu_description(),
                 "batch_size": config.batch_size,
                 "model": config.model,
                 "width": config.width,

@@ -51,6 +51,45 @@ def quiet_start_up():
                     print(line, file=sys.stderr)
 
 
+# CPU flags (/proc/cpuinfo) on which TensorFlow turns its oneDNN kernels on by default.
+_ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+
+
+def cpu_description() -> dict:
+    """What kernels a CPU run gets: the CPU's model name, its vector flags, and whether
+    TensorFlow's oneDNN kernels are on and why (TF_ENABLE_ONEDNN_OPTS, else TensorFlow's default
+    for this CPU). Linux's /proc/cpuinfo; elsewhere the flags are unknown (None)."""
+    model, flags = None, None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model is None:
+                    model = value.strip()
+                elif key.strip() == "flags" and flags is None:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    has = (lambda flag: flag in flags) if flags is not None else (lambda flag: None)  # noqa: E731
+    setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    if setting is not None:
+        onednn = f"{'on' if setting.strip() in ('1', 'true', 'True') else 'off'} (TF_ENABLE_ONEDNN_OPTS={setting})"
+    elif flags is not None:
+        default = any(flag in flags for flag in _ONEDNN_DEFAULT_FLAGS)
+        onednn = f"{'on' if default else 'off'} (TensorFlow's default for this CPU)"
+    else:
+        onednn = "unknown"
+    return {
+        "model": model,
+        "avx2": has("avx2"),
+        "avx512": has("avx512f"),
+        "avx512_vnni": has("avx512_vnni"),
+        "avx512_bf16": has("avx512_bf16"),
+        "amx": has("amx_tile"),
+        "onednn": onednn,
+    }
+
+
 def start_tensorflow(deterministic: bool = True, start_runtime: bool = True):
     """Imports TensorFlow without its start-up noise and sets the process-wide runtime; returns tf.
 
