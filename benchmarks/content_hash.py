@@ -28,22 +28,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.streaming import write_folder  # noqa: E402  the same random PNGs
 from maxl_tf.data import folder as folder_lib  # noqa: E402
 from maxl_tf.data import images as images_lib  # noqa: E402
 from maxl_tf.data import source as source_lib  # noqa: E402
-
-
-def write_folder(folder: str, images: int) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    per_class = images // 10
-    for label in range(10):
-        class_dir = os.path.join(folder, f"class{label}")
-        os.makedirs(class_dir, exist_ok=True)
-        for i in range(len(os.listdir(class_dir)), per_class):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(os.path.join(class_dir, f"{i:06d}.png"), compress_level=1)
 
 
 def timed(what: str, fn, repeat: int = 3):
