@@ -137,5 +137,8 @@ class LoopTest(tf.test.TestCase):
                 os.path.join(self.get_temp_dir(), f"jit{jit}"), jit=jit, epochs=1, deterministic=False, export=False
             )  # XLA has no deterministic max-pool gradient
             histories.append(train.train_and_evaluate(config, progress=False)["history"])
+        # XLA fuses and reorders the float32 sums: one epoch's 7 steps drift by at most
+        # 7 x 3 sqrt(2048) u32 = 5.7e-5 (tolerances.training_drift).
+        rtol = tolerances.training_drift(tolerances.SMOKE_STEPS_PER_EPOCH)
         for key in ("train/pri_loss", "meta/loss", "test/loss"):
-            self.assertAllClose(histories[1][0][key], histories[0][0][key], rtol=1e-4, msg=key)
+            self.assertAllClose(histories[1][0][key], histories[0][0][key], rtol=rtol, msg=key)

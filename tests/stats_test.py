@@ -4,10 +4,15 @@ import numpy as np
 import tensorflow as tf
 
 from maxl_tf import stats
+from tests.tolerances import FLOAT64
 
 # Student t's 0.975 quantile with 3 and 7 degrees of freedom, from a printed table.
 T_975_DF3 = 3.182446305
 T_975_DF7 = 2.364624252
+# Differences and means of float64 accuracies <= 1: a few roundings of numbers <= 1.
+ARITHMETIC = 8 * FLOAT64
+# The table's quantiles to 9 decimals, half a unit of the last: 5e-10, times a standard error < 1.
+TABLE = 5e-10
 
 
 class PairedTest(tf.test.TestCase):
@@ -18,11 +23,11 @@ class PairedTest(tf.test.TestCase):
         # Differences 0.02, 0.02, -0.01, 0: mean 0.0075; deviations 0.0125, 0.0125, -0.0175,
         # -0.0075 square to 6.75e-4 in all, / 3 = 2.25e-4, so sd = 0.015 and sd / sqrt(4) = 0.0075.
         self.assertEqual(result.seeds, (0, 1, 2, 3))
-        self.assertAllClose(result.differences, [0.02, 0.02, -0.01, 0.0], atol=1e-12)
-        self.assertAllClose(result.mean, 0.0075, atol=1e-12)
+        self.assertAllClose(result.differences, [0.02, 0.02, -0.01, 0.0], rtol=0, atol=ARITHMETIC)
+        self.assertAllClose(result.mean, 0.0075, rtol=0, atol=ARITHMETIC)
         half_width = T_975_DF3 * 0.0075
-        self.assertAllClose(result.interval, (0.0075 - half_width, 0.0075 + half_width), atol=1e-9)
-        self.assertAllClose(result.interval, (-0.016368347, 0.031368347), atol=1e-9)
+        self.assertAllClose(result.interval, (0.0075 - half_width, 0.0075 + half_width), rtol=0, atol=TABLE)
+        self.assertAllClose(result.interval, (-0.016368347, 0.031368347), rtol=0, atol=2 * TABLE)  # and its 9 decimals
         self.assertEqual((result.pairs, result.wins, result.ties, result.losses), (4, 2, 1, 1))
 
     def test_eight_seeds_all_won(self):
@@ -30,9 +35,9 @@ class PairedTest(tf.test.TestCase):
         a = {seed: 0.7 + 0.001 * (seed + 1) for seed in range(8)}
         result = stats.paired(a, b)
         # Differences 0.001..0.008: mean 0.0045, sd = 0.001 * sqrt(6) (that of 1..8 is sqrt(6)).
-        self.assertAllClose(result.mean, 0.0045, atol=1e-12)
+        self.assertAllClose(result.mean, 0.0045, rtol=0, atol=ARITHMETIC)
         half_width = T_975_DF7 * 0.001 * np.sqrt(6) / np.sqrt(8)
-        self.assertAllClose(result.interval, (0.0045 - half_width, 0.0045 + half_width), atol=1e-9)
+        self.assertAllClose(result.interval, (0.0045 - half_width, 0.0045 + half_width), rtol=0, atol=TABLE)
         self.assertEqual((result.wins, result.ties, result.losses), (8, 0, 0))
         # The interval at 99% is wider than at 95%.
         wider = stats.paired(a, b, confidence=0.99).interval
@@ -42,14 +47,14 @@ class PairedTest(tf.test.TestCase):
     def test_only_shared_seeds_are_paired(self):
         result = stats.paired({0: 0.5, 1: 0.6, 5: 0.9}, {1: 0.4, 5: 0.95, 7: 0.1})
         self.assertEqual(result.seeds, (1, 5))
-        self.assertAllClose(result.differences, [0.2, -0.05], atol=1e-12)
+        self.assertAllClose(result.differences, [0.2, -0.05], rtol=0, atol=ARITHMETIC)
         self.assertEqual((result.wins, result.losses), (1, 1))
 
     def test_single_pair_has_no_interval(self):
         result = stats.paired({3: 0.61}, {3: 0.60})
         self.assertEqual(result.pairs, 1)
         self.assertIsNone(result.interval)
-        self.assertAllClose(result.mean, 0.01, atol=1e-12)
+        self.assertAllClose(result.mean, 0.01, rtol=0, atol=ARITHMETIC)
         self.assertEqual(result.wins, 1)
 
     def test_no_shared_seed(self):
@@ -122,13 +127,13 @@ class ComparisonsTest(tf.test.TestCase):
             ],
         )
         by_pair = {(names[id(r.arm)], names[id(r.baseline)]): r.comparison for r in rows}
-        self.assertAllClose(by_pair["maxl", "single"].mean, 0.01, atol=1e-12)
-        self.assertAllClose(by_pair["maxl", "human"].mean, 0.005, atol=1e-12)
-        self.assertAllClose(by_pair["maxl0", "single"].mean, -0.01, atol=1e-12)
+        self.assertAllClose(by_pair["maxl", "single"].mean, 0.01, rtol=0, atol=ARITHMETIC)
+        self.assertAllClose(by_pair["maxl", "human"].mean, 0.005, rtol=0, atol=ARITHMETIC)
+        self.assertAllClose(by_pair["maxl0", "single"].mean, -0.01, rtol=0, atol=ARITHMETIC)
         self.assertEqual(by_pair["maxl0", "single"].losses, 3)
         # Random ran seeds 0 and 1 only: two pairs.
         self.assertEqual(by_pair["maxl", "random"].seeds, (0, 1))
-        self.assertAllClose(by_pair["maxl", "random"].differences, [0.03, 0.02], atol=1e-12)
+        self.assertAllClose(by_pair["maxl", "random"].differences, [0.03, 0.02], rtol=0, atol=ARITHMETIC)
 
     def test_no_single_no_rows(self):
         self.assertEqual(stats.comparisons([_arm("maxl", {0: 0.8}, aux=10)]), [])

@@ -47,3 +47,14 @@ def halfway_to_nearest_wrong(gradient, terms) -> float:
     within this distance (relative to ||gradient||) of the gradient is nearer to it than to the
     gradient with any of those terms dropped."""
     return 0.5 * min(float(np.linalg.norm(term)) for term in terms) / float(np.linalg.norm(gradient))
+
+
+# The steps of one epoch of flags/smoke.cfg: 200 training images in batches of 32.
+SMOKE_STEPS_PER_EPOCH = 7
+
+
+def training_drift(steps: int, terms: int = 32 * 64, unit_roundoff: float = FLOAT32, lam: float = 3.0) -> float:
+    """How far two float32 runs of the same training, summing in other orders, may drift apart:
+    each step's gradients differ by lambda sqrt(n) u (n: the longest sum, a batch of 32 images x
+    64 pixels), and over the run's steps these differences add at most linearly."""
+    return steps * lam * probabilistic_error(terms, unit_roundoff)
