@@ -374,7 +374,8 @@ class MixedPrecisionTest(tf.test.TestCase):
         # Not a multiple of u. Half precision moves this gradient less by rounding than by the ReLU
         # and max-pool decisions its rounding flips, each an O(1) change to one term of a nearly
         # cancelling sum: float16 (u = 2^-11) errs about as much as bfloat16 (2^-8), and errors of
-        # rounding at different places do not add up (docs/measurements.md, issue 28). So the
+        # rounding at different places do not add up (docs/measurements.md, "Precision checks on
+        # an AVX2 CPU"). So the
         # bound is what the check must tell apart: the half-precision gradient must point nearer
         # the float32 one than halfway (in angle) to the float32 gradient missing its smallest term.
         # For first_order that is the entropy term (52% of the norm: cos >= 0.966); a lookahead in
