@@ -19,6 +19,8 @@ import importlib.abc
 import importlib.util
 import sys
 
+from maxl_tf import runtime  # noqa: F401  before TensorFlow loads: its CPU kernels (runtime.py)
+
 __version__ = "0.1.0"
 
 # Public name -> (module, attribute in it, or None for the module itself).

@@ -14,6 +14,15 @@ import tempfile
 # C++ INFO and WARNING lines of TensorFlow once its logging is up; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# oneDNN's CPU kernels, which TensorFlow turns on by default only on CPUs with AVX-512 VNNI or
+# BF16, AVX-VNNI or AMX. On an AVX2 CPU they ran the VGG-16 steps 1.2x (single-task) and 1.3-1.5x
+# (MAXL) faster (docs/measurements.md, "oneDNN on CPUs without AVX-512"), so they are on wherever
+# the user has not chosen; set before TensorFlow loads, which reads it once. Determinism and exact
+# resume hold under either setting (the suite runs under this one and reruns the precision checks
+# under the other: tests/onednn_test.py).
+ONEDNN_CHOSEN = "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 # Lines TensorFlow's C++ runtime writes to stderr while it loads, before its logging can be
 # configured: notices about oneDNN, CPU instructions, CUDA drivers and GPU libraries, none of
 # which says anything is wrong with a run.
@@ -73,7 +82,8 @@ def cpu_description() -> dict:
     has = (lambda flag: flag in flags) if flags is not None else (lambda flag: None)  # noqa: E731
     setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
     if setting is not None:
-        onednn = f"{'on' if setting.strip() in ('1', 'true', 'True') else 'off'} (TF_ENABLE_ONEDNN_OPTS={setting})"
+        chosen = "maxl_tf's default" if ONEDNN_CHOSEN and setting == "1" else f"TF_ENABLE_ONEDNN_OPTS={setting}"
+        onednn = f"{'on' if setting.strip() in ('1', 'true', 'True') else 'off'} ({chosen})"
     elif flags is not None:
         default = any(flag in flags for flag in _ONEDNN_DEFAULT_FLAGS)
         onednn = f"{'on' if default else 'off'} (TensorFlow's default for this CPU)"
