@@ -17,7 +17,7 @@ set up as for training), and prints a markdown table and one JSON line:
   evaluator  the MAXL evaluator step alone (generator labels, both heads)
   generator  the second-order generator step alone
   generator_first_order, generator_implicit   the generator step alone with those hypergradients
-  pipeline   data.Pipeline batches with augmentation, nothing else (an epoch's worth per repeat)
+  pipeline   data/pipeline.Pipeline batches with augmentation, nothing else (an epoch's worth per repeat)
 
 Every training flag of main.py applies (--model, --width, --pri, --aux, --precision, --jit,
 --strategy, --lr, --neumann_terms, ...), with --batch_size defaulting to 64; the pieces' names
@@ -52,6 +52,7 @@ import numpy as np
 from maxl_tf import errors
 from maxl_tf.core import distribute
 from maxl_tf.core import hierarchy
+from maxl_tf.core import methods
 from maxl_tf.data import pipeline as data_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import state as state_lib
@@ -84,7 +85,7 @@ class Timed:
 
 
 def synthetic_batch(batch_size: int, pri: int, psi, seed: int) -> dict:
-    """A batch shaped like data.Pipeline's: random raw pixels (float32 0..255), random labels in range."""
+    """A batch shaped like data/pipeline.Pipeline's: random raw pixels (float32 0..255), random labels in range."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, pri, batch_size)
     offsets = hierarchy.block_offsets(psi)
@@ -100,7 +101,7 @@ def synthetic_batch(batch_size: int, pri: int, psi, seed: int) -> dict:
 def _hypergradient(what: str) -> str:
     """The hypergradient a piece names: maxl_implicit -> implicit; maxl, generator -> second_order."""
     suffix = what.partition("_")[2]
-    return suffix if suffix in config_lib.HYPERGRADIENTS else "second_order"
+    return suffix if suffix in methods.HYPERGRADIENTS else methods.EXACT_HYPERGRADIENT
 
 
 def bench_config(config: config_lib.Config, what: str) -> config_lib.Config:
@@ -111,7 +112,7 @@ def bench_config(config: config_lib.Config, what: str) -> config_lib.Config:
     Raises:
       errors.Error: a bad flag.
     """
-    if config.hypergradient != "second_order":
+    if config.hypergradient != methods.EXACT_HYPERGRADIENT:
         raise errors.Error(
             f"--hypergradient={config.hypergradient}: the benchmark's pieces name their "
             f"hypergradient; drop it and list them in --what (e.g. maxl_{config.hypergradient})."
@@ -121,7 +122,9 @@ def bench_config(config: config_lib.Config, what: str) -> config_lib.Config:
         config,
         method="single" if what == "single" else "maxl",
         hypergradient=hypergradient,
-        neumann_terms=config.neumann_terms if hypergradient == "implicit" else config_lib.DEFAULT_NEUMANN_TERMS,
+        neumann_terms=config.neumann_terms
+        if hypergradient == methods.IMPLICIT_HYPERGRADIENT
+        else config_lib.DEFAULT_NEUMANN_TERMS,
     )
     config_lib.check_flags(config)
     if config.pri < 1 or config.aux < config.pri or config.aux % config.pri:

@@ -9,8 +9,8 @@ The tools, each with its own --help (and each also python -m maxl_tf.<tool>):
   maxl-tf launch --workers=N -- COMMAND, maxl-tf bench, maxl-tf synthetic --out=DIR.
 
 Every field of maxl_tf.experiment.config.Config is a flag of the same name. A sweep runs the product of
---method (a comma list), --seeds, --pairs and --entropy_weights one run after another, each in
-<--logdir or runs>/<run name>; rerunning it skips complete runs and resumes the rest
+--method (a comma list), --seeds, --train_sizes, --pairs and --entropy_weights one run after another,
+each in <--logdir or runs>/[n<size>/]<run name>; rerunning it skips complete runs and resumes the rest
 (maxl_tf/experiment/sweep.py). The same command started several times, on one machine or on several
 sharing the file system, shares the runs: each worker claims a run before training it
 (maxl_tf/experiment/claims.py; maxl-tf launch starts N workers).
@@ -51,6 +51,13 @@ def define_flags(flag_values=flags.FLAGS) -> None:
         "entropy_weights",
         "",
         "Sweep: comma-separated entropy weights, e.g. 0.2,0 (replaces --entropy_weight; maxl only).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "train_sizes",
+        "",
+        "Sweep: comma-separated training-set sizes, e.g. 500,2000,8000 (replaces --max_train_examples); "
+        "each size's runs go in <--logdir>/n<size>/.",
         flag_values=flag_values,
     )
     flags.DEFINE_float(
@@ -95,6 +102,7 @@ def configs_from_flags(flag_values=flags.FLAGS) -> list:
         seeds=sweep.parse_seeds(flag_values.seeds),
         pairs=sweep.parse_pairs(flag_values.pairs),
         entropy_weights=sweep.parse_entropy_weights(flag_values.entropy_weights),
+        train_sizes=sweep.parse_train_sizes(flag_values.train_sizes),
     )
     return [config_lib.validate(config) for config in configs]
 
@@ -121,7 +129,7 @@ HELP_GROUPS = (
     ("Method", ("method", "embedder", "entropy_weight", "generator_lr", "hypergradient", "meta_every")),
     ("Training", ("epochs", "batch_size", "lr", "seed", "augment")),
     ("Output", ("logdir", "keep_checkpoints", "export", "progress")),
-    ("Sweep: one command, many runs", ("seeds", "pairs", "entropy_weights", "engine")),
+    ("Sweep: one command, many runs", ("seeds", "pairs", "entropy_weights", "train_sizes", "engine")),
 )
 # What a Ray task runs for one run: the clone's main.py, at the same path on every node.
 MAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "main.py")

@@ -27,6 +27,7 @@ from absl import flags
 from maxl_tf import cli
 from maxl_tf import errors
 from maxl_tf import runtime
+from maxl_tf.core import methods
 from maxl_tf.data import folder
 from maxl_tf.data import images as images_lib
 from maxl_tf.experiment import config as config_lib
@@ -130,14 +131,15 @@ def _predictions(config: config_lib.Config, paths) -> list:
     logdir = config.logdir
     names = _read_json(os.path.join(logdir, exports.CLASSES))
     evaluator = _load_network(os.path.join(logdir, exports.EVALUATOR))
-    generator = _load_network(os.path.join(logdir, exports.GENERATOR)) if config.method == "maxl" else None
-    psi = config.psi if config.method != "single" else ()
+    method = methods.get(config.method)
+    generator = _load_network(os.path.join(logdir, exports.GENERATOR)) if method.learned else None
+    psi = config.psi if method.auxiliary else ()
     _check_fits(config, evaluator, generator, names)
     _, height, _, channels = evaluator.input_shape
     serve = export_lib.serving_function(evaluator, generator, psi)
     outputs = serve(tf.constant(images_lib.load_images(paths, height, channels)))
     principal = outputs["principal"].numpy()
-    offsets = hierarchy.block_offsets(config.psi) if config.method != "single" else None
+    offsets = hierarchy.block_offsets(config.psi) if method.auxiliary else None
     results = []
     for i, path in enumerate(paths):
         label = int(np.argmax(principal[i]))
@@ -179,7 +181,7 @@ def _check_fits(config: config_lib.Config, evaluator, generator, names) -> None:
         "the run's files do not belong together (one copied from another run?): restore the run's own, or "
         f"delete it and write the exports again from the run's final checkpoint: {_repair_command(logdir)}."
     )
-    psi = tuple(config.psi) if config.method != "single" else ()
+    psi = tuple(config.psi) if methods.get(config.method).auxiliary else ()
     if psi and (len(psi) != config.pri or sum(psi) != config.aux):
         raise errors.Error(
             f"{os.path.join(logdir, 'config.json')}: psi {list(psi)} does not fit --pri={config.pri} "
@@ -223,9 +225,9 @@ def describe(result: dict, psi, method: str) -> str:
     if "auxiliary" not in result:
         return line
     block = f"{result['auxiliary_in_block'] + 1} of {principal}'s {psi[label]}"
-    source = "generator" if method == "maxl" else "evaluator's auxiliary head"
     name = f"{result['auxiliary_name']}, " if result["auxiliary_name"] else ""
-    return f"{line}; auxiliary {result['auxiliary']} ({name}{block}; {source}) ({result['auxiliary_probability']:.1%})"
+    origin = methods.get(method).label_origin
+    return f"{line}; auxiliary {result['auxiliary']} ({name}{block}; {origin}) ({result['auxiliary_probability']:.1%})"
 
 
 def main(argv):

@@ -29,6 +29,8 @@ import numpy as np
 from maxl_tf import cli
 from maxl_tf import errors
 from maxl_tf import stats
+from maxl_tf.core import label_health
+from maxl_tf.core import methods
 from maxl_tf.data import registry
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import rundir
@@ -38,7 +40,7 @@ from maxl_tf.experiment import sweep
 # groups is shown too, so runs of different experiments are never shown as one.
 NAMED_FIELDS = ("dataset", "pri", "aux", "psi", "method", "entropy_weight")
 # Fields that tell lines of one panel apart rather than panels.
-LINE_FIELDS = ("method",) + sweep.GENERATOR_FIELDS + ("meta_split", "embedder", "embedder_fallback")
+LINE_FIELDS = ("method",) + methods.GENERATOR_FIELDS + ("meta_split",) + methods.EMBEDDER_FIELDS
 
 
 @dataclasses.dataclass
@@ -448,8 +450,8 @@ def improvement_points(groups) -> dict:
     test_accuracy, against the single-task group of the same setting.
     """
     series = collections.defaultdict(list)
-    singles = [g for g in groups if g.method == "single"]
-    for group in (g for g in groups if g.method == "maxl"):
+    singles = [g for g in groups if not methods.get(g.method).auxiliary]
+    for group in (g for g in groups if methods.get(g.method).learned):
         panel = {k: v for k, v in group.setting.items() if k not in LINE_FIELDS}
         single = next((s for s in singles if _matches(s, panel)), None)
         if single is None:
@@ -499,7 +501,7 @@ def plot_label_usage(groups, out) -> list:
     """Section 3.4: the generator's auxiliary classes in use per epoch, with and without entropy,
     and the share of training images whose generated label changed since the previous epoch (does
     the generator move at all?); a row of three panels per data set."""
-    maxl = [g for g in groups if g.method == "maxl"]
+    maxl = [g for g in groups if methods.get(g.method).learned]
     if not maxl:
         return []
     others = _varying(maxl, ("dataset", "pri", "aux", "psi", "method", "entropy_weight"))
@@ -548,6 +550,205 @@ def plot_label_usage(groups, out) -> list:
             ax.grid(alpha=0.3)
     _figure_legend(fig, axes.flat)
     return [_save(fig, os.path.join(out, "label_usage.png"))]
+
+
+# The field a training-set-size curve sweeps (--train_sizes), and those a compute-matched
+# single-task run changes to train for as long as MAXL does (more epochs, its schedule stretched).
+CURVE_FIELD = "max_train_examples"
+LONGER_FIELDS = ("epochs", "lr_decay_every")
+
+
+def _curve_key(group) -> tuple:
+    """What a group shares with the other points and methods of its curve."""
+    ignored = (CURVE_FIELD, "method") + LONGER_FIELDS + LINE_FIELDS
+    return tuple(sorted((k, v) for k, v in group.setting.items() if k not in ignored and k != "aux" and k != "psi"))
+
+
+def _training_time(run: dict) -> float:
+    return float(sum(r.get("perf/epoch_seconds", np.nan) for r in run["history"]))
+
+
+def accuracy_at_time(run: dict, seconds: float) -> float:
+    """The paper's metric (the mean test accuracy of the last epochs) of a run stopped at the
+    first epoch whose cumulative training time reaches `seconds` (its last epoch if none does)."""
+    elapsed = np.cumsum([r["perf/epoch_seconds"] for r in run["history"]])
+    end = min(int(np.searchsorted(elapsed, seconds)) + 1, len(elapsed))
+    return float(np.mean([r["test/acc"] for r in run["history"][max(0, end - rundir.LAST_EPOCHS_AVERAGED) : end]]))
+
+
+@dataclasses.dataclass
+class CurvePoint:
+    """One method at one training-set size: its accuracies by seed and training times."""
+
+    label: str
+    size: int
+    by_seed: dict
+    seconds: float
+
+
+def curve_points(groups: list) -> dict:
+    """{curve key: [CurvePoint]} for settings run at two or more training-set sizes.
+
+    Besides each method's own point, "single, at MAXL's time" is a longer single-task run (more
+    epochs: LONGER_FIELDS differ) read at the epoch where, seed by seed, its training time reaches
+    the MAXL run's of the same size and seed (accuracy_at_time).
+    """
+    curves = collections.defaultdict(list)
+    for group in groups:
+        if CURVE_FIELD in group.setting:
+            curves[_curve_key(group)].append(group)
+    points = {}
+    for key, members in curves.items():
+        if len({g.setting[CURVE_FIELD] for g in members}) < 2:
+            continue
+        learned = [g for g in members if methods.get(g.method).learned]
+        epochs = {g.setting[CURVE_FIELD]: g.config.epochs for g in learned}
+        found = []
+        for group in members:
+            size = group.setting[CURVE_FIELD]
+            seconds = float(np.mean([_training_time(r) for r in group.runs]))
+            if group.config.epochs == epochs.get(size, group.config.epochs):
+                found.append(CurvePoint(_label(group, ()), size, group.by_seed, seconds))
+                continue
+            maxl = next((g for g in learned if g.setting[CURVE_FIELD] == size), None)
+            if methods.get(group.method).auxiliary or maxl is None:
+                continue
+            maxl_seconds = {r["config"]["seed"]: _training_time(r) for r in maxl.runs}
+            matched = {
+                r["config"]["seed"]: accuracy_at_time(r, maxl_seconds[r["config"]["seed"]])
+                for r in group.runs
+                if r["config"]["seed"] in maxl_seconds
+            }
+            found.append(CurvePoint(f"{group.method}, at {maxl.method}'s time", size, matched, seconds))
+        points[key] = found
+    return points
+
+
+def _mean_interval(values) -> tuple:
+    """Mean and the 95% Student t interval of the mean over seeds ((mean, mean) for one seed)."""
+    values = np.asarray(values, np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, (mean, mean)
+    import scipy.stats  # as stats.paired: only when a curve is drawn
+
+    half = scipy.stats.t.ppf(0.5 + stats.CONFIDENCE / 2, df=len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return mean, (mean - half, mean + half)
+
+
+def curve_tables(points: dict) -> str:
+    """Per curve, per size: each method's accuracy with its 95% interval and training time, and
+    its paired difference from single-task (MAXL's also from every other point of its size)."""
+    blocks = []
+    for key, found in points.items():
+        title = ", ".join(f"{k} {v}" for k, v in key if k in ("dataset", "pri", "model", "width"))
+        lines = [
+            f"### Accuracy against training-set size: {title}",
+            "",
+            "| training images | method | test accuracy, mean [95% interval] | seeds | training time per run "
+            "| − single-task [95% interval] |",
+            "|---|---|---|---|---|---|",
+        ]
+        for size in sorted({p.size for p in found}):
+            at_size = [p for p in found if p.size == size]
+            single = next((p for p in at_size if p.label == methods.SINGLE.name), None)
+            for point in at_size:
+                mean, (low, high) = _mean_interval(list(point.by_seed.values()))
+                difference = "–"
+                if single is not None and point is not single:
+                    c = stats.paired(point.by_seed, single.by_seed)
+                    if c is not None and c.interval:
+                        difference = f"{_signed(c.mean)} [{_signed(c.interval[0])}, {_signed(c.interval[1])}]"
+                lines.append(
+                    f"| {size} | {point.label} | {mean:.4f} [{low:.4f}, {high:.4f}] | {len(point.by_seed)} | "
+                    f"{point.seconds:.0f} s | {difference} |"
+                )
+        learned = [p for p in found if p.label.split(" ")[0] in {m for m in methods.REGISTRY if methods.get(m).learned}]
+        if learned:
+            lines += ["", "| training images | comparison | mean difference | 95% interval | wins / ties / losses |"]
+            lines.append("|---|---|---|---|---|")
+            for point in learned:
+                for other in (p for p in found if p.size == point.size and p is not point):
+                    c = stats.paired(point.by_seed, other.by_seed)
+                    if c is None:
+                        continue
+                    interval = f"[{_signed(c.interval[0])}, {_signed(c.interval[1])}]" if c.interval else "–"
+                    lines.append(
+                        f"| {point.size} | {point.label} − {other.label} | {_signed(c.mean)} | {interval} | "
+                        f"{c.wins} / {c.ties} / {c.losses} |"
+                    )
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def plot_curves(points: dict, out) -> list:
+    """Test accuracy against training-set size, one line per method, its 95% interval shaded."""
+    paths = []
+    for key, found in points.items():
+        fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+        for i, label in enumerate(dict.fromkeys(p.label for p in found)):
+            line = sorted((p for p in found if p.label == label), key=lambda p: p.size)
+            sizes = [p.size for p in line]
+            summary = [_mean_interval(list(p.by_seed.values())) for p in line]
+            means = [m for m, _ in summary]
+            style = {"color": f"C{i % 10}", "marker": "o", "linestyle": ":" if "time" in label else "-"}
+            ax.plot(sizes, means, label=f"{label} (n={min(len(p.by_seed) for p in line)})", **style)
+            ax.fill_between(
+                sizes,
+                [lo for _, (lo, _) in summary],
+                [hi for _, (_, hi) in summary],
+                color=style["color"],
+                alpha=0.15,
+                linewidth=0,
+            )
+        ax.set_xscale("log")
+        ticks = sorted({p.size for p in found})
+        ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("training images")
+        ax.set_ylabel("test accuracy")
+        setting = dict(key)
+        ax.set_title(
+            f"{setting.get('dataset', '')}: pri {setting.get('pri', '')}; mean, 95% interval over seeds", fontsize=10
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        name = _file_name(f"curve_{setting.get('dataset', '')}_pri{setting.get('pri', '')}")
+        paths.append(_save(fig, os.path.join(out, f"{name}.png")))
+    return paths
+
+
+def labels_health(groups: list) -> str:
+    """Per auxiliary method: the last epoch's label entropy and auxiliary classes used (as shares
+    of psi), the epochs in which some principal class collapsed, and, for embedded labels, their
+    agreement with the human hierarchy; means over seeds."""
+    lines = [
+        "| setting | method | label entropy, last epoch | auxiliary classes used, last epoch | "
+        "epochs with collapsing classes | agreement with human classes |",
+        "|---|---|---|---|---|---|",
+    ]
+    curve_fields = [k for k in _varying(groups, NAMED_FIELDS) if k not in LINE_FIELDS]
+    for group in groups:
+        if not methods.get(group.method).auxiliary:
+            continue
+        entropy = [r["history"][-1].get("labels/aux_entropy_mean", np.nan) for r in group.runs]
+        used = [_fraction_used(r["history"][-1], r) for r in group.runs]
+        collapsing = [
+            sum(
+                bool(label_health.collapsed_classes(record.get("labels/aux_used_per_pri") or [], r["psi"]))
+                for record in r["history"]
+            )
+            for r in group.runs
+        ]
+        agreement = [r.get("aux_labels", {}).get("human_agreement") for r in group.runs]
+        agreement = [a for a in agreement if a is not None]
+        setting = f"{_setting_title(group.setting)} {_fields_text(group.setting, curve_fields)}".strip()
+        lines.append(
+            f"| {setting} | {_label(group, ())} | {np.nanmean(entropy):.3f} | {np.nanmean(used):.0%} | "
+            f"{np.mean(collapsing):.1f} of {group.config.epochs} | "
+            f"{f'{np.mean(agreement):.1%}' if agreement else '–'} |"
+        )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def write_report(runs_dirs: list, out: str) -> str:

@@ -105,9 +105,9 @@ def start_tensorflow(deterministic: bool = True, start_runtime: bool = True):
 
     Call it once, in a command's main, before any TensorFlow op runs. On CPUs, intra-op threads =
     cores and a single inter-op thread run VGG steps much faster than TensorFlow's defaults
-    (GUIDE.md measured it). On GPUs, memory grows as needed instead of TensorFlow taking nearly all
-    of it at the start, so several workers of a sweep can share one GPU (BUILD.md, "Several runs
-    on one GPU"). Determinism makes every op reproducible, so resumes are exact.
+    (the project's brief, outside this repository, measured it). On GPUs, memory grows as needed
+    instead of TensorFlow taking nearly all of it at the start, so several workers of a sweep can
+    share one GPU (BUILD.md, "Several runs on one GPU"). Determinism makes every op reproducible, so resumes are exact.
 
     start_runtime=False leaves the runtime's start to the first op: MultiWorkerMirroredStrategy
     configures its collective ops when it is built, which must come before the runtime starts.

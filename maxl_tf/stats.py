@@ -6,7 +6,7 @@ shared noise: its mean, a Student t confidence interval over seeds, and the seed
 say more than two overlapping "mean ± std" cells. A seed counts once per experiment: the same run
 found twice (copied, or rerun in another folder) would otherwise add a pair with no new evidence.
 
-numpy and scipy only, so the report can use it without TensorFlow.
+numpy and scipy only (and core/methods.py's registry), so the report can use it without TensorFlow.
 """
 
 from collections.abc import Mapping
@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import dataclasses
 
 import numpy as np
+
+from maxl_tf.core import methods
 
 CONFIDENCE = 0.95
 # Accuracies closer than this are a tie. A test set of N images averaged over 5 epochs moves in
@@ -115,24 +117,17 @@ def _same_setting(arm: Arm, baseline: Arm) -> bool:
     return all(arm.setting.get(k, v) == v for k, v in baseline.setting.items() if k != "method")
 
 
-def baselines_of(method: str) -> tuple:
-    """The methods `method` is compared with: single-task for every other method; for MAXL also
-    the two baselines that train the same auxiliary classes on labels it did not learn."""
-    if method == "single":
-        return ()
-    return ("single", "human", "random") if method == "maxl" else ("single",)
-
-
 def comparisons(arms: Sequence[Arm], confidence: float = CONFIDENCE) -> list:
-    """Every method against single-task, and MAXL against human and random, setting by setting.
+    """Each method against its baselines (core/methods.py: every method against single-task, MAXL also
+    against human, random and k-means), setting by setting.
 
     Returns:
-      Rows in the order of `arms`, each arm's in the order of baselines_of; a pair of arms without
-      a seed in common gives no row.
+      Rows in the order of `arms`, each arm's in the order of its method's baselines
+      (core/methods.py); a pair of arms without a seed in common gives no row.
     """
     rows = []
     for arm in arms:
-        for baseline_method in baselines_of(arm.method):
+        for baseline_method in methods.get(arm.method).baselines:
             for baseline in arms:
                 if baseline.method != baseline_method or not _same_setting(arm, baseline):
                     continue

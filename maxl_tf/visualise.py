@@ -41,6 +41,7 @@ from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import hierarchy as hierarchy_lib
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import losses
+from maxl_tf.core import methods
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
@@ -83,7 +84,7 @@ def run_on_test_set(
     for batch in run_data.test.evaluation_batches(config.batch_size):
         features, *logits = network(batch["images"], training=False)
         pri_logits, aux_logits = evaluator_lib.outputs(logits)
-        if config.method == "maxl":
+        if methods.get(config.method).learned:
             parts["aux"].append(
                 labels_lib.generated_labels(
                     state.generator, batch["images"], batch["labels"], mask_table, training=False
@@ -105,7 +106,7 @@ def run_on_test_set(
         predicted=np.concatenate(parts["predicted"]),
         features=np.concatenate(parts["features"]),
         aux_probabilities=np.concatenate(parts["aux"]) if parts["aux"] else None,
-        aux_source={"maxl": "generator", "single": ""}.get(config.method, "evaluator's auxiliary head"),
+        aux_source=methods.get(config.method).label_origin,
         pri_of_aux=hierarchy_lib.owners(config.psi),
         class_names=run_data.class_names["principal"] or tuple(str(label) for label in range(config.pri)),
         aux_names=run_data.class_names["auxiliary"],

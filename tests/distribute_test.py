@@ -19,7 +19,7 @@ import tensorflow as tf
 from maxl_tf import errors
 from maxl_tf.core import distribute
 from maxl_tf.core import meta
-from maxl_tf.experiment import config as config_lib
+from maxl_tf.core import methods
 from tests import smoke_util
 from tests import tolerances
 
@@ -78,7 +78,7 @@ class TwoReplicaTest(tf.test.TestCase):
     def test_meta_gradient_and_updates_equal_one_device(self):
         report = _run_check()
         self.assertEqual(report["replicas"], 2)
-        for hypergradient in config_lib.HYPERGRADIENTS:
+        for hypergradient in methods.HYPERGRADIENTS:
             with self.subTest(hypergradient):
                 values = report[hypergradient]
                 self.assertGreater(values["meta_gradient_norm"], 1e-3)  # a real gradient, not zeros

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from maxl_tf.core import hierarchy
+from maxl_tf.core import label_health
 from maxl_tf.core import labels
 from maxl_tf.data import registry
 from maxl_tf.models import vgg as models
@@ -200,7 +201,7 @@ class UsageSummaryTest(tf.test.TestCase):
     def test_counts_per_block(self):
         # psi = [4, 2, 1]: block 0 uses classes 0 and 2 equally (entropy log 2 / log 4 = 0.5),
         # block 1 puts everything on one class (0), block 2 has a single class (1 once used).
-        out = labels.usage_summary(np.array([6, 0, 6, 0, 0, 9, 3]), (4, 2, 1))
+        out = label_health.usage_summary(np.array([6, 0, 6, 0, 0, 9, 3]), (4, 2, 1))
         self.assertEqual(out["labels/aux_used_per_pri"], [2, 1, 1])
         self.assertAllClose(out["labels/aux_used_mean"], 4 / 3)
         self.assertAllClose(out["labels/aux_entropy_per_pri"], [0.5, 0.0, 1.0])
@@ -208,15 +209,27 @@ class UsageSummaryTest(tf.test.TestCase):
 
     def test_uneven_use_and_empty_blocks(self):
         # Block 0: p = [3/4, 1/4], entropy (-.75 log .75 - .25 log .25) / log 2; block 1 unseen.
-        out = labels.usage_summary(np.array([3, 1, 0, 0, 0]), (2, 3))
+        out = label_health.usage_summary(np.array([3, 1, 0, 0, 0]), (2, 3))
         expected = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)) / np.log(2)
         self.assertAllClose(out["labels/aux_entropy_per_pri"], [expected, 0.0])
         self.assertEqual(out["labels/aux_used_per_pri"], [2, 0])
 
     def test_uniform_use_is_one(self):
-        out = labels.usage_summary(np.full(20, 7), (5,) * 4)
+        out = label_health.usage_summary(np.full(20, 7), (5,) * 4)
         self.assertAllClose(out["labels/aux_entropy_per_pri"], [1.0] * 4)
         self.assertEqual(out["labels/aux_used_per_pri"], [5] * 4)
+
+    def test_collapse_is_fewer_than_half_of_a_block_used(self):
+        # psi (4, 2, 1, 3): 1 of 4 collapses, 1 of 2 does not, a block of one never does, 1 of 3 does.
+        self.assertEqual(label_health.collapsed_classes([1, 1, 1, 1], (4, 2, 1, 3)), [0, 3])
+        self.assertEqual(label_health.collapsed_classes([2, 1, 1, 2], (4, 2, 1, 3)), [])
+        summary = label_health.usage_summary(np.array([9, 0, 0, 0, 5, 5]), (4, 2))
+        self.assertEqual(
+            label_health.collapse_warning(summary, (4, 2)),
+            "warning: auxiliary labels collapsing: 1 of 2 principal classes label fewer than half their "
+            "auxiliary classes: 0 (1 of 4); the entropy weight (--entropy_weight) counters it",
+        )
+        self.assertEqual(label_health.collapse_warning(label_health.usage_summary(np.ones(6), (4, 2)), (4, 2)), "")
 
 
 if __name__ == "__main__":

@@ -260,7 +260,15 @@ class FitTest(tf.test.TestCase):
             ],
         )
         self.assertEqual(len(history.history["loss"]), 2)  # EarlyStopping: no epoch improved by 10
-        for key in ("meta_loss", "aux_used_mean", "aux_entropy_mean", "trunk_grad_cosine", "val_principal_accuracy"):
+        for key in (
+            "meta_loss",
+            "aux_used_mean",
+            "aux_entropy_mean",
+            "aux_entropy_min",
+            "collapsed_classes",
+            "trunk_grad_cosine",
+            "val_principal_accuracy",
+        ):
             self.assertTrue(np.all(np.isfinite(history.history[key])), key)
         # 3 steps an epoch (24 of 32 examples train), the generator after every second of the run.
         self.assertEqual(int(model.optimizer.iterations.numpy()), 6)

@@ -19,6 +19,7 @@ from maxl_tf import errors
 from maxl_tf import predict
 from maxl_tf.core import hierarchy
 from maxl_tf.core import labels as labels_lib
+from maxl_tf.core import methods
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
@@ -122,7 +123,7 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertEqual(written["lr"], 0.01)
         self.assertIs(written["augment"], False)
         # A baseline's row leaves out what single-task ignores: the generator's settings, aux, psi.
-        self.assertEqual(set(written), set(config.experiment()) - sweep.ignored_fields("single"))
+        self.assertEqual(set(written), set(config.experiment()) - methods.SINGLE.ignored_fields)
         self.assertNotIn("generator_lr", written)
         self.assertEqual(_session_status(events), [hparams_api_pb2.STATUS_SUCCESS])
         [final] = events.Tensors(train.FINAL_METRIC)
@@ -351,7 +352,7 @@ class ImplicitStoppedMidEpochTest(_StoppedMidEpoch, tf.test.TestCase):
 
     def test_every_hypergradient_has_its_class(self):
         classes = (SecondOrderStoppedMidEpochTest, FirstOrderStoppedMidEpochTest, ImplicitStoppedMidEpochTest)
-        self.assertCountEqual([c.HYPERGRADIENT for c in classes], config_lib.HYPERGRADIENTS)
+        self.assertCountEqual([c.HYPERGRADIENT for c in classes], methods.HYPERGRADIENTS)
 
 
 @pytest.mark.slow

@@ -30,8 +30,8 @@ import numpy as np
 
 from maxl_tf.core import hierarchy
 from maxl_tf.core import meta
+from maxl_tf.core import methods
 from maxl_tf.core import steps
-from maxl_tf.experiment import config as config_lib
 from maxl_tf.models import vgg as models
 
 PSI = (3, 2)
@@ -103,7 +103,7 @@ def main():
     train_batch, meta_batch = batch(), batch()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     report = {"replicas": strategy.num_replicas_in_sync}
-    for hypergradient in config_lib.HYPERGRADIENTS:
+    for hypergradient in methods.HYPERGRADIENTS:
         task = steps.Task(
             "maxl", len(PSI), sum(PSI), tf.constant(hierarchy.psi_mask(PSI), tf.float64), hypergradient=hypergradient
         )

@@ -5,7 +5,7 @@ losses by the number of replicas, so the sum over replicas of their gradients (w
 optimiser all-reduces) is the gradient of the global batch's mean loss. The meta step also
 all-reduces the lookahead's inner gradient and the generator's label usage, so each replica takes
 the same lookahead that one device would take on the whole batch (meta.py). Batch norm uses
-synchronised statistics across replicas (models.py). With one replica every helper here is the
+synchronised statistics across replicas (models/vgg.py). With one replica every helper here is the
 identity and costs nothing.
 """
 

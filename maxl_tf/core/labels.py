@@ -1,4 +1,4 @@
-"""Where the evaluator's auxiliary targets come from, for each method of the paper.
+"""Where the evaluator's auxiliary targets come from, one class per method of core/methods.py.
 
 maxl    the generator's masked softmax, soft labels learned through the meta objective
 human   the human hierarchy's sub-class, one-hot
@@ -6,37 +6,95 @@ random  a sub-class within psi drawn once per image and kept for the whole run (
         "Random assignment")
 prototypical  the nearest prototype of a human sub-class, prototypes embedded from the meta
         split by a pre-trained network (paper's "Prototypical Net"), one-hot, fixed for the run
+kmeans  k-means clusters of the same embedding within each principal class, psi[i] of them (the
+        baseline a reviewer of the paper asked for), one-hot, fixed for the run
 single  no auxiliary task
 
-Each is a small class with one interface (LabelSource); the command line maps its --method
-string to one in one place (source()), the Python API takes the classes themselves.
+Each is a small class with one interface (LabelSource): targets() per batch, and fixed_labels()
+once per run for the methods whose labels do not change. The command line maps its --method
+string to one in one place (source()); the Python API takes the classes themselves.
 """
 
+import dataclasses
+from typing import Callable
+
 import numpy as np
+from scipy import optimize
+from sklearn import cluster
 from sklearn import metrics
 import tensorflow as tf
 
 from maxl_tf import errors
 from maxl_tf.core import hierarchy as hierarchy_lib
 from maxl_tf.core import losses
+from maxl_tf.core import methods
 from maxl_tf.core import streams
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLabels:
+    """What a label source may read to fix its labels for a run's training examples.
+
+    Attributes:
+      hierarchy: the data set's label levels; pri, aux, psi: the run's (psi resolved).
+      finest_labels: [N] finest labels of the training examples.
+      seed: the run's seed.
+      train_indices, meta_indices: the examples the evaluator trains on and the held-out meta
+        examples (the same arrays when the method uses no meta split).
+      embed: () -> (embeddings [N, D], embedder description), called only by methods that embed.
+    """
+
+    hierarchy: hierarchy_lib.Hierarchy
+    pri: int
+    aux: int
+    psi: tuple
+    finest_labels: np.ndarray
+    seed: int
+    train_indices: np.ndarray
+    meta_indices: np.ndarray
+    embed: Callable = None
+
+    @property
+    def pri_labels(self) -> np.ndarray:
+        return self.hierarchy.labels_at(self.pri, self.finest_labels)
+
+    def human_slots(self) -> np.ndarray | None:
+        """Human auxiliary labels in psi's block layout, or None without a human hierarchy
+        between pri and aux whose psi is this run's."""
+        if hierarchy_lib.human_psi(self.hierarchy, self.pri, self.aux) != tuple(self.psi):
+            return None
+        return hierarchy_lib.human_aux_labels(self.hierarchy, self.pri, self.aux, self.finest_labels)
 
 
 class LabelSource:
     """Where the evaluator's auxiliary targets come from.
 
     Attributes:
-      name: the --method string it stands for.
-      auxiliary: whether there is an auxiliary task (False: single-task).
-      learned: whether the labels come from a generator trained by the meta objective (MAXL).
-      uses_meta_data: whether it learns from held-out meta data, the evaluator training on the
-        rest (paper Section 4.1).
+      name: the --method string it stands for; methods.get(name) describes it (auxiliary,
+        learned, uses_meta_data below read that descriptor).
     """
 
     name = ""
-    auxiliary = True
-    learned = False
-    uses_meta_data = False
+
+    @property
+    def method(self) -> methods.Method:
+        return methods.get(self.name)
+
+    @property
+    def auxiliary(self) -> bool:
+        """Whether there is an auxiliary task (False: single-task)."""
+        return self.method.auxiliary
+
+    @property
+    def learned(self) -> bool:
+        """Whether the labels come from a generator trained by the meta objective (MAXL)."""
+        return self.method.learned
+
+    @property
+    def uses_meta_data(self) -> bool:
+        """Whether it learns from held-out meta data, the evaluator training on the rest (paper
+        Section 4.1)."""
+        return self.method.meta_split
 
     def targets(
         self, batch, num_aux, generator=None, mask_table=None, generator_training=False, update_statistics=True
@@ -46,6 +104,11 @@ class LabelSource:
         batch: {"images", "labels"[, "aux_labels"]}; the rest as auxiliary_targets'.
         """
         raise NotImplementedError
+
+    def fixed_labels(self, run: RunLabels) -> tuple:
+        """(auxiliary labels of every training example in psi's block layout, [N] int64; a dict of
+        facts about them for results.json). Zeros, unused, for methods whose labels are not fixed."""
+        return np.zeros(len(run.finest_labels), np.int64), {}
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -57,10 +120,23 @@ class LabelSource:
         return hash(type(self))
 
 
+SOURCES = {}  # --method name -> LabelSource class
+
+
+def register(cls):
+    """Class decorator: the label source of the method core/methods.py registered as cls.name."""
+    methods.get(cls.name)  # the descriptor comes first: a ValueError names the registered methods
+    if cls.name in SOURCES:
+        raise ValueError(f"a label source for method {cls.name!r} is registered already")
+    SOURCES[cls.name] = cls
+    return cls
+
+
+@register
 class Single(LabelSource):
     """No auxiliary task: the evaluator's principal head alone."""
 
-    name, auxiliary = "single", False
+    name = "single"
 
     def targets(
         self, batch, num_aux, generator=None, mask_table=None, generator_training=False, update_statistics=True
@@ -80,16 +156,17 @@ class FixedLabels(LabelSource):
         return tf.one_hot(batch["aux_labels"], num_aux)
 
 
+@register
 class Human(FixedLabels):
     """The human hierarchy's sub-class."""
 
     name = "human"
 
-    def labels(self, hierarchy: hierarchy_lib.Hierarchy, pri: int, aux: int, finest_labels: np.ndarray) -> np.ndarray:
-        """[N] int64 auxiliary labels of examples with these finest labels."""
-        return hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)
+    def fixed_labels(self, run: RunLabels) -> tuple:
+        return hierarchy_lib.human_aux_labels(run.hierarchy, run.pri, run.aux, run.finest_labels), {}
 
 
+@register
 class Random(FixedLabels):
     """A sub-class within the principal class's block, drawn once per example and kept."""
 
@@ -102,17 +179,41 @@ class Random(FixedLabels):
         within_block = np.floor(draws * np.asarray(psi)[pri_labels]).astype(np.int64)
         return hierarchy_lib.block_offsets(psi)[pri_labels] + within_block
 
+    def fixed_labels(self, run: RunLabels) -> tuple:
+        return self.labels(run.pri_labels, run.psi, run.seed), {}
 
+
+@register
 class Prototypical(FixedLabels):
     """The nearest prototype of a human sub-class (prototypical_aux_labels)."""
 
-    name, uses_meta_data = "prototypical", True
+    name = "prototypical"
+
+    def fixed_labels(self, run: RunLabels) -> tuple:
+        embeddings, description = run.embed()
+        labels = prototypical_aux_labels(
+            embeddings, run.hierarchy, run.pri, run.aux, run.psi, run.finest_labels, run.meta_indices
+        )
+        return labels, {"embedder": description, **human_agreement(labels, run, matched=False)}
 
 
+@register
+class KMeans(FixedLabels):
+    """k-means clusters of the embedding within each principal class (kmeans_aux_labels)."""
+
+    name = "kmeans"
+
+    def fixed_labels(self, run: RunLabels) -> tuple:
+        embeddings, description = run.embed()
+        labels = kmeans_aux_labels(embeddings, run.pri_labels, run.psi, run.seed)
+        return labels, {"embedder": description, **human_agreement(labels, run, matched=True)}
+
+
+@register
 class Maxl(LabelSource):
     """The generator's masked softmax, soft labels learned through the meta objective."""
 
-    name, learned, uses_meta_data = "maxl", True, True
+    name = "maxl"
 
     def targets(
         self, batch, num_aux, generator=None, mask_table=None, generator_training=False, update_statistics=True
@@ -124,7 +225,7 @@ class Maxl(LabelSource):
         )
 
 
-SOURCES = {cls.name: cls for cls in (Maxl, Single, Human, Random, Prototypical)}
+assert set(SOURCES) == set(methods.REGISTRY), "one label source per method of core/methods.py"
 
 
 def source(method) -> LabelSource:
@@ -139,16 +240,64 @@ def source(method) -> LabelSource:
 def fixed_aux_labels(
     method: str, hierarchy: hierarchy_lib.Hierarchy, pri: int, aux: int, psi, finest_labels: np.ndarray, seed: int
 ) -> np.ndarray:
-    """Auxiliary labels that do not change during training, in psi's block layout. [N] int64.
+    """The fixed auxiliary labels of a method that needs no embedder nor meta split, in psi's
+    block layout (zeros for maxl and single). [N] int64"""
+    everything = np.arange(len(finest_labels))
+    run = RunLabels(hierarchy, pri, aux, tuple(psi), np.asarray(finest_labels), seed, everything, everything)
+    return source(method).fixed_labels(run)[0]
 
-    maxl and single get zeros (unused); prototypical needs images: prototypical_aux_labels.
+
+def human_agreement(labels: np.ndarray, run: RunLabels, matched: bool) -> dict:
+    """{"human_agreement": the share of the training examples whose label is their human
+    sub-class}, or {} without a human hierarchy at this run's psi.
+
+    matched: the labels' classes carry no meaning of their own (clusters), so each block's classes
+    are first matched one-to-one to its human classes to agree the most (Hungarian matching);
+    without it, slot i must be human class i (prototypes sit at their human class's slot).
     """
-    labels = source(method)
-    if isinstance(labels, Human):
-        return labels.labels(hierarchy, pri, aux, finest_labels)
-    if isinstance(labels, Random):
-        return labels.labels(hierarchy.labels_at(pri, finest_labels), psi, seed)
-    return np.zeros(len(finest_labels), np.int64)
+    human = run.human_slots()
+    if human is None:
+        return {}
+    labels, human = labels[run.train_indices], human[run.train_indices]
+    if matched:
+        counts = np.zeros((run.aux, run.aux), np.int64)  # [label, human class]
+        np.add.at(counts, (labels, human), 1)
+        rows, columns = optimize.linear_sum_assignment(counts, maximize=True)  # blocks never mix
+        renamed = np.empty(run.aux, np.int64)
+        renamed[rows] = columns
+        labels = renamed[labels]
+    return {"human_agreement": float(np.mean(labels == human))}
+
+
+def kmeans_aux_labels(embeddings: np.ndarray, pri_labels: np.ndarray, psi, seed: int) -> np.ndarray:
+    """k-means within each principal class: psi[i] clusters of class i's embeddings, their ids
+    laid out in block i. [N] int64
+
+    The clusters use no human labels; scikit-learn's k-means++ with 10 restarts, seeded by the
+    run's seed, so a run's labels are a function of its seed and data.
+
+    Raises:
+      errors.Error: a principal class has fewer training examples than clusters.
+    """
+    embeddings = np.asarray(embeddings, np.float64)
+    pri_labels = np.asarray(pri_labels)
+    offsets = hierarchy_lib.block_offsets(psi)
+    labels = np.zeros(len(pri_labels), np.int64)
+    for i, clusters in enumerate(psi):
+        members = np.flatnonzero(pri_labels == i)
+        if 0 < len(members) < clusters:
+            raise errors.Error(
+                f"--method=kmeans: principal class {i} has {len(members)} training examples for its {clusters} "
+                f"clusters; raise --max_train_examples or lower --aux."
+            )
+        if len(members) == 0:
+            continue
+        if clusters == 1:
+            labels[members] = offsets[i]
+            continue
+        k_means = cluster.KMeans(n_clusters=clusters, n_init=10, random_state=seed)
+        labels[members] = offsets[i] + k_means.fit_predict(embeddings[members])
+    return labels
 
 
 def nearest_prototype_labels(
@@ -255,29 +404,3 @@ def hard_generated_labels(generator, images, labels, mask_table, training: bool)
     [batch] int64"""
     soft = generated_labels(generator, images, labels, mask_table, training, update_statistics=False)
     return tf.argmax(soft, axis=-1, output_type=tf.int64)
-
-
-def usage_summary(counts: np.ndarray, psi) -> dict:
-    """How evenly each principal class's auxiliary classes are used, from argmax counts. [aux] -> dict
-
-    Shows the collapsing-class problem (paper Section 3.4): per principal class i, how many of its
-    psi[i] classes received any label, and the entropy of the label distribution over its block
-    divided by log psi[i] (1: all psi[i] classes equally often; 0: a single class). A block of one
-    class counts as fully used (1.0) once it is used at all. Means are over principal classes.
-    """
-    blocks = np.split(np.asarray(counts, np.float64), hierarchy_lib.block_offsets(psi)[1:])
-    used, entropy = [], []
-    for block in blocks:
-        total = block.sum()
-        used.append(int(np.count_nonzero(block)))
-        if len(block) == 1 or total == 0:
-            entropy.append(float(total > 0))
-            continue
-        p = block[block > 0] / total
-        entropy.append(float(-(p * np.log(p)).sum() / np.log(len(block))))
-    return {
-        "labels/aux_used_per_pri": used,
-        "labels/aux_used_mean": float(np.mean(used)),
-        "labels/aux_entropy_per_pri": entropy,
-        "labels/aux_entropy_mean": float(np.mean(entropy)),
-    }

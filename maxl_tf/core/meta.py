@@ -39,6 +39,7 @@ from maxl_tf.core import distribute
 from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import losses
+from maxl_tf.core import methods
 
 # The finite difference's step is this radius over ||v||: theta1 moves by 1e-3 in norm whatever v's
 # scale. DARTS and the authors' first-order script take 0.01, but ReLU and max-pool make the mixed
@@ -112,7 +113,7 @@ def second_order_meta_gradient(
     """Meta loss and its exact gradient with respect to the generator's weights.
 
     Args:
-      evaluator, generator: Keras models (models.build_evaluator / build_generator).
+      evaluator, generator: Keras models (models/vgg.build_evaluator / build_generator).
       images: [batch, H, W, C] meta batch (this replica's slice); labels: [batch] int principal labels.
       mask_table: [pri, aux] psi_mask.
       inner_lr: step size alpha of the lookahead: the evaluator's current learning rate.
@@ -123,7 +124,7 @@ def second_order_meta_gradient(
         before the lookahead, the returned gradients are left scaled for a LossScaleOptimizer.
       lookahead_model: the network that runs the lookahead with the evaluator's weights
         (default: the evaluator itself). Under mixed precision, a float32 twin
-        (models.build_evaluator with precision="float32"): the meta-gradient is a sum of inner
+        (models/vgg.build_evaluator with precision="float32"): the meta-gradient is a sum of inner
         products of nearly orthogonal gradients, which half precision cannot resolve.
     Returns:
       (gradients aligned with generator.trainable_variables, of this replica's share of the meta
@@ -325,14 +326,14 @@ def implicit_meta_gradient(
     139 + 75K, the second-order step's 139 at K = 0.
 
     Batch norm: the Hessian-vector products differentiate batch norm's backward in its input,
-    which the lookahead never does. TensorFlow's fused kernel (models.BatchNormalization in
+    which the lookahead never does. TensorFlow's fused kernel (models/vgg.BatchNormalization in
     float32, the float32 twin under mixed precision) and Keras' synchronised statistics get that
     second derivative right; Keras' unsynchronised path, used in float64, computes the variance
     with the mean's gradient stopped (tf.nn.moments), exact to first order only, so float64
     checks of this function build their models with synchronized_bn=True.
 
     Args:
-      evaluator, generator: Keras models (models.build_evaluator / build_generator).
+      evaluator, generator: Keras models (models/vgg.build_evaluator / build_generator).
       train_images: [batch, H, W, C] the training batch (this replica's slice); train_labels: [batch] int.
       meta_images, meta_labels: the meta batch, likewise.
       mask_table: [pri, aux] psi_mask.
@@ -394,3 +395,42 @@ def implicit_meta_gradient(
         "loss_after": meta_pri_loss,
         "entropy": entropy,
     }
+
+
+# One signature for the three, keyed by methods.HYPERGRADIENTS' names:
+#   fn(evaluator, generator, train_batch, meta_batch, mask_table, inner_lr, neumann_terms, **options)
+# train_batch is the batch the evaluator just stepped on (only the implicit one reads it); options
+# are gamma, entropy_weight, loss_scale and lookahead_model.
+def _with_lookahead(meta_gradient):
+    def hypergradient(evaluator, generator, train_batch, meta_batch, mask_table, inner_lr, neumann_terms, **options):
+        del train_batch, neumann_terms  # the lookahead steps on the meta batch itself
+        return meta_gradient(
+            evaluator, generator, meta_batch["images"], meta_batch["labels"], mask_table, inner_lr, **options
+        )
+
+    return hypergradient
+
+
+def _implicit(evaluator, generator, train_batch, meta_batch, mask_table, inner_lr, neumann_terms, **options):
+    if train_batch is None:
+        raise ValueError("the implicit hypergradient needs the training batch the evaluator stepped on")
+    return implicit_meta_gradient(
+        evaluator,
+        generator,
+        train_batch["images"],
+        train_batch["labels"],
+        meta_batch["images"],
+        meta_batch["labels"],
+        mask_table,
+        inner_lr,
+        neumann_terms=neumann_terms,
+        **options,
+    )
+
+
+HYPERGRADIENTS = {
+    "second_order": _with_lookahead(second_order_meta_gradient),
+    "first_order": _with_lookahead(first_order_meta_gradient),
+    "implicit": _implicit,
+}
+assert tuple(HYPERGRADIENTS) == methods.HYPERGRADIENTS, "core/methods.py names the same hypergradients"

@@ -18,10 +18,6 @@ from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import losses
 from maxl_tf.core import meta
 
-# How the generator's meta step differentiates through the evaluator (meta.py; config.HYPERGRADIENTS
-# lists the same for the flags, without importing TensorFlow).
-HYPERGRADIENTS = ("second_order", "first_order", "implicit")
-
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -36,7 +32,7 @@ class Task:
       entropy_weight: weight of the entropy regulariser in the meta objective.
       generator_labels_training: the generator labels the evaluator's batches in training mode
         (--generator_labels_bn=training).
-      hypergradient: one of config.HYPERGRADIENTS, the meta step's gradient (meta.py).
+      hypergradient: a name in meta.HYPERGRADIENTS, the meta step's gradient.
       neumann_terms: Neumann-series terms of the implicit hypergradient.
       generator_weight_decay, generator_weight_decay_type: the generator step's weight decay
         (generator_step).
@@ -162,29 +158,9 @@ def generator_step(
         loss_scale=loss_scale if scaling else None,
         lookahead_model=lookahead_model,
     )
-    if task.hypergradient == "implicit":
-        if train_batch is None:
-            raise ValueError("the implicit hypergradient needs the training batch the evaluator stepped on")
-        grads, stats = meta.implicit_meta_gradient(
-            evaluator,
-            generator,
-            train_batch["images"],
-            train_batch["labels"],
-            batch["images"],
-            batch["labels"],
-            task.mask_table,
-            inner_lr,
-            neumann_terms=task.neumann_terms,
-            **options,
-        )
-    else:
-        hypergradient = {
-            "second_order": meta.second_order_meta_gradient,
-            "first_order": meta.first_order_meta_gradient,
-        }[task.hypergradient]
-        grads, stats = hypergradient(
-            evaluator, generator, batch["images"], batch["labels"], task.mask_table, inner_lr, **options
-        )
+    grads, stats = meta.HYPERGRADIENTS[task.hypergradient](
+        evaluator, generator, train_batch, batch, task.mask_table, inner_lr, task.neumann_terms, **options
+    )
     grad_norm = _step_grad_norm(grads, loss_scale)
     if weight_decay:
         decay = tf.sign if weight_decay_type == "l1" else tf.identity

@@ -13,6 +13,7 @@ import os
 
 from maxl_tf import errors
 from maxl_tf.core import hierarchy
+from maxl_tf.core import methods
 from maxl_tf.data import registry
 from maxl_tf.data import source as source_lib
 from maxl_tf.models.names import ARCHITECTURES
@@ -20,15 +21,6 @@ from maxl_tf.models.names import IMAGENET
 from maxl_tf.models.names import UNTRAINED
 from maxl_tf.models.names import is_backbone_spec
 
-# Where auxiliary labels come from (labels.py): the paper's method and its four baselines.
-METHODS = ("maxl", "single", "human", "random", "prototypical")
-# Methods that learn from held-out meta data and train the evaluator on the rest; the others
-# train on the full training set (paper Section 4.1).
-USES_META_SPLIT = ("maxl", "prototypical")
-# How the generator's meta step differentiates through the evaluator (meta.py): the paper's exact
-# one-step lookahead, its finite-difference approximation (DARTS), or the implicit hypergradient
-# at the evaluator's current weights (AuxiLearn).
-HYPERGRADIENTS = ("second_order", "first_order", "implicit")
 # AuxiLearn's number of Neumann terms. Each is a Hessian-vector product (75 convolutions of VGG-16:
 # three make the implicit meta step 364 against the second-order one's 139, meta.py), and with
 # the evaluator's learning rate as the series' step, the terms grow along the Hessian's negative
@@ -92,10 +84,15 @@ class Config:
         "Auxiliary classes per principal class, e.g. 5,1,4 (empty: the human "
         "hierarchy's when --aux is a human level, else uniform aux/pri).",
     )
-    method: str = _field("maxl", "Where auxiliary labels come from.", METHODS)
+    method: str = _field(
+        "maxl",
+        "Where auxiliary labels come from: "
+        + "; ".join(f"{m.name}, {m.description}" for m in methods.REGISTRY.values())
+        + ".",
+    )
     embedder: str = _field(
         IMAGENET,
-        "Image embedder of --method=prototypical: imagenet (keras.applications VGG16 "
+        "Image embedder of --method=prototypical and kmeans: imagenet (keras.applications VGG16 "
         "with ImageNet weights), untrained (the same network with random weights), or "
         "a saved Keras model file (.keras) whose output is the embedding.",
     )
@@ -156,12 +153,12 @@ class Config:
         ("interleaved", "alternating"),
     )
     hypergradient: str = _field(
-        "second_order",
+        methods.EXACT_HYPERGRADIENT,
         "The generator's meta-gradient: second_order, exact through the one-step "
         "lookahead (paper); first_order, its Hessian-vector product by finite "
         "differences (DARTS); implicit, at the evaluator's current weights with a "
         "Neumann series for the inverse Hessian (AuxiLearn). BUILD.md compares them.",
-        HYPERGRADIENTS,
+        methods.HYPERGRADIENTS,
     )
     neumann_terms: int = _field(
         DEFAULT_NEUMANN_TERMS,
@@ -234,12 +231,12 @@ class Config:
         name = f"{source(self).name}_pri{self.pri}_aux{self.aux}_{self.method}"
         if self.psi and self.psi != _default_psi(self):
             name += "_psi" + "-".join(map(str, self.psi))
-        if self.method == "maxl":
+        if methods.get(self.method).learned:
             if self.entropy_weight != 0.2:
                 name += f"_entropy{self.entropy_weight:g}"
             if self.generator_labels_bn != "inference":
                 name += f"_labelsbn{self.generator_labels_bn}"
-            if self.hypergradient != "second_order":
+            if self.hypergradient != methods.EXACT_HYPERGRADIENT:
                 name += "_" + self.hypergradient
             if self.neumann_terms != DEFAULT_NEUMANN_TERMS:
                 name += f"{self.neumann_terms}"
@@ -348,6 +345,10 @@ def check_flags(config: Config) -> None:
         if choices:
             check(value in choices, f"--{field.name}={value}: unknown; use one of {', '.join(choices)}.")
     check(
+        config.method in methods.REGISTRY,
+        f"--method={config.method}: unknown; use one of {', '.join(methods.REGISTRY)}.",
+    )
+    check(
         config.model in ARCHITECTURES or is_backbone_spec(config.model),
         f"--model={config.model}: unknown; use {' or '.join(ARCHITECTURES)}, or module:function (a function of "
         "the input shape returning a Keras backbone).",
@@ -406,7 +407,7 @@ def check_flags(config: Config) -> None:
     )
     check(not (config.jit and config.deterministic), JIT_NEEDS_NODETERMINISTIC)
     check(
-        config.hypergradient == "implicit" or config.neumann_terms == DEFAULT_NEUMANN_TERMS,
+        config.hypergradient == methods.IMPLICIT_HYPERGRADIENT or config.neumann_terms == DEFAULT_NEUMANN_TERMS,
         f"--neumann_terms={config.neumann_terms}: only --hypergradient=implicit uses it (this run's is "
         f"{config.hypergradient}); add --hypergradient=implicit or drop --neumann_terms.",
     )
@@ -417,7 +418,7 @@ def check_flags(config: Config) -> None:
             f"of its own after each evaluator epoch; use --schedule=interleaved or drop --meta_every.",
         )
         check(
-            config.hypergradient != "implicit",
+            config.hypergradient != methods.IMPLICIT_HYPERGRADIENT,
             "--hypergradient=implicit: its Hessian is of the training batch the evaluator just stepped on, "
             "and --schedule=alternating's generator epoch has none; use --schedule=interleaved.",
         )
@@ -425,7 +426,7 @@ def check_flags(config: Config) -> None:
         0 <= config.meta_split < 1,
         f"--meta_split={config.meta_split}: must be in [0, 1) (0 reuses the training set as meta data).",
     )
-    if config.method == "prototypical" and config.embedder not in (IMAGENET, UNTRAINED):
+    if methods.get(config.method).embeds and config.embedder not in (IMAGENET, UNTRAINED):
         check(
             config.embedder.endswith(".keras") and os.path.isfile(config.embedder),
             f"--embedder={config.embedder}: no such saved Keras model (.keras file); pass an existing "
@@ -452,7 +453,7 @@ def validate(config: Config) -> Config:
             f"file> that puts them under {config.pri} principal classes."
         )
     psi = hierarchy.resolve_psi(labels, config.pri, config.aux, config.psi or None)
-    if config.method in ("human", "prototypical"):
+    if methods.get(config.method).human_psi:
         human = hierarchy.require_human_psi(labels, config.pri, config.aux, config.method)
         if human != psi:
             raise errors.Error(

@@ -8,6 +8,7 @@ import numpy as np
 from maxl_tf import errors
 from maxl_tf.core import hierarchy as hierarchy_lib
 from maxl_tf.core import labels as labels_lib
+from maxl_tf.core import methods
 from maxl_tf.data import images as images_lib
 from maxl_tf.data import pipeline as data_lib
 from maxl_tf.data import source as source_lib
@@ -26,7 +27,7 @@ class RunData:
     input_shape: tuple
     source: str  # one line: where the data came from and how it was read
     identity: dict  # what the run records of its data (Source.identity)
-    aux_label_info: dict = dataclasses.field(default_factory=dict)  # prototypical: what made the labels
+    aux_label_info: dict = dataclasses.field(default_factory=dict)  # embedded labels: what made them
     # Names of the principal classes, and of the auxiliary classes where they are human classes
     # (human, prototypical); None where the data set has no names or the classes are learned.
     class_names: dict = dataclasses.field(default_factory=lambda: {"principal": None, "auxiliary": None})
@@ -46,7 +47,7 @@ def class_names(levels: hierarchy_lib.Hierarchy, config: config_lib.Config) -> d
     """{"principal": names of the principal classes, "auxiliary": names of the auxiliary classes
     in psi's block order}, each None where there are none (see RunData.class_names)."""
     named = {"principal": levels.names.get(config.pri), "auxiliary": None}
-    if config.method in ("human", "prototypical") and config.aux in levels.names:
+    if methods.get(config.method).human_psi and config.aux in levels.names:
         fine = np.arange(levels.finest)
         slots = hierarchy_lib.human_aux_labels(levels, config.pri, config.aux, fine)
         names = [None] * config.aux
@@ -87,7 +88,7 @@ def check_available(configs: list) -> None:
     """
     for config in configs:
         config_lib.source(config).find()  # the same Source for runs of the same data: found once
-    embedders = dict.fromkeys((c.embedder, c.embedder_fallback) for c in configs if c.method == "prototypical")
+    embedders = dict.fromkeys((c.embedder, c.embedder_fallback) for c in configs if methods.get(c.method).embeds)
     for spec, fallback in embedders:
         if spec != config_lib.UNTRAINED:  # random weights: nothing to find
             embedder_lib.load(spec, fallback)
@@ -110,7 +111,8 @@ def prepare(config: config_lib.Config) -> RunData:
         return data_lib.Examples(split.images, hierarchy.labels_at(config.pri, split.labels), aux_labels)
 
     num_train = len(train.labels)
-    if config.method in config_lib.USES_META_SPLIT:
+    labels = labels_lib.source(config.method)
+    if labels.uses_meta_data:
         train_indices, meta_indices = data_lib.split_meta(num_train, config.meta_split, config.seed)
     else:
         train_indices = meta_indices = np.arange(num_train)
@@ -119,22 +121,16 @@ def prepare(config: config_lib.Config) -> RunData:
             f"--batch_size={config.batch_size}: larger than the {len(train_indices)} "
             f"training examples; lower it or raise --max_train_examples."
         )
-    aux_label_info = {}
-    if config.method == "prototypical":
+
+    def embed():
         embedder = embedder_lib.load(config.embedder, config.embedder_fallback, config.seed)
-        embeddings = embedder_lib.embed(embedder, train.images)
-        aux_train = labels_lib.prototypical_aux_labels(
-            embeddings, hierarchy, config.pri, config.aux, config.psi, train.labels, meta_indices
+        return embedder_lib.embed(embedder, train.images), embedder.description
+
+    aux_train, aux_label_info = labels.fixed_labels(
+        labels_lib.RunLabels(
+            hierarchy, config.pri, config.aux, config.psi, train.labels, config.seed, train_indices, meta_indices, embed
         )
-        human = hierarchy_lib.human_aux_labels(hierarchy, config.pri, config.aux, train.labels)
-        aux_label_info = {
-            "embedder": embedder.description,
-            "human_agreement": float(np.mean(aux_train[train_indices] == human[train_indices])),
-        }
-    else:
-        aux_train = labels_lib.fixed_aux_labels(
-            config.method, hierarchy, config.pri, config.aux, config.psi, train.labels, config.seed
-        )
+    )
     return RunData(
         train=data_lib.Pipeline(examples(train, aux_train), source.augmentation),
         test=data_lib.Pipeline(examples(test, np.zeros(len(test.labels), np.int64))),

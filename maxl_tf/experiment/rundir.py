@@ -29,6 +29,7 @@ import zipfile
 import numpy as np
 
 from maxl_tf import errors
+from maxl_tf.core import methods
 from maxl_tf.experiment import claims
 from maxl_tf.experiment import config as config_lib
 
@@ -137,7 +138,7 @@ def exports_intact(config: config_lib.Config) -> bool:
     """
     logdir = config.logdir
     expected = [EVALUATOR, CLASSES, os.path.join(SERVING, "saved_model.pb")]
-    if config.method == "maxl":
+    if methods.get(config.method).learned:
         expected.append(GENERATOR)
     if not all(os.path.isfile(os.path.join(logdir, name)) for name in expected):
         return False

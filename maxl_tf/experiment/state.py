@@ -3,7 +3,7 @@ sums of the epoch in progress and the history of finished epochs.
 
 Everything the results depend on lives here, so a run restored from its checkpoint at any step
 continues exactly as an uninterrupted one would (the batches themselves are a function of
-(seed, epoch, step): data.py).
+(seed, epoch, step): data/pipeline.py).
 """
 
 import json

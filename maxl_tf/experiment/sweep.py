@@ -14,44 +14,14 @@ import os
 import time
 
 from maxl_tf import errors
+from maxl_tf.core import methods
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import rundir
-
-GENERATOR_FIELDS = (
-    "entropy_weight",
-    "generator_lr",
-    "generator_weight_decay",
-    "generator_weight_decay_type",
-    "schedule",
-    "generator_labels_bn",
-    "hypergradient",
-    "neumann_terms",
-    "meta_every",
-)
-
-
-def ignored_fields(method: str) -> frozenset:
-    """Config fields that cannot change the results of a run of this method.
-
-    Only maxl has a generator; single-task learning has no auxiliary task, so its --aux and --psi
-    only name the run; only the methods in config.USES_META_SPLIT hold out meta data; only
-    prototypical embeds images.
-    """
-    ignored = set()
-    if method != "maxl":
-        ignored.update(GENERATOR_FIELDS)
-    if method == "single":
-        ignored.update(("aux", "psi"))
-    if method not in config_lib.USES_META_SPLIT:
-        ignored.add("meta_split")
-    if method != "prototypical":
-        ignored.update(("embedder", "embedder_fallback"))
-    return frozenset(ignored)
 
 
 def experiment_key(config: config_lib.Config) -> tuple:
     """What decides a run's results, with the fields its method ignores left out."""
-    ignored = ignored_fields(config.method)
+    ignored = methods.get(config.method).ignored_fields
     return tuple(sorted((k, v) for k, v in config.experiment().items() if k not in ignored))
 
 
@@ -61,7 +31,7 @@ def _split(flag: str, text: str, convert) -> tuple:
     except ValueError:
         raise errors.Error(
             f"--{flag}={text}: must be a comma-separated list, e.g. "
-            f"{'--seeds=0,1,2' if convert is int else '--entropy_weights=0.2,0'}."
+            f"{'--' + flag + '=0,1,2' if convert is int else '--entropy_weights=0.2,0'}."
         ) from None
 
 
@@ -71,6 +41,13 @@ def parse_seeds(text: str) -> tuple:
 
 def parse_entropy_weights(text: str) -> tuple:
     return _split("entropy_weights", text, float)
+
+
+def parse_train_sizes(text: str) -> tuple:
+    sizes = _split("train_sizes", text, int)
+    if any(size < 1 for size in sizes):
+        raise errors.Error(f"--train_sizes={text}: each size must be a positive number of training images.")
+    return sizes
 
 
 def parse_pairs(text: str) -> tuple:
@@ -86,28 +63,41 @@ def parse_pairs(text: str) -> tuple:
         raise errors.Error(f"--pairs={text}: must be comma-separated pri:aux pairs, e.g. --pairs=3:10,3:20.") from None
 
 
-def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=()) -> list:
+def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=(), train_sizes=()) -> list:
     """The runs of a sweep, in order: seeds outermost, so a sweep stopped half-way has every
-    setting at its first seeds; then pairs, entropy weights and methods (--method's comma list).
+    setting at its first seeds; then training-set sizes, pairs, entropy weights and methods
+    (--method's comma list).
 
     An empty list keeps base's value. A run whose method ignores a swept value (single-task and
     --aux, every baseline and --entropy_weight) is kept once, with the first value. With more than
-    one point in the product, every run's logdir is <base.logdir or runs>/<its name>.
+    one point in the product, every run's logdir is <base.logdir or runs>/<its name>; with
+    train_sizes (--max_train_examples values), <base.logdir or runs>/n<size>/<its name>, since a
+    run's name does not say its size.
     """
-    methods = base.method.split(",")
+    method_names = base.method.split(",")
     seeds = seeds or (base.seed,)
+    sizes = train_sizes or (base.max_train_examples,)
     pairs = pairs or ((base.pri, base.aux),)
     entropy_weights = entropy_weights or (base.entropy_weight,)
-    points = list(itertools.product(seeds, pairs, entropy_weights, methods))
+    points = list(itertools.product(seeds, sizes, pairs, entropy_weights, method_names))
     configs, seen = [], set()
-    for seed, (pri, aux), entropy_weight, method in points:
-        config = dataclasses.replace(base, seed=seed, pri=pri, aux=aux, entropy_weight=entropy_weight, method=method)
+    for seed, size, (pri, aux), entropy_weight, method in points:
+        config = dataclasses.replace(
+            base,
+            seed=seed,
+            max_train_examples=size,
+            pri=pri,
+            aux=aux,
+            entropy_weight=entropy_weight,
+            method=method,
+        )
         key = experiment_key(config)
         if key in seen:
             continue
         seen.add(key)
-        if len(points) > 1:
-            config = dataclasses.replace(config, logdir=os.path.join(base.logdir or "runs", config.name))
+        parent = os.path.join(base.logdir or "runs", f"n{size}" if train_sizes else "")
+        if len(points) > 1 or train_sizes:
+            config = dataclasses.replace(config, logdir=os.path.join(parent, config.name))
         configs.append(config)
     return configs
 

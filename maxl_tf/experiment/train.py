@@ -5,7 +5,7 @@ generator step on a meta batch; with meta_every=K the generator steps after ever
 step of the run only) or, with schedule=alternating, an epoch of evaluator steps followed by an
 epoch of generator steps (the authors' code). Everything the results depend on
 lives in the checkpoint (state.py) and every batch is a function of (seed, epoch, step)
-(data.py), so a run stopped at any step and resumed equals an uninterrupted one.
+(data/pipeline.py), so a run stopped at any step and resumed equals an uninterrupted one.
 """
 
 import dataclasses
@@ -22,7 +22,9 @@ import tensorflow as tf
 
 from maxl_tf import errors
 from maxl_tf.core import distribute
+from maxl_tf.core import label_health
 from maxl_tf.core import labels as labels_lib
+from maxl_tf.core import methods
 from maxl_tf.core import steps
 from maxl_tf.core import streams
 from maxl_tf.data import pipeline as data_lib
@@ -32,7 +34,6 @@ from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
 from maxl_tf.experiment import signals
 from maxl_tf.experiment import state as state_lib
-from maxl_tf.experiment import sweep
 from maxl_tf.models import vgg as models
 
 # Written once a run is complete: its rundir.metric_name, which the HParams dashboard compares.
@@ -265,6 +266,8 @@ def write_summaries(writer, record: dict) -> None:
         for key, value in record.items():
             if key != "epoch" and isinstance(value, float):
                 tf.summary.scalar(key, value)
+            elif isinstance(value, list) and value:  # per principal class: labels/aux_*_per_pri
+                tf.summary.histogram(key, value)
     writer.flush()
 
 
@@ -320,7 +323,7 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
         if config.precision == "mixed_float16":
             record["meta/skipped_steps"] = state.sums.total("meta/skipped_steps")
     if loop.task.labels.auxiliary:
-        record.update(labels_lib.usage_summary(state.sums.label_usage.numpy(), config.psi))
+        record.update(label_health.usage_summary(state.sums.label_usage.numpy(), config.psi))
         record["train/trunk_grad_cosine"] = float(loop.trunk_cosine(loop.probe_batch))
     if loop.uses_generator:
         record.update(label_changes(loop))
@@ -377,7 +380,7 @@ def write_exports(loop: Loop) -> None:
 def hparam_values(config: config_lib.Config) -> dict:
     """The experiment's fields as TensorBoard hyperparameters (bool, number or string), without
     those its method ignores (a baseline has no generator_lr)."""
-    ignored = sweep.ignored_fields(config.method)
+    ignored = methods.get(config.method).ignored_fields
     return {
         key: ",".join(map(str, value)) if isinstance(value, tuple) else value
         for key, value in config.experiment().items()
@@ -398,7 +401,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
     """Trains (or resumes) the run a Config describes; returns the content of its results.json.
 
     A run leaves no traced graph behind, so a sweep's process does not grow run by run
-    (models.custom_gradients_released).
+    (models/vgg.custom_gradients_released).
 
     Args:
       claim: a sweep worker's claims.Claim on the run; the run stops without writing once it is lost.
@@ -470,12 +473,10 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
             flush=True,
         )
         if run_data.aux_label_info:
-            print(
-                f"prototypical labels from {run_data.aux_label_info['embedder']}; "
-                f"{run_data.aux_label_info['human_agreement']:.1%} of the training labels equal the "
-                f"human hierarchy's",
-                flush=True,
-            )
+            info = run_data.aux_label_info
+            agreement = info.get("human_agreement")
+            agrees = f"; {agreement:.1%} of the training labels equal the human hierarchy's" if agreement else ""
+            print(f"{config.method} labels from {info['embedder']}{agrees}", flush=True)
         with loop.writer.as_default(step=start_epoch):
             tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
             if not resuming:  # once per run: the HParams dashboard's row of this run
@@ -498,6 +499,15 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
                 f"{record['perf/images_per_s']:.0f} images/s",
                 flush=True,
             )
+            if loop.uses_generator:  # the labels' health (Section 3.4): only learned labels can collapse
+                print(
+                    f"epoch {epoch + 1}: labels' entropy {record['labels/aux_entropy_mean']:.3f} "
+                    f"(lowest class {min(record['labels/aux_entropy_per_pri']):.3f}), "
+                    f"{record['labels/aux_used_mean']:.2f} auxiliary classes used per principal class",
+                    flush=True,
+                )
+                if warning := label_health.collapse_warning(record, config.psi):
+                    print(f"epoch {epoch + 1}: {warning}", flush=True)
             if epoch + 1 < config.epochs and stop_agreed(loop, stop):
                 raise errors.Interrupted(
                     f"{stop.reason} after epoch {epoch + 1}; checkpoint saved in "

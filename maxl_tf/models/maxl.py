@@ -27,6 +27,7 @@ import tensorflow as tf
 from maxl_tf.core import distribute
 from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import labels as labels_lib
+from maxl_tf.core import methods
 from maxl_tf.core import psi as psi_lib
 from maxl_tf.core import steps
 from maxl_tf.models import export as export_lib
@@ -163,7 +164,7 @@ class MAXL(keras.Model):
         generator: keras.Model | None = None,
         psi=None,
         labels: labels_lib.LabelSource | None = None,
-        hypergradient: str = "second_order",
+        hypergradient: str = methods.EXACT_HYPERGRADIENT,
         meta_every: int = 1,
         entropy_weight: float = 0.2,
         focal_gamma: float = 2.0,
@@ -195,8 +196,8 @@ class MAXL(keras.Model):
             raise TypeError(f"evaluator: a keras.Model, not {type(evaluator).__name__}")
         if isinstance(meta_every, bool) or not isinstance(meta_every, (int, np.integer)) or meta_every < 1:
             raise ValueError(f"meta_every={meta_every!r}: must be an integer >= 1")
-        if hypergradient not in steps.HYPERGRADIENTS:
-            raise ValueError(f"hypergradient={hypergradient!r}: one of {', '.join(steps.HYPERGRADIENTS)}")
+        if hypergradient not in methods.HYPERGRADIENTS:
+            raise ValueError(f"hypergradient={hypergradient!r}: one of {', '.join(methods.HYPERGRADIENTS)}")
         if generator_weight_decay_type not in ("l1", "l2"):
             raise ValueError(f"generator_weight_decay_type={generator_weight_decay_type!r}: l1 or l2")
         if int(neumann_terms) < 0:
