@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from maxl_tf.core import hierarchy
 from maxl_tf.core import meta
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 
 SHAPES = {"vgg_small": ((8, 8, 1), 0.5, 64, (7, 3)), "vgg16": ((32, 32, 3), 1.0, 16, (5,) * 20)}
 
@@ -25,8 +25,8 @@ def build(architecture, dtype):
     input_shape, width, _, psi = SHAPES[architecture]
     keras.config.set_dtype_policy(dtype)
     keras.utils.set_random_seed(0)
-    evaluator = models.build_evaluator(input_shape, len(psi), sum(psi), architecture, width)
-    generator = models.build_generator(input_shape, sum(psi), architecture, width)
+    evaluator = vgg.build_evaluator(input_shape, len(psi), sum(psi), architecture, width)
+    generator = vgg.build_generator(input_shape, sum(psi), architecture, width)
     return evaluator, generator
 
 

@@ -53,7 +53,7 @@ from maxl_tf import errors
 from maxl_tf.core import distribute
 from maxl_tf.core import hierarchy
 from maxl_tf.core import methods
-from maxl_tf.data import pipeline as data_lib
+from maxl_tf.data import pipeline
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import state as state_lib
 from maxl_tf.experiment import train
@@ -221,18 +221,18 @@ def build_pipeline(batch_size: int, num_examples: int = 5000) -> Timed:
     """
     steps = max(1, PIPELINE_EPOCH // batch_size)
     rng = np.random.default_rng(0)
-    examples = data_lib.Examples(
+    examples = pipeline.Examples(
         rng.integers(0, 256, (num_examples, *IMAGE_SHAPE), np.uint8),
         rng.integers(0, 10, num_examples),
         np.zeros(num_examples, np.int64),
     )
-    pipeline = data_lib.Pipeline(examples)
+    batches = pipeline.Pipeline(examples)
     repeats = [0]
 
     def run():
         repeats[0] += 1
-        order = data_lib.epoch_order(np.arange(num_examples), steps * batch_size, 0, repeats[0], 0)
-        for batch in pipeline.batches(order, batch_size, augment_seed=(0, repeats[0], 0)):
+        order = batches.epoch_order(np.arange(num_examples), steps * batch_size, 0, repeats[0], 0)
+        for batch in batches.batches(order, batch_size, augment_seed=(0, repeats[0], 0)):
             batch["images"].numpy()
 
     return Timed("pipeline", run, steps * batch_size)

@@ -127,8 +127,9 @@ def _malformed(results: dict) -> str:
     if results["complete"]:
         if not _is_number(results["test_accuracy"]):
             return f"test_accuracy is {results['test_accuracy']!r}, not a number"
-        if not all(_is_number(r.get("test/acc")) for r in history):
-            return "an epoch of its history has no numeric test/acc"
+        config = config_lib.Config.from_saved(results["config"])
+        if not all(_is_number(r.get("test/acc")) for i, r in enumerate(history) if config.evaluates(i)):
+            return "an epoch of its history has no numeric test/acc"  # one --eval_every tested
     psi = results.get("psi", [])
     if not isinstance(psi, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in psi):
         return f"psi is {psi!r}, not a list of positive class counts"
@@ -349,6 +350,8 @@ BAND_NOTE = "lines: mean over seeds (n); shaded band (one epoch: bar): ±1 std o
 def _band(ax, x, values, label, limits=None, **style):
     """Mean over seeds with a ±1 std band (none for one seed), within `limits` (a fraction's
     band stops at 1). A run of one epoch is a marker with an error bar: a line needs two points."""
+    tested = ~np.all(np.isnan(values), axis=0)  # epochs --eval_every skipped draw no point
+    x, values = np.asarray(x)[tested], np.asarray(values)[:, tested]
     mean = np.nanmean(values, axis=0)
     std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
     low, high = mean - std, mean + std
@@ -569,11 +572,12 @@ def _training_time(run: dict) -> float:
 
 
 def accuracy_at_time(run: dict, seconds: float) -> float:
-    """The paper's metric (the mean test accuracy of the last epochs) of a run stopped at the
-    first epoch whose cumulative training time reaches `seconds` (its last epoch if none does)."""
+    """The paper's metric (the mean test accuracy of the last evaluated epochs) of a run stopped
+    at the first epoch whose cumulative training time reaches `seconds` (its last if none does)."""
     elapsed = np.cumsum([r["perf/epoch_seconds"] for r in run["history"]])
     end = min(int(np.searchsorted(elapsed, seconds)) + 1, len(elapsed))
-    return float(np.mean([r["test/acc"] for r in run["history"][max(0, end - rundir.LAST_EPOCHS_AVERAGED) : end]]))
+    tested = [r["test/acc"] for r in run["history"][:end] if "test/acc" in r]  # --eval_every's epochs
+    return float(np.mean(tested[-rundir.LAST_EPOCHS_AVERAGED :]))
 
 
 @dataclasses.dataclass
@@ -581,6 +585,7 @@ class CurvePoint:
     """One method at one training-set size: its accuracies by seed and training times."""
 
     label: str
+    method: str
     size: int
     by_seed: dict
     seconds: float
@@ -608,7 +613,7 @@ def curve_points(groups: list) -> dict:
             size = group.setting[CURVE_FIELD]
             seconds = float(np.mean([_training_time(r) for r in group.runs]))
             if group.config.epochs == epochs.get(size, group.config.epochs):
-                found.append(CurvePoint(_label(group, ()), size, group.by_seed, seconds))
+                found.append(CurvePoint(_label(group, ()), group.method, size, group.by_seed, seconds))
                 continue
             maxl = next((g for g in learned if g.setting[CURVE_FIELD] == size), None)
             if methods.get(group.method).auxiliary or maxl is None:
@@ -619,7 +624,7 @@ def curve_points(groups: list) -> dict:
                 for r in group.runs
                 if r["config"]["seed"] in maxl_seconds
             }
-            found.append(CurvePoint(f"{group.method}, at {maxl.method}'s time", size, matched, seconds))
+            found.append(CurvePoint(f"{group.method}, at {maxl.method}'s time", group.method, size, matched, seconds))
         points[key] = found
     return points
 
@@ -651,7 +656,7 @@ def curve_tables(points: dict) -> str:
         ]
         for size in sorted({p.size for p in found}):
             at_size = [p for p in found if p.size == size]
-            single = next((p for p in at_size if p.label == methods.SINGLE.name), None)
+            single = next((p for p in at_size if p.label == methods.SINGLE.name), None)  # not the longer one
             for point in at_size:
                 mean, (low, high) = _mean_interval(list(point.by_seed.values()))
                 difference = "–"
@@ -663,7 +668,7 @@ def curve_tables(points: dict) -> str:
                     f"| {size} | {point.label} | {mean:.4f} [{low:.4f}, {high:.4f}] | {len(point.by_seed)} | "
                     f"{point.seconds:.0f} s | {difference} |"
                 )
-        learned = [p for p in found if p.label.split(" ")[0] in {m for m in methods.REGISTRY if methods.get(m).learned}]
+        learned = [p for p in found if methods.get(p.method).learned]
         if learned:
             lines += ["", "| training images | comparison | mean difference | 95% interval | wins / ties / losses |"]
             lines.append("|---|---|---|---|---|")
@@ -723,7 +728,7 @@ def labels_health(groups: list) -> str:
     of psi), the epochs in which some principal class collapsed, and, for embedded labels, their
     agreement with the human hierarchy; means over seeds."""
     lines = [
-        "| setting | method | label entropy, last epoch | auxiliary classes used, last epoch | "
+        "| method | setting | label entropy, last epoch | auxiliary classes used, last epoch | "
         "epochs with collapsing classes | agreement with human classes |",
         "|---|---|---|---|---|---|",
     ]
@@ -744,7 +749,7 @@ def labels_health(groups: list) -> str:
         agreement = [a for a in agreement if a is not None]
         setting = f"{_setting_title(group.setting)} {_fields_text(group.setting, curve_fields)}".strip()
         lines.append(
-            f"| {setting} | {_label(group, ())} | {np.nanmean(entropy):.3f} | {np.nanmean(used):.0%} | "
+            f"| {_label(group, ())} | {setting} | {np.nanmean(entropy):.3f} | {np.nanmean(used):.0%} | "
             f"{np.mean(collapsing):.1f} of {group.config.epochs} | "
             f"{f'{np.mean(agreement):.1%}' if agreement else '–'} |"
         )
@@ -792,6 +797,25 @@ def write_report(runs_dirs: list, out: str) -> str:
             "\n## Paired differences\n\nTest accuracy of the first method minus the second's, paired by "
             "seed (same seed: same meta split, example order and augmentation); the interval is Student "
             "t's 95% over seeds; wins / ties / losses count seeds.\n\n" + paired
+        )
+    points = curve_points(groups)
+    if points:
+        text += (
+            "\n## Accuracy against training-set size\n\nEach method at each size: the mean test accuracy over "
+            "seeds with Student t's 95% interval of the mean, its training time per run (without the test "
+            "passes), and its difference from single-task paired by seed; then each learned-label method "
+            "against every other run of its size. A longer single-task run (more epochs) is read at MAXL's "
+            'training time, seed by seed ("at maxl\'s time").\n\n' + curve_tables(points)
+        )
+        figures += plot_curves(points, out)
+    health = labels_health(groups)
+    if health:
+        text += (
+            "\n## The labels' health\n\nPer auxiliary method, means over seeds: the entropy of its labels "
+            "within each principal class's block in the last epoch (1: all of a block's classes used equally, "
+            "0: one class), the share of auxiliary classes used, the epochs in which some principal class "
+            "labelled fewer than half of its classes (collapse, paper Section 3.4), and, for labels made "
+            "from an embedding, their agreement with the human hierarchy's classes.\n\n" + health
         )
     duplicates = duplicates_note(groups)
     if duplicates:

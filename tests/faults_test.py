@@ -27,7 +27,7 @@ from maxl_tf.experiment import rundir
 from maxl_tf.experiment import state as state_lib
 from maxl_tf.experiment import sweep
 from maxl_tf.experiment import train
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 from tests import smoke_util
 
 
@@ -289,7 +289,7 @@ class WriteFaultsTest(tf.test.TestCase):
 class CustomGradientsReleasedTest(tf.test.TestCase):
     def test_names_registered_inside_are_forgotten_on_leaving(self):
         before = _custom_gradient_names()
-        with models.custom_gradients_released():
+        with vgg.custom_gradients_released():
 
             @tf.function
             def identity(x):

@@ -14,7 +14,7 @@ from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import losses
 from maxl_tf.core import meta
 from maxl_tf.models import pixels
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 from tests import float64_case
 from tests import tolerances
 
@@ -56,8 +56,8 @@ class FirstOrderTest(Float64TestCase):
 
     def setUp(self):
         super().setUp()
-        self.evaluator = models.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.05)
-        self.generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.05)
+        self.evaluator = vgg.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.05)
+        self.generator = vgg.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.05)
         self.images = tf.constant(_pixels(np.random.default_rng(0).normal(size=(6, 8, 8, 1))))
         self.labels = tf.constant([0, 1, 0, 1, 1, 0])
 
@@ -237,8 +237,8 @@ class QuickstartModelsTest(tf.test.TestCase):
         super().setUp()
         psi = (7, 3)
         keras.utils.set_random_seed(0)
-        self.evaluator = models.build_evaluator((8, 8, 1), 2, sum(psi), "vgg_small", 0.5)
-        self.generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.5)
+        self.evaluator = vgg.build_evaluator((8, 8, 1), 2, sum(psi), "vgg_small", 0.5)
+        self.generator = vgg.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.5)
         self.mask = tf.constant(hierarchy.psi_mask(psi))
         rng = np.random.default_rng(0)
         self.batches = [
@@ -300,14 +300,12 @@ class BatchNormSecondDerivativeTest(tf.test.TestCase):
                 # float64 runs Keras' own batch norm; synchronised, its statistics are
                 # E[x^2] - E[x]^2, exact to second order (see meta.implicit_meta_gradient).
                 synchronized = dtype == "float64"
-                evaluator = models.build_evaluator(
+                evaluator = vgg.build_evaluator(
                     (8, 8, 1), len(psi), sum(psi), "vgg_small", 0.125, synchronized_bn=synchronized
                 )
-                generator = models.build_generator(
-                    (8, 8, 1), sum(psi), "vgg_small", 0.125, synchronized_bn=synchronized
-                )
+                generator = vgg.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.125, synchronized_bn=synchronized)
                 if results:
-                    self.assertIsInstance(evaluator.get_layer("trunk_block1_conv1_bn"), models.BatchNormalization)
+                    self.assertIsInstance(evaluator.get_layer("trunk_block1_conv1_bn"), vgg.BatchNormalization)
                     for model, weights in zip((evaluator, generator), results[0][1]):
                         model.set_weights(weights)
                 inputs = [
@@ -340,10 +338,10 @@ class MixedPrecisionTest(tf.test.TestCase):
         """(flat gradient, stats, flat entropy term w_H grad H: float32 only, else None)."""
         psi = (3, 2)
         keras.utils.set_random_seed(0)  # same float32 weights whatever the compute precision
-        evaluator = models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.25, precision)
-        generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.25, precision)
+        evaluator = vgg.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.25, precision)
+        generator = vgg.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.25, precision)
         twin = (
-            models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.25, "float32")
+            vgg.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.25, "float32")
             if precision != "float32"
             else None
         )

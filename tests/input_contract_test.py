@@ -283,7 +283,7 @@ class SameBackboneBothWaysTest(tf.test.TestCase):
 
     def test_first_epoch_alike(self):
         from maxl_tf.core import streams
-        from maxl_tf.data import pipeline as data_lib
+        from maxl_tf.data import pipeline
         from maxl_tf.experiment import config as config_lib
         from maxl_tf.experiment import rundir
         from maxl_tf.experiment import state as state_lib
@@ -303,10 +303,10 @@ class SameBackboneBothWaysTest(tf.test.TestCase):
             optimizer=keras.optimizers.SGD(config.lr), generator_optimizer=keras.optimizers.SGD(config.generator_lr)
         )
         batch = config.batch_size
-        steps = data_lib.steps_per_epoch(len(run_data.train_indices), batch)
+        steps = pipeline.steps_per_epoch(len(run_data.train_indices), batch)
 
         def batches(indices, stream):  # epoch 0 of a stream, as train.epoch_batches draws it
-            order = data_lib.epoch_order(indices, steps * batch, config.seed, 0, stream)
+            order = pipeline.epoch_order(indices, steps * batch, config.seed, 0, stream)
             return run_data.train.batches(order, batch)
 
         history = model.fit(

@@ -8,7 +8,7 @@ from maxl_tf.core import hierarchy
 from maxl_tf.core import label_health
 from maxl_tf.core import labels
 from maxl_tf.data import registry
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 from tests.tolerances import FLOAT32
 from tests.tolerances import probabilistic_error
 
@@ -98,7 +98,7 @@ class FixedLabelsTest(tf.test.TestCase, parameterized.TestCase):
 
 def _tiny_generator(aux):
     tf.keras.utils.set_random_seed(0)
-    return models.build_generator((8, 8, 1), aux, "vgg_small", 0.125)
+    return vgg.build_generator((8, 8, 1), aux, "vgg_small", 0.125)
 
 
 class MaxlTargetsTest(tf.test.TestCase):

@@ -9,7 +9,7 @@ import tensorflow as tf
 from maxl_tf.core import hierarchy
 from maxl_tf.core import meta
 from maxl_tf.models import pixels
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 from tests import float64_case
 from tests import tolerances
 
@@ -25,8 +25,8 @@ def _pixels(normalised):
 class MetaGradientTest(float64_case.Float64TestCase):
     def setUp(self):
         super().setUp()
-        self.evaluator = models.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.05)
-        self.generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.05)
+        self.evaluator = vgg.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.05)
+        self.generator = vgg.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.05)
         self.images = tf.constant(_pixels(np.random.default_rng(0).normal(size=(6, 8, 8, 1))))
         self.labels = tf.constant([0, 1, 0, 1, 1, 0])
         self.mask = tf.constant(hierarchy.psi_mask(PSI), tf.float64)
@@ -88,11 +88,11 @@ class MetaGradientTest(float64_case.Float64TestCase):
 
 
 class FusedBatchNormTest(tf.test.TestCase):
-    """models.BatchNormalization runs TensorFlow's fused kernel in float32, Keras' ops in float64.
+    """vgg.BatchNormalization runs TensorFlow's fused kernel in float32, Keras' ops in float64.
 
     The finite-difference tests above run in float64, so they check Keras' path; these check
     that the fused path computes the same function, gradient of gradient included: with respect
-    to the incoming gradient (the meta step's path, fused by models._fused_batch_norm_backward),
+    to the incoming gradient (the meta step's path, fused by vgg._fused_batch_norm_backward),
     the input and the scale (TensorFlow's composite).
     """
 
@@ -129,12 +129,12 @@ class FusedBatchNormTest(tf.test.TestCase):
                 "inference": layer(x, training=False),
             }
 
-        fused = outputs(models.BatchNormalization, "float32")
+        fused = outputs(vgg.BatchNormalization, "float32")
         reference = outputs(keras.layers.BatchNormalization, "float64")  # Keras' path, exact
         # float32 against exact float64: per channel, sums of N = 96 terms (6 x 4 x 4) in about 3
         # passes (forward, backward, second order), rounding errors of independent sign:
         # lambda sqrt(3 N) u32 with lambda = 3, 3e-6 of the scale (measured: 9e-7). TensorFlow's
-        # own composite for the second derivative in the input (unchanged by models.py) cancels
+        # own composite for the second derivative in the input (unchanged by vgg.py) cancels
         # terms up to N times its size: N times that, 3e-4 (measured: 1.0e-4).
         per_pass = 3 * tolerances.probabilistic_error(3 * 96, tolerances.FLOAT32)
         for name in fused:
@@ -147,11 +147,11 @@ class FusedBatchNormTest(tf.test.TestCase):
         psi, images = (2, 3), tf.constant(_pixels(np.random.default_rng(0).normal(size=(6, 8, 8, 1))), tf.float32)
         labels, mask = tf.constant([0, 1, 0, 1, 1, 0]), tf.constant(hierarchy.psi_mask(psi))
         results = []
-        for cls in (models.BatchNormalization, keras.layers.BatchNormalization):
-            with mock.patch.object(models, "BatchNormalization", cls):
+        for cls in (vgg.BatchNormalization, keras.layers.BatchNormalization):
+            with mock.patch.object(vgg, "BatchNormalization", cls):
                 keras.utils.set_random_seed(0)
-                evaluator = models.build_evaluator((8, 8, 1), 2, sum(psi), "vgg_small", 0.125)
-                generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.125)
+                evaluator = vgg.build_evaluator((8, 8, 1), 2, sum(psi), "vgg_small", 0.125)
+                generator = vgg.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.125)
             self.assertEqual(type(evaluator.get_layer("trunk_block1_conv1_bn")), cls)
             results.append(meta.second_order_meta_gradient(evaluator, generator, images, labels, mask, INNER_LR))
         (fused_grads, fused_stats), (keras_grads, keras_stats) = results

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from maxl_tf.core import hierarchy
 from maxl_tf.core import meta
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 from maxl_tf.models.names import ARCHITECTURES
 from tests import hypergradient_test
 from tests import precision_test
@@ -84,8 +84,8 @@ def _first_order(evaluator_perturbation=0.0, generator_perturbation=0.0, seed=1)
     """MixedPrecisionTest's float32 first-order gradient, the networks' weights moved by the given
     relative amounts (uniform, random signs)."""
     keras.utils.set_random_seed(0)
-    evaluator = models.build_evaluator((8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.25, "float32")
-    generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.25, "float32")
+    evaluator = vgg.build_evaluator((8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.25, "float32")
+    generator = vgg.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.25, "float32")
     rng = np.random.default_rng(seed)
     for model, size in ((evaluator, evaluator_perturbation), (generator, generator_perturbation)):
         for variable in model.trainable_variables:
@@ -146,16 +146,16 @@ class _Round(keras.layers.Layer):
 
 
 def _float32_generator_with_rounding():
-    """models.build_generator's vgg_small at width 0.25 in float32, with _Round at each conv
+    """vgg.build_generator's vgg_small at width 0.25 in float32, with _Round at each conv
     block's input, its convolution's output and its batch norm's output; same weights."""
     images = keras.Input((8, 8, 1))
-    x = models.pixels.Normalise()(images)
+    x = vgg.pixels.Normalise()(images)
     for block, (filters, _) in enumerate(ARCHITECTURES["vgg_small"], start=1):
         name = f"trunk_block{block}_conv1"
         x = _Round("input")(x)
-        x = models.Conv2D(round(filters * 0.25), 3, padding="same", name=name)(x)
+        x = vgg.Conv2D(round(filters * 0.25), 3, padding="same", name=name)(x)
         x = _Round("conv")(x)
-        x = models.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name + "_bn")(x)
+        x = vgg.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name + "_bn")(x)
         x = _Round("batch_norm")(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D(2)(x)
@@ -167,7 +167,7 @@ def _float32_generator_with_rounding():
 def _first_order_rounded(at, dtype):
     _ROUNDING.update(at=at, dtype=dtype)
     keras.utils.set_random_seed(0)
-    evaluator = models.build_evaluator((8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.25, "float32")
+    evaluator = vgg.build_evaluator((8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.25, "float32")
     generator = _float32_generator_with_rounding()
     images, labels = _batches()[1]
     grads, _ = meta.first_order_meta_gradient(evaluator, generator, images, labels, _mask(), 0.1)

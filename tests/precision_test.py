@@ -13,7 +13,7 @@ from maxl_tf.core import losses
 from maxl_tf.core import meta
 from maxl_tf.experiment import train
 from maxl_tf.models import pixels
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 from tests import smoke_util
 from tests import tolerances
 
@@ -26,12 +26,10 @@ ENTROPY_WEIGHT = 0.2  # w_H, meta's default
 def _meta_gradient(precision, loss_scale=None, float32_lookahead=True):
     """(flat gradient, stats, flat entropy term w_H grad H: float32 only, else None)."""
     keras.utils.set_random_seed(0)  # same float32 weights whatever the compute precision
-    evaluator = models.build_evaluator((8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.25, precision)
-    generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.25, precision)
+    evaluator = vgg.build_evaluator((8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.25, precision)
+    generator = vgg.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.25, precision)
     twin = (
-        models.build_evaluator((8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.25, "float32")
-        if float32_lookahead
-        else None
+        vgg.build_evaluator((8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.25, "float32") if float32_lookahead else None
     )
     rng = np.random.default_rng(0)
     # Raw pixels whose normalised values (pixels.Normalise, the networks' first layer) are standard normal.
@@ -111,7 +109,7 @@ class MixedPrecisionTest(tf.test.TestCase):
         self.assertAllClose(tf.norm(scaled), tf.norm(unscaled), rtol=float16_error)
 
     def test_logits_pooling_and_weights_stay_float32(self):
-        evaluator = models.build_evaluator((8, 8, 1), 2, 5, "vgg_small", 0.25, "mixed_bfloat16")
+        evaluator = vgg.build_evaluator((8, 8, 1), 2, 5, "vgg_small", 0.25, "mixed_bfloat16")
         float32_layers = [layer for layer in evaluator.layers if "pool" in layer.name or "logits" in layer.name]
         self.assertLen(float32_layers, 5)  # three pools, two logit layers
         for layer in float32_layers:

@@ -321,6 +321,54 @@ class FigureTest(tf.test.TestCase):
         self.assertEqual(sorted(os.listdir(out)), ["learning_curves_digits.png", "report.md"])
 
 
+class CurveTest(tf.test.TestCase):
+    """--train_sizes runs: accuracy against size, and single-task at MAXL's training time."""
+
+    def _curve(self, root):
+        for size, base in ((500, 0.70), (2000, 0.80)):
+            folder = os.path.join(root, f"n{size}")
+            for seed in range(3):
+                common = dict(max_train_examples=size, epoch_seconds=1.0)
+                fake_run(folder, "single", seed, [base + 0.01 * seed] * 6, **common)
+                fake_run(folder, "random", seed, [base + 0.01 * seed + 0.002] * 6, **common)
+                fake_run(folder, "maxl", seed, [base + 0.01 * seed + 0.004 * (1 + seed)] * 6, used=[1, 5], **common)
+                # 5x as long: 30 epochs of 1 s, better by 0.03 from epoch 11 on; MAXL's runs took 6 s.
+                matched = [base + 0.01 * seed] * 10 + [base + 0.01 * seed + 0.03] * 20
+                fake_run(os.path.join(root, "matched", f"n{size}"), "single", seed, matched, **common)
+
+    def test_accuracy_against_size_with_intervals_and_the_time_matched_single(self):
+        root = self.get_temp_dir()
+        self._curve(root)
+        text = report.write_report([root], os.path.join(root, "report"))
+        self.assertIn("## Accuracy against training-set size", text)
+        self.assertTrue(os.path.exists(os.path.join(root, "report", "curve_digits_pri2.png")))
+        rows = [line for line in text.splitlines() if line.startswith("| 500 |")]
+        # MAXL beats single by 0.004, 0.008, 0.012 over seeds 0-2: mean 0.008, std 0.004, t(2) = 4.303.
+        maxl = next(r for r in rows if "| maxl (entropy 0.2) |" in r)
+        half = 4.302653 * 0.004 / np.sqrt(3)
+        self.assertIn(f"| +0.0080 [{0.008 - half:+.4f}, {0.008 + half:+.4f}] |", maxl)
+        # At MAXL's 6 s the long single run is at epoch 6: its first 10 epochs are its plain accuracy.
+        at_time = next(r for r in rows if "at maxl's time" in r and "−" not in r)
+        self.assertIn("| +0.0000 [", at_time)
+        self.assertIn("| 500 | maxl (entropy 0.2) − single, at maxl's time | +0.0080 |", text)
+
+    def test_accuracy_at_time_reads_the_tested_epochs_up_to_it(self):
+        run = {"history": [{"perf/epoch_seconds": 2.0, "test/acc": a} for a in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)]}
+        self.assertAlmostEqual(report.accuracy_at_time(run, 12.0), np.mean([0.2, 0.3, 0.4, 0.5, 0.6]))
+        self.assertAlmostEqual(report.accuracy_at_time(run, 1e9), np.mean([0.3, 0.4, 0.5, 0.6, 0.7]))
+        del run["history"][5]["test/acc"]  # --eval_every skipped epoch 6
+        self.assertAlmostEqual(report.accuracy_at_time(run, 12.0), np.mean([0.1, 0.2, 0.3, 0.4, 0.5]))
+
+    def test_labels_health_counts_collapsing_epochs(self):
+        root = self.get_temp_dir()
+        self._curve(root)
+        text = report.write_report([root], os.path.join(root, "report"))
+        health = text[text.index("## The labels' health") :]
+        # used [1, 5] of psi [5, 5]: class 0 collapsed in all 6 epochs; 60% of the classes used.
+        self.assertRegex(health, r"\| maxl \(entropy 0.2\) \| digits: .* \| 1.000 \| 60% \| 6.0 of 6 \| – \|")
+        self.assertRegex(health, r"\| random \| digits: .* \| 1.000 \| 100% \| 0.0 of 6 \| – \|")
+
+
 class ErrorTest(tf.test.TestCase):
     def test_missing_empty_and_partial_directories_exit_2(self):
         empty = self.get_temp_dir() + "/empty"

@@ -10,7 +10,7 @@ from maxl_tf.core import hierarchy
 from maxl_tf.core import losses
 from maxl_tf.core import meta
 from maxl_tf.core import steps
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 from tests.tolerances import FLOAT64
 
 PSI = (2, 3)
@@ -29,8 +29,8 @@ class StepsTest(tf.test.TestCase):
     def setUp(self):
         super().setUp()
         keras.utils.set_random_seed(0)
-        self.evaluator = models.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.125)
-        self.generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.125)
+        self.evaluator = vgg.build_evaluator((8, 8, 1), 2, sum(PSI), "vgg_small", 0.125)
+        self.generator = vgg.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.125)
 
     def _task(self, method, entropy_weight=0.2):
         return steps.Task(
@@ -63,7 +63,7 @@ class StepsTest(tf.test.TestCase):
         self.assertAllEqual(assigned, batch["aux_labels"])
 
     def test_single_task_step_ignores_auxiliary_head(self):
-        evaluator = models.build_evaluator((8, 8, 1), 2, 0, "vgg_small", 0.125)
+        evaluator = vgg.build_evaluator((8, 8, 1), 2, 0, "vgg_small", 0.125)
         metrics, assigned = steps.evaluator_step(
             evaluator, keras.optimizers.SGD(0.1), None, _batch(), self._task("single")
         )
@@ -74,7 +74,7 @@ class StepsTest(tf.test.TestCase):
         for decay_type in ("l1", "l2"):
             with self.subTest(decay_type=decay_type):
                 keras.utils.set_random_seed(0)
-                generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.125)
+                generator = vgg.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.125)
                 batch, task, lr, wd = _batch(1), self._task("maxl"), 0.5, 0.01
                 before = [v.numpy().copy() for v in generator.trainable_variables]
                 grads, _ = meta.second_order_meta_gradient(
@@ -120,7 +120,7 @@ class ModelsTest(tf.test.TestCase):
         # not fill the rows of 8; 8: TensorFlow's kernel.
         for size, batch in ((1, 3), (2, 3), (4, 3), (4, 16), (4, 19), (8, 3)):
             with self.subTest(size=size, batch=batch):
-                layer = models.Conv2D(5, 3, padding="same", dtype="float64")
+                layer = vgg.Conv2D(5, 3, padding="same", dtype="float64")
                 x = tf.constant(rng.normal(size=(batch, size, size, 4)))
                 layer.build(x.shape)
                 kernel = layer.kernel
@@ -142,7 +142,7 @@ class ModelsTest(tf.test.TestCase):
                     self.assertAllClose(ours, theirs, rtol=0, atol=atol)
 
     def test_vgg16_matches_the_authors_layout(self):
-        evaluator = models.build_evaluator((32, 32, 3), 20, 100)
+        evaluator = vgg.build_evaluator((32, 32, 3), 20, 100)
         convs = [l for l in evaluator.layers if isinstance(l, keras.layers.Conv2D)]
         self.assertEqual([c.filters for c in convs], [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512])
         norms = [l for l in evaluator.layers if isinstance(l, keras.layers.BatchNormalization)]
@@ -156,13 +156,13 @@ class ModelsTest(tf.test.TestCase):
         self.assertEqual(trainable, 14_714_688 + 8_448 + 2 * (512 * 512 + 512) + (512 * 20 + 20) + (512 * 100 + 100))
 
     def test_small_model_fits_digits_and_sizes_are_checked(self):
-        generator = models.build_generator((8, 8, 1), 10, "vgg_small", 0.25)
+        generator = vgg.build_generator((8, 8, 1), 10, "vgg_small", 0.25)
         self.assertEqual(generator(tf.zeros((3, 8, 8, 1))).shape, (3, 10))
         with self.assertRaisesRegex(errors.Error, "--model=vgg16 .* at least 32x32"):
-            models.build_evaluator((8, 8, 1), 2, 10, "vgg16")
+            vgg.build_evaluator((8, 8, 1), 2, 10, "vgg16")
 
     def test_trunk_variables_are_the_shared_ones(self):
-        evaluator = models.build_evaluator((8, 8, 1), 2, 10, "vgg_small", 0.25)
+        evaluator = vgg.build_evaluator((8, 8, 1), 2, 10, "vgg_small", 0.25)
         trunk = [evaluator.trainable_variables[i].path for i in evaluator_lib.trunk_variable_indices(evaluator)]
         self.assertLen(trunk, 3 * 4)  # conv kernel + bias, BN gamma + beta, per block
         self.assertTrue(all(p.startswith("trunk_") for p in trunk))

@@ -15,7 +15,7 @@ import tensorflow as tf
 from maxl_tf.core import hierarchy
 from maxl_tf.core import meta
 from maxl_tf.models import pixels
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 from tests import float64_case
 from tests import tolerances
 
@@ -46,8 +46,8 @@ class TorchCrossCheckTest(float64_case.Float64TestCase):
     def test_meta_gradient_matches_pytorch(self):
         golden = np.load(GOLDEN)
         psi = tuple(int(n) for n in golden["psi"])
-        evaluator = models.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.125)
-        generator = models.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.125)
+        evaluator = vgg.build_evaluator((8, 8, 1), len(psi), sum(psi), "vgg_small", 0.125)
+        generator = vgg.build_generator((8, 8, 1), sum(psi), "vgg_small", 0.125)
         _load(evaluator, golden, "evaluator", ("principal", "auxiliary"))
         generator_paths = _load(generator, golden, "generator", ("generator",))
 

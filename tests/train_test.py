@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from unittest import mock
 
 import numpy as np
@@ -301,6 +302,28 @@ class MetaEveryTest(tf.test.TestCase):
         self.assertEqual([s for s in range(11) if train.generator_step_follows(1, 11, 0, s)], list(range(11)))
         # Longer than an epoch: every other epoch's last step.
         self.assertEqual([e for e in range(4) if train.generator_step_follows(22, 11, e, 10)], [1, 3])
+
+
+class EvalEveryTest(tf.test.TestCase):
+    """--eval_every: fewer test passes, the same training and the same reported metric."""
+
+    def test_skipped_test_passes_change_nothing_but_the_sampled_curve(self):
+        logdirs = [tempfile.mkdtemp() for _ in range(2)]
+        every, sampled = (
+            train.train_and_evaluate(
+                config_lib.validate(smoke_util.smoke_config(logdir, method="single", epochs=7, eval_every=n)),
+                progress=False,
+            )
+            for logdir, n in zip(logdirs, (1, 3))
+        )
+        # Epochs 3 and 6 by the count, 3 to 7 as the last five: only epochs 1 and 2 go untested.
+        self.assertEqual([("test/acc" in r) for r in sampled["history"]], [False, False] + [True] * 5)
+        self.assertEqual(sampled["test_accuracy"], every["test_accuracy"])
+        for full, thin in zip(every["history"], sampled["history"]):
+            self.assertEqual(full["train/pri_loss"], thin["train/pri_loss"])
+            if "test/acc" in thin:
+                self.assertEqual(full["test/acc"], thin["test/acc"])
+        self.assertEqual(sampled["config"]["eval_every"], 3)
 
 
 class _StoppedMidEpoch:

@@ -32,7 +32,7 @@ from maxl_tf.core import hierarchy
 from maxl_tf.core import meta
 from maxl_tf.core import methods
 from maxl_tf.core import steps
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 
 PSI = (3, 2)
 BATCH = 8
@@ -40,10 +40,8 @@ BATCH = 8
 
 def build(synchronized_bn):
     keras.utils.set_random_seed(0)
-    evaluator = models.build_evaluator(
-        (8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.125, synchronized_bn=synchronized_bn
-    )
-    generator = models.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.125, synchronized_bn=synchronized_bn)
+    evaluator = vgg.build_evaluator((8, 8, 1), len(PSI), sum(PSI), "vgg_small", 0.125, synchronized_bn=synchronized_bn)
+    generator = vgg.build_generator((8, 8, 1), sum(PSI), "vgg_small", 0.125, synchronized_bn=synchronized_bn)
     optimizers = []
     for model, lr in ((evaluator, 0.1), (generator, 0.05)):
         optimizer = keras.optimizers.SGD(lr)

@@ -24,7 +24,7 @@ from maxl_tf.core import labels as labels_lib
 from maxl_tf.data import registry
 from maxl_tf.experiment import rundir
 from maxl_tf.experiment import train
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 from tests import smoke_util
 from tests.tolerances import FLOAT32
 from tests.tolerances import probabilistic_error
@@ -37,7 +37,7 @@ def _trunk_by_hand(evaluator, images):
     x = images
     for layer in evaluator.layers[1:]:
         x = layer(x, training=False)
-        if layer.name == models.TRUNK_PREFIX + "flatten":
+        if layer.name == vgg.TRUNK_PREFIX + "flatten":
             return x
     raise AssertionError("no trunk_flatten layer")
 

@@ -32,6 +32,7 @@ EMBEDDER_FALLBACKS = ("none", UNTRAINED)
 # PIL reads the images' headers (data/images.py) and refuses an image of more pixels than twice its
 # Image.MAX_IMAGE_PIXELS (a DecompressionBombError); --max_image_pixels stays within it.
 PIL_MAX_PIXELS = 2 * 89_478_485
+LAST_EPOCHS_AVERAGED = 5  # the paper's metric: mean test accuracy of the last 5 epochs
 
 
 def _field(default, help_text, choices=None):
@@ -219,6 +220,16 @@ class Config:
     )
     deterministic: bool = _field(True, "Deterministic ops, so a resumed run equals an uninterrupted one.")
     log_every: int = _field(10, "Steps between progress-bar updates and non-finite checks.")
+    eval_every: int = _field(
+        1,
+        "Evaluate on the test set after every this many epochs, and after each of the last "
+        f"{LAST_EPOCHS_AVERAGED} (the reported metric averages those): a cheaper run with the same "
+        "results, its learning curve sampled.",
+    )
+
+    def evaluates(self, epoch: int) -> bool:
+        """Whether the test set is evaluated after this (0-based) epoch: --eval_every's."""
+        return (epoch + 1) % self.eval_every == 0 or epoch >= self.epochs - LAST_EPOCHS_AVERAGED
 
     @property
     def gamma(self) -> float:
@@ -247,6 +258,7 @@ class Config:
     def experiment(self) -> dict:
         """The fields that decide the results; a log directory holds one experiment."""
         bookkeeping = {"logdir", "keep_checkpoints", "export", "data_dir", "download", "deterministic", "log_every"}
+        bookkeeping |= {"eval_every"}  # which epochs are evaluated; training and the metric are the same
         bookkeeping |= {"strategy", "jit"}
         bookkeeping |= {"cache_dir", "cache_limit_mb", "max_image_pixels", "stream", "memory_budget_mb"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in bookkeeping}
@@ -373,6 +385,7 @@ def check_flags(config: Config) -> None:
     for name in (
         "batch_size",
         "epochs",
+        "eval_every",
         "lr_decay_every",
         "log_every",
         "meta_every",

@@ -10,18 +10,18 @@ from maxl_tf.core import hierarchy as hierarchy_lib
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import methods
 from maxl_tf.data import images as images_lib
-from maxl_tf.data import pipeline as data_lib
+from maxl_tf.data import pipeline
 from maxl_tf.data import source as source_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.models import embedder as embedder_lib
 from maxl_tf.models import pixels
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 
 
 @dataclasses.dataclass
 class RunData:
-    train: data_lib.Pipeline
-    test: data_lib.Pipeline
+    train: pipeline.Pipeline
+    test: pipeline.Pipeline
     train_indices: np.ndarray  # examples the evaluator trains on
     meta_indices: np.ndarray  # maxl: the meta objective's examples; prototypical: the prototypes'
     input_shape: tuple
@@ -105,15 +105,15 @@ def prepare(config: config_lib.Config) -> RunData:
     raw = source.load()
     check_loaded(raw, hierarchy, config.dataset)
     train, test = _subset(raw.train, config.max_train_examples), _subset(raw.test, config.max_test_examples)
-    models.check_input_size(config.model, train.images.shape[1])
+    vgg.check_input_size(config.model, train.images.shape[1])
 
     def examples(split, aux_labels):
-        return data_lib.Examples(split.images, hierarchy.labels_at(config.pri, split.labels), aux_labels)
+        return pipeline.Examples(split.images, hierarchy.labels_at(config.pri, split.labels), aux_labels)
 
     num_train = len(train.labels)
     labels = labels_lib.source(config.method)
     if labels.uses_meta_data:
-        train_indices, meta_indices = data_lib.split_meta(num_train, config.meta_split, config.seed)
+        train_indices, meta_indices = pipeline.split_meta(num_train, config.meta_split, config.seed)
     else:
         train_indices = meta_indices = np.arange(num_train)
     if len(train_indices) < config.batch_size:
@@ -132,8 +132,8 @@ def prepare(config: config_lib.Config) -> RunData:
         )
     )
     return RunData(
-        train=data_lib.Pipeline(examples(train, aux_train), source.augmentation),
-        test=data_lib.Pipeline(examples(test, np.zeros(len(test.labels), np.int64))),
+        train=pipeline.Pipeline(examples(train, aux_train), source.augmentation),
+        test=pipeline.Pipeline(examples(test, np.zeros(len(test.labels), np.int64))),
         train_indices=train_indices,
         meta_indices=meta_indices,
         input_shape=tuple(train.images.shape[1:]),

@@ -33,7 +33,7 @@ from maxl_tf.core import methods
 from maxl_tf.experiment import claims
 from maxl_tf.experiment import config as config_lib
 
-LAST_EPOCHS_AVERAGED = 5  # the paper's metric: mean test accuracy of the last 5 epochs
+LAST_EPOCHS_AVERAGED = config_lib.LAST_EPOCHS_AVERAGED
 DATA_KEY = "data_identity"  # config.json's and results.json's record of the data a run saw
 
 # A finished run's exports (exports.py writes them; named here so that reading a run needs no
@@ -435,7 +435,8 @@ def results_summary(
     identity: dict | None = None,
 ) -> dict:
     """The content of results.json: the config, the per-epoch history and the paper's metric."""
-    last = [record["test/acc"] for record in history[-LAST_EPOCHS_AVERAGED:]]
+    tested = [record["test/acc"] for record in history if "test/acc" in record]  # --eval_every's epochs
+    last = tested[-LAST_EPOCHS_AVERAGED:]  # a complete run's last epochs are all tested
     summary = {
         "name": config.name,
         "config": dataclasses.asdict(config),

@@ -18,7 +18,7 @@ from maxl_tf.core import steps
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.models import backbones
 from maxl_tf.models import pixels
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 from maxl_tf.models.names import is_backbone_spec
 
 
@@ -121,7 +121,7 @@ class TrainState:
                     config.model, input_shape, config.pri, psi, config.pretrained
                 )
             else:
-                self.evaluator = models.build_evaluator(
+                self.evaluator = vgg.build_evaluator(
                     input_shape, config.pri, aux, config.model, config.width, config.precision, synchronized_bn
                 )
             self.evaluator_optimizer = _optimizer(config.lr, config.precision, self.evaluator)
@@ -130,7 +130,7 @@ class TrainState:
                 if is_backbone_spec(config.model):
                     self.generator = backbones.build_generator(config.model, input_shape, config.psi, config.pretrained)
                 else:
-                    self.generator = models.build_generator(
+                    self.generator = vgg.build_generator(
                         input_shape, aux, config.model, config.width, config.precision, synchronized_bn
                     )
                 self.generator_optimizer = _optimizer(config.generator_lr, config.precision, self.generator)
@@ -138,7 +138,7 @@ class TrainState:
                 # its own: it is called with the evaluator's weights.
                 self.lookahead_model = self.evaluator
                 if config.precision != "float32":
-                    self.lookahead_model = models.build_evaluator(
+                    self.lookahead_model = vgg.build_evaluator(
                         input_shape, config.pri, aux, config.model, config.width, "float32", synchronized_bn
                     )
             self.epoch = tf.Variable(0, dtype=tf.int64)  # completed epochs

@@ -27,14 +27,14 @@ from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import methods
 from maxl_tf.core import steps
 from maxl_tf.core import streams
-from maxl_tf.data import pipeline as data_lib
+from maxl_tf.data import pipeline
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import exports
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
 from maxl_tf.experiment import signals
 from maxl_tf.experiment import state as state_lib
-from maxl_tf.models import vgg as models
+from maxl_tf.models import vgg
 
 # Written once a run is complete: its rundir.metric_name, which the HParams dashboard compares.
 FINAL_METRIC = "results/test_accuracy"
@@ -124,12 +124,12 @@ class Loop:
 
     @property
     def train_steps(self) -> int:
-        return data_lib.steps_per_epoch(len(self.data.train_indices), self.config.batch_size)
+        return pipeline.steps_per_epoch(len(self.data.train_indices), self.config.batch_size)
 
     @property
     def meta_steps(self) -> int:
         if self.config.schedule == "alternating":
-            return data_lib.steps_per_epoch(len(self.data.meta_indices), self.config.batch_size)
+            return pipeline.steps_per_epoch(len(self.data.meta_indices), self.config.batch_size)
         return self.train_steps
 
     @property
@@ -156,7 +156,7 @@ def epoch_batches(loop: Loop, epoch: int, first_step: int):
     config, batch = loop.config, loop.config.batch_size
 
     def stream(indices, steps_in_stream, stream_id, first, kept_steps=None):
-        order = data_lib.epoch_order(indices, steps_in_stream * batch, config.seed, epoch, stream_id)
+        order = pipeline.epoch_order(indices, steps_in_stream * batch, config.seed, epoch, stream_id)
         if kept_steps is not None:  # only these steps' batches, in order
             order = order.reshape(steps_in_stream, batch)[kept_steps].reshape(-1)
         augment_seed = (config.seed, epoch, stream_id) if config.augment else None
@@ -327,7 +327,8 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
         record["train/trunk_grad_cosine"] = float(loop.trunk_cosine(loop.probe_batch))
     if loop.uses_generator:
         record.update(label_changes(loop))
-    record.update(evaluate(loop))
+    if config.evaluates(epoch):
+        record.update(evaluate(loop))
     record["perf/epoch_seconds"] = seconds
     record["perf/images_per_s"] = images / seconds if seconds > 0 else 0.0
 
@@ -409,7 +410,7 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
       errors.Error: bad flags, data or log directory (and its subclasses NonFiniteLoss,
         Interrupted and ClaimLost, which train_epoch raises).
     """
-    with models.custom_gradients_released():
+    with vgg.custom_gradients_released():
         return _train_and_evaluate(config, progress, claim)
 
 
@@ -493,9 +494,13 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
                 if loop.checkpoints.latest_checkpoint:  # else nothing is left and another run may start here
                     write_session_status(loop.writer, hparams_pb2.STATUS_FAILURE, epoch + 1)
                 raise
+            tested = (
+                f"test/acc {record['test/acc']:.4f} test/loss {record['test/loss']:.4f} "
+                if "test/acc" in record
+                else ""
+            )
             print(
-                f"epoch {epoch + 1}/{config.epochs}: test/acc {record['test/acc']:.4f} "
-                f"test/loss {record['test/loss']:.4f} train/pri_acc {record['train/pri_acc']:.4f} "
+                f"epoch {epoch + 1}/{config.epochs}: {tested}train/pri_acc {record['train/pri_acc']:.4f} "
                 f"{record['perf/images_per_s']:.0f} images/s",
                 flush=True,
             )
