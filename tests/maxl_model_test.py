@@ -75,7 +75,7 @@ class SameNumericsAsTheCommandLineTest(float64_case.Float64TestCase):
             evaluator_optimizer=optimizers[0],
             generator_optimizer=optimizers[1],
             lookahead_model=evaluator,
-            sums=state_lib.EpochSums(state_lib.EVALUATOR_METRICS + state_lib.GENERATOR_METRICS, sum(PSI)),
+            sums=state_lib.EpochSums(state_lib.EPOCH_METRICS, sum(PSI)),
             global_step=tf.Variable(0, dtype=tf.int64),
             nonfinite_step=tf.Variable(-1, dtype=tf.int64),
         )

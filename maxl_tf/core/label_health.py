@@ -24,7 +24,7 @@ def usage_summary(counts: np.ndarray, psi) -> dict:
             entropy.append(float(total > 0))
             continue
         p = block[block > 0] / total
-        entropy.append(float(-(p * np.log(p)).sum() / np.log(len(block))))
+        entropy.append(float(-(p * np.log(p)).sum() / np.log(len(block))) + 0.0)  # + 0.0: one class gives 0, not -0
     return {
         "labels/aux_used_per_pri": used,
         "labels/aux_used_mean": float(np.mean(used)),

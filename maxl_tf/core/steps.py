@@ -10,6 +10,7 @@ global state.
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from maxl_tf.core import distribute
@@ -17,15 +18,26 @@ from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import losses
 from maxl_tf.core import meta
+from maxl_tf.core import methods
+from maxl_tf.core import psi as psi_lib
+
+# The metrics the steps return, under the names they are logged by: the one list the command
+# line's epoch sums (experiment/state.py) and the Keras model's trackers (models/maxl.py) read.
+PRINCIPAL_METRICS = ("train/pri_loss", "train/pri_acc")
+AUXILIARY_METRICS = ("train/aux_loss", "train/aux_acc")
+EVALUATOR_GRAD_NORM = "train/grad_norm_evaluator"
+GENERATOR_METRICS = ("meta/loss", "meta/loss_before", "meta/loss_after", "meta/entropy", "meta/grad_norm_generator")
+SKIPPED_STEPS = "meta/skipped_steps"  # with float16 loss scaling only
+WEIGHT_DECAY_TYPES = ("l1", "l2")
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """What the losses need to know about the run.
+    """What the losses need to know about the run. Build it with Task.create, which checks it.
 
     Attributes:
-      method: where the auxiliary targets come from: a labels.LabelSource, or the --method string
-        naming one (labels.source).
+      method: where the auxiliary targets come from: a labels.LabelSource (or the --method string
+        naming one).
       num_pri, num_aux: principal classes and sum(psi).
       mask_table: [num_pri, num_aux] float32 psi_mask.
       gamma: focal-loss focusing parameter (0 = cross-entropy).
@@ -36,23 +48,86 @@ class Task:
       neumann_terms: Neumann-series terms of the implicit hypergradient.
       generator_weight_decay, generator_weight_decay_type: the generator step's weight decay
         (generator_step).
+      psi: auxiliary classes per principal class (() for single-task).
     """
 
-    method: str
+    method: labels_lib.LabelSource | str
     num_pri: int
     num_aux: int
     mask_table: tf.Tensor
     gamma: float = 2.0
     entropy_weight: float = 0.2
     generator_labels_training: bool = False
-    hypergradient: str = "second_order"
+    hypergradient: str = methods.EXACT_HYPERGRADIENT
     neumann_terms: int = 3
     generator_weight_decay: float = 5e-4
     generator_weight_decay_type: str = "l1"
+    psi: tuple = ()
+
+    @classmethod
+    def create(
+        cls,
+        labels,
+        pri: int,
+        psi=None,
+        focal_gamma: float = 2.0,
+        entropy_weight: float = 0.2,
+        generator_labels_training: bool = False,
+        hypergradient: str = methods.EXACT_HYPERGRADIENT,
+        neumann_terms: int = 3,
+        generator_weight_decay: float = 5e-4,
+        generator_weight_decay_type: str = "l1",
+    ) -> "Task":
+        """The one constructor, for the command line (experiment/state.task) and models/maxl.MAXL.
+
+        labels: a labels.LabelSource or the --method string naming one; psi is ignored (and may be
+        None) for single-task. The command line has checked its flags already (naming them); a
+        Python caller gets these checks.
+        Raises:
+          ValueError naming the argument.
+        """
+        labels = labels_lib.source(labels)
+        if hypergradient not in methods.HYPERGRADIENTS:
+            raise ValueError(f"hypergradient={hypergradient!r}: one of {', '.join(methods.HYPERGRADIENTS)}")
+        if generator_weight_decay_type not in WEIGHT_DECAY_TYPES:
+            raise ValueError(f"generator_weight_decay_type={generator_weight_decay_type!r}: l1 or l2")
+        if int(neumann_terms) < 0:
+            raise ValueError(f"neumann_terms={neumann_terms}: must be >= 0")
+        if labels.auxiliary and psi is None:
+            raise ValueError(f"psi: labels={labels!r} needs psi, the auxiliary classes per principal class")
+        psi = psi_lib.check(psi, pri) if labels.auxiliary else ()
+        return cls(
+            method=labels,
+            num_pri=int(pri),
+            num_aux=sum(psi),
+            mask_table=tf.constant(psi_lib.mask(psi) if psi else np.zeros([pri, 1], np.float32)),
+            gamma=float(focal_gamma),
+            entropy_weight=float(entropy_weight),
+            generator_labels_training=bool(generator_labels_training),
+            hypergradient=hypergradient,
+            neumann_terms=int(neumann_terms),
+            generator_weight_decay=float(generator_weight_decay),
+            generator_weight_decay_type=generator_weight_decay_type,
+            psi=psi,
+        )
+
+    def options(self) -> dict:
+        """create's keyword arguments that rebuild this task (MAXL.get_config)."""
+        return dict(
+            psi=list(self.psi),
+            labels=self.labels.name,
+            focal_gamma=self.gamma,
+            entropy_weight=self.entropy_weight,
+            generator_labels_training=self.generator_labels_training,
+            hypergradient=self.hypergradient,
+            neumann_terms=self.neumann_terms,
+            generator_weight_decay=self.generator_weight_decay,
+            generator_weight_decay_type=self.generator_weight_decay_type,
+        )
 
     @property
     def labels(self) -> labels_lib.LabelSource:
-        return labels_lib.source(self.method)
+        return labels_lib.source(self.method)  # a test may give the --method string
 
 
 def compiled(function, jit_compile=None):

@@ -12,7 +12,6 @@ import keras
 import tensorflow as tf
 
 from maxl_tf import errors
-from maxl_tf.core import hierarchy
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import steps
 from maxl_tf.experiment import config as config_lib
@@ -72,15 +71,13 @@ def _optimizer(learning_rate: float, precision: str, model: keras.Model):
     return optimizer
 
 
-# The step metrics of an epoch, as the steps name them (steps.py) and results.json logs them.
-EVALUATOR_METRICS = ("train/pri_loss", "train/pri_acc", "train/aux_loss", "train/aux_acc", "train/grad_norm_evaluator")
-GENERATOR_METRICS = (
-    "meta/loss",
-    "meta/loss_before",
-    "meta/loss_after",
-    "meta/entropy",
-    "meta/grad_norm_generator",
-    "meta/skipped_steps",
+# The step metrics an epoch sums, in the order its checkpoints hold them.
+EPOCH_METRICS = (
+    steps.PRINCIPAL_METRICS
+    + steps.AUXILIARY_METRICS
+    + (steps.EVALUATOR_GRAD_NORM,)
+    + steps.GENERATOR_METRICS
+    + (steps.SKIPPED_STEPS,)
 )
 
 
@@ -144,7 +141,7 @@ class TrainState:
             self.epoch = tf.Variable(0, dtype=tf.int64)  # completed epochs
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64)  # completed steps of the current epoch
             self.global_step = tf.Variable(0, dtype=tf.int64)
-            self.sums = EpochSums(EVALUATOR_METRICS + GENERATOR_METRICS, aux)
+            self.sums = EpochSums(EPOCH_METRICS, aux)
             self.nonfinite_step = tf.Variable(-1, dtype=tf.int64)  # first step with a non-finite loss
             self.first_labels = self.previous_labels = None
             if self.generator is not None and num_labelled:
@@ -199,12 +196,11 @@ class TrainState:
 
 def task(config: config_lib.Config) -> steps.Task:
     """The steps' task of a validated config (its psi resolved)."""
-    return steps.Task(
-        method=labels_lib.source(config.method),  # the one place a --method string becomes a label source
-        num_pri=config.pri,
-        num_aux=sum(config.psi),
-        mask_table=tf.constant(hierarchy.psi_mask(config.psi)),
-        gamma=config.gamma,
+    return steps.Task.create(
+        config.method,  # the one place a --method string becomes a label source
+        config.pri,
+        config.psi,
+        focal_gamma=config.gamma,
         entropy_weight=config.entropy_weight,
         generator_labels_training=config.generator_labels_bn == "training",
         hypergradient=config.hypergradient,

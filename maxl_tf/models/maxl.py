@@ -28,7 +28,6 @@ from maxl_tf.core import distribute
 from maxl_tf.core import evaluator as evaluator_lib
 from maxl_tf.core import labels as labels_lib
 from maxl_tf.core import methods
-from maxl_tf.core import psi as psi_lib
 from maxl_tf.core import steps
 from maxl_tf.models import export as export_lib
 from maxl_tf.models import pixels
@@ -50,10 +49,8 @@ _LOG_NAMES = {
     "meta/grad_norm_generator": "meta_grad_norm",
 }
 _LOSS = "loss"
-_EVALUATOR_METRICS = (_LOSS, "train/pri_loss", "train/pri_acc", "train/grad_norm_evaluator")
-_AUXILIARY_METRICS = ("train/aux_loss", "train/aux_acc")
-_GENERATOR_METRICS = ("meta/loss", "meta/loss_before", "meta/loss_after", "meta/entropy", "meta/grad_norm_generator")
-_EVALUATION_METRICS = (_LOSS, "train/pri_loss", "train/pri_acc")
+_EVALUATOR_METRICS = (_LOSS,) + steps.PRINCIPAL_METRICS + (steps.EVALUATOR_GRAD_NORM,)
+_EVALUATION_METRICS = (_LOSS,) + steps.PRINCIPAL_METRICS
 # The generator's optimiser where compile is given none: the command line's --generator_lr
 # default (the paper's).
 DEFAULT_GENERATOR_LR = 1e-5
@@ -147,6 +144,27 @@ def _check_element_spec(spec, name: str, needs_aux: bool, image_shape=None) -> N
         raise ValueError(f"{name}: images of shape {tuple(images.shape[1:])}; the evaluator takes {tuple(image_shape)}")
 
 
+def _check_generator(generator, evaluator, labels, psi) -> None:
+    """A generator where the labels are learned, of sum(psi) classes and its own weights; none
+    elsewhere. Raises ValueError / TypeError naming generator."""
+    if not labels.learned:
+        if generator is not None:
+            raise ValueError(f"generator: labels={labels!r} learns no labels; pass generator=None")
+        return
+    if not isinstance(generator, keras.Model):
+        raise TypeError(f"generator: labels={labels!r} needs a keras.Model generator (heads.generator)")
+    generator_classes = _classes(generator)
+    if generator_classes is not None and generator_classes != [sum(psi)]:
+        raise ValueError(
+            f"psi={psi}: sums to {sum(psi)} auxiliary classes, but the generator outputs {generator_classes}"
+        )
+    if {id(v) for v in evaluator.weights} & {id(v) for v in generator.weights}:
+        raise ValueError(
+            "generator: shares weights with the evaluator; give it its own backbone "
+            "(e.g. keras.models.clone_model(backbone))"
+        )
+
+
 @keras.saving.register_keras_serializable(package="maxl_tf")
 class MAXL(keras.Model):
     """An evaluator trained with auxiliary labels: MAXL's learned ones (a generator) or a baseline's.
@@ -191,81 +209,40 @@ class MAXL(keras.Model):
           ValueError / TypeError naming the argument.
         """
         super().__init__(**kwargs)
-        labels = labels_lib.source(labels if labels is not None else "maxl")
         if not isinstance(evaluator, keras.Model):
             raise TypeError(f"evaluator: a keras.Model, not {type(evaluator).__name__}")
         if isinstance(meta_every, bool) or not isinstance(meta_every, (int, np.integer)) or meta_every < 1:
             raise ValueError(f"meta_every={meta_every!r}: must be an integer >= 1")
-        if hypergradient not in methods.HYPERGRADIENTS:
-            raise ValueError(f"hypergradient={hypergradient!r}: one of {', '.join(methods.HYPERGRADIENTS)}")
-        if generator_weight_decay_type not in ("l1", "l2"):
-            raise ValueError(f"generator_weight_decay_type={generator_weight_decay_type!r}: l1 or l2")
-        if int(neumann_terms) < 0:
-            raise ValueError(f"neumann_terms={neumann_terms}: must be >= 0")
         evaluator_classes = _classes(evaluator)
-        pri = evaluator_classes[0] if evaluator_classes else None
-        if pri is None:
+        if not evaluator_classes:
             raise ValueError(f"evaluator {evaluator.name!r}: needs known outputs [principal logits, auxiliary logits]")
-        if labels.auxiliary:
-            if psi is None:
-                raise ValueError(f"psi: labels={labels!r} needs psi, the auxiliary classes per principal class")
-            psi = psi_lib.check(psi, pri)
-            if len(evaluator_classes) < 2 or evaluator_classes[1] != sum(psi):
-                raise ValueError(
-                    f"psi={psi}: sums to {sum(psi)} auxiliary classes, but the evaluator's outputs have "
-                    f"{evaluator_classes} classes ([principal, auxiliary])"
-                )
-        else:
-            psi = ()
-        if labels.learned:
-            if not isinstance(generator, keras.Model):
-                raise TypeError(f"generator: labels={labels!r} needs a keras.Model generator (heads.generator)")
-            generator_classes = _classes(generator)
-            if generator_classes is not None and generator_classes != [sum(psi)]:
-                raise ValueError(
-                    f"psi={psi}: sums to {sum(psi)} auxiliary classes, but the generator outputs {generator_classes}"
-                )
-            shared = {id(v) for v in evaluator.weights} & {id(v) for v in generator.weights}
-            if shared:
-                raise ValueError(
-                    "generator: shares weights with the evaluator; give it its own backbone "
-                    "(e.g. keras.models.clone_model(backbone))"
-                )
-        elif generator is not None:
-            raise ValueError(f"generator: labels={labels!r} learns no labels; pass generator=None")
+        self.task = steps.Task.create(
+            labels if labels is not None else labels_lib.Maxl(),
+            evaluator_classes[0],
+            psi,
+            focal_gamma=focal_gamma,
+            entropy_weight=entropy_weight,
+            generator_labels_training=generator_labels_training,
+            hypergradient=hypergradient,
+            neumann_terms=neumann_terms,
+            generator_weight_decay=generator_weight_decay,
+            generator_weight_decay_type=generator_weight_decay_type,
+        )
+        labels, psi = self.task.labels, self.task.psi
+        if labels.auxiliary and (len(evaluator_classes) < 2 or evaluator_classes[1] != sum(psi)):
+            raise ValueError(
+                f"psi={psi}: sums to {sum(psi)} auxiliary classes, but the evaluator's outputs have "
+                f"{evaluator_classes} classes ([principal, auxiliary])"
+            )
+        _check_generator(generator, evaluator, labels, psi)
         self.evaluator = evaluator
         self.generator = generator if labels.learned else None
         self.lookahead_model = None  # the evaluator itself (meta.py)
-        self.psi = tuple(psi)
+        self.psi = psi
         self.meta_every = int(meta_every)
-        self.task = steps.Task(
-            method=labels,
-            num_pri=int(pri),
-            num_aux=sum(psi),
-            mask_table=tf.constant(psi_lib.mask(psi) if psi else np.zeros([pri, 1], np.float32)),
-            gamma=float(focal_gamma),
-            entropy_weight=float(entropy_weight),
-            generator_labels_training=bool(generator_labels_training),
-            hypergradient=hypergradient,
-            neumann_terms=int(neumann_terms),
-            generator_weight_decay=float(generator_weight_decay),
-            generator_weight_decay_type=generator_weight_decay_type,
-        )
-        self._options = dict(
-            psi=list(psi),
-            labels=labels.name,
-            hypergradient=hypergradient,
-            meta_every=int(meta_every),
-            entropy_weight=float(entropy_weight),
-            focal_gamma=float(focal_gamma),
-            generator_weight_decay=float(generator_weight_decay),
-            generator_weight_decay_type=generator_weight_decay_type,
-            neumann_terms=int(neumann_terms),
-            generator_labels_training=bool(generator_labels_training),
-        )
-        names = _EVALUATOR_METRICS + (_AUXILIARY_METRICS if labels.auxiliary else ())
-        names += _GENERATOR_METRICS if labels.learned else ()
-        loss = "focal_loss" if focal_gamma else "cross_entropy"
+        names = _EVALUATOR_METRICS + (steps.AUXILIARY_METRICS if labels.auxiliary else ())
+        names += steps.GENERATOR_METRICS if labels.learned else ()
+        loss = "focal_loss" if self.task.gamma else "cross_entropy"
         self._log_names = {name: _LOG_NAMES.get(name, name).format(loss=loss) for name in names}
         self._trackers = {name: keras.metrics.Mean(name=self._log_names[name]) for name in names}
         self.label_counts = LabelCounts(sum(psi))
@@ -280,7 +257,8 @@ class MAXL(keras.Model):
         return {
             "evaluator": keras.saving.serialize_keras_object(self.evaluator),
             "generator": None if self.generator is None else keras.saving.serialize_keras_object(self.generator),
-            **self._options,
+            **self.task.options(),
+            "meta_every": self.meta_every,
             "name": self.name,
         }
 
