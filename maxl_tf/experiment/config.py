@@ -341,17 +341,24 @@ JIT_NEEDS_NODETERMINISTIC = (
 )
 
 
+def check(ok: bool, message: str) -> None:
+    if not ok:
+        raise errors.Error(message)
+
+
 def check_flags(config: Config) -> None:
     """Checks every flag that needs no data set: choices, signs, ranges, combinations.
 
     Raises:
       errors.Error: naming the first bad flag and how to fix it.
     """
+    _check_names(config)
+    _check_numbers(config)
+    _check_combinations(config)
 
-    def check(ok, message):
-        if not ok:
-            raise errors.Error(message)
 
+def _check_names(config: Config) -> None:
+    """The flags that name something: a choice, a method, a model, a data set."""
     for field in dataclasses.fields(Config):
         choices, value = field.metadata["choices"], getattr(config, field.name)
         if choices:
@@ -380,6 +387,10 @@ def check_flags(config: Config) -> None:
         f"--hierarchy={config.hierarchy}: only for --dataset=folder or tfds:NAME; {config.dataset} has its "
         "own levels (see --pri).",
     )
+
+
+def _check_numbers(config: Config) -> None:
+    """Signs and ranges."""
     check(config.image_size >= 0, f"--image_size={config.image_size}: must not be negative (0: the default).")
     check(0 < config.test_fraction < 1, f"--test_fraction={config.test_fraction}: must be between 0 and 1 (exclusive).")
     for name in (
@@ -418,6 +429,14 @@ def check_flags(config: Config) -> None:
         f"--max_image_pixels={config.max_image_pixels}: above {PIL_MAX_PIXELS:,}, where PIL, which reads the "
         f"images' headers, refuses an image itself; pass at most --max_image_pixels={PIL_MAX_PIXELS}.",
     )
+    check(
+        0 <= config.meta_split < 1,
+        f"--meta_split={config.meta_split}: must be in [0, 1) (0 reuses the training set as meta data).",
+    )
+
+
+def _check_combinations(config: Config) -> None:
+    """Flags that do not go together, and an embedder file that is not there."""
     check(not (config.jit and config.deterministic), JIT_NEEDS_NODETERMINISTIC)
     check(
         config.hypergradient == methods.IMPLICIT_HYPERGRADIENT or config.neumann_terms == DEFAULT_NEUMANN_TERMS,
@@ -435,10 +454,6 @@ def check_flags(config: Config) -> None:
             "--hypergradient=implicit: its Hessian is of the training batch the evaluator just stepped on, "
             "and --schedule=alternating's generator epoch has none; use --schedule=interleaved.",
         )
-    check(
-        0 <= config.meta_split < 1,
-        f"--meta_split={config.meta_split}: must be in [0, 1) (0 reuses the training set as meta data).",
-    )
     if methods.get(config.method).embeds and config.embedder not in (IMAGENET, UNTRAINED):
         check(
             config.embedder.endswith(".keras") and os.path.isfile(config.embedder),

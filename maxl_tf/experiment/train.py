@@ -316,7 +316,19 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
             )
     check_finite(loop, epoch)
     seconds = time.perf_counter() - start
+    record = epoch_record(loop, epoch, (lr, generator_lr))
+    record["perf/epoch_seconds"] = seconds
+    record["perf/images_per_s"] = images / seconds if seconds > 0 else 0.0
+    save_epoch(loop, epoch, record)
+    return record
 
+
+def epoch_record(loop: Loop, epoch: int, rates: tuple) -> dict:
+    """An epoch's entry of results.json's history (its timings aside): the step metrics' means,
+    the learning rates, the labels' health and changes, and the test set's numbers where
+    --eval_every tests this epoch."""
+    config, state = loop.config, loop.state
+    lr, generator_lr = rates
     record = {"epoch": epoch + 1, **state.sums.means(), "lr/evaluator": lr}
     if loop.uses_generator:
         record["lr/generator"] = generator_lr
@@ -329,9 +341,13 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
         record.update(label_changes(loop))
     if config.evaluates(epoch):
         record.update(evaluate(loop))
-    record["perf/epoch_seconds"] = seconds
-    record["perf/images_per_s"] = images / seconds if seconds > 0 else 0.0
+    return record
 
+
+def save_epoch(loop: Loop, epoch: int, record: dict) -> None:
+    """Appends the record to the state and saves: checkpoint, events, the last epoch's exports,
+    results.json (written last, so it says complete only once everything else is there)."""
+    config, state = loop.config, loop.state
     history = state.history + [record]
     state.history_json.assign(json.dumps(history))
     state.epoch.assign(epoch + 1)
@@ -351,7 +367,6 @@ def train_epoch(loop: Loop, epoch: int, stop: signals.StopRequests, progress: bo
                 tf.summary.scalar(FINAL_METRIC, summary["test_accuracy"])
             write_session_status(loop.writer, hparams_pb2.STATUS_SUCCESS, epoch + 1)
         write_results(config.logdir, summary)
-    return record
 
 
 def save_checkpoint(loop: Loop) -> None:
@@ -414,8 +429,9 @@ def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=N
         return _train_and_evaluate(config, progress, claim)
 
 
-def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dict:
-    config = config_lib.validate(config)
+def set_up(config: config_lib.Config, claim) -> tuple:
+    """A validated run's loop, its state restored from the log directory where there is one:
+    (Loop, whether it resumes)."""
     strategy = distribute.make_strategy(config.strategy, config.batch_size)
     chief = distribute.is_chief(strategy)
     rundir.check(config, chief, config_lib.source(config).identity())
@@ -453,7 +469,13 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
         claim=claim,
         writer=tf.summary.create_file_writer(config.logdir) if chief else tf.summary.create_noop_writer(),
     )
+    return loop, resuming
 
+
+def announce(loop: Loop, resuming: bool) -> None:
+    """The run's first lines (what it trains on, where, from where on) and its flags and
+    hyperparameters in TensorBoard."""
+    config, run_data, state = loop.config, loop.data, loop.state
     start_epoch = int(state.epoch.numpy())
     if start_epoch >= config.epochs:
         position = "already complete"
@@ -464,55 +486,78 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
     principal = run_data.class_names["principal"]
     named = f" ({', '.join(principal[:10])}{', ...' if len(principal) > 10 else ''})" if principal else ""
     examples = f"{len(run_data.train_indices)} train"
-    if task.labels.uses_meta_data:
+    if loop.task.labels.uses_meta_data:
         examples += f" / {len(run_data.meta_indices)} meta"
-    with signals.StopRequests() as stop:  # before the first line: a test (or a scheduler) may signal on it
-        print(
-            f"{config.name}: {config.pri} principal classes{named}, psi={list(config.psi)}, {examples} examples "
-            f"from {run_data.source}; "
-            f"logdir {config.logdir}; {position}",
-            flush=True,
+    print(
+        f"{config.name}: {config.pri} principal classes{named}, psi={list(config.psi)}, {examples} examples "
+        f"from {run_data.source}; logdir {config.logdir}; {position}",
+        flush=True,
+    )
+    if run_data.aux_label_info:
+        info = run_data.aux_label_info
+        agreement = info.get("human_agreement")
+        agrees = f"; {agreement:.1%} of the training labels equal the human hierarchy's" if agreement else ""
+        print(f"{config.method} labels from {info['embedder']}{agrees}", flush=True)
+    with loop.writer.as_default(step=start_epoch):
+        tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
+        if not resuming:  # once per run: the HParams dashboard's row of this run
+            hparams_api.hparams(hparam_values(config), trial_id=config.name)
+
+
+def epoch_lines(config: config_lib.Config, record: dict, learned_labels: bool) -> list:
+    """What the log says of a finished epoch: its numbers, and for learned labels their health
+    (Section 3.4: only they can collapse) with a warning line when they do."""
+    epoch = record["epoch"]
+    tested = f"test/acc {record['test/acc']:.4f} test/loss {record['test/loss']:.4f} " if "test/acc" in record else ""
+    lines = [
+        f"epoch {epoch}/{config.epochs}: {tested}train/pri_acc {record['train/pri_acc']:.4f} "
+        f"{record['perf/images_per_s']:.0f} images/s"
+    ]
+    if learned_labels:
+        lines.append(
+            f"epoch {epoch}: labels' entropy {record['labels/aux_entropy_mean']:.3f} "
+            f"(lowest class {min(record['labels/aux_entropy_per_pri']):.3f}), "
+            f"{record['labels/aux_used_mean']:.2f} auxiliary classes used per principal class"
         )
-        if run_data.aux_label_info:
-            info = run_data.aux_label_info
-            agreement = info.get("human_agreement")
-            agrees = f"; {agreement:.1%} of the training labels equal the human hierarchy's" if agreement else ""
-            print(f"{config.method} labels from {info['embedder']}{agrees}", flush=True)
-        with loop.writer.as_default(step=start_epoch):
-            tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
-            if not resuming:  # once per run: the HParams dashboard's row of this run
-                hparams_api.hparams(hparam_values(config), trial_id=config.name)
+        if warning := label_health.collapse_warning(record, config.psi):
+            lines.append(f"epoch {epoch}: {warning}")
+    return lines
+
+
+def finish(loop: Loop) -> dict:
+    """results.json of the run as it stands (and its exports, where a complete run lacks them)."""
+    config, run_data = loop.config, loop.data
+    summary = rundir.results_summary(
+        config, loop.state.history, run_data.source, run_data.aux_label_info, run_data.identity
+    )
+    if loop.chief:
+        check_claim(loop, verify=True)
+        # Exports asked for and missing: killed while exporting, damaged since, or a --noexport run.
+        if summary["complete"] and config.export and not rundir.exports_intact(config):
+            print(f"{config.logdir}: exports missing or incomplete; writing them from the final checkpoint", flush=True)
+            write_exports(loop)
+        write_results(config.logdir, summary)
+    return summary
+
+
+def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dict:
+    config = config_lib.validate(config)
+    loop, resuming = set_up(config, claim)
+    state = loop.state
+    with signals.StopRequests() as stop:  # before the first line: a test (or a scheduler) may signal on it
+        announce(loop, resuming)
         if loop.uses_generator and not resuming:  # the untrained generator's labels: epoch 1's "previous"
             state.previous_labels.assign(generator_hard_labels(loop))
-        history = state.history
-        if history:  # re-emit the last record, in case the previous process died before writing it
-            write_summaries(loop.writer, history[-1])
-        for epoch in range(start_epoch, config.epochs):
+        if state.history:  # re-emit the last record, in case the previous process died before writing it
+            write_summaries(loop.writer, state.history[-1])
+        for epoch in range(int(state.epoch.numpy()), config.epochs):
             try:
                 record = train_epoch(loop, epoch, stop, progress)
             except errors.NonFiniteLoss:
                 if loop.checkpoints.latest_checkpoint:  # else nothing is left and another run may start here
                     write_session_status(loop.writer, hparams_pb2.STATUS_FAILURE, epoch + 1)
                 raise
-            tested = (
-                f"test/acc {record['test/acc']:.4f} test/loss {record['test/loss']:.4f} "
-                if "test/acc" in record
-                else ""
-            )
-            print(
-                f"epoch {epoch + 1}/{config.epochs}: {tested}train/pri_acc {record['train/pri_acc']:.4f} "
-                f"{record['perf/images_per_s']:.0f} images/s",
-                flush=True,
-            )
-            if loop.uses_generator:  # the labels' health (Section 3.4): only learned labels can collapse
-                print(
-                    f"epoch {epoch + 1}: labels' entropy {record['labels/aux_entropy_mean']:.3f} "
-                    f"(lowest class {min(record['labels/aux_entropy_per_pri']):.3f}), "
-                    f"{record['labels/aux_used_mean']:.2f} auxiliary classes used per principal class",
-                    flush=True,
-                )
-                if warning := label_health.collapse_warning(record, config.psi):
-                    print(f"epoch {epoch + 1}: {warning}", flush=True)
+            print("\n".join(epoch_lines(config, record, loop.uses_generator)), flush=True)
             if epoch + 1 < config.epochs and stop_agreed(loop, stop):
                 raise errors.Interrupted(
                     f"{stop.reason} after epoch {epoch + 1}; checkpoint saved in "
@@ -521,12 +566,4 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
                 )
         if stop.signum is not None:  # after the last epoch: nothing left to stop
             print(f"{stop.reason} after the last epoch: the run is complete.", flush=True)
-    summary = rundir.results_summary(config, state.history, run_data.source, run_data.aux_label_info, run_data.identity)
-    if chief:
-        check_claim(loop, verify=True)
-        # Exports asked for and missing: killed while exporting, damaged since, or a --noexport run.
-        if summary["complete"] and config.export and not rundir.exports_intact(config):
-            print(f"{config.logdir}: exports missing or incomplete; writing them from the final checkpoint", flush=True)
-            write_exports(loop)
-        write_results(config.logdir, summary)
-    return summary
+    return finish(loop)
