@@ -31,6 +31,7 @@ _PUBLIC = {
     "psi": ("maxl_tf.core.psi", None),
     "pixels": ("maxl_tf.models.pixels", None),
     "labels": ("maxl_tf.core.labels", None),
+    "methods": ("maxl_tf.core.methods", None),
     "Source": ("maxl_tf.data.source", "Source"),
     "registry": ("maxl_tf.data.registry", None),
 }

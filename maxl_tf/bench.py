@@ -231,7 +231,7 @@ def build_pipeline(batch_size: int, num_examples: int = 5000) -> Timed:
 
     def run():
         repeats[0] += 1
-        order = batches.epoch_order(np.arange(num_examples), steps * batch_size, 0, repeats[0], 0)
+        order = pipeline.epoch_order(np.arange(num_examples), steps * batch_size, 0, repeats[0], 0)
         for batch in batches.batches(order, batch_size, augment_seed=(0, repeats[0], 0)):
             batch["images"].numpy()
 

@@ -1,5 +1,5 @@
-"""The public API: `import maxl_tf` gives MAXL, heads, psi, labels, callbacks and the data
-registry, and starts no TensorFlow until one of them is used."""
+"""The public API: `import maxl_tf` gives MAXL, heads, psi, labels, methods, callbacks and the
+data registry, and starts no TensorFlow until one of them is used."""
 
 import unittest
 
@@ -11,6 +11,8 @@ import maxl_tf
 assert "tensorflow" not in sys.modules, "import maxl_tf started TensorFlow"
 assert maxl_tf.psi.uniform(2, 6) == (3, 3)
 assert "tensorflow" not in sys.modules, "maxl_tf.psi started TensorFlow"
+assert maxl_tf.methods.get("kmeans").embeds
+assert "tensorflow" not in sys.modules, "maxl_tf.methods started TensorFlow"
 import maxl_tf.report
 assert "tensorflow" not in sys.modules, "maxl_tf.report started TensorFlow"
 print(sorted(maxl_tf.__all__))
