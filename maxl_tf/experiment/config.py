@@ -346,6 +346,11 @@ def check(ok: bool, message: str) -> None:
         raise errors.Error(message)
 
 
+def check_method(name: str) -> None:
+    """A --method name (one of a sweep's comma list) the registry knows."""
+    check(name in methods.REGISTRY, f"--method={name}: unknown; use one of {', '.join(methods.REGISTRY)}.")
+
+
 def check_flags(config: Config) -> None:
     """Checks every flag that needs no data set: choices, signs, ranges, combinations.
 
@@ -363,10 +368,7 @@ def _check_names(config: Config) -> None:
         choices, value = field.metadata["choices"], getattr(config, field.name)
         if choices:
             check(value in choices, f"--{field.name}={value}: unknown; use one of {', '.join(choices)}.")
-    check(
-        config.method in methods.REGISTRY,
-        f"--method={config.method}: unknown; use one of {', '.join(methods.REGISTRY)}.",
-    )
+    check_method(config.method)
     check(
         config.model in ARCHITECTURES or is_backbone_spec(config.model),
         f"--model={config.model}: unknown; use {' or '.join(ARCHITECTURES)}, or module:function (a function of "

@@ -75,6 +75,8 @@ def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=(), trai
     run's name does not say its size.
     """
     method_names = base.method.split(",")
+    for method in method_names:  # before a method's descriptor is read (experiment_key)
+        config_lib.check_method(method)
     seeds = seeds or (base.seed,)
     sizes = train_sizes or (base.max_train_examples,)
     pairs = pairs or ((base.pri, base.aux),)
