@@ -524,8 +524,13 @@ def epoch_lines(config: config_lib.Config, record: dict, learned_labels: bool) -
     return lines
 
 
-def finish(loop: Loop) -> dict:
-    """results.json of the run as it stands (and its exports, where a complete run lacks them)."""
+def finish(loop: Loop, trained: bool) -> dict:
+    """results.json of the run as it stands, and its exports where a complete run lacks them.
+
+    trained: this process trained the last epoch, whose save wrote results.json already; it is
+    written again only after exports written here (a rerun of a finished run, or one whose exports
+    were lost), since results.json comes last.
+    """
     config, run_data = loop.config, loop.data
     summary = rundir.results_summary(
         config, loop.state.history, run_data.source, run_data.aux_label_info, run_data.identity
@@ -533,10 +538,12 @@ def finish(loop: Loop) -> dict:
     if loop.chief:
         check_claim(loop, verify=True)
         # Exports asked for and missing: killed while exporting, damaged since, or a --noexport run.
-        if summary["complete"] and config.export and not rundir.exports_intact(config):
+        exporting = summary["complete"] and config.export and not rundir.exports_intact(config)
+        if exporting:
             print(f"{config.logdir}: exports missing or incomplete; writing them from the final checkpoint", flush=True)
             write_exports(loop)
-        write_results(config.logdir, summary)
+        if exporting or not trained:
+            write_results(config.logdir, summary)
     return summary
 
 
@@ -550,7 +557,8 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
             state.previous_labels.assign(generator_hard_labels(loop))
         if state.history:  # re-emit the last record, in case the previous process died before writing it
             write_summaries(loop.writer, state.history[-1])
-        for epoch in range(int(state.epoch.numpy()), config.epochs):
+        start_epoch = int(state.epoch.numpy())
+        for epoch in range(start_epoch, config.epochs):
             try:
                 record = train_epoch(loop, epoch, stop, progress)
             except errors.NonFiniteLoss:
@@ -566,4 +574,4 @@ def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dic
                 )
         if stop.signum is not None:  # after the last epoch: nothing left to stop
             print(f"{stop.reason} after the last epoch: the run is complete.", flush=True)
-    return finish(loop)
+    return finish(loop, trained=start_epoch < config.epochs)
