@@ -562,9 +562,10 @@ LONGER_FIELDS = ("epochs", "lr_decay_every")
 
 
 def _curve_key(group) -> tuple:
-    """What a group shares with the other points and methods of its curve."""
+    """What a group shares with the other points and methods of its curve (single-task's, having
+    no --aux, lacks aux and psi: it joins every curve of its other fields)."""
     ignored = (CURVE_FIELD, "method") + LONGER_FIELDS + LINE_FIELDS
-    return tuple(sorted((k, v) for k, v in group.setting.items() if k not in ignored and k != "aux" and k != "psi"))
+    return tuple(sorted((k, v) for k, v in group.setting.items() if k not in ignored))
 
 
 def _training_time(run: dict) -> float:
@@ -589,6 +590,7 @@ class CurvePoint:
     size: int
     by_seed: dict
     seconds: float
+    at_time: bool = False  # a longer run read at the learned-label method's training time
 
 
 def curve_points(groups: list) -> dict:
@@ -599,9 +601,12 @@ def curve_points(groups: list) -> dict:
     the MAXL run's of the same size and seed (accuracy_at_time).
     """
     curves = collections.defaultdict(list)
-    for group in groups:
-        if CURVE_FIELD in group.setting:
-            curves[_curve_key(group)].append(group)
+    in_curves = [g for g in groups if CURVE_FIELD in g.setting]
+    for group in (g for g in in_curves if methods.get(g.method).auxiliary):
+        curves[_curve_key(group)].append(group)
+    for group in (g for g in in_curves if not methods.get(g.method).auxiliary):
+        for key in [k for k in curves if set(_curve_key(group)) <= set(k)] or [_curve_key(group)]:
+            curves[key].append(group)
     points = {}
     for key, members in curves.items():
         if len({g.setting[CURVE_FIELD] for g in members}) < 2:
@@ -624,7 +629,8 @@ def curve_points(groups: list) -> dict:
                 for r in group.runs
                 if r["config"]["seed"] in maxl_seconds
             }
-            found.append(CurvePoint(f"{group.method}, at {maxl.method}'s time", group.method, size, matched, seconds))
+            label = f"{group.method}, at {maxl.method}'s time"
+            found.append(CurvePoint(label, group.method, size, matched, seconds, at_time=True))
         points[key] = found
     return points
 
@@ -646,7 +652,7 @@ def curve_tables(points: dict) -> str:
     its paired difference from single-task (MAXL's also from every other point of its size)."""
     blocks = []
     for key, found in points.items():
-        title = ", ".join(f"{k} {v}" for k, v in key if k in ("dataset", "pri", "model", "width"))
+        title = ", ".join(f"{k} {v}" for k, v in key if k in ("dataset", "pri", "aux", "model", "width"))
         lines = [
             f"### Accuracy against training-set size: {title}",
             "",
@@ -693,10 +699,11 @@ def plot_curves(points: dict, out) -> list:
         fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
         for i, label in enumerate(dict.fromkeys(p.label for p in found)):
             line = sorted((p for p in found if p.label == label), key=lambda p: p.size)
+            dotted = line[0].at_time
             sizes = [p.size for p in line]
             summary = [_mean_interval(list(p.by_seed.values())) for p in line]
             means = [m for m, _ in summary]
-            style = {"color": f"C{i % 10}", "marker": "o", "linestyle": ":" if "time" in label else "-"}
+            style = {"color": f"C{i % 10}", "marker": "o", "linestyle": ":" if dotted else "-"}
             ax.plot(sizes, means, label=f"{label} (n={min(len(p.by_seed) for p in line)})", **style)
             ax.fill_between(
                 sizes,
@@ -714,11 +721,13 @@ def plot_curves(points: dict, out) -> list:
         ax.set_ylabel("test accuracy")
         setting = dict(key)
         ax.set_title(
-            f"{setting.get('dataset', '')}: pri {setting.get('pri', '')}; mean, 95% interval over seeds", fontsize=10
+            f"{setting.get('dataset', '')}: pri {setting.get('pri', '')}, aux {setting.get('aux', '–')}; "
+            "mean, 95% interval over seeds",
+            fontsize=10,
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        name = _file_name(f"curve_{setting.get('dataset', '')}_pri{setting.get('pri', '')}")
+        name = _file_name(f"curve_{setting.get('dataset', '')}_pri{setting.get('pri', '')}_aux{setting.get('aux', '')}")
         paths.append(_save(fig, os.path.join(out, f"{name}.png")))
     return paths
 

@@ -341,7 +341,7 @@ class CurveTest(tf.test.TestCase):
         self._curve(root)
         text = report.write_report([root], os.path.join(root, "report"))
         self.assertIn("## Accuracy against training-set size", text)
-        self.assertTrue(os.path.exists(os.path.join(root, "report", "curve_digits_pri2.png")))
+        self.assertTrue(os.path.exists(os.path.join(root, "report", "curve_digits_pri2_aux10.png")))
         rows = [line for line in text.splitlines() if line.startswith("| 500 |")]
         # MAXL beats single by 0.004, 0.008, 0.012 over seeds 0-2: mean 0.008, std 0.004, t(2) = 4.303.
         maxl = next(r for r in rows if "| maxl (entropy 0.2) |" in r)

@@ -225,15 +225,15 @@ class Maxl(LabelSource):
         )
 
 
-assert set(SOURCES) == set(methods.REGISTRY), "one label source per method of core/methods.py"
-
-
 def source(method) -> LabelSource:
     """The label source a --method string names (a LabelSource is returned as it is)."""
     if isinstance(method, LabelSource):
         return method
     if method not in SOURCES:
-        raise ValueError(f"labels={method!r}: one of {', '.join(SOURCES)} or a LabelSource")
+        known = f"labels={method!r}: one of {', '.join(SOURCES)} or a LabelSource"
+        if method in methods.REGISTRY:
+            known += f"; method {method!r} is registered without one: decorate its class with labels.register"
+        raise ValueError(known)
     return SOURCES[method]()
 
 
