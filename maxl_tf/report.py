@@ -652,7 +652,8 @@ def curve_tables(points: dict) -> str:
     its paired difference from single-task (MAXL's also from every other point of its size)."""
     blocks = []
     for key, found in points.items():
-        title = ", ".join(f"{k} {v}" for k, v in key if k in ("dataset", "pri", "aux", "model", "width"))
+        setting = dict(key)
+        title = ", ".join(f"{k} {setting[k]}" for k in ("dataset", "pri", "aux", "model", "width") if k in setting)
         lines = [
             f"### Accuracy against training-set size: {title}",
             "",
@@ -674,7 +675,7 @@ def curve_tables(points: dict) -> str:
                     f"| {size} | {point.label} | {mean:.4f} [{low:.4f}, {high:.4f}] | {len(point.by_seed)} | "
                     f"{point.seconds:.0f} s | {difference} |"
                 )
-        learned = [p for p in found if methods.get(p.method).learned]
+        learned = sorted((p for p in found if methods.get(p.method).learned), key=lambda p: p.size)
         if learned:
             lines += ["", "| training images | comparison | mean difference | 95% interval | wins / ties / losses |"]
             lines.append("|---|---|---|---|---|")
