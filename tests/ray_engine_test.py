@@ -319,11 +319,19 @@ class RaySweepTest(tf.test.TestCase):
         for reader in readers:
             reader.start()
         try:
-            # Once the run saved its first epoch, kill its Ray worker (the training process's parent).
-            self._wait_for_first_epoch(f"{logdir}/{KILLED}", process)
-            training = _training_process(f"{logdir}/{KILLED}")
-            self.assertIsNotNone(training, "the run's training process was not found")
-            os.kill(_parent(training), signal.SIGKILL)
+            # Once the run saved its first epoch, kill its Ray worker (the training process's parent),
+            # found while the epoch runs: its later epochs take a tenth of a second each on a quiet
+            # machine, less than a scan of /proc after the first, and a run that finishes before the
+            # kill leaves nothing to resume.
+            run_dir, worker = f"{logdir}/{KILLED}", None
+            deadline = time.monotonic() + 240
+            while _epochs_done(run_dir) < 1 and process.poll() is None and time.monotonic() < deadline:
+                if worker is None and (training := _training_process(run_dir)) is not None:
+                    worker = _parent(training)
+                time.sleep(0.005)
+            self.assertEqual(_epochs_done(run_dir), 1, "the run did not save its first epoch (alone)")
+            self.assertIsNotNone(worker, "the run's training process was not found")
+            os.kill(worker, signal.SIGKILL)
             # Released once the held run's task found it held (under load its task may start late).
             deadline = time.monotonic() + 240
             while not any("waiting for 1 runs held by other workers" in line for line in list(output["stdout"])):
