@@ -577,8 +577,7 @@ def accuracy_at_time(run: dict, seconds: float) -> float:
     at the first epoch whose cumulative training time reaches `seconds` (its last if none does)."""
     elapsed = np.cumsum([r["perf/epoch_seconds"] for r in run["history"]])
     end = min(int(np.searchsorted(elapsed, seconds)) + 1, len(elapsed))
-    tested = [r["test/acc"] for r in run["history"][:end] if "test/acc" in r]  # --eval_every's epochs
-    return float(np.mean(tested[-rundir.LAST_EPOCHS_AVERAGED :]))
+    return rundir.paper_metric(run["history"][:end])
 
 
 @dataclasses.dataclass
@@ -636,15 +635,9 @@ def curve_points(groups: list) -> dict:
 
 
 def _mean_interval(values) -> tuple:
-    """Mean and the 95% Student t interval of the mean over seeds ((mean, mean) for one seed)."""
-    values = np.asarray(values, np.float64)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, (mean, mean)
-    import scipy.stats  # as stats.paired: only when a curve is drawn
-
-    half = scipy.stats.t.ppf(0.5 + stats.CONFIDENCE / 2, df=len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return mean, (mean - half, mean + half)
+    """stats.mean_interval over seeds, one seed's interval a point: a band needs both ends."""
+    mean, interval = stats.mean_interval(values)
+    return mean, interval or (mean, mean)
 
 
 def curve_tables(points: dict) -> str:

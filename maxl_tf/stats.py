@@ -52,6 +52,19 @@ class Comparison:
         return self.pairs - self.wins - self.ties
 
 
+def mean_interval(values, confidence: float = CONFIDENCE) -> tuple:
+    """(mean, its Student t interval over the values (len - 1 degrees of freedom)); the interval
+    is None for a single value, which has no spread."""
+    values = np.asarray(values, np.float64)
+    n, mean = len(values), float(values.mean())
+    if n < 2:
+        return mean, None
+    import scipy.stats  # here: it costs most of a second of every command's start, tables or not
+
+    half_width = scipy.stats.t.ppf((1 + confidence) / 2, df=n - 1) * values.std(ddof=1) / np.sqrt(n)
+    return mean, (mean - half_width, mean + half_width)
+
+
 def paired(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Comparison | None:
     """Compares two methods' test accuracies on the seeds both ran.
 
@@ -66,15 +79,7 @@ def paired(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Comparison
     if not seeds:
         return None
     differences = np.array([a[s] - b[s] for s in seeds], np.float64)
-    n = len(differences)
-    mean = float(differences.mean())
-    interval = None
-    if n > 1:
-        import scipy.stats  # here: it costs most of a second of every command's start, tables or not
-
-        quantile = scipy.stats.t.ppf((1 + confidence) / 2, df=n - 1)
-        half_width = quantile * differences.std(ddof=1) / np.sqrt(n)
-        interval = (mean - half_width, mean + half_width)
+    mean, interval = mean_interval(differences, confidence)
     tied = np.abs(differences) <= TIE_TOLERANCE
     return Comparison(
         seeds=seeds,

@@ -427,6 +427,13 @@ def restore(checkpoint, logdir: str) -> bool:
     return True
 
 
+def paper_metric(history: list) -> float | None:
+    """The mean test accuracy of the last LAST_EPOCHS_AVERAGED tested epochs of a history (a
+    complete run's last epochs are all tested: --eval_every), or None before any test."""
+    tested = [record["test/acc"] for record in history if "test/acc" in record]
+    return float(np.mean(tested[-LAST_EPOCHS_AVERAGED:])) if tested else None
+
+
 def results_summary(
     config: config_lib.Config,
     history: list,
@@ -435,8 +442,6 @@ def results_summary(
     identity: dict | None = None,
 ) -> dict:
     """The content of results.json: the config, the per-epoch history and the paper's metric."""
-    tested = [record["test/acc"] for record in history if "test/acc" in record]  # --eval_every's epochs
-    last = tested[-LAST_EPOCHS_AVERAGED:]  # a complete run's last epochs are all tested
     summary = {
         "name": config.name,
         "config": dataclasses.asdict(config),
@@ -445,7 +450,7 @@ def results_summary(
         DATA_KEY: identity or {},
         "epochs_completed": len(history),
         "complete": len(history) >= config.epochs,
-        "test_accuracy": float(np.mean(last)) if last else None,
+        "test_accuracy": paper_metric(history),
         "history": history,
     }
     if aux_label_info:
