@@ -110,7 +110,7 @@ def _distinct_images(batch, height, width, channels):
     return values.reshape(batch, height, width, channels)
 
 
-def _match_crop(output, image, pad=data.CROP_PADDING):
+def _match_crop(output, image, pad=source.CIFAR_AUGMENTATION.crop_padding):
     """All (row, col, flipped) such that output equals the padded image cropped there."""
     height, width = image.shape[:2]
     padded = np.pad(image, [[pad, pad], [pad, pad], [0, 0]], constant_values=_BLACK)
@@ -156,7 +156,7 @@ class AugmentTest(tf.test.TestCase):
         rows, cols = zip(*offsets)
         self.assertGreater(len(set(rows)), 4)
         self.assertGreater(len(set(cols)), 4)
-        self.assertAllInRange(np.asarray(offsets), 0, 2 * data.CROP_PADDING)
+        self.assertAllInRange(np.asarray(offsets), 0, 2 * source.CIFAR_AUGMENTATION.crop_padding)
 
     def test_digit_augmentation_shifts_without_flipping(self):
         images = _distinct_images(64, 6, 5, 1)
@@ -192,9 +192,9 @@ class AugmentTest(tf.test.TestCase):
         self.assertEqual(registry.get("fashion_mnist").augmentation.crop_padding, 2)
         self.assertEqual(registry.get("cifar10").augmentation.crop_padding, 4)
         # A user's own images (folder, tfds:NAME) get CIFAR's: natural photographs.
-        self.assertEqual(folder.Folder.augmentation, data.CIFAR_AUGMENTATION)
-        self.assertEqual(tfds.TfdsSource.augmentation, data.CIFAR_AUGMENTATION)
-        self.assertEqual(data.CIFAR_AUGMENTATION, source.Augmentation(crop_padding=4, horizontal_flip=True))
+        self.assertEqual(folder.Folder.augmentation, source.CIFAR_AUGMENTATION)
+        self.assertEqual(tfds.TfdsSource.augmentation, source.CIFAR_AUGMENTATION)
+        self.assertEqual(source.CIFAR_AUGMENTATION, source.Augmentation(crop_padding=4, horizontal_flip=True))
 
     def test_padding_is_black(self):
         images = np.full((32, 8, 8, 1), 7.0, np.float32)

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from maxl_tf import errors
 from maxl_tf.core import hierarchy
+from maxl_tf.core import psi as psi_lib
 from maxl_tf.data import cifar
 from maxl_tf.data import registry
 
@@ -199,6 +200,14 @@ class CifarHierarchyTest(tf.test.TestCase, parameterized.TestCase):
             hierarchy.human_aux_labels(_levels("cifar10"), 10, 10, np.arange(10))
 
 
+def _refuses(error, call, *args) -> bool:
+    try:
+        call(*args)
+    except error:
+        return True
+    return False
+
+
 class ResolvePsiTest(tf.test.TestCase):
     def setUp(self):
         super().setUp()
@@ -236,6 +245,15 @@ class ResolvePsiTest(tf.test.TestCase):
             hierarchy.resolve_psi(self.cifar100, 3, 10, (6, 0, 4))
         with self.assertRaisesRegex(errors.Error, "--psi"):
             hierarchy.resolve_psi(self.cifar100, 3, 10, (11, -1, 0))
+
+    def test_python_api_refuses_the_same_psi(self):
+        # One set of rules (hierarchy.broken_psi_rule), two wordings: flags here, arguments in core/psi.
+        for psi in ((4, 3, 3), (5, 5), (6, 0, 4), (5, 5, 0, 0)):
+            with self.subTest(psi=psi):
+                cli_refuses = _refuses(errors.Error, hierarchy.resolve_psi, self.cifar100, 3, sum(psi), psi)
+                self.assertEqual(cli_refuses, _refuses(ValueError, psi_lib.check, psi, 3))
+                self.assertEqual(cli_refuses, psi != (4, 3, 3))
+        self.assertEqual(psi_lib.uniform(10, 30), hierarchy.resolve_psi(self.cifar10, 10, 30))
 
     def test_pri_not_a_level(self):
         with self.assertRaisesRegex(errors.Error, r"--pri=5:.*\[3, 10, 20, 100\]"):

@@ -4,7 +4,7 @@ import keras
 
 # Layers of the VGG trunk are named with this prefix (models/vgg.py; checkpoints keep the names).
 TRUNK_PREFIX = "trunk_"
-# The heads' layers are named with these prefixes (models/vgg.py, models/heads.py); every other
+# The heads' layers are named with these prefixes (models/heads.head, VGG's too); every other
 # trainable variable of an evaluator is its shared trunk, whatever the backbone.
 HEAD_PREFIXES = ("principal", "auxiliary")
 

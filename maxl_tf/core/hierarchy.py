@@ -79,7 +79,7 @@ def resolve_psi(hierarchy: Hierarchy, pri: int, aux: int, psi: tuple | None = No
     if aux < 1:
         raise errors.Error(f"--aux={aux}: the number of auxiliary classes must be positive.")
     if psi is not None:
-        if len(psi) != pri or min(psi) < 1 or sum(psi) != aux:
+        if broken_psi_rule(psi, pri, aux):
             raise errors.Error(
                 f"--psi={','.join(map(str, psi))}: needs {pri} positive entries (one per principal class) "
                 f"summing to --aux={aux}; it has {len(psi)} entries summing to {sum(psi)}."
@@ -88,9 +88,35 @@ def resolve_psi(hierarchy: Hierarchy, pri: int, aux: int, psi: tuple | None = No
     from_human = human_psi(hierarchy, pri, aux)
     if from_human is not None:
         return from_human
-    if aux % pri == 0 and aux >= pri:
-        return (aux // pri,) * pri
+    uniform = uniform_psi(pri, aux)
+    if uniform is not None:
+        return uniform
     raise errors.Error(_no_psi_message(hierarchy, pri, aux))
+
+
+def broken_psi_rule(psi: tuple, pri: int | None = None, aux: int | None = None) -> str | None:
+    """The first rule psi breaks, or None: the rules of psi in one place, for the command line
+    (resolve_psi, naming flags) and the Python API (core/psi.py, naming arguments).
+
+    Returns:
+      "positive": an entry is below 1 (or there is none); "one per principal class": it has not
+      pri entries; "sum": it does not sum to aux. pri or aux None: not checked.
+    """
+    if not psi or min(psi) < 1:
+        return "positive"
+    if pri is not None and len(psi) != pri:
+        return "one per principal class"
+    if aux is not None and sum(psi) != aux:
+        return "sum"
+    return None
+
+
+def uniform_psi(pri: int, aux: int) -> tuple | None:
+    """aux // pri auxiliary classes per principal class (the paper's default), or None where aux
+    is not a positive multiple of pri."""
+    if pri < 1 or aux < pri or aux % pri:
+        return None
+    return (aux // pri,) * pri
 
 
 def _no_psi_message(hierarchy: Hierarchy, pri: int, aux: int) -> str:

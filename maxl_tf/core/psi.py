@@ -1,7 +1,8 @@
 """psi from Python: how many auxiliary classes each principal class owns (numpy only).
 
-The command line resolves psi from its flags (core/hierarchy.resolve_psi); these are the same
-rules for a caller of the Python API, with errors that name the argument.
+The command line resolves psi from its flags (core/hierarchy.resolve_psi); these apply the same
+rules (hierarchy.broken_psi_rule, hierarchy.uniform_psi) for a caller of the Python API, with
+errors that name the argument.
 """
 
 import numpy as np
@@ -21,9 +22,10 @@ def check(psi, pri: int | None = None) -> tuple:
         raise ValueError(
             f"psi={psi!r}: must be a sequence of auxiliary classes per principal class, e.g. (5, 5)"
         ) from None
-    if not psi or min(psi) < 1:
+    broken = hierarchy.broken_psi_rule(psi, pri)
+    if broken == "positive":
         raise ValueError(f"psi={psi}: needs at least one auxiliary class per principal class")
-    if pri is not None and len(psi) != pri:
+    if broken == "one per principal class":
         raise ValueError(f"psi={psi}: has {len(psi)} entries but pri={pri}; psi needs one per principal class")
     return psi
 
@@ -34,9 +36,10 @@ def uniform(pri: int, aux: int) -> tuple:
     Raises:
       ValueError naming aux: aux is not a positive multiple of pri.
     """
-    if pri < 1 or aux < pri or aux % pri:
+    psi = hierarchy.uniform_psi(pri, aux)
+    if psi is None:
         raise ValueError(f"aux={aux}: must be a positive multiple of pri={pri} for a uniform psi")
-    return (aux // pri,) * pri
+    return psi
 
 
 def mask(psi) -> np.ndarray:

@@ -464,7 +464,7 @@ def _check_coarse(fine: np.ndarray, coarse: np.ndarray, source: str) -> None:
 class Cifar(source_lib.Source):
     """One of the three CIFAR sets (module docstring)."""
 
-    augmentation = source_lib.Augmentation(4, horizontal_flip=True)  # the authors' crop (pad 4) and flip
+    augmentation = source_lib.CIFAR_AUGMENTATION
 
     def __init__(self, dataset: str, options: source_lib.Options = source_lib.DEFAULTS):
         self.name = dataset

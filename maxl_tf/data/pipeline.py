@@ -15,12 +15,6 @@ import tensorflow as tf
 from maxl_tf.core import streams
 from maxl_tf.data import source as source_lib
 
-CROP_PADDING = 4
-
-
-# CIFAR's: the authors' crop (pad 4) and flip; each data source says its own (source.Source.augmentation).
-CIFAR_AUGMENTATION = source_lib.Augmentation(CROP_PADDING, horizontal_flip=True)
-
 
 @dataclasses.dataclass(frozen=True)
 class Examples:
@@ -69,7 +63,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, num_examples // batch_size)
 
 
-def augment(images, seed, augmentation: source_lib.Augmentation = CIFAR_AUGMENTATION):
+def augment(images, seed, augmentation: source_lib.Augmentation = source_lib.CIFAR_AUGMENTATION):
     """Random crop with zero padding and, where the data set allows it, horizontal flip, per image.
 
     Args:
@@ -97,7 +91,7 @@ def augment(images, seed, augmentation: source_lib.Augmentation = CIFAR_AUGMENTA
 class Pipeline:
     """Builds per-epoch tf.data streams of batches from one split held in memory."""
 
-    def __init__(self, examples: Examples, augmentation: source_lib.Augmentation = CIFAR_AUGMENTATION):
+    def __init__(self, examples: Examples, augmentation: source_lib.Augmentation = source_lib.CIFAR_AUGMENTATION):
         self._augmentation = augmentation
         if isinstance(examples.images, np.ndarray):
             self._images = tf.constant(examples.images)

@@ -82,6 +82,10 @@ class Augmentation:
     horizontal_flip: bool
 
 
+# The authors' crop (pad 4) and flip for CIFAR; what --augment does unless a source says otherwise.
+CIFAR_AUGMENTATION = Augmentation(4, horizontal_flip=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
     images: np.ndarray  # [N, H, W, C] uint8, in memory or memory-mapped from the cache (streamed)
@@ -106,7 +110,7 @@ class Source:
     """
 
     name: str = ""
-    augmentation: Augmentation = Augmentation(4, horizontal_flip=True)
+    augmentation: Augmentation = CIFAR_AUGMENTATION
 
     def levels(self) -> hierarchy_lib.Hierarchy:
         raise NotImplementedError

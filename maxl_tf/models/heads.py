@@ -8,11 +8,11 @@ resolution (ResNet50's 7x7x2048 map would give a flattened head 49 times larger)
 keras.applications' own `pooling="avg"` classifiers do. VGG's 1x1 final map (models/vgg.py) is
 the same either way.
 
-Heads are named as models/vgg.py names them (principal_*, auxiliary_*, generator_*), so the steps
-find the shared trunk of any evaluator as "every variable but the heads'"
-(core/evaluator.trunk_variable_indices), and the gradient-cosine diagnostic works for any
-backbone. The generator's output is logits over sum(psi) classes; the masked softmax over the
-principal class's block is applied where its labels are used (core/labels.py).
+VGG's networks (models/vgg.py) are built with the same heads (head, evaluator), named principal_*,
+auxiliary_*, generator_*, so the steps find the shared trunk of any evaluator as "every variable
+but the heads'" (core/evaluator.trunk_variable_indices), and the gradient-cosine diagnostic works
+for any backbone. The generator's output is logits over sum(psi) classes; the masked softmax over
+the principal class's block is applied where its labels are used (core/labels.py).
 """
 
 import keras
@@ -59,12 +59,30 @@ def _features(backbone, input_shape, role: str):
     return images, features
 
 
-def _head(features, classes: int, name: str, hidden: int):
+def head(features, classes: int, name: str, hidden: int = 0, dtype: str | None = None):
+    """One task's logits over shared features: the one head builder of VGG's networks and any
+    backbone's, so both name their layers name_hidden / name_logits (checkpoints keep the names).
+
+    Args:
+      hidden: units of a ReLU layer before the logits; 0: a linear head.
+      dtype: the layers' dtype policy; None: Keras' global one.
+    """
     if hidden:
-        features = keras.layers.Dense(hidden, activation="relu", name=name + "_hidden")(features)
+        features = keras.layers.Dense(hidden, activation="relu", name=name + "_hidden", dtype=dtype)(features)
     # Logits in float32 under mixed precision: the losses' softmax and its second derivatives.
-    mixed = keras.config.dtype_policy().name.startswith("mixed")
-    return keras.layers.Dense(classes, name=name + "_logits", dtype="float32" if mixed else None)(features)
+    mixed = (dtype or keras.config.dtype_policy().name).startswith("mixed")
+    return keras.layers.Dense(classes, name=name + "_logits", dtype="float32" if mixed else dtype)(features)
+
+
+def evaluator(
+    images, features, pri: int, aux: int, hidden: int = 0, dtype: str | None = None, name: str = "evaluator"
+) -> keras.Model:
+    """[principal logits, auxiliary logits] over shared features; aux=0: the principal alone, still
+    a list. The one evaluator of VGG's networks, --model backbones and the Python API."""
+    outputs = [head(features, pri, "principal", hidden, dtype)]
+    if aux:
+        outputs.append(head(features, aux, "auxiliary", hidden, dtype))
+    return keras.Model(images, outputs, name=name)
 
 
 def multitask(backbone, pri: int, psi, input_shape=None, hidden: int = 0, name: str = "evaluator") -> keras.Model:
@@ -86,8 +104,7 @@ def multitask(backbone, pri: int, psi, input_shape=None, hidden: int = 0, name: 
         raise ValueError(f"pri={pri}: needs at least one principal class")
     psi = psi_lib.check(psi, int(pri))
     images, features = _features(backbone, input_shape, "evaluator")
-    outputs = [_head(features, int(pri), "principal", hidden), _head(features, sum(psi), "auxiliary", hidden)]
-    return keras.Model(images, outputs, name=name)
+    return evaluator(images, features, int(pri), sum(psi), hidden, name=name)
 
 
 def single_task(backbone, pri: int, input_shape=None, hidden: int = 0, name: str = "evaluator") -> keras.Model:
@@ -95,7 +112,7 @@ def single_task(backbone, pri: int, input_shape=None, hidden: int = 0, name: str
     if int(pri) < 1:
         raise ValueError(f"pri={pri}: needs at least one principal class")
     images, features = _features(backbone, input_shape, "evaluator")
-    return keras.Model(images, [_head(features, int(pri), "principal", hidden)], name=name)
+    return evaluator(images, features, int(pri), 0, hidden, name=name)
 
 
 def generator(backbone, psi, input_shape=None, hidden: int = 0, name: str = "generator") -> keras.Model:
@@ -106,4 +123,4 @@ def generator(backbone, psi, input_shape=None, hidden: int = 0, name: str = "gen
     """
     psi = psi_lib.check(psi)
     images, features = _features(backbone, input_shape, "generator")
-    return keras.Model(images, _head(features, sum(psi), "generator", hidden), name=name)
+    return keras.Model(images, head(features, sum(psi), "generator", hidden), name=name)

@@ -1,9 +1,10 @@
 """The two networks of MAXL: a multi-task evaluator and a label generator, both VGG-BN.
 
 Architecture as in the authors' code: conv3x3 + batch norm + ReLU blocks, a 2x2 max-pool after
-each block, flatten, and per task a head Dense(hidden) - ReLU - Dense(classes). Batch norm uses
-PyTorch's constants (epsilon 1e-5, momentum 0.1, i.e. Keras momentum 0.9): Keras' defaults
-(1e-3, 0.99) make the moving statistics lag badly in short runs.
+each block, flatten, and per task a head Dense(hidden) - ReLU - Dense(classes), hidden as wide as
+the features (models/heads.py's heads, as any backbone's). Batch norm uses PyTorch's constants
+(epsilon 1e-5, momentum 0.1, i.e. Keras momentum 0.9): Keras' defaults (1e-3, 0.99) make the
+moving statistics lag badly in short runs.
 """
 
 import contextlib
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 from maxl_tf import errors
 from maxl_tf.core import evaluator as evaluator_lib
+from maxl_tf.models import heads
 from maxl_tf.models import pixels
 from maxl_tf.models.names import ARCHITECTURES
 
@@ -287,13 +289,6 @@ def _trunk(images, architecture: str, width: float, precision, synchronized_bn: 
     return keras.layers.Flatten(name=TRUNK_PREFIX + "flatten", dtype=dtype)(x)  # [batch, 1 * 1 * filters]
 
 
-def _head(features, classes: int, name: str, precision):
-    hidden = keras.layers.Dense(features.shape[-1], activation="relu", name=name + "_hidden", dtype=precision)(features)
-    # Logits in float32 under mixed precision: the losses' softmax and its second derivatives.
-    logits_dtype = "float32" if precision and precision.startswith("mixed") else precision
-    return keras.layers.Dense(classes, name=name + "_logits", dtype=logits_dtype)(hidden)
-
-
 def check_input_size(architecture: str, image_size: int) -> None:
     """Raises errors.Error if the architecture's pooling would shrink the image below 1x1 (a
     module:function backbone checks its own input)."""
@@ -330,10 +325,7 @@ def build_evaluator(
     check_input_size(architecture, input_shape[0])
     images = keras.Input(input_shape, name="images")
     features = _trunk(images, architecture, width, precision, synchronized_bn)
-    outputs = [_head(features, pri_classes, "principal", precision)]
-    if aux_classes:
-        outputs.append(_head(features, aux_classes, "auxiliary", precision))
-    return keras.Model(images, outputs, name="evaluator")
+    return heads.evaluator(images, features, pri_classes, aux_classes, features.shape[-1], precision)
 
 
 def build_generator(
@@ -349,5 +341,5 @@ def build_generator(
     check_input_size(architecture, input_shape[0])
     images = keras.Input(input_shape, name="images")
     features = _trunk(images, architecture, width, precision, synchronized_bn)
-    logits = _head(features, aux_classes, "generator", precision)
+    logits = heads.head(features, aux_classes, "generator", features.shape[-1], precision)
     return keras.Model(images, logits, name="generator")
