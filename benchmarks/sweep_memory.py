@@ -35,27 +35,27 @@ def main():
 
     from absl import flags
 
-    import main as main_module
-    from maxl_tf import cli
+    from maxl_tf import main as main_module
+    from maxl_tf import runtime
     from maxl_tf.experiment import sweep
 
     main_module.define_flags()
     seeds = ",".join(map(str, range(args.runs)))
     flags.FLAGS(["sweep_memory", "--flagfile=flags/smoke.cfg", f"--seeds={seeds}", f"--logdir={args.logdir}"])
-    configs = main_module.configs_from_flags()
-    cli.start_tensorflow(configs[0].deterministic)
+    runs = main_module.runs_from_flags()
+    runtime.start_tensorflow(runs[0].config.deterministic)
     from maxl_tf.experiment import train
 
     sizes = []
 
-    def train_and_measure(config, claim=None):
-        results = train.train_and_evaluate(config, progress=False, claim=claim)
+    def train_and_measure(run, claim=None):
+        results = train.train_and_evaluate(run, progress=False, claim=claim)
         sizes.append(rss_mib())
         print(f"run {len(sizes)}: RSS {sizes[-1]:.0f} MiB", flush=True)
         return results
 
     start = time.perf_counter()
-    sweep.run(configs, functools.partial(train_and_measure))
+    sweep.run(runs, functools.partial(train_and_measure))
     half = len(sizes) // 2
     growth = (sizes[-1] - sizes[half - 1]) / (len(sizes) - half) if half else float("nan")
     print(

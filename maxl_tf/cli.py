@@ -42,7 +42,7 @@ _DEFINE = {
 
 def define_config_flags(flag_values=flags.FLAGS) -> None:
     """One flag per Config field, with the field's help and choices. Choices are checked by
-    config.validate (one line, exit 2), not by DEFINE_enum; a tuple is a comma list."""
+    config.check_flags (one line, exit 2), not by DEFINE_enum; a tuple is a comma list."""
     for field in dataclasses.fields(config_lib.Config):
         help_text = field.metadata["help"]
         if field.metadata["choices"]:
@@ -52,7 +52,7 @@ def define_config_flags(flag_values=flags.FLAGS) -> None:
 
 
 def config_from_flags(flag_values=flags.FLAGS) -> config_lib.Config:
-    """The Config the flags of define_config_flags describe (not yet validated)."""
+    """The Config the flags of define_config_flags describe (not yet resolved: config.resolve)."""
     values = {field.name: flag_values[field.name].value for field in dataclasses.fields(config_lib.Config)}
     values["psi"] = config_lib.parse_psi(values["psi"])
     return config_lib.Config(**values)

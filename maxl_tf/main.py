@@ -28,7 +28,6 @@ from maxl_tf import errors
 from maxl_tf import report
 from maxl_tf import runtime
 from maxl_tf.experiment import claims
-from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import rundir
 from maxl_tf.experiment import sweep
 
@@ -93,18 +92,17 @@ def define_flags(flag_values=flags.FLAGS) -> None:
     flags.DEFINE_float("cpus_per_run", 1, "--engine=ray: CPUs each run asks for.", flag_values=flag_values)
 
 
-def configs_from_flags(flag_values=flags.FLAGS) -> list:
-    """The validated runs the flags ask for: one, or a sweep's product (several share --logdir
-    as their parent)."""
+def runs_from_flags(flag_values=flags.FLAGS) -> list:
+    """The resolved runs (config_lib.Run) the flags ask for: one, or a sweep's product (several
+    share --logdir as their parent)."""
     base = cli.config_from_flags(flag_values)
-    configs = sweep.expand(
+    return sweep.expand(
         base,
         seeds=sweep.parse_seeds(flag_values.seeds),
         pairs=sweep.parse_pairs(flag_values.pairs),
         entropy_weights=sweep.parse_entropy_weights(flag_values.entropy_weights),
         train_sizes=sweep.parse_train_sizes(flag_values.train_sizes),
     )
-    return [config_lib.validate(config) for config in configs]
 
 
 def _print_table(all_results) -> None:
@@ -145,19 +143,20 @@ OWN_DATA_HINT = (
 def _checked_runs() -> list:
     """Every run's flags, and (after TensorFlow started) its data and embedder, checked before
     the first one trains."""
-    configs = configs_from_flags()
+    runs = runs_from_flags()
     if not flags.FLAGS.heartbeat_timeout > 0:
         raise errors.Error(
             f"--heartbeat_timeout={flags.FLAGS.heartbeat_timeout}: must be a positive number of seconds."
         )
     if flags.FLAGS.engine == "ray":  # the runs train in Ray's tasks; this process needs no TensorFlow
-        return configs
-    runtime.start_tensorflow(configs[0].deterministic, start_runtime=configs[0].strategy != "multi_worker")
+        return runs
+    first = runs[0].config
+    runtime.start_tensorflow(first.deterministic, start_runtime=first.strategy != "multi_worker")
     # TensorFlow and the models: only once the flags are known to be good.
     from maxl_tf.experiment import inputs
 
-    inputs.check_available(configs)
-    return configs
+    inputs.check_available(runs)
+    return runs
 
 
 def main(argv):
@@ -168,7 +167,7 @@ def main(argv):
             f"--heartbeat_timeout={flags.FLAGS.heartbeat_timeout}: must be a positive number of seconds."
         )
     try:
-        configs = _checked_runs()
+        runs = _checked_runs()
     except errors.Error as e:  # the data's or a flag's, named in e
         if type(e) is not errors.Error or flags.FLAGS["dataset"].present:
             raise
@@ -177,7 +176,7 @@ def main(argv):
         from maxl_tf.experiment import ray_engine
 
         all_results = ray_engine.run_sweep(
-            configs,
+            runs,
             main_py=MAIN_PY,
             address=flags.FLAGS.ray_address,
             gpus_per_run=flags.FLAGS.gpus_per_run,
@@ -185,19 +184,19 @@ def main(argv):
             heartbeat_timeout=flags.FLAGS.heartbeat_timeout,
         )
     else:
-        all_results = _train_here(configs)
-    _print_tables(configs, all_results)
+        all_results = _train_here(runs)
+    _print_tables([run.config for run in runs], all_results)
 
 
-def _train_here(configs: list) -> list:
+def _train_here(runs: list) -> list:
     """The serial engine: this process trains, resumes or skips each run in turn."""
     from maxl_tf.experiment import train
 
     # Workers of one sweep share its runs through claims; the processes of a multi-worker
     # strategy train each run together, so there the claims are off.
-    worker = claims.Worker(flags.FLAGS.heartbeat_timeout) if configs[0].strategy != "multi_worker" else None
+    worker = claims.Worker(flags.FLAGS.heartbeat_timeout) if runs[0].config.strategy != "multi_worker" else None
     progress = flags.FLAGS.progress and sys.stdout.isatty()
-    return sweep.run(configs, functools.partial(train.train_and_evaluate, progress=progress), worker)
+    return sweep.run(runs, functools.partial(train.train_and_evaluate, progress=progress), worker)
 
 
 def _print_tables(configs: list, all_results: list) -> None:

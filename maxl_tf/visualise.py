@@ -318,8 +318,8 @@ def visualise(
     """
     runs, taken = [], set()
     for logdir in logdirs:
-        config, state, run_data = rundir.load_run(logdir, data_dir)
-        runs.append(run_on_test_set(config, state, run_data, _key(config.name, taken)))
+        resolved, state, run_data = rundir.load_run(logdir, data_dir)
+        runs.append(run_on_test_set(resolved.config, state, run_data, _key(resolved.name, taken)))
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:

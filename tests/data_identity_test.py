@@ -26,6 +26,7 @@ from maxl_tf.data import source as source_lib
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import inputs
 from maxl_tf.experiment import rundir
+from maxl_tf.experiment import sweep
 from maxl_tf.experiment import train
 from tests import smoke_util
 
@@ -65,24 +66,44 @@ class NamesTest(tf.test.TestCase):
     def test_folders_of_one_base_name_get_different_names_without_listing(self):
         one, other = (os.path.join(self.get_temp_dir(), where, "images") for where in ("x", "y"))
         with mock.patch.object(folder_lib, "list_folder", side_effect=AssertionError("listed")):
-            names = [folder_config(path).name for path in (one, other)]
+            configs = [folder_config(path) for path in (one, other)]
+            names = [config_lib.run_name(c, config_lib.source(c).name, default_psi=None) for c in configs]
         self.assertNotEqual(names[0], names[1])
         self.assertStartsWith(names[0], "folder_images_")
 
     def test_built_in_names_unchanged(self):
         config = config_lib.Config(dataset="cifar100", pri=20, aux=100)
-        self.assertEqual(config.name, "cifar100_pri20_aux100_maxl_seed0")
+        self.assertEqual(config_lib.resolve(config).name, "cifar100_pri20_aux100_maxl_seed0")
 
-    def test_naming_and_validating_list_the_folder_once(self):
+
+@pytest.mark.slow
+class ResolvedOnceTest(tf.test.TestCase):
+    """A run is resolved once (config_lib.resolve): from its sweep's expansion to its results, one
+    check of its flags, one listing of its folder, one ask of its levels and one of its identity."""
+
+    def test_a_run_checks_lists_and_identifies_once(self):
         data_dir = os.path.join(self.get_temp_dir(), "once")
-        write_folder(data_dir, per_class=3)
-        config = folder_config(data_dir, logdir=os.path.join(self.get_temp_dir(), "run_once"), cache_dir="")
-        with mock.patch.object(folder_lib, "list_folder", wraps=folder_lib.list_folder) as listed:
-            validated = config_lib.validate(config)
-            validated.name  # noqa: B018  (the property is what is checked)
-            config_lib.source(validated).identity()
-            config_lib.validate(validated)
-        self.assertEqual(listed.call_count, 1)
+        write_folder(data_dir)
+        base = folder_config(data_dir, os.path.join(self.get_temp_dir(), "run_once"), epochs=1)
+        counted = {
+            "flag checks": mock.patch.object(config_lib, "check_flags", wraps=config_lib.check_flags),
+            "listings": mock.patch.object(folder_lib, "list_folder", wraps=folder_lib.list_folder),
+            "levels": mock.patch.object(
+                folder_lib.Folder, "levels", autospec=True, side_effect=folder_lib.Folder.levels
+            ),
+            "identities": mock.patch.object(
+                folder_lib.Folder, "identity", autospec=True, side_effect=folder_lib.Folder.identity
+            ),
+        }
+        mocks = {what: patch.start() for what, patch in counted.items()}
+        for patch in counted.values():
+            self.addCleanup(patch.stop)
+        runs = sweep.expand(base)
+        inputs.check_available(runs)
+        [results] = sweep.run(runs, lambda run, claim=None: train.train_and_evaluate(run, progress=False, claim=claim))
+        self.assertTrue(results["complete"])
+        self.assertEqual({what: mock_.call_count for what, mock_ in mocks.items()}, dict.fromkeys(counted, 1))
+        self.assertEqual(results["name"], runs[0].name)
 
 
 def write_bmps(root: str, level: int = 0, per_class: int = 3) -> None:
@@ -179,10 +200,12 @@ class ContentIdentityTest(tf.test.TestCase):
 
     def _logdir_holding(self, identity: dict) -> config_lib.Config:
         """A run directory that trained on `identity` (config.json and a results.json)."""
-        config = config_lib.validate(folder_config(self.data, os.path.join(self.get_temp_dir(), "run"), pri=2, aux=4))
+        run = config_lib.resolve(folder_config(self.data, os.path.join(self.get_temp_dir(), "run"), pri=2, aux=4))
+        config = run.config
         rundir.create(config, identity)
         history = [{"test/acc": 0.5}] * config.epochs  # complete
-        rundir.write_results(config.logdir, rundir.results_summary(config, history, "test", identity=identity))
+        summary = rundir.results_summary(config, run.name, history, "test", identity=identity)
+        rundir.write_results(config.logdir, summary)
         return config
 
     def test_a_relinked_folders_refusal_gives_advice_that_applies(self):
@@ -255,9 +278,10 @@ class RunKnowsItsDataTest(tf.test.TestCase):
     def test_a_changed_folder_is_not_skipped_as_complete(self):
         data = os.path.join(self.get_temp_dir(), "changing")
         write_folder(data)
-        config = config_lib.validate(folder_config(data, os.path.join(self.get_temp_dir(), "changing_run"), epochs=1))
-        train.train_and_evaluate(config, progress=False)
-        identity = config_lib.source(config).identity()
+        run = config_lib.resolve(folder_config(data, os.path.join(self.get_temp_dir(), "changing_run"), epochs=1))
+        config = run.config
+        train.train_and_evaluate(run, progress=False)
+        identity = run.identity
         self.assertIsNotNone(rundir.completed_results(config, identity))
         write_folder(data, per_class=21)  # one more image per class
         changed = folder_lib.Folder(config_lib.data_options(config)).identity()
@@ -368,8 +392,8 @@ class StreamingTest(tf.test.TestCase):
         )
         prepare = inputs.prepare
 
-        def prepare_then_evict(config):
-            run_data = prepare(config)
+        def prepare_then_evict(run):
+            run_data = prepare(run)
             images_lib.trim_cache(cache, 0)
             self.assertEqual(glob.glob(os.path.join(cache, "*.npy")), [])
             return run_data
@@ -412,8 +436,8 @@ class OwnSourceTest(tf.test.TestCase):
         # The registry is the process's: leave it as found, for the tests that list its names.
         with mock.patch.dict(registry._FACTORIES), mock.patch.dict(registry._RECENT):
             registry.register("tiny", Tiny)
-            config = config_lib.validate(config_lib.Config(dataset="tiny", pri=2, aux=10))
-            self.assertEqual(config.name, "tiny_pri2_aux10_maxl_seed0")
+            run = config_lib.resolve(config_lib.Config(dataset="tiny", pri=2, aux=10))
+            self.assertEqual(run.name, "tiny_pri2_aux10_maxl_seed0")
             self.assertIn("tiny", registry.names())
         self.assertNotIn("tiny", registry.names())
 

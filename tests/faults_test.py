@@ -40,7 +40,7 @@ def _numbers(logdir):
 
 
 def _config(logdir):
-    return config_lib.validate(smoke_util.smoke_config(logdir))
+    return config_lib.resolve(smoke_util.smoke_config(logdir)).config
 
 
 def _checkpoints(logdir):
@@ -103,7 +103,10 @@ class FinishedRunFaultsTest(tf.test.TestCase):
         with self.assertRaisesRegex(errors.Error, "no complete exported networks.*--export, which finishes the run"):
             predict.predict(logdir, self.images)
         with mock.patch("builtins.print") as printed:
-            sweep.run([config], lambda c, claim=None: train.train_and_evaluate(c, progress=False, claim=claim))
+            sweep.run(
+                [config_lib.resolve(config)],
+                lambda run, claim=None: train.train_and_evaluate(run, progress=False, claim=claim),
+            )
         lines = " ".join(str(call.args[0]) for call in printed.call_args_list)
         self.assertNotIn("skipped (complete)", lines)
         self.assertIn("already complete", lines)

@@ -290,11 +290,12 @@ class SameBackboneBothWaysTest(tf.test.TestCase):
 
         logdir = os.path.join(self.get_temp_dir(), "run")
         overrides = dict(model="tests.input_contract_test:cli_backbone", epochs=1, export=False)
-        config = config_lib.validate(smoke_util.smoke_config(logdir, **overrides))
-        record = train.train_and_evaluate(config, progress=False)["history"][0]
+        run = config_lib.resolve(smoke_util.smoke_config(logdir, **overrides))
+        config = run.config
+        record = train.train_and_evaluate(run, progress=False)["history"][0]
         _, trained, _ = rundir.load_run(logdir)
 
-        run_data = inputs.prepare(config)
+        run_data = inputs.prepare(run)
         keras.utils.set_random_seed(config.seed)  # as the command line builds its networks
         state = state_lib.TrainState(config, run_data.input_shape, num_labelled=len(run_data.train))
         initial = state.evaluator.weights[0].numpy()

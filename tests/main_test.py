@@ -76,16 +76,16 @@ class ValidationTest(parameterized.TestCase):
         with self.assertRaisesRegex(errors.Error, message):
             if "psi" in overrides:  # the flag's text, as main.py parses it
                 overrides = dict(overrides, psi=config_lib.parse_psi(overrides["psi"]))
-            config_lib.validate(config_lib.Config(**overrides))
+            config_lib.resolve(config_lib.Config(**overrides))
 
     def test_paper_defaults_validate(self):
-        self.assertEqual(config_lib.validate(config_lib.Config()).psi, (5,) * 20)
-        self.assertEqual(config_lib.validate(config_lib.Config(pri=3, aux=10)).psi, (5, 1, 4))
-        self.assertEqual(config_lib.validate(config_lib.Config(jit=True, deterministic=False)).psi, (5,) * 20)
+        self.assertEqual(config_lib.resolve(config_lib.Config()).config.psi, (5,) * 20)
+        self.assertEqual(config_lib.resolve(config_lib.Config(pri=3, aux=10)).config.psi, (5, 1, 4))
+        self.assertEqual(config_lib.resolve(config_lib.Config(jit=True, deterministic=False)).config.psi, (5,) * 20)
 
     def test_hypergradient_settings_name_the_run(self):
         def name(**fields):
-            return config_lib.Config(dataset="cifar10", pri=10, aux=20, **fields).name
+            return config_lib.resolve(config_lib.Config(dataset="cifar10", pri=10, aux=20, **fields)).name
 
         self.assertEqual(name(), "cifar10_pri10_aux20_maxl_seed0")
         self.assertEqual(

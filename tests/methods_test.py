@@ -106,7 +106,7 @@ class RegistryTest(tf.test.TestCase):
     def test_unknown_method_names_the_flag(self):
         config = smoke_util.smoke_config("", method="kmean")
         with self.assertRaisesRegex(errors.Error, r"--method=kmean: unknown; use one of .*kmeans"):
-            config_lib.validate(config)
+            config_lib.resolve(config)
 
 
 class ToyMethodTest(tf.test.TestCase):
@@ -131,9 +131,9 @@ class ToyMethodTest(tf.test.TestCase):
         from maxl_tf.experiment import train
 
         logdir = tempfile.mkdtemp()
-        config = config_lib.validate(smoke_util.smoke_config(logdir, method="first_slot", epochs=1))
-        self.assertNotIn("entropy_weight", dict(sweep.experiment_key(config)))  # not learned: ignored
-        results = train.train_and_evaluate(config, progress=False)
+        run = config_lib.resolve(smoke_util.smoke_config(logdir, method="first_slot", epochs=1))
+        self.assertNotIn("entropy_weight", dict(sweep.experiment_key(run.config)))  # not learned: ignored
+        results = train.train_and_evaluate(run, progress=False)
         self.assertTrue(results["complete"])
         with open(os.path.join(logdir, "results.json")) as f:
             self.assertEqual(json.load(f)["config"]["method"], "first_slot")
@@ -168,8 +168,8 @@ class KMeansTest(tf.test.TestCase):
         from maxl_tf.experiment import train
 
         logdir = tempfile.mkdtemp()
-        config = config_lib.validate(smoke_util.smoke_config(logdir, method="kmeans", embedder="untrained", epochs=1))
-        results = train.train_and_evaluate(config, progress=False)
+        run = config_lib.resolve(smoke_util.smoke_config(logdir, method="kmeans", embedder="untrained", epochs=1))
+        results = train.train_and_evaluate(run, progress=False)
         self.assertTrue(results["complete"])
         self.assertIn("untrained", results["aux_labels"]["embedder"])
         self.assertBetween(results["aux_labels"]["human_agreement"], 0.0, 1.0)

@@ -58,23 +58,23 @@ class FlagsTest(tf.test.TestCase):
         return config_lib.Config(**{**values, **overrides})
 
     def test_psi_follows_the_folder_and_the_hierarchy(self):
-        self.assertEqual(config_lib.validate(self._config()).psi, (2,) * 5)
-        human = config_lib.validate(self._config(hierarchy=self.tree, pri=2, aux=5, method="human"))
-        self.assertEqual(human.psi, (3, 2))
-        self.assertEqual(config_lib.validate(self._config(hierarchy=self.tree, pri=2, aux=6)).psi, (3, 3))
+        self.assertEqual(config_lib.resolve(self._config()).config.psi, (2,) * 5)
+        human = config_lib.resolve(self._config(hierarchy=self.tree, pri=2, aux=5, method="human"))
+        self.assertEqual(human.config.psi, (3, 2))
+        self.assertEqual(config_lib.resolve(self._config(hierarchy=self.tree, pri=2, aux=6)).config.psi, (3, 3))
         # The folder's base name and 6 hex of its absolute path's sha256: two "images" folders differ.
         digest = hashlib.sha256(os.path.abspath(self.folder).encode()).hexdigest()[:6]
         self.assertEqual(human.name, f"folder_images_{digest}_pri2_aux5_human_seed0")
 
     def test_class_names_of_the_run(self):
         levels = registry.get("folder", source.Options(data_dir=self.folder, hierarchy=self.tree)).levels()
-        human = config_lib.validate(self._config(hierarchy=self.tree, pri=2, aux=5, method="human"))
+        human = config_lib.resolve(self._config(hierarchy=self.tree, pri=2, aux=5, method="human")).config
         # Blocks: animal (cat, dog, owl) at 0..2, vehicle (bus, car) at 3..4.
         self.assertEqual(
             inputs.class_names(levels, human),
             {"principal": ("animal", "vehicle"), "auxiliary": ("cat", "dog", "owl", "bus", "car")},
         )
-        maxl = config_lib.validate(self._config(hierarchy=self.tree, pri=2, aux=6))
+        maxl = config_lib.resolve(self._config(hierarchy=self.tree, pri=2, aux=6)).config
         self.assertEqual(inputs.class_names(levels, maxl), {"principal": ("animal", "vehicle"), "auxiliary": None})
 
     def test_bad_flags(self):
@@ -96,26 +96,24 @@ class FlagsTest(tf.test.TestCase):
         for overrides, pattern in cases:
             with self.subTest(**{k: str(v) for k, v in overrides.items()}):
                 with self.assertRaisesRegex(errors.Error, pattern):
-                    config_lib.validate(self._config(**overrides))
+                    config_lib.resolve(self._config(**overrides))
 
     def test_tfds_set_by_its_label_names(self):
-        config = config_lib.validate(
-            config_lib.Config(dataset="tfds:mnist", pri=10, aux=20, logdir=self.get_temp_dir())
-        )
-        self.assertEqual(config.psi, (2,) * 10)
-        self.assertEqual(config.name, "tfds_mnist_pri10_aux20_maxl_seed0")
+        run = config_lib.resolve(config_lib.Config(dataset="tfds:mnist", pri=10, aux=20, logdir=self.get_temp_dir()))
+        self.assertEqual(run.config.psi, (2,) * 10)
+        self.assertEqual(run.name, "tfds_mnist_pri10_aux20_maxl_seed0")
         with self.assertRaisesRegex(
             errors.Error,
             r"--dataset=tfds:mnistt: tensorflow-datasets has no such data "
             r"set \(close: mnist",
         ):
-            config_lib.validate(config_lib.Config(dataset="tfds:mnistt", pri=10, aux=20))
+            config_lib.resolve(config_lib.Config(dataset="tfds:mnistt", pri=10, aux=20))
 
     def test_hierarchy_naming_a_class_the_folder_lacks(self):
         with open(self.tree, "w") as f:
             json.dump({"vehicle": ["bus", "car"], "animal": ["cat", "dog", "owl", "cow"]}, f)
         with self.assertRaisesRegex(errors.Error, r"--hierarchy=.*tree\.json: names 1 class\(es\).*'cow'"):
-            config_lib.validate(self._config(hierarchy=self.tree, pri=2, aux=5))
+            config_lib.resolve(self._config(hierarchy=self.tree, pri=2, aux=5))
 
 
 @pytest.mark.slow
@@ -160,7 +158,8 @@ class OwnDataEndToEndTest(tf.test.TestCase):
     def _expected(self):
         """The restored in-training networks on the images: principal probabilities [N, 2] and the
         generator's masked softmax [N, 6] under the predicted principal class."""
-        config, state, _ = rundir.load_run(self.logdir)
+        run, state, _ = rundir.load_run(self.logdir)
+        config = run.config
         images = images_lib.load_images(self.images, 12, 3).astype("float32")
         pri_logits, _ = evaluator_lib.outputs(state.evaluator(images, training=False))
         principal = tf.nn.softmax(pri_logits).numpy()

@@ -115,14 +115,14 @@ class EmbedderTest(tf.test.TestCase):
         for path in ("/nonexistent/model.keras", "model.h5"):
             config = config_lib.Config(dataset="digits", pri=2, aux=10, method="prototypical", embedder=path)
             with self.assertRaisesRegex(errors.Error, f"--embedder={path}: no such saved Keras model"):
-                config_lib.validate(config)
+                config_lib.resolve(config)
         # Other methods ignore --embedder.
-        config_lib.validate(config_lib.Config(dataset="digits", pri=2, aux=10, embedder="/nonexistent"))
+        config_lib.resolve(config_lib.Config(dataset="digits", pri=2, aux=10, embedder="/nonexistent"))
 
     def test_needs_a_human_hierarchy(self):
         for overrides in (dict(dataset="cifar10", pri=10, aux=20), dict(dataset="digits", pri=2, aux=10, psi=(5, 5))):
             with self.assertRaisesRegex(errors.Error, "--method=prototypical"):
-                config_lib.validate(config_lib.Config(method="prototypical", **overrides))
+                config_lib.resolve(config_lib.Config(method="prototypical", **overrides))
 
     def test_untrained_is_deterministic_per_seed(self):
         images, _ = _digits(64)
@@ -182,7 +182,7 @@ class PrototypicalRunTest(tf.test.TestCase):
 
     def test_prepare_data_labels_train_part_in_blocks_deterministically(self):
         config = smoke_util.smoke_config(self.get_temp_dir(), method="prototypical", embedder="untrained")
-        run_data = inputs.prepare(config_lib.validate(config))
+        run_data = inputs.prepare(config_lib.resolve(config))
         # Paper 4.1: prototypes from the 10% meta split, the evaluator trains on the other 90%.
         self.assertLen(run_data.train_indices, 180)
         self.assertLen(run_data.meta_indices, 20)
@@ -192,7 +192,7 @@ class PrototypicalRunTest(tf.test.TestCase):
         self.assertAllEqual(hierarchy.psi_mask((7, 3))[principal, aux], np.ones(200))
         self.assertStartsWith(run_data.aux_label_info["embedder"], "untrained VGG16")
         self.assertBetween(run_data.aux_label_info["human_agreement"], 0.0, 1.0)
-        self.assertAllEqual(self._aux_labels(inputs.prepare(config_lib.validate(config))), aux)
+        self.assertAllEqual(self._aux_labels(inputs.prepare(config_lib.resolve(config))), aux)
 
     def test_tiny_run_records_its_embedder(self):
         logdir = os.path.join(self.get_temp_dir(), "prototypical")

@@ -30,7 +30,6 @@ from maxl_tf.experiment import claims
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import ray_engine
 from maxl_tf.experiment import rundir
-from maxl_tf.experiment import sweep
 from tests import smoke_util
 from tests import sweep_test
 
@@ -129,8 +128,8 @@ class RunFlagsTest(tf.test.TestCase):
         self.assertEqual(retried, {-9: True, 130: True, 143: True, 0: False, 1: False, 2: False, 75: False})
 
     def test_failed_runs_end_the_sweep_with_one_error_line(self):
-        one = smoke_util.smoke_config("runs/a", seed=0)
-        other = smoke_util.smoke_config("runs/b", seed=1)
+        one = config_lib.resolve(smoke_util.smoke_config("runs/a", seed=0))
+        other = config_lib.resolve(smoke_util.smoke_config("runs/b", seed=1))
         bad_input = ray_engine.Outcome(2, "error: --logdir=runs/a exists and is not a maxl_tf log directory")
         error = ray_engine._failure([(one, bad_input)], total=2)
         self.assertEqual((error.context, str(error), error.exit_code), (one.name, bad_input.message[7:], 2))
@@ -180,9 +179,9 @@ class _FakeRay:
             def options(self, name):
                 return self
 
-            def remote(self, config, *args):
-                fake.submitted.append(config.name)
-                outcome = ray_engine.Outcome(0, line=f"{config.name}: done (resumed)", results={"run": config.name})
+            def remote(self, config, name, *args):
+                fake.submitted.append(name)
+                outcome = ray_engine.Outcome(0, line=f"{name}: done (resumed)", results={"run": name})
                 return _Reference(outcome)
 
         return lambda function: Task()
@@ -203,42 +202,43 @@ class DriverDecisionTest(tf.test.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.config = config_lib.validate(
+        self.resolved = config_lib.resolve(
             smoke_util.smoke_config(os.path.join(self.get_temp_dir(), self._testMethodName), method="single", epochs=1)
         )
-        self.identity = sweep.data_identity(self.config)
+        self.config, self.identity = self.resolved.config, self.resolved.identity
 
     def _drive(self) -> tuple:
         """(the runs submitted, the driver's output)."""
         fake, output = _FakeRay(), io.StringIO()
         with contextlib.redirect_stdout(output):
-            ray_engine._run_tasks(fake, [self.config], "main.py", None, 1.0, HEARTBEAT)
+            ray_engine._run_tasks(fake, [self.resolved], "main.py", None, 1.0, HEARTBEAT)
         return fake.submitted, output.getvalue()
 
     def test_a_whole_run_is_skipped(self):
         sweep_test.complete_run(self.config, self.identity)
         submitted, output = self._drive()
         self.assertEqual(submitted, [])
-        self.assertIn(f"[1/1] {self.config.name}: skipped (complete)", output)
+        self.assertIn(f"[1/1] {self.resolved.name}: skipped (complete)", output)
 
     def test_a_truncated_export_goes_to_its_task(self):
         sweep_test.complete_run(self.config, self.identity)
         sweep_test.truncate_evaluator(self.config)
         submitted, output = self._drive()
-        self.assertEqual(submitted, [self.config.name])
+        self.assertEqual(submitted, [self.resolved.name])
         self.assertNotIn("skipped", output)
 
     def test_a_run_on_other_data_goes_to_its_task(self):
         sweep_test.complete_run(self.config, self.identity, recorded=sweep_test.other_data(self.identity))
         submitted, output = self._drive()
-        self.assertEqual(submitted, [self.config.name])
+        self.assertEqual(submitted, [self.resolved.name])
         self.assertNotIn("skipped", output)
 
     def test_data_the_driver_cannot_find_leaves_the_decision_to_the_task(self):
         sweep_test.complete_run(self.config, self.identity)
-        with mock.patch.object(sweep, "data_identity", side_effect=errors.Error("no data on this machine")):
+        no_data = errors.Error("no data on this machine")
+        with mock.patch.object(config_lib.Run, "identity", new_callable=mock.PropertyMock, side_effect=no_data):
             submitted, _ = self._drive()
-        self.assertEqual(submitted, [self.config.name])
+        self.assertEqual(submitted, [self.resolved.name])
 
 
 class WithoutRayTest(tf.test.TestCase):
@@ -395,13 +395,14 @@ class RaySweepTest(tf.test.TestCase):
         """What the serial sweep does (sweep_test.SkipDecisionTest), through Ray's driver and task."""
         logdir = smoke_util.copy_run(smoke_util.finished_run(), os.path.join(self.get_temp_dir(), "finished"))
         config = smoke_util.smoke_config(logdir)
+        name = config_lib.resolve(config).name
         with open(os.path.join(logdir, "evaluator.keras"), "r+") as f:
             f.truncate(100)
         command = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", f"--logdir={logdir}", "--engine=ray")
         rerun = smoke_util.run_main(*command, f"--ray_address={self.address}")
         self.assertEqual(rerun.returncode, 0, rerun.stderr[-3000:])
         self.assertIn("exports missing or incomplete; writing them from the final checkpoint", rerun.stdout)
-        self.assertIn(f"[1/1] {config.name}: done (resumed)", rerun.stdout)
+        self.assertIn(f"[1/1] {name}: done (resumed)", rerun.stdout)
         self.assertTrue(rundir.exports_intact(config))
 
         for name in ("config.json", "results.json"):  # the run now records other data than digits'
@@ -415,11 +416,9 @@ class RaySweepTest(tf.test.TestCase):
         self.assertEqual(refused.returncode, 2, refused.stderr[-3000:])
         self.assertRegex(
             refused.stderr.strip().splitlines()[-1],
-            rf"^error: {config.name}: --logdir={logdir} holds a run on other data: package .*version=0\.0;",
+            rf"^error: {name}: --logdir={logdir} holds a run on other data: package .*version=0\.0;",
         )
-        self.assertIn(
-            f"[1/1] {config.name}: failed: error: --logdir={logdir} holds a run on other data", refused.stdout
-        )
+        self.assertIn(f"[1/1] {name}: failed: error: --logdir={logdir} holds a run on other data", refused.stdout)
         self.assertNotIn("skipped", refused.stdout)
         self.assertNotIn("Traceback", refused.stderr)
 

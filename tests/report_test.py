@@ -56,10 +56,11 @@ def fake_run(
         if epoch_seconds is not None:
             record["perf/epoch_seconds"] = epoch_seconds
         history.append(record)
-    logdir = os.path.join(root, config.name)
+    name = config_lib.run_name(config, dataset, default_psi=tuple(psi))
+    logdir = os.path.join(root, name)
     os.makedirs(logdir)
     results = {
-        "name": config.name,
+        "name": name,
         "config": dataclasses.asdict(config),
         "psi": psi,
         "complete": complete,

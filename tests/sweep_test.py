@@ -17,7 +17,6 @@ from maxl_tf import cli
 from maxl_tf import errors
 from maxl_tf import main
 from maxl_tf import report
-from maxl_tf.core import methods
 from maxl_tf.experiment import claims
 from maxl_tf.experiment import config as config_lib
 from maxl_tf.experiment import rundir
@@ -59,15 +58,18 @@ class ParseTest(tf.test.TestCase):
 class ExpandTest(tf.test.TestCase):
     def test_one_run_keeps_its_logdir(self):
         base = config_lib.Config(logdir="/tmp/x")
-        self.assertEqual(sweep.expand(base), [base])
+        [run] = sweep.expand(base)
+        self.assertEqual(run, config_lib.resolve(base))
+        self.assertEqual(run.config.logdir, "/tmp/x")
 
     def test_product_without_runs_that_ignore_a_value(self):
         base = config_lib.Config(dataset="cifar10", pri=10, aux=50, method="maxl,single,random", logdir="out")
-        configs = sweep.expand(base, seeds=(0, 1), pairs=((10, 20), (10, 50)), entropy_weights=(0.2, 0.0))
+        runs = sweep.expand(base, seeds=(0, 1), pairs=((10, 20), (10, 50)), entropy_weights=(0.2, 0.0))
+        configs = [run.config for run in runs]
         # Per seed: maxl 2 aux x 2 entropy, random 2 aux (no generator), single once (no aux task).
         self.assertLen(configs, 14)
         self.assertEqual(
-            [c.name for c in configs[:7]],
+            [run.name for run in runs[:7]],
             [
                 "cifar10_pri10_aux20_maxl_seed0",
                 "cifar10_pri10_aux20_single_seed0",
@@ -79,7 +81,7 @@ class ExpandTest(tf.test.TestCase):
             ],
         )
         self.assertEqual([c.seed for c in configs], [0] * 7 + [1] * 7)  # seeds outermost
-        self.assertEqual({c.logdir for c in configs}, {os.path.join("out", c.name) for c in configs})
+        self.assertEqual({c.logdir for c in configs}, {os.path.join("out", run.name) for run in runs})
         self.assertEqual(configs[1].entropy_weight, 0.2)  # the baselines keep the first value
 
     def test_only_maxl_runs_differ_by_their_hypergradient(self):
@@ -100,15 +102,15 @@ class ExpandTest(tf.test.TestCase):
                 )
 
     def test_a_sweep_defaults_to_runs(self):
-        configs = sweep.expand(config_lib.Config(), seeds=(3, 4))
+        runs = sweep.expand(config_lib.Config(), seeds=(3, 4))
         self.assertEqual(
-            [c.logdir for c in configs],
+            [run.config.logdir for run in runs],
             ["runs/cifar100_pri20_aux100_maxl_seed3", "runs/cifar100_pri20_aux100_maxl_seed4"],
         )
 
 
 class PresetTest(tf.test.TestCase):
-    """Each paper preset expands to the runs its header counts, and they validate."""
+    """Each paper preset expands to the runs its header counts, each resolved (its flags checked)."""
 
     def test_presets(self):
         for name, runs, first_seed_names in (
@@ -122,19 +124,15 @@ class PresetTest(tf.test.TestCase):
             ),
         ):
             with self.subTest(name):
-                configs = _preset(name)
-                self.assertLen(configs, runs)
+                expanded = _preset(name)
+                self.assertLen(expanded, runs)
                 if first_seed_names:
-                    self.assertEqual([c.name for c in configs[:5]], first_seed_names)
-                # prototypical comes from another branch; every other run validates now.
-                for config in configs:
-                    if config.method in methods.REGISTRY:
-                        config_lib.validate(config)
-        quick = _preset("fashion_mnist_quick.cfg")
+                    self.assertEqual([run.name for run in expanded[:5]], first_seed_names)
+        quick = [run.config for run in _preset("fashion_mnist_quick.cfg")]
         self.assertLen(quick, 40)  # 5 methods x 8 seeds
-        self.assertEqual({c.psi for c in map(config_lib.validate, quick)}, {(3, 1, 1, 1, 1, 3)})
+        self.assertEqual({c.psi for c in quick}, {(3, 1, 1, 1, 1, 3)})
         self.assertEqual({c.method for c in quick}, {"maxl", "single", "human", "random", "prototypical"})
-        wide = [config_lib.validate(c) for c in _preset("fashion_mnist_10x30.cfg")]
+        wide = [run.config for run in _preset("fashion_mnist_10x30.cfg")]
         self.assertLen(wide, 24)  # maxl, single, random x 8 seeds
         self.assertEqual({c.psi for c in wide}, {(3,) * 10})
         fig3 = _preset("fig3_sweep.cfg")
@@ -179,7 +177,8 @@ def complete_run(config: config_lib.Config, identity: dict, recorded: dict | Non
     recorded = identity if recorded is None else recorded
     rundir.create(config, recorded)
     history = [{"test/acc": 0.5}] * config.epochs
-    rundir.write_results(config.logdir, rundir.results_summary(config, history, "digits", identity=recorded))
+    name = os.path.basename(config.logdir)
+    rundir.write_results(config.logdir, rundir.results_summary(config, name, history, "digits", identity=recorded))
     staging = os.path.join(config.logdir, "exports.tmp")
     os.makedirs(os.path.join(staging, rundir.SERVING))
     for name in (rundir.EVALUATOR, rundir.CLASSES, os.path.join(rundir.SERVING, "saved_model.pb")):
@@ -205,21 +204,21 @@ class SkipDecisionTest(tf.test.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.config = config_lib.validate(
+        self.resolved = config_lib.resolve(
             smoke_util.smoke_config(os.path.join(self.get_temp_dir(), self._testMethodName), method="single", epochs=1)
         )
-        self.identity = sweep.data_identity(self.config)
+        self.config, self.identity = self.resolved.config, self.resolved.identity
         self.trained = []
 
-    def _train(self, config, claim=None):
+    def _train(self, run, claim=None):
         """train.train_and_evaluate's stand-in: records the call; the run (its exports) repaired."""
-        self.trained.append((config.logdir, claim is not None))
-        return rundir.completed_results(config, self.identity)
+        self.trained.append((run.config.logdir, claim is not None))
+        return rundir.completed_results(run.config, self.identity)
 
     def _sweep(self, worker=None) -> str:
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
-            sweep.run([self.config], self._train, worker)
+            sweep.run([self.resolved], self._train, worker)
         return output.getvalue()
 
     def test_a_whole_run_is_skipped_by_the_serial_sweep_and_a_worker(self):
@@ -232,14 +231,14 @@ class SkipDecisionTest(tf.test.TestCase):
     def test_a_truncated_export_is_rewritten_not_skipped(self):
         complete_run(self.config, self.identity)
         truncate_evaluator(self.config)
-        self.assertIsNone(sweep.finished(self.config, self.identity))
+        self.assertIsNone(sweep.finished(self.resolved))
         self.assertRegex(self._sweep(), r"\[1/1\] digits_pri2_aux10_single_seed0: done \(resumed\)")
         self.assertRegex(self._sweep(claims.Worker(60)), r"done \(resumed\)")
         self.assertEqual(self.trained, [(self.config.logdir, False), (self.config.logdir, True)])
 
     def test_a_run_on_other_data_is_refused_not_skipped(self):
         complete_run(self.config, self.identity, recorded=other_data(self.identity))
-        self.assertIsNone(sweep.finished(self.config, self.identity))
+        self.assertIsNone(sweep.finished(self.resolved))
         for worker in (None, claims.Worker(60)):
             with self.assertRaisesRegex(errors.Error, r"holds a run on other data"):
                 self._sweep(worker)

@@ -115,7 +115,7 @@ class SmokeRunTest(tf.test.TestCase):
             for tag, content in events.PluginTagToContent(hparams_metadata.PLUGIN_NAME).items()
             if tag == hparams_metadata.SESSION_START_INFO_TAG
         ]
-        self.assertEqual(start.group_name, config_lib.validate(config).name)
+        self.assertEqual(start.group_name, config_lib.resolve(config).name)
         written = {
             key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
             for key, value in start.hparams.items()
@@ -186,11 +186,11 @@ np.savez({out!r}, principal=evaluator(images, training=False)[0], auxiliary=gene
 
     def test_noexport_runs_are_complete_and_export_when_asked(self):
         logdir = os.path.join(self.get_temp_dir(), "noexport")
-        config = config_lib.validate(smoke_util.smoke_config(logdir, method="single", epochs=1, export=False))
-        train.train_and_evaluate(config, progress=False)
+        run = config_lib.resolve(smoke_util.smoke_config(logdir, method="single", epochs=1, export=False))
+        train.train_and_evaluate(run, progress=False)
         self.assertFalse(any(os.path.exists(os.path.join(logdir, name)) for name in ("evaluator.keras", "serving")))
         with mock.patch("builtins.print") as printed:
-            sweep.run([config], lambda c, claim=None: self.fail("a complete --noexport run was trained again"))
+            sweep.run([run], lambda c, claim=None: self.fail("a complete --noexport run was trained again"))
         self.assertIn("skipped (complete)", " ".join(str(call.args[0]) for call in printed.call_args_list))
         image = os.path.join(self.get_temp_dir(), "image.png")
         tf.io.write_file(image, tf.io.encode_png(tf.zeros([8, 8, 1], tf.uint8)))
@@ -198,9 +198,9 @@ np.savez({out!r}, principal=evaluator(images, training=False)[0], auxiliary=gene
             predict.predict(logdir, [image])
         # --export is bookkeeping: the same run, asked for its networks, writes them from its last checkpoint.
         with mock.patch("builtins.print") as printed:
-            train.train_and_evaluate(dataclasses.replace(config, export=True), progress=False)
+            train.train_and_evaluate(dataclasses.replace(run.config, export=True), progress=False)
         self.assertIn("writing them from the final checkpoint", str(printed.call_args_list))
-        self.assertTrue(rundir.exports_intact(config))
+        self.assertTrue(rundir.exports_intact(run.config))
         self.assertLen(predict.predict(logdir, [image])[1], 1)
 
     def test_baselines_run_with_their_targets(self):
@@ -220,11 +220,11 @@ np.savez({out!r}, principal=evaluator(images, training=False)[0], auxiliary=gene
 
     def test_meta_split_only_for_maxl(self):
         config = smoke_util.smoke_config(self.get_temp_dir())
-        maxl = inputs.prepare(config_lib.validate(config))
+        maxl = inputs.prepare(config_lib.resolve(config))
         self.assertLen(maxl.train_indices, 180)
         self.assertLen(maxl.meta_indices, 20)
         self.assertEmpty(np.intersect1d(maxl.train_indices, maxl.meta_indices))
-        single = inputs.prepare(config_lib.validate(smoke_util.smoke_config(self.get_temp_dir(), method="single")))
+        single = inputs.prepare(config_lib.resolve(smoke_util.smoke_config(self.get_temp_dir(), method="single")))
         self.assertLen(single.train_indices, 200)
 
     def test_alternating_schedule_runs_an_epoch_of_each(self):
@@ -251,8 +251,8 @@ class LabelChangeTest(tf.test.TestCase):
         first, latest = self._stored(logdir, "first_labels"), self._stored(logdir, "previous_labels")
         self.assertLen(first, 200)  # every training image, the meta split's too
         # The latest labels are the final generator's, recomputed here from the checkpoint.
-        config, state, run_data = rundir.load_run(logdir)
-        mask_table = tf.constant(hierarchy.psi_mask(config.psi))
+        run, state, run_data = rundir.load_run(logdir)
+        mask_table = tf.constant(hierarchy.psi_mask(run.config.psi))
         recomputed = np.concatenate(
             [
                 labels_lib.hard_generated_labels(state.generator, b["images"], b["labels"], mask_table, False).numpy()
@@ -280,11 +280,11 @@ class LabelChangeTest(tf.test.TestCase):
     def test_training_mode_labels_run_under_their_own_name(self):
         logdir = os.path.join(self.get_temp_dir(), "bn")
         config = smoke_util.smoke_config(logdir, epochs=1, generator_labels_bn="training", export=False)
-        self.assertEqual(config.name, "digits_pri2_aux10_maxl_labelsbntraining_seed0")
+        self.assertEqual(config_lib.resolve(config).name, "digits_pri2_aux10_maxl_labelsbntraining_seed0")
         record = train.train_and_evaluate(config, progress=False)["history"][0]
         self.assertBetween(record["labels/changed_since_previous"], 0.0, 1.0)
         # The default keeps the names of existing runs.
-        self.assertEqual(smoke_util.smoke_config(logdir).name, "digits_pri2_aux10_maxl_seed0")
+        self.assertEqual(config_lib.resolve(smoke_util.smoke_config(logdir)).name, "digits_pri2_aux10_maxl_seed0")
 
 
 class MetaEveryTest(tf.test.TestCase):
@@ -311,7 +311,7 @@ class EvalEveryTest(tf.test.TestCase):
         logdirs = [tempfile.mkdtemp() for _ in range(2)]
         every, sampled = (
             train.train_and_evaluate(
-                config_lib.validate(smoke_util.smoke_config(logdir, method="single", epochs=7, eval_every=n)),
+                config_lib.resolve(smoke_util.smoke_config(logdir, method="single", epochs=7, eval_every=n)),
                 progress=False,
             )
             for logdir, n in zip(logdirs, (1, 3))

@@ -75,7 +75,7 @@ class VisualiseTest(tf.test.TestCase):
         self.assertEqual(features.shape, (MAX_EXAMPLES, 32))  # smoke.cfg: 256 filters * width 0.125
 
         # Independently: a fresh restore, the layers applied by hand, two of the subsample's images.
-        config, state, run_data = rundir.load_run(self.logdirs[0])
+        run, state, run_data = rundir.load_run(self.logdirs[0])
         batch = next(iter(run_data.test.evaluation_batches(1000)))
         rows = [0, MAX_EXAMPLES - 1]
         expected = _trunk_by_hand(state.evaluator, tf.gather(batch["images"], indices[rows]))
@@ -90,16 +90,16 @@ class VisualiseTest(tf.test.TestCase):
             state.generator,
             batch["images"],
             batch["labels"],
-            tf.constant(hierarchy_lib.psi_mask(config.psi)),
+            tf.constant(hierarchy_lib.psi_mask(run.config.psi)),
             training=False,
         )
         self.assertAllClose(maxl.aux_probabilities, probabilities, rtol=0, atol=16 * FLOAT32)  # the same softmax
         self.assertEqual(maxl.aux_source, "generator")
 
         # Human and random runs rank by the evaluator's auxiliary head under the same mask.
-        as_human = visualise.run_on_test_set(dataclasses.replace(config, method="human"), state, run_data, "h")
+        as_human = visualise.run_on_test_set(dataclasses.replace(run.config, method="human"), state, run_data, "h")
         _, aux_logits = state.evaluator(batch["images"], training=False)
-        probabilities = tf.nn.softmax(aux_logits).numpy() * hierarchy_lib.psi_mask(config.psi)[batch["labels"]]
+        probabilities = tf.nn.softmax(aux_logits).numpy() * hierarchy_lib.psi_mask(run.config.psi)[batch["labels"]]
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         # Two float32 ways to a masked softmax, 16 u each of probabilities <= 1.
         self.assertAllClose(as_human.aux_probabilities, probabilities, rtol=0, atol=32 * FLOAT32)

@@ -349,7 +349,7 @@ def prototypical_aux_labels(
 
     embeddings: [N, D] of every training example (models/embedder.py embeds the images).
 
-    psi is the human hierarchy's (config.validate), so block i holds principal class i's human
+    psi is the human hierarchy's (config.resolve), so block i holds principal class i's human
     sub-classes and each prototype sits at its human class's slot. [N] int64
     """
     human_slots = hierarchy_lib.human_aux_labels(hierarchy, pri, aux, finest_labels)

@@ -8,6 +8,7 @@ Config, never flags.
 """
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -235,26 +236,6 @@ class Config:
     def gamma(self) -> float:
         return self.focal_gamma if self.loss == "focal" else 0.0
 
-    @property
-    def name(self) -> str:
-        """Default log-directory name: the settings one sweeps over (psi only where it is not the
-        one --pri and --aux give by themselves)."""
-        name = f"{source(self).name}_pri{self.pri}_aux{self.aux}_{self.method}"
-        if self.psi and self.psi != _default_psi(self):
-            name += "_psi" + "-".join(map(str, self.psi))
-        if methods.get(self.method).learned:
-            if self.entropy_weight != 0.2:
-                name += f"_entropy{self.entropy_weight:g}"
-            if self.generator_labels_bn != "inference":
-                name += f"_labelsbn{self.generator_labels_bn}"
-            if self.hypergradient != methods.EXACT_HYPERGRADIENT:
-                name += "_" + self.hypergradient
-            if self.neumann_terms != DEFAULT_NEUMANN_TERMS:
-                name += f"{self.neumann_terms}"
-            if self.meta_every != 1:
-                name += f"_every{self.meta_every}"
-        return name + f"_seed{self.seed}"
-
     def experiment(self) -> dict:
         """The fields that decide the results; a log directory holds one experiment."""
         bookkeeping = {"logdir", "keep_checkpoints", "export", "data_dir", "download", "deterministic", "log_every"}
@@ -324,12 +305,25 @@ def source(config: Config) -> source_lib.Source:
     return registry.get(config.dataset, data_options(config))
 
 
-def _default_psi(config: Config):
-    try:
-        levels = source(config).levels()
-        return hierarchy.resolve_psi(levels, config.pri, config.aux)
-    except errors.Error:
-        return None
+def run_name(config: Config, dataset_name: str, default_psi: tuple | None) -> str:
+    """A run's default log-directory name: the settings one sweeps over (psi only where it is not
+    default_psi, the one --pri and --aux give by themselves). A pure function: resolve() asks the
+    data for dataset_name and default_psi once."""
+    name = f"{dataset_name}_pri{config.pri}_aux{config.aux}_{config.method}"
+    if config.psi and config.psi != default_psi:
+        name += "_psi" + "-".join(map(str, config.psi))
+    if methods.get(config.method).learned:
+        if config.entropy_weight != 0.2:
+            name += f"_entropy{config.entropy_weight:g}"
+        if config.generator_labels_bn != "inference":
+            name += f"_labelsbn{config.generator_labels_bn}"
+        if config.hypergradient != methods.EXACT_HYPERGRADIENT:
+            name += "_" + config.hypergradient
+        if config.neumann_terms != DEFAULT_NEUMANN_TERMS:
+            name += f"{config.neumann_terms}"
+        if config.meta_every != 1:
+            name += f"_every{config.meta_every}"
+    return name + f"_seed{config.seed}"
 
 
 # TensorFlow refuses to compile MaxPoolGrad under op determinism, so the combination would fail
@@ -464,30 +458,59 @@ def _check_combinations(config: Config) -> None:
         )
 
 
-def validate(config: Config) -> Config:
-    """Checks every flag that can be checked without loading data; returns the resolved run.
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run, resolved once by resolve(): what sweep, inputs and train take.
 
-    The resolved Config has its psi (the human hierarchy's, uniform, or --psi as given) and its
-    log directory (runs/<name> unless --logdir was given) filled in; the rest of the code takes it.
+    Attributes:
+      config: the Config with its psi resolved and its log directory filled in.
+      source: the data's Source; levels: its label levels, asked once.
+      name: the default log-directory name (run_name), also the run's name in logs and results.
+      identity: what the run records of its data (Source.identity), asked at its first use, once:
+        a Ray driver that cannot see the data needs none.
+    """
+
+    config: Config
+    source: source_lib.Source
+    levels: hierarchy.Hierarchy
+    name: str
+
+    @functools.cached_property
+    def identity(self) -> dict:
+        return self.source.identity()
+
+
+def resolve(config: Config, parent: str | None = None) -> Run:
+    """Checks every flag that can be checked without loading data, once, and resolves the run.
+
+    The run's psi is the human hierarchy's, uniform, or --psi as given; its log directory is
+    <parent>/<name> for a run of a sweep, else --logdir, else runs/<name>.
 
     Raises:
       errors.Error: naming the first bad flag and how to fix it.
     """
     check_flags(config)
-    labels = source(config).levels()
-    if registry.is_user_data(config.dataset) and config.pri not in labels.levels and not config.hierarchy:
-        names = labels.names_at(labels.finest)
+    data = source(config)
+    levels = data.levels()
+    if registry.is_user_data(config.dataset) and config.pri not in levels.levels and not config.hierarchy:
+        names = levels.names_at(levels.finest)
         raise errors.Error(
-            f"--pri={config.pri}: {labels.name} has {labels.finest} classes ({', '.join(names[:5])}"
-            f"{', ...' if len(names) > 5 else ''}); pass --pri={labels.finest}, or --hierarchy=<a .json or .csv "
+            f"--pri={config.pri}: {levels.name} has {levels.finest} classes ({', '.join(names[:5])}"
+            f"{', ...' if len(names) > 5 else ''}); pass --pri={levels.finest}, or --hierarchy=<a .json or .csv "
             f"file> that puts them under {config.pri} principal classes."
         )
-    psi = hierarchy.resolve_psi(labels, config.pri, config.aux, config.psi or None)
+    psi = hierarchy.resolve_psi(levels, config.pri, config.aux, config.psi or None)
     if methods.get(config.method).human_psi:
-        human = hierarchy.require_human_psi(labels, config.pri, config.aux, config.method)
+        human = hierarchy.require_human_psi(levels, config.pri, config.aux, config.method)
         if human != psi:
             raise errors.Error(
                 f"--psi={','.join(map(str, config.psi))}: --method={config.method} uses the "
                 f"human hierarchy's psi {','.join(map(str, human))}; drop --psi."
             )
-    return dataclasses.replace(config, psi=psi, logdir=config.logdir or os.path.join("runs", config.name))
+    try:
+        default_psi = hierarchy.resolve_psi(levels, config.pri, config.aux)
+    except errors.Error:  # no psi follows from --pri and --aux alone: --psi names itself
+        default_psi = None
+    name = run_name(dataclasses.replace(config, psi=psi), data.name, default_psi)
+    logdir = os.path.join(parent, name) if parent is not None else config.logdir or os.path.join("runs", name)
+    return Run(dataclasses.replace(config, psi=psi, logdir=logdir), data, levels, name)

@@ -77,7 +77,7 @@ def check_loaded(raw: source_lib.Loaded, levels: hierarchy_lib.Hierarchy, datase
             )
 
 
-def check_available(configs: list) -> None:
+def check_available(runs: list) -> None:
     """Finds every run's data and loads each Prototypical embedder once, before any run trains.
 
     A sweep whose last runs lack their data or their embedder's weights then stops at once, not
@@ -86,22 +86,22 @@ def check_available(configs: list) -> None:
     Raises:
       errors.Error: as prepare() would, naming the flag and the fix.
     """
-    for config in configs:
-        config_lib.source(config).find()  # the same Source for runs of the same data: found once
+    for run in runs:
+        run.source.find()  # the same Source for runs of the same data: found once
+    configs = [run.config for run in runs]
     embedders = dict.fromkeys((c.embedder, c.embedder_fallback) for c in configs if methods.get(c.method).embeds)
     for spec, fallback in embedders:
         if spec != config_lib.UNTRAINED:  # random weights: nothing to find
             embedder_lib.load(spec, fallback)
 
 
-def prepare(config: config_lib.Config) -> RunData:
-    """Loads the data set and labels it for a validated config's tasks.
+def prepare(run: config_lib.Run) -> RunData:
+    """Loads the data set and labels it for a resolved run's tasks.
 
     Raises:
       errors.Error: the data cannot be loaded or does not fit the run.
     """
-    source = config_lib.source(config)
-    hierarchy = source.levels()
+    config, source, hierarchy = run.config, run.source, run.levels
     raw = source.load()
     check_loaded(raw, hierarchy, config.dataset)
     train, test = _subset(raw.train, config.max_train_examples), _subset(raw.test, config.max_test_examples)
@@ -138,7 +138,7 @@ def prepare(config: config_lib.Config) -> RunData:
         meta_indices=meta_indices,
         input_shape=tuple(train.images.shape[1:]),
         source=raw.description,
-        identity=source.identity(),
+        identity=run.identity,
         aux_label_info=aux_label_info,
         class_names=class_names(hierarchy, config),
     )

@@ -137,7 +137,7 @@ def _cancellable():
             signal.signal(signal.SIGINT, previous)
 
 
-def train_run(config: config_lib.Config, main_py: str, cwd: str, heartbeat_timeout: float) -> Outcome:
+def train_run(config: config_lib.Config, name: str, main_py: str, cwd: str, heartbeat_timeout: float) -> Outcome:
     """The body of a run's Ray task: main.py trains the run in a process of its own.
 
     A cancellation (the driver's Ctrl-C or SIGTERM) arrives as KeyboardInterrupt, however the
@@ -145,10 +145,10 @@ def train_run(config: config_lib.Config, main_py: str, cwd: str, heartbeat_timeo
     stops it after a checkpoint, and waited for.
     """
     with _cancellable():
-        return _train_run(config, main_py, cwd, heartbeat_timeout)
+        return _train_run(config, name, main_py, cwd, heartbeat_timeout)
 
 
-def _train_run(config: config_lib.Config, main_py: str, cwd: str, heartbeat_timeout: float) -> Outcome:
+def _train_run(config: config_lib.Config, name: str, main_py: str, cwd: str, heartbeat_timeout: float) -> Outcome:
     for path, what in ((main_py, "main.py"), (cwd, "the command's working directory")):
         if not os.path.exists(path):
             return Outcome(
@@ -168,7 +168,7 @@ def _train_run(config: config_lib.Config, main_py: str, cwd: str, heartbeat_time
     )
     last = {"message": "", "line": ""}
     relays = [
-        threading.Thread(target=_relay, args=(process.stdout, sys.stdout, last, f"[1/1] {config.name}: ")),
+        threading.Thread(target=_relay, args=(process.stdout, sys.stdout, last, f"[1/1] {name}: ")),
         threading.Thread(target=_relay, args=(process.stderr, sys.stderr, last)),
     ]
     for relay in relays:
@@ -239,7 +239,7 @@ def _resolve_gpus(gpus_per_run: float | None, cpus_per_run: float, nodes: list) 
 
 
 def run_sweep(
-    configs: list,
+    runs: list,
     *,
     main_py: str,
     address: str = "",
@@ -250,7 +250,7 @@ def run_sweep(
     """Trains a sweep's runs as Ray tasks; returns their results.json contents, in the sweep's order.
 
     Args:
-      configs: validated Configs, one per run.
+      runs: the sweep's resolved runs (sweep.expand).
       main_py: the path of main.py, the same on every node.
       address: a running cluster's address; empty: RAY_ADDRESS, else a local Ray for this command.
       gpus_per_run, cpus_per_run: what each run's task asks Ray for; gpus_per_run None: 1 where
@@ -262,7 +262,7 @@ def run_sweep(
       errors.Interrupted: stopped by Ctrl-C or SIGTERM after every running run checkpointed.
     """
     check_resources(gpus_per_run, cpus_per_run)
-    if any(config.strategy == "multi_worker" for config in configs):
+    if any(run.config.strategy == "multi_worker" for run in runs):
         raise errors.Error(
             "--strategy=multi_worker with --engine=ray: a Ray task is one process; train a run on "
             "several GPUs with --strategy=mirrored and --gpus_per_run=N."
@@ -270,35 +270,35 @@ def run_sweep(
     ray = import_ray()
     _connect(ray, address, os.path.dirname(main_py))
     try:
-        return _run_tasks(ray, configs, main_py, gpus_per_run, cpus_per_run, heartbeat_timeout)
+        return _run_tasks(ray, runs, main_py, gpus_per_run, cpus_per_run, heartbeat_timeout)
     finally:
         ray.shutdown()  # disconnects from a cluster; stops the Ray this command started
 
 
-def _run_tasks(ray, configs, main_py, gpus_per_run, cpus_per_run, heartbeat_timeout) -> list:
+def _run_tasks(ray, runs, main_py, gpus_per_run, cpus_per_run, heartbeat_timeout) -> list:
     nodes = _node_resources(ray)
     gpus = _resolve_gpus(gpus_per_run, cpus_per_run, nodes)
     task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus, max_retries=0)(train_run)
-    total = len(configs)
-    numbers = {config.logdir: number for number, config in enumerate(configs, 1)}
+    total = len(runs)
+    numbers = {run.config.logdir: number for number, run in enumerate(runs, 1)}
     results_of, attempts, pending, failures = {}, {}, {}, []
 
-    def say(config, outcome, results=None):
-        print(sweep.outcome_line(numbers[config.logdir], total, config, outcome, results), flush=True)
+    def say(run, outcome, results=None):
+        print(sweep.outcome_line(numbers[run.config.logdir], total, run, outcome, results), flush=True)
 
-    def submit(config):
-        attempts[config.logdir] = attempts.get(config.logdir, 0) + 1
-        ref = task.options(name=config.name).remote(config, main_py, os.getcwd(), heartbeat_timeout)
-        pending[ref] = config
+    def submit(run):
+        attempts[run.config.logdir] = attempts.get(run.config.logdir, 0) + 1
+        ref = task.options(name=run.name).remote(run.config, run.name, main_py, os.getcwd(), heartbeat_timeout)
+        pending[ref] = run
 
     with _StopRequests() as stopping:  # before the first submission: no signal is missed
-        for config in configs:
-            results = _finished_here(config)
+        for run in runs:
+            results = _finished_here(run)
             if results is not None:
-                results_of[config.logdir] = results
-                say(config, "skipped (complete)", results)
+                results_of[run.config.logdir] = results
+                say(run, "skipped (complete)", results)
             else:
-                submit(config)
+                submit(run)
         print(
             f"Ray: {len(pending)} runs as tasks of {cpus_per_run:g} CPU and {gpus:g} GPU each, on "
             f"{len(nodes)} node(s) with {sum(n.get('CPU', 0) for n in nodes):g} CPUs and "
@@ -310,44 +310,43 @@ def _run_tasks(ray, configs, main_py, gpus_per_run, cpus_per_run, heartbeat_time
             done, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_SECONDS)
             if not done:
                 continue
-            config = pending.pop(done[0])
+            run = pending.pop(done[0])
             outcome, died = _result(ray, done[0])
             if outcome is not None and outcome.returncode == 0:
-                results_of[config.logdir] = outcome.results
+                results_of[run.config.logdir] = outcome.results
                 if outcome.line:
-                    print(f"[{numbers[config.logdir]}/{total}] {outcome.line}", flush=True)
+                    print(f"[{numbers[run.config.logdir]}/{total}] {outcome.line}", flush=True)
                 else:
-                    say(config, "done", outcome.results)
+                    say(run, "done", outcome.results)
             elif outcome is not None and not worth_retrying(outcome):
-                failures.append((config, outcome))
-                say(config, f"failed: {outcome.message or f'exit status {outcome.returncode}'}")
+                failures.append((run, outcome))
+                say(run, f"failed: {outcome.message or f'exit status {outcome.returncode}'}")
             elif stopping.signum is not None:
-                say(config, "stopped" + (f" ({died})" if died else ""))
-            elif attempts[config.logdir] < MAX_ATTEMPTS:
+                say(run, "stopped" + (f" ({died})" if died else ""))
+            elif attempts[run.config.logdir] < MAX_ATTEMPTS:
                 why = died or f"its training process ended with status {outcome.returncode}"
-                attempt = f"attempt {attempts[config.logdir] + 1} of {MAX_ATTEMPTS}"
-                say(config, f"{why}; retrying from its last checkpoint ({attempt})")
-                submit(config)
+                attempt = f"attempt {attempts[run.config.logdir] + 1} of {MAX_ATTEMPTS}"
+                say(run, f"{why}; retrying from its last checkpoint ({attempt})")
+                submit(run)
             else:
                 why = died or f"its training process ended with status {outcome.returncode}"
-                failures.append((config, Outcome(1, f"error: {why}, {MAX_ATTEMPTS} times; see its Ray logs")))
-                say(config, f"failed: {why}, {MAX_ATTEMPTS} times")
+                failures.append((run, Outcome(1, f"error: {why}, {MAX_ATTEMPTS} times; see its Ray logs")))
+                say(run, f"failed: {why}, {MAX_ATTEMPTS} times")
     if stopping.signum is not None:
         raise errors.Interrupted("interrupted; rerun the same command to resume.", stopping.signum)
     if failures:
         raise _failure(failures, total)
-    return [results_of[config.logdir] for config in configs]
+    return [results_of[run.config.logdir] for run in runs]
 
 
-def _finished_here(config: config_lib.Config) -> dict | None:
+def _finished_here(run: config_lib.Run) -> dict | None:
     """The run's results if the driver skips it: sweep.finished, the serial sweep's and the workers'
     decision. Where this machine cannot identify the run's data (not here: it is on the nodes),
     the driver cannot tell, and the run's task decides, as main.py does for any run."""
     try:
-        identity = sweep.data_identity(config)
+        return sweep.finished(run)
     except errors.Error:
         return None
-    return sweep.finished(config, identity)
 
 
 def _result(ray, ref) -> tuple:
@@ -365,9 +364,9 @@ def _result(ray, ref) -> tuple:
 def _failure(failures: list, total: int) -> errors.Error:
     """The error the sweep ends with: a single failed run's own, or a count."""
     if len(failures) == 1:
-        config, outcome = failures[0]
+        run, outcome = failures[0]
         error = errors.Error(outcome.message.removeprefix("error: ") or f"exit status {outcome.returncode}")
-        error.context = config.name
+        error.context = run.name
     else:
         error = errors.Error(
             f"{len(failures)} of {total} runs failed (their lines above); fix them and rerun the same "

@@ -436,6 +436,7 @@ def paper_metric(history: list) -> float | None:
 
 def results_summary(
     config: config_lib.Config,
+    name: str,
     history: list,
     source: str,
     aux_label_info: dict | None = None,
@@ -443,7 +444,7 @@ def results_summary(
 ) -> dict:
     """The content of results.json: the config, the per-epoch history and the paper's metric."""
     summary = {
-        "name": config.name,
+        "name": name,
         "config": dataclasses.asdict(config),
         "psi": list(config.psi),
         "data": source,
@@ -508,8 +509,8 @@ def completed_results(config: config_lib.Config, identity: dict | None = None) -
     return summary if summary["complete"] is True else None
 
 
-def read_config(logdir: str, data_dir: str | None = None) -> config_lib.Config:
-    """The validated Config of the run in logdir.
+def read_run(logdir: str, data_dir: str | None = None) -> config_lib.Run:
+    """The run in logdir, resolved (config_lib.resolve).
 
     Args:
       data_dir: where the data set is now, if not where the run found it (its --data_dir).
@@ -528,7 +529,7 @@ def read_config(logdir: str, data_dir: str | None = None) -> config_lib.Config:
     except (OSError, ValueError, TypeError, AttributeError):
         raise errors.Error(f"{path} is unreadable or not a maxl_tf config; restore it, or pass another run.") from None
     config = dataclasses.replace(config, logdir=logdir, data_dir=config.data_dir if data_dir is None else data_dir)
-    return config_lib.validate(config)
+    return config_lib.resolve(config)
 
 
 def load_run(logdir: str, data_dir: str | None = None):
@@ -536,23 +537,23 @@ def load_run(logdir: str, data_dir: str | None = None):
     learned (maxl_tf.visualise). Nothing in logdir is written.
 
     Returns:
-      (config, state, run_data), as train.train_and_evaluate builds them.
+      (run, state, run_data), as train.train_and_evaluate builds them.
     Raises:
       errors.Error: logdir holds no run or no readable checkpoint; its data cannot be loaded.
     """
     from maxl_tf.experiment import inputs  # TensorFlow and the models: only for this, not for reading results
     from maxl_tf.experiment import state as state_lib
 
-    config = read_config(logdir, data_dir)
+    run = read_run(logdir, data_dir)
     check_checkpoint_index(_checkpoint_dir(logdir))
     if not glob.glob(os.path.join(_checkpoint_dir(logdir), "ckpt-*.index")):
         raise errors.Error(
             f"{logdir} has no checkpoint yet; train the run for at least one epoch "
             f"(python main.py --flagfile={os.path.join(logdir, 'flags.cfg')})."
         )
-    run_data = inputs.prepare(config)
+    run_data = inputs.prepare(run)
     # With every variable of training's state (the generator's label record too), so the
     # checkpoint restores whole and TensorFlow warns of no value left unread.
-    state = state_lib.TrainState(config, run_data.input_shape, num_labelled=len(run_data.train))
+    state = state_lib.TrainState(run.config, run_data.input_shape, num_labelled=len(run_data.train))
     restore(state.checkpoint(saved_variables(logdir)), logdir)
-    return config, state, run_data
+    return run, state, run_data

@@ -101,7 +101,7 @@ class TrainState:
     def __init__(
         self, config: config_lib.Config, input_shape, strategy: tf.distribute.Strategy = None, num_labelled: int = 0
     ):
-        """Builds the networks of a validated config (its psi resolved). Variables are mirrored on
+        """Builds the networks of a resolved config (config.resolve: its psi filled in). Variables are mirrored on
         the strategy's replicas (default: this device), and batch norm synchronised across them
         when there are several. With a generator and num_labelled > 0 it also holds the generator's
         hard labels of that many training images after the first and the latest labelling pass
@@ -195,7 +195,7 @@ class TrainState:
 
 
 def task(config: config_lib.Config) -> steps.Task:
-    """The steps' task of a validated config (its psi resolved)."""
+    """The steps' task of a resolved config (config.resolve: its psi filled in)."""
     return steps.Task.create(
         config.method,  # the one place a --method string becomes a label source
         config.pri,

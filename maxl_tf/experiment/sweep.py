@@ -1,11 +1,12 @@
-"""Sweeps: one Config per point of a product of methods, seeds, pri/aux pairs and entropy weights.
+"""Sweeps: one run per point of a product of methods, seeds, pri/aux pairs and entropy weights.
 
 main.py hands the list flags (--method, --seeds, --pairs, --entropy_weights) to the parse_*
 helpers here, calls expand(), and then run(). Config itself stays one run's settings with scalar
-fields; only --method was already a comma list. Each run of a sweep gets the log directory
-<--logdir or runs>/<Config.name>, so rerunning the sweep finds, skips or resumes every run, and
-several workers started with the same command share its runs (claims.py). No TensorFlow here: a
-sweep's flags are all checked before it starts.
+fields; only --method was already a comma list. expand() resolves each run once (a
+config_lib.Run); each run of a sweep gets the log directory <--logdir or runs>/<Run.name>, so
+rerunning the sweep finds, skips or resumes every run, and several workers started with the same
+command share its runs (claims.py). No TensorFlow here: a sweep's flags are all checked before it
+starts.
 """
 
 import dataclasses
@@ -64,9 +65,9 @@ def parse_pairs(text: str) -> tuple:
 
 
 def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=(), train_sizes=()) -> list:
-    """The runs of a sweep, in order: seeds outermost, so a sweep stopped half-way has every
-    setting at its first seeds; then training-set sizes, pairs, entropy weights and methods
-    (--method's comma list).
+    """The runs of a sweep, each resolved once (config_lib.Run), in order: seeds outermost, so a
+    sweep stopped half-way has every setting at its first seeds; then training-set sizes, pairs,
+    entropy weights and methods (--method's comma list).
 
     An empty list keeps base's value. A run whose method ignores a swept value (single-task and
     --aux, every baseline and --entropy_weight) is kept once, with the first value. With more than
@@ -82,7 +83,7 @@ def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=(), trai
     pairs = pairs or ((base.pri, base.aux),)
     entropy_weights = entropy_weights or (base.entropy_weight,)
     points = list(itertools.product(seeds, sizes, pairs, entropy_weights, method_names))
-    configs, seen = [], set()
+    runs, seen = [], set()
     for seed, size, (pri, aux), entropy_weight, method in points:
         config = dataclasses.replace(
             base,
@@ -98,51 +99,44 @@ def expand(base: config_lib.Config, seeds=(), pairs=(), entropy_weights=(), trai
             continue
         seen.add(key)
         parent = os.path.join(base.logdir or "runs", f"n{size}" if train_sizes else "")
-        if len(points) > 1 or train_sizes:
-            config = dataclasses.replace(config, logdir=os.path.join(parent, config.name))
-        configs.append(config)
-    return configs
+        runs.append(config_lib.resolve(config, parent if len(points) > 1 or train_sizes else None))
+    return runs
 
 
-def outcome_line(number: int, total: int, config, outcome: str, results=None, seconds=None) -> str:
+def outcome_line(number: int, total: int, run: config_lib.Run, outcome: str, results=None, seconds=None) -> str:
     """`[k/N] <run>: <outcome>[, <metric>][, <seconds> s][; results in <file>]`: a sweep's line per
     run, the same from every engine."""
-    line = f"[{number}/{total}] {config.name}: {outcome}"
+    line = f"[{number}/{total}] {run.name}: {outcome}"
     if results is not None:
-        line += f", {rundir.metric_name(config.epochs)} {results['test_accuracy']:.4f}"
+        line += f", {rundir.metric_name(run.config.epochs)} {results['test_accuracy']:.4f}"
     if seconds is not None:
         line += f", {seconds:.0f} s"
     if results is not None:
-        line += f"; results in {config.logdir}/results.json"
+        line += f"; results in {run.config.logdir}/results.json"
     return line
 
 
-def data_identity(config: config_lib.Config) -> dict:
-    """The data's identity as this machine sees it (Source.identity), for finished().
-
-    Raises:
-      errors.Error: the data cannot be found or listed here.
-    """
-    return config_lib.source(config).identity()
-
-
-def finished(config: config_lib.Config, identity: dict) -> dict | None:
+def finished(run: config_lib.Run) -> dict | None:
     """A run's results.json if every engine skips the run as complete; else None.
 
     The one skip-and-resume decision of the serial sweep, its workers (claims.py's is_complete)
     and Ray's driver: a run is skipped only if its results.json is complete for this experiment
-    on this data (identity: data_identity(config), never None: an engine that cannot tell the
-    data must not skip), and, when it exports, its exports are whole (rundir.exports_intact).
-    None sends the run to train.train_and_evaluate, which resumes it, writes its exports again
-    from the final checkpoint, or refuses its directory (rundir.check: a run on other data).
+    on this data (run.identity: an engine that cannot tell the data, its errors.Error, must not
+    skip), and, when it exports, its exports are whole (rundir.exports_intact). None sends the
+    run to train.train_and_evaluate, which resumes it, writes its exports again from the final
+    checkpoint, or refuses its directory (rundir.check: a run on other data).
+
+    Raises:
+      errors.Error: the run's data cannot be found or listed here (Source.identity).
     """
-    results = rundir.completed_results(config, identity)
+    config = run.config
+    results = rundir.completed_results(config, run.identity)
     if results is None or (config.export and not rundir.exports_intact(config)):
         return None
     return results
 
 
-def run(configs: list, train_and_evaluate, worker=None) -> list:
+def run(runs: list, train_and_evaluate, worker=None) -> list:
     """Trains, resumes or skips each run of a sweep in order; returns their results.json contents.
 
     Prints one `[k/N] <run>: <outcome>` line per run. With a claims.Worker, a run another live
@@ -150,82 +144,95 @@ def run(configs: list, train_and_evaluate, worker=None) -> list:
     over any whose worker stops sending heartbeats.
 
     Args:
-      configs: validated Configs, one per run.
+      runs: the sweep's resolved runs (expand()).
       train_and_evaluate: train.train_and_evaluate (with its progress argument bound).
       worker: a claims.Worker to share the runs with other workers; None trains every run.
     Raises:
       errors.Error: a run that cannot train, with the run's name as its context in a sweep.
     """
-    by_logdir = {config.logdir: config for config in configs}
-    numbers = {config.logdir: number for number, config in enumerate(configs, 1)}
-    results_of = {}
+    sweep = _Sweep(runs, train_and_evaluate)
+    waiting = []  # runs another worker held at their turn
+    for run in runs:
+        start = time.perf_counter()
+        try:
+            results = finished(run)
+            if results is not None:
+                sweep.results_of[run.config.logdir] = results
+                sweep.report(run, "skipped (complete)", results, start)
+                continue
+            # Before claiming: nothing is written into a directory it refuses.
+            rundir.check(run.config, identity=run.identity)
+            claim = worker.claim(run.config.logdir) if worker else None
+        except errors.Error as e:
+            raise sweep.failed(run, e) from None
+        if worker and claim is None:
+            sweep.report(run, "held by another worker")
+            waiting.append(run.config.logdir)
+        elif not sweep.attempt(run, claim):
+            waiting.append(run.config.logdir)
+    if waiting:
+        sweep.wait_for_others(waiting, worker)
+    return [sweep.results_of[run.config.logdir] for run in runs]
 
-    def report(config, outcome, results=None, start=None):
+
+class _Sweep:
+    """run()'s bookkeeping: each run's number and results, and its lines."""
+
+    def __init__(self, runs: list, train_and_evaluate):
+        self.runs = runs
+        self.train_and_evaluate = train_and_evaluate
+        self.by_logdir = {run.config.logdir: run for run in runs}
+        self.numbers = {run.config.logdir: number for number, run in enumerate(runs, 1)}
+        self.results_of = {}
+
+    def report(self, run, outcome, results=None, start=None):
         seconds = None if start is None else time.perf_counter() - start
-        print(outcome_line(numbers[config.logdir], len(configs), config, outcome, results, seconds), flush=True)
+        number = self.numbers[run.config.logdir]
+        print(outcome_line(number, len(self.runs), run, outcome, results, seconds), flush=True)
 
-    def failed(config, error):
-        if len(configs) > 1:
-            error.context = config.name
+    def failed(self, run, error):
+        if len(self.runs) > 1:
+            error.context = run.name
         return error
 
-    def attempt(config, claim) -> bool:
+    def attempt(self, run, claim) -> bool:
         """Trains a claimed run (or any run, without a worker); False if another worker took it over."""
         start = time.perf_counter()
-        outcome = "done (resumed)" if rundir.holds_training(config.logdir) else "done"
+        outcome = "done (resumed)" if rundir.holds_training(run.config.logdir) else "done"
         if claim is not None and claim.previous is not None:
             print(
-                f"{config.name}: taking over from worker {claim.previous.get('worker', '?')}, whose heartbeat stopped",
+                f"{run.name}: taking over from worker {claim.previous.get('worker', '?')}, whose heartbeat stopped",
                 flush=True,
             )
         try:
-            results_of[config.logdir] = train_and_evaluate(config, claim=claim)
+            self.results_of[run.config.logdir] = self.train_and_evaluate(run, claim=claim)
         except errors.ClaimLost as e:
-            report(config, f"left to another worker: {e}")
+            self.report(run, f"left to another worker: {e}")
             return False
         except errors.Error as e:
-            raise failed(config, e) from None
+            raise self.failed(run, e) from None
         finally:
             if claim is not None:
                 claim.release()
-        report(config, outcome, results_of[config.logdir], start)
+        self.report(run, outcome, self.results_of[run.config.logdir], start)
         return True
 
-    waiting = []  # runs another worker held at their turn
-    for config in configs:
-        start = time.perf_counter()
-        try:
-            identity = data_identity(config)
-            results = finished(config, identity)
-            if results is not None:
-                results_of[config.logdir] = results
-                report(config, "skipped (complete)", results, start)
-                continue
-            rundir.check(config, identity=identity)  # before claiming: nothing is written into a directory it refuses
-            claim = worker.claim(config.logdir) if worker else None
-        except errors.Error as e:
-            raise failed(config, e) from None
-        if worker and claim is None:
-            report(config, "held by another worker")
-            waiting.append(config.logdir)
-        elif not attempt(config, claim):
-            waiting.append(config.logdir)
+    def complete(self, logdir) -> bool:
+        """Another worker's run: finished as this worker would skip it."""
+        return logdir in self.results_of or finished(self.by_logdir[logdir]) is not None
 
-    def complete(logdir):  # another worker's run: finished as this worker would skip it
-        return logdir in results_of or finished(by_logdir[logdir], data_identity(by_logdir[logdir])) is not None
-
-    # Until the other workers finish their runs, or one of them stops and its run is taken over.
-    unfinished = [logdir for logdir in waiting if not complete(logdir)]
-    if unfinished:
-        print(
-            f"waiting for {len(unfinished)} runs held by other workers; a run whose worker sends no "
-            f"heartbeat for {worker.heartbeat_timeout:g} s is taken over",
-            flush=True,
-        )
-        while (claim := worker.wait_for_run(unfinished, complete)) is not None:
-            attempt(by_logdir[claim.run_dir], claim)
-    for logdir in waiting:
-        if logdir not in results_of:
-            results_of[logdir] = finished(by_logdir[logdir], data_identity(by_logdir[logdir]))
-            report(by_logdir[logdir], "done by another worker", results_of[logdir])
-    return [results_of[config.logdir] for config in configs]
+    def wait_for_others(self, waiting: list, worker) -> None:
+        """Until the other workers finish their runs, or one of them stops and its run is taken over."""
+        unfinished = [logdir for logdir in waiting if not self.complete(logdir)]
+        if unfinished:
+            print(
+                f"waiting for {len(unfinished)} runs held by other workers; a run whose worker sends no "
+                f"heartbeat for {worker.heartbeat_timeout:g} s is taken over",
+                flush=True,
+            )
+            while (claim := worker.wait_for_run(unfinished, self.complete)) is not None:
+                self.attempt(self.by_logdir[claim.run_dir], claim)
+        for logdir in waiting:
+            if logdir not in self.results_of:
+                self.results_of[logdir] = finished(self.by_logdir[logdir])
+                self.report(self.by_logdir[logdir], "done by another worker", self.results_of[logdir])

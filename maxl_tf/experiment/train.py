@@ -103,6 +103,7 @@ class Loop:
     """What every epoch of one run shares: its inputs, state, compiled functions and outputs."""
 
     config: config_lib.Config
+    name: str  # config_lib.Run.name: the run's name in logs, TensorBoard's HParams and results.json
     data: inputs.RunData
     state: state_lib.TrainState
     strategy: tf.distribute.Strategy
@@ -360,7 +361,7 @@ def save_epoch(loop: Loop, epoch: int, record: dict) -> None:
         write_exports(loop)
     if loop.chief:
         summary = rundir.results_summary(
-            config, history, loop.data.source, loop.data.aux_label_info, loop.data.identity
+            config, loop.name, history, loop.data.source, loop.data.aux_label_info, loop.data.identity
         )
         if summary["complete"]:  # the paper's metric, beside the hyperparameters in TensorBoard's HParams
             with loop.writer.as_default(step=epoch + 1):
@@ -413,29 +414,32 @@ def write_session_status(writer, status: int, epoch: int) -> None:
     writer.flush()
 
 
-def train_and_evaluate(config: config_lib.Config, progress: bool = True, claim=None) -> dict:
-    """Trains (or resumes) the run a Config describes; returns the content of its results.json.
+def train_and_evaluate(run: config_lib.Run | config_lib.Config, progress: bool = True, claim=None) -> dict:
+    """Trains (or resumes) a run; returns the content of its results.json.
 
     A run leaves no traced graph behind, so a sweep's process does not grow run by run
     (models/vgg.custom_gradients_released).
 
     Args:
+      run: the run, resolved (config_lib.resolve: the command line's sweep passes these), or a
+        Config, resolved here (a notebook's call).
       claim: a sweep worker's claims.Claim on the run; the run stops without writing once it is lost.
     Raises:
       errors.Error: bad flags, data or log directory (and its subclasses NonFiniteLoss,
         Interrupted and ClaimLost, which train_epoch raises).
     """
     with vgg.custom_gradients_released():
-        return _train_and_evaluate(config, progress, claim)
+        return _train_and_evaluate(run if isinstance(run, config_lib.Run) else config_lib.resolve(run), progress, claim)
 
 
-def set_up(config: config_lib.Config, claim) -> tuple:
-    """A validated run's loop, its state restored from the log directory where there is one:
+def set_up(run: config_lib.Run, claim) -> tuple:
+    """A resolved run's loop, its state restored from the log directory where there is one:
     (Loop, whether it resumes)."""
+    config = run.config
     strategy = distribute.make_strategy(config.strategy, config.batch_size)
     chief = distribute.is_chief(strategy)
-    rundir.check(config, chief, config_lib.source(config).identity())
-    run_data = inputs.prepare(config)
+    rundir.check(config, chief, run.identity)
+    run_data = inputs.prepare(run)
     keras.utils.set_random_seed(config.seed)
     state = state_lib.TrainState(config, run_data.input_shape, strategy, num_labelled=len(run_data.train))
     checkpoint = state.checkpoint(rundir.saved_variables(config.logdir))
@@ -450,6 +454,7 @@ def set_up(config: config_lib.Config, claim) -> tuple:
     batch = config.batch_size
     loop = Loop(
         config=config,
+        name=run.name,
         data=run_data,
         state=state,
         strategy=strategy,
@@ -489,7 +494,7 @@ def announce(loop: Loop, resuming: bool) -> None:
     if loop.task.labels.uses_meta_data:
         examples += f" / {len(run_data.meta_indices)} meta"
     print(
-        f"{config.name}: {config.pri} principal classes{named}, psi={list(config.psi)}, {examples} examples "
+        f"{loop.name}: {config.pri} principal classes{named}, psi={list(config.psi)}, {examples} examples "
         f"from {run_data.source}; logdir {config.logdir}; {position}",
         flush=True,
     )
@@ -501,7 +506,7 @@ def announce(loop: Loop, resuming: bool) -> None:
     with loop.writer.as_default(step=start_epoch):
         tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
         if not resuming:  # once per run: the HParams dashboard's row of this run
-            hparams_api.hparams(hparam_values(config), trial_id=config.name)
+            hparams_api.hparams(hparam_values(config), trial_id=loop.name)
 
 
 def epoch_lines(config: config_lib.Config, record: dict, learned_labels: bool) -> list:
@@ -533,7 +538,7 @@ def finish(loop: Loop, trained: bool) -> dict:
     """
     config, run_data = loop.config, loop.data
     summary = rundir.results_summary(
-        config, loop.state.history, run_data.source, run_data.aux_label_info, run_data.identity
+        config, loop.name, loop.state.history, run_data.source, run_data.aux_label_info, run_data.identity
     )
     if loop.chief:
         check_claim(loop, verify=True)
@@ -547,9 +552,9 @@ def finish(loop: Loop, trained: bool) -> dict:
     return summary
 
 
-def _train_and_evaluate(config: config_lib.Config, progress: bool, claim) -> dict:
-    config = config_lib.validate(config)
-    loop, resuming = set_up(config, claim)
+def _train_and_evaluate(run: config_lib.Run, progress: bool, claim) -> dict:
+    loop, resuming = set_up(run, claim)
+    config = loop.config
     state = loop.state
     with signals.StopRequests() as stop:  # before the first line: a test (or a scheduler) may signal on it
         announce(loop, resuming)
