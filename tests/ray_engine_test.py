@@ -395,14 +395,14 @@ class RaySweepTest(tf.test.TestCase):
         """What the serial sweep does (sweep_test.SkipDecisionTest), through Ray's driver and task."""
         logdir = smoke_util.copy_run(smoke_util.finished_run(), os.path.join(self.get_temp_dir(), "finished"))
         config = smoke_util.smoke_config(logdir)
-        name = config_lib.resolve(config).name
+        run_name = config_lib.resolve(config).name
         with open(os.path.join(logdir, "evaluator.keras"), "r+") as f:
             f.truncate(100)
         command = (f"--flagfile={smoke_util.SMOKE_FLAGFILE}", f"--logdir={logdir}", "--engine=ray")
         rerun = smoke_util.run_main(*command, f"--ray_address={self.address}")
         self.assertEqual(rerun.returncode, 0, rerun.stderr[-3000:])
         self.assertIn("exports missing or incomplete; writing them from the final checkpoint", rerun.stdout)
-        self.assertIn(f"[1/1] {name}: done (resumed)", rerun.stdout)
+        self.assertIn(f"[1/1] {run_name}: done (resumed)", rerun.stdout)
         self.assertTrue(rundir.exports_intact(config))
 
         for name in ("config.json", "results.json"):  # the run now records other data than digits'
@@ -416,9 +416,9 @@ class RaySweepTest(tf.test.TestCase):
         self.assertEqual(refused.returncode, 2, refused.stderr[-3000:])
         self.assertRegex(
             refused.stderr.strip().splitlines()[-1],
-            rf"^error: {name}: --logdir={logdir} holds a run on other data: package .*version=0\.0;",
+            rf"^error: {run_name}: --logdir={logdir} holds a run on other data: package .*version=0\.0;",
         )
-        self.assertIn(f"[1/1] {name}: failed: error: --logdir={logdir} holds a run on other data", refused.stdout)
+        self.assertIn(f"[1/1] {run_name}: failed: error: --logdir={logdir} holds a run on other data", refused.stdout)
         self.assertNotIn("skipped", refused.stdout)
         self.assertNotIn("Traceback", refused.stderr)
 

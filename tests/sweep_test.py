@@ -59,7 +59,7 @@ class ExpandTest(tf.test.TestCase):
     def test_one_run_keeps_its_logdir(self):
         base = config_lib.Config(logdir="/tmp/x")
         [run] = sweep.expand(base)
-        self.assertEqual(run, config_lib.resolve(base))
+        self.assertEqual(run.config, config_lib.resolve(base).config)
         self.assertEqual(run.config.logdir, "/tmp/x")
 
     def test_product_without_runs_that_ignore_a_value(self):
@@ -135,13 +135,13 @@ class PresetTest(tf.test.TestCase):
         wide = [run.config for run in _preset("fashion_mnist_10x30.cfg")]
         self.assertLen(wide, 24)  # maxl, single, random x 8 seeds
         self.assertEqual({c.psi for c in wide}, {(3,) * 10})
-        fig3 = _preset("fig3_sweep.cfg")
+        fig3 = [run.config for run in _preset("fig3_sweep.cfg")]
         self.assertEqual(
             sorted({(c.pri, c.aux) for c in fig3 if c.method == "human"}),
             [(3, 10), (3, 20), (3, 100), (10, 20), (10, 100), (20, 100)],
         )
         self.assertEqual(sorted(c.pri for c in fig3 if c.method == "single"), [3, 10, 20])
-        fig4 = _preset("fig4_cifar10_sweep.cfg")
+        fig4 = [run.config for run in _preset("fig4_cifar10_sweep.cfg")]
         self.assertEqual(
             sorted((c.aux, c.entropy_weight) for c in fig4 if c.method == "maxl"),
             [(a, w) for a in (20, 50, 100, 200, 500, 1000) for w in (0.0, 0.2)],

@@ -458,7 +458,7 @@ def _check_combinations(config: Config) -> None:
         )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # one object per run: its Source and levels compare by identity
 class Run:
     """One run, resolved once by resolve(): what sweep, inputs and train take.
 
