@@ -25,7 +25,7 @@ class RunData:
     train_indices: np.ndarray  # examples the evaluator trains on
     meta_indices: np.ndarray  # maxl: the meta objective's examples; prototypical: the prototypes'
     input_shape: tuple
-    source: str  # one line: where the data came from and how it was read
+    description: str  # one line: where the data came from and how it was read
     identity: dict  # what the run records of its data (Source.identity)
     aux_label_info: dict = dataclasses.field(default_factory=dict)  # embedded labels: what made them
     # Names of the principal classes, and of the auxiliary classes where they are human classes
@@ -137,7 +137,7 @@ def prepare(run: config_lib.Run) -> RunData:
         train_indices=train_indices,
         meta_indices=meta_indices,
         input_shape=tuple(train.images.shape[1:]),
-        source=raw.description,
+        description=raw.description,
         identity=run.identity,
         aux_label_info=aux_label_info,
         class_names=class_names(hierarchy, config),

@@ -438,7 +438,7 @@ def results_summary(
     config: config_lib.Config,
     name: str,
     history: list,
-    source: str,
+    data_description: str,
     aux_label_info: dict | None = None,
     identity: dict | None = None,
 ) -> dict:
@@ -447,7 +447,7 @@ def results_summary(
         "name": name,
         "config": dataclasses.asdict(config),
         "psi": list(config.psi),
-        "data": source,
+        "data": data_description,
         DATA_KEY: identity or {},
         "epochs_completed": len(history),
         "complete": len(history) >= config.epochs,

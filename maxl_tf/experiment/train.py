@@ -361,7 +361,7 @@ def save_epoch(loop: Loop, epoch: int, record: dict) -> None:
         write_exports(loop)
     if loop.chief:
         summary = rundir.results_summary(
-            config, loop.name, history, loop.data.source, loop.data.aux_label_info, loop.data.identity
+            config, loop.name, history, loop.data.description, loop.data.aux_label_info, loop.data.identity
         )
         if summary["complete"]:  # the paper's metric, beside the hyperparameters in TensorBoard's HParams
             with loop.writer.as_default(step=epoch + 1):
@@ -495,7 +495,7 @@ def announce(loop: Loop, resuming: bool) -> None:
         examples += f" / {len(run_data.meta_indices)} meta"
     print(
         f"{loop.name}: {config.pri} principal classes{named}, psi={list(config.psi)}, {examples} examples "
-        f"from {run_data.source}; logdir {config.logdir}; {position}",
+        f"from {run_data.description}; logdir {config.logdir}; {position}",
         flush=True,
     )
     if run_data.aux_label_info:
@@ -538,7 +538,7 @@ def finish(loop: Loop, trained: bool) -> dict:
     """
     config, run_data = loop.config, loop.data
     summary = rundir.results_summary(
-        config, loop.name, loop.state.history, run_data.source, run_data.aux_label_info, run_data.identity
+        config, loop.name, loop.state.history, run_data.description, run_data.aux_label_info, run_data.identity
     )
     if loop.chief:
         check_claim(loop, verify=True)
