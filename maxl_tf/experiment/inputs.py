@@ -26,7 +26,6 @@ class RunData:
     meta_indices: np.ndarray  # maxl: the meta objective's examples; prototypical: the prototypes'
     input_shape: tuple
     description: str  # one line: where the data came from and how it was read
-    identity: dict  # what the run records of its data (Source.identity)
     aux_label_info: dict = dataclasses.field(default_factory=dict)  # embedded labels: what made them
     # Names of the principal classes, and of the auxiliary classes where they are human classes
     # (human, prototypical); None where the data set has no names or the classes are learned.
@@ -138,7 +137,6 @@ def prepare(run: config_lib.Run) -> RunData:
         meta_indices=meta_indices,
         input_shape=tuple(train.images.shape[1:]),
         description=raw.description,
-        identity=run.identity,
         aux_label_info=aux_label_info,
         class_names=class_names(hierarchy, config),
     )

@@ -102,8 +102,7 @@ def make_iteration(
 class Loop:
     """What every epoch of one run shares: its inputs, state, compiled functions and outputs."""
 
-    config: config_lib.Config
-    name: str  # config_lib.Run.name: the run's name in logs, TensorBoard's HParams and results.json
+    run: config_lib.Run  # its config, its name (in logs, TensorBoard's HParams, results.json), its data's identity
     data: inputs.RunData
     state: state_lib.TrainState
     strategy: tf.distribute.Strategy
@@ -118,6 +117,10 @@ class Loop:
     writer: object  # TensorBoard summary writer (a no-op writer on non-chief workers)
     chief: bool
     claim: object = None  # claims.Claim of a sweep's worker: it stops without writing once lost
+
+    @property
+    def config(self) -> config_lib.Config:
+        return self.run.config
 
     @property
     def uses_generator(self) -> bool:
@@ -360,14 +363,18 @@ def save_epoch(loop: Loop, epoch: int, record: dict) -> None:
     if loop.chief and config.export and epoch + 1 == config.epochs:  # before results.json says it is complete
         write_exports(loop)
     if loop.chief:
-        summary = rundir.results_summary(
-            config, loop.name, history, loop.data.description, loop.data.aux_label_info, loop.data.identity
-        )
+        summary = results_summary(loop, history)
         if summary["complete"]:  # the paper's metric, beside the hyperparameters in TensorBoard's HParams
             with loop.writer.as_default(step=epoch + 1):
                 tf.summary.scalar(FINAL_METRIC, summary["test_accuracy"])
             write_session_status(loop.writer, hparams_pb2.STATUS_SUCCESS, epoch + 1)
         write_results(config.logdir, summary)
+
+
+def results_summary(loop: Loop, history: list) -> dict:
+    """results.json's content for the run's history so far (rundir.results_summary)."""
+    run, data = loop.run, loop.data
+    return rundir.results_summary(run.config, run.name, history, data.description, data.aux_label_info, run.identity)
 
 
 def save_checkpoint(loop: Loop) -> None:
@@ -444,7 +451,7 @@ def set_up(run: config_lib.Run, claim) -> tuple:
     state = state_lib.TrainState(config, run_data.input_shape, strategy, num_labelled=len(run_data.train))
     checkpoint = state.checkpoint(rundir.saved_variables(config.logdir))
     if chief:
-        rundir.create(config, run_data.identity)
+        rundir.create(config, run.identity)
     # Every worker saves (a multi-worker save is collective); only the chief's copy is the run's.
     manager = rundir.checkpoint_manager(
         checkpoint, config.logdir, config.keep_checkpoints, None if chief else strategy.cluster_resolver.task_id
@@ -453,8 +460,7 @@ def set_up(run: config_lib.Run, claim) -> tuple:
     task = state_lib.task(config)
     batch = config.batch_size
     loop = Loop(
-        config=config,
-        name=run.name,
+        run=run,
         data=run_data,
         state=state,
         strategy=strategy,
@@ -494,7 +500,7 @@ def announce(loop: Loop, resuming: bool) -> None:
     if loop.task.labels.uses_meta_data:
         examples += f" / {len(run_data.meta_indices)} meta"
     print(
-        f"{loop.name}: {config.pri} principal classes{named}, psi={list(config.psi)}, {examples} examples "
+        f"{loop.run.name}: {config.pri} principal classes{named}, psi={list(config.psi)}, {examples} examples "
         f"from {run_data.description}; logdir {config.logdir}; {position}",
         flush=True,
     )
@@ -506,7 +512,7 @@ def announce(loop: Loop, resuming: bool) -> None:
     with loop.writer.as_default(step=start_epoch):
         tf.summary.text("config/flags", "```\n" + config.to_flagfile() + "```")
         if not resuming:  # once per run: the HParams dashboard's row of this run
-            hparams_api.hparams(hparam_values(config), trial_id=loop.name)
+            hparams_api.hparams(hparam_values(config), trial_id=loop.run.name)
 
 
 def epoch_lines(config: config_lib.Config, record: dict, learned_labels: bool) -> list:
@@ -536,10 +542,8 @@ def finish(loop: Loop, trained: bool) -> dict:
     written again only after exports written here (a rerun of a finished run, or one whose exports
     were lost), since results.json comes last.
     """
-    config, run_data = loop.config, loop.data
-    summary = rundir.results_summary(
-        config, loop.name, loop.state.history, run_data.description, run_data.aux_label_info, run_data.identity
-    )
+    config = loop.config
+    summary = results_summary(loop, loop.state.history)
     if loop.chief:
         check_claim(loop, verify=True)
         # Exports asked for and missing: killed while exporting, damaged since, or a --noexport run.
