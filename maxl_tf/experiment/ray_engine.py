@@ -138,7 +138,9 @@ def _cancellable():
 
 
 def train_run(config: config_lib.Config, name: str, main_py: str, cwd: str, heartbeat_timeout: float) -> Outcome:
-    """The body of a run's Ray task: main.py trains the run in a process of its own.
+    """The body of a run's Ray task: main.py trains the run in a process of its own; its lines
+    go to the driver prefixed with the run's name (config_lib.Run.name: the task gets the Config
+    alone, and its process resolves the run again from the flags).
 
     A cancellation (the driver's Ctrl-C or SIGTERM) arrives as KeyboardInterrupt, however the
     worker was started (_cancellable); it is passed on to the training process as SIGINT, which
